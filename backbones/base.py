@@ -1,0 +1,133 @@
+"""The backbone contract shared by every representation network in the zoo.
+
+A backbone turns a batch of molecules into per-atom features. Objectives (``objectives/``) put heads
+on top; they never look inside a backbone. To add your own, subclass :class:`Backbone` (in any
+module, inside this repository or not) and point the CLI at it:
+``--model.backbone.class_path mypkg.MyNet``. See ``docs/backbones.md``.
+
+Input: a PyG ``Batch`` (or ``Data``) with
+    ``z``     ``[N]`` long, atomic numbers;
+    ``pos``   ``[N, 3]`` float, positions in Angstrom (may require grad: forces by autograd);
+    ``batch`` ``[N]`` long, molecule index of each atom (sorted), ``num_graphs`` molecules.
+and optionally ``condition`` ``[num_graphs, condition_dim]``, a per-molecule conditioning vector
+(self-conditioned denoising). ``None`` must give exactly the unconditioned network.
+
+Output: :class:`BackboneOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from zoo.graph import Graph, build_graph
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone returns.
+
+    Attributes:
+        scalars: ``[N, width]`` rotation-invariant per-atom features.
+        vectors: ``[N, 3, vector_width]`` rotation-equivariant (L=1) per-atom features, or ``None``
+            for invariant backbones (SchNet) -- objectives then build equivariant outputs from
+            scalars and edge vectors.
+        graph: the radius graph the backbone used (objectives reuse it for their heads).
+    """
+
+    scalars: Tensor
+    vectors: Tensor | None
+    graph: Graph
+
+
+class Backbone(nn.Module):
+    """Base class of all backbones.
+
+    Subclasses call ``super().__init__(width=..., cutoff=..., vector_width=..., condition_dim=...)``
+    and implement :meth:`forward`.
+
+    Args:
+        width: number of per-atom scalar features F.
+        cutoff: interaction radius in Angstrom.
+        vector_width: number of per-atom vector channels (0: the backbone has no vector features).
+        condition_dim: size C of the per-molecule condition the backbone accepts (0: conditioning
+            not supported; objectives that need it then condition at the head).
+        max_num_neighbors: optional neighbour cap; exceeding it raises (never a silent drop).
+    """
+
+    def __init__(
+        self,
+        width: int,
+        cutoff: float,
+        vector_width: int = 0,
+        condition_dim: int = 0,
+        max_num_neighbors: int | None = None,
+    ) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive (Angstrom), got {cutoff}")
+        self.width = int(width)
+        self.cutoff = float(cutoff)
+        self.vector_width = int(vector_width)
+        self.condition_dim = int(condition_dim)
+        self.max_num_neighbors = max_num_neighbors
+
+    @property
+    def supports_condition(self) -> bool:
+        return self.condition_dim > 0
+
+    @property
+    def has_vectors(self) -> bool:
+        return self.vector_width > 0
+
+    def element_embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the element (atomic-number) embedding, for objectives that freeze it.
+
+        The default looks for an ``embedding`` attribute; override if yours is named otherwise.
+        """
+        module = getattr(self, "embedding", None)
+        return list(module.parameters()) if isinstance(module, nn.Module) else []
+
+    def graph(self, data) -> Graph:
+        """The radius graph of ``data`` at this backbone's cutoff (computed from ``data.pos``)."""
+        return build_graph(data.pos, data.batch, self.cutoff, self.max_num_neighbors)
+
+    def check_condition(self, condition: Tensor | None, num_graphs: int) -> None:
+        """Raise a clear error for a condition this backbone cannot take."""
+        if condition is None:
+            return
+        if not self.supports_condition:
+            raise ValueError(
+                f"{type(self).__name__} does not accept a condition (condition_dim=0); "
+                "condition at the head instead"
+            )
+        if condition.shape != (num_graphs, self.condition_dim):
+            raise ValueError(
+                f"condition must have shape [num_graphs={num_graphs}, condition_dim={self.condition_dim}], "
+                f"got {tuple(condition.shape)}"
+            )
+
+    def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:  # pragma: no cover
+        raise NotImplementedError
+
+
+def num_graphs(data) -> int:
+    """Number of molecules in a PyG ``Batch`` or single ``Data``."""
+    n = getattr(data, "num_graphs", None)
+    if n is not None:
+        return int(n)
+    return int(data.batch.max()) + 1 if data.batch.numel() else 0
+
+
+def with_positions(data, pos: Tensor):
+    """A shallow copy of ``data`` whose ``pos`` is replaced (other tensors are shared, not copied)."""
+    out = data.__copy__()
+    out.pos = pos
+    return out
+
+
+__all__ = ["Backbone", "BackboneOutput", "num_graphs", "with_positions"]

@@ -1,0 +1,93 @@
+"""SchNet (Schuett et al., J. Chem. Phys. 148, 241722 (2018), arXiv 1712.06113).
+
+Continuous-filter convolutions: a filter-generating network maps the Gaussian-expanded interatomic
+distance to a filter that multiplies neighbour features elementwise; a cosine envelope makes the
+filter vanish smoothly at the cutoff. Interaction blocks update atom features residually.
+Invariant backbone: scalar features only.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from zoo.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
+
+from .base import Backbone, BackboneOutput, num_graphs
+
+
+class CFConv(nn.Module):
+    """Continuous-filter convolution: ``x_i' = W2 sum_j (W1 x_j) * filter(d_ij) * fcut(d_ij)``."""
+
+    def __init__(self, width: int, num_filters: int, num_basis: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = cutoff
+        self.filter_net = nn.Sequential(
+            nn.Linear(num_basis, num_filters), ShiftedSoftplus(), nn.Linear(num_filters, num_filters)
+        )
+        self.in_proj = nn.Linear(width, num_filters, bias=False)
+        self.out_proj = nn.Linear(num_filters, width)
+
+    def forward(self, x: Tensor, edge_index: Tensor, distance: Tensor, rbf: Tensor) -> Tensor:
+        src, dst = edge_index
+        filters = self.filter_net(rbf) * cosine_cutoff(distance, self.cutoff).unsqueeze(-1)
+        messages = self.in_proj(x)[src] * filters
+        return self.out_proj(scatter(messages, dst, dim=0, dim_size=x.size(0), reduce="sum"))
+
+
+class SchNetInteraction(nn.Module):
+    """Interaction block: cfconv -> shifted softplus -> linear; the caller adds it residually."""
+
+    def __init__(self, width: int, num_filters: int, num_basis: int, cutoff: float) -> None:
+        super().__init__()
+        self.conv = CFConv(width, num_filters, num_basis, cutoff)
+        self.act = ShiftedSoftplus()
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, edge_index: Tensor, distance: Tensor, rbf: Tensor) -> Tensor:
+        return self.out(self.act(self.conv(x, edge_index, distance, rbf)))
+
+
+class SchNet(Backbone):
+    """SchNet backbone.
+
+    Defaults are the JCP 2018 QM9 setting (the same as PyTorch Geometric's ``SchNet``): 128 features,
+    128 filters, 6 interactions, 50 Gaussians on [0, 10] A, 10 A cosine cutoff.
+
+    Args:
+        width: atom feature size F (``hidden_channels`` in PyG).
+        num_filters: filter size of the continuous-filter convolutions.
+        num_interactions: number of interaction blocks.
+        num_rbf: number of Gaussian radial basis functions on ``[0, cutoff]``.
+        cutoff: interaction radius in Angstrom.
+        max_z: largest atomic number the embedding table covers.
+        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`zoo.graph`).
+
+    Output: scalars ``[N, width]``; no vector features.
+    """
+
+    def __init__(
+        self,
+        width: int = 128,
+        num_filters: int = 128,
+        num_interactions: int = 6,
+        num_rbf: int = 50,
+        cutoff: float = 10.0,
+        max_z: int = 100,
+        max_num_neighbors: int | None = None,
+    ) -> None:
+        super().__init__(width=width, cutoff=cutoff, max_num_neighbors=max_num_neighbors)
+        self.embedding = nn.Embedding(max_z + 1, width)
+        self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
+        self.interactions = nn.ModuleList(
+            SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
+        )
+
+    def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        self.check_condition(condition, num_graphs(data))
+        graph = self.graph(data)
+        rbf = self.rbf(graph.length)
+        x = self.embedding(data.z)
+        for interaction in self.interactions:
+            x = x + interaction(x, graph.edge_index, graph.length, rbf)
+        return BackboneOutput(scalars=x, vectors=None, graph=graph)
