@@ -1,0 +1,251 @@
+"""Shared machinery of every molecular DataModule: store, splits, datasets, loaders, target metadata.
+
+A concrete DataModule (QM9, MD17, ...) says where its store lives, how to build it from the raw
+files, and what its labels mean (:class:`TargetInfo`). Everything else -- splits, low-data subsets,
+saving the split next to the run, DataLoaders -- is here.
+
+A batch is a PyG ``Batch`` with
+    ``z`` ``[N]`` long, ``pos`` ``[N, 3]`` float32 (Angstrom), ``batch`` ``[N]``,
+    ``y`` ``[num_graphs, T]`` float64 -- the selected targets in their physical units,
+    ``idx`` ``[num_graphs]`` long -- the molecule's row in the store,
+plus any per-atom label arrays the store has (e.g. ``forces`` ``[N, 3]``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from .splits import load_splits, random_split, save_splits
+from .storage import Store, open_or_build
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What a label means.
+
+    Attributes:
+        name: the label's name (e.g. ``"homo"``).
+        unit: its physical unit (e.g. ``"eV"``); metrics are reported in it (meV for eV).
+        pooling: ``"sum"`` for extensive quantities, ``"mean"`` for intensive ones (the default the
+            regression objective uses).
+        atomref: per-element reference values indexed by atomic number (in ``unit``), or ``None``.
+    """
+
+    name: str
+    unit: str
+    pooling: str = "sum"
+    atomref: tuple[float, ...] | None = None
+
+
+def default_cache_root() -> Path:
+    """``$ATOMZOO_CACHE``, else ``$XDG_CACHE_HOME/atomzoo``, else ``~/.cache/atomzoo``."""
+    if os.environ.get("ATOMZOO_CACHE"):
+        return Path(os.environ["ATOMZOO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "atomzoo"
+
+
+class StoreDataset(torch.utils.data.Dataset):
+    """Molecules ``indices`` of a :class:`Store` as PyG ``Data`` objects (read from the memory map)."""
+
+    def __init__(self, store: Store, indices: np.ndarray, label_columns: list[int] | None) -> None:
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.label_columns = label_columns
+        self._extra_atom_arrays = [n for n in store.atom_arrays() if n not in ("z", "pos")]
+
+    def __len__(self) -> int:
+        return self.indices.size
+
+    def __getitem__(self, i: int) -> Data:
+        m = int(self.indices[i])
+        a, b = int(self.store.offsets[m]), int(self.store.offsets[m + 1])
+        arrays = self.store.arrays
+        data = Data(
+            z=torch.from_numpy(arrays["z"][a:b].astype(np.int64)),
+            pos=torch.from_numpy(np.array(arrays["pos"][a:b], dtype=np.float32)),
+            idx=torch.tensor([m]),
+        )
+        if self.label_columns is not None:
+            data.y = torch.from_numpy(np.array(arrays["labels"][m, self.label_columns], dtype=np.float64))[None]
+        for name in self._extra_atom_arrays:
+            setattr(data, name, torch.from_numpy(np.array(arrays[name][a:b], dtype=np.float32)))
+        return data
+
+
+class AtomsDataModule(L.LightningDataModule):
+    """Base DataModule over a memory-mapped molecular store.
+
+    Args:
+        targets: label names to put in ``batch.y`` (in this order); ``None`` selects no labels
+            (label-free pretraining).
+        batch_size: molecules per training batch.
+        eval_batch_size: molecules per validation/test batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes (they share the memory map).
+        num_train, num_val, num_test: split sizes, counts or fractions; ``num_test=None`` = the rest.
+        train_size: use only the first ``train_size`` molecules of the training permutation
+            (low-data studies); validation and test are unchanged.
+        split_seed: seed of the random permutation (independent of ``seed_everything``).
+        split_file: ``.npz`` with ``train``/``val``/``test`` index arrays to use instead.
+        cache_dir: where processed stores go (default :func:`default_cache_root`).
+        pin_memory: pin host memory in the loaders (GPU training).
+    """
+
+    name = "atoms"
+
+    def __init__(
+        self,
+        targets: list[str] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_train: int | float = 0.8,
+        num_val: int | float = 0.1,
+        num_test: int | float | None = None,
+        train_size: int | None = None,
+        split_seed: int = 0,
+        split_file: str | None = None,
+        cache_dir: str | None = None,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if isinstance(targets, str):
+            targets = [targets]
+        self.targets = list(targets) if targets is not None else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.train_size = train_size
+        self.split_seed = split_seed
+        self.split_file = split_file
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_root()
+        self.pin_memory = pin_memory
+        self.store: Store | None = None
+        self.splits: dict[str, np.ndarray] | None = None
+
+    # ----- what subclasses provide -------------------------------------------------------------
+    def store_path(self) -> Path:
+        """Directory of the processed store."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        """JSON-able description of the sources and processing settings; a change rebuilds."""
+        raise NotImplementedError
+
+    def build_store(self, path: Path) -> None:
+        """Read the raw files and write the store at ``path`` (with :class:`StoreWriter`)."""
+        raise NotImplementedError
+
+    def target_info(self, name: str) -> TargetInfo:
+        """Metadata of label ``name``."""
+        raise NotImplementedError
+
+    # ----- Lightning hooks ------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        open_or_build(self.store_path(), self.fingerprint(), self.build_store)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is None:
+            self.store = open_or_build(self.store_path(), self.fingerprint(), self.build_store)
+        self.label_columns = self._resolve_targets()
+        if self.splits is None:
+            self.splits = self._make_splits()
+            self._save_splits_next_to_run()
+
+    def _resolve_targets(self) -> list[int] | None:
+        if self.targets is None:
+            return None
+        names = list(self.store.meta.get("label_names", []))
+        unknown = [t for t in self.targets if t not in names]
+        if unknown:
+            raise ValueError(
+                f"unknown target(s) {unknown} for {type(self).__name__}; valid names: {', '.join(names)} "
+                "(set --data.targets)"
+            )
+        return [names.index(t) for t in self.targets]
+
+    def _make_splits(self) -> dict[str, np.ndarray]:
+        total = len(self.store)
+        if self.split_file:
+            splits = load_splits(self.split_file, total)
+        else:
+            splits = random_split(total, self.num_train, self.num_val, self.num_test, self.split_seed)
+        if self.train_size is not None:
+            if not 0 < self.train_size <= splits["train"].size:
+                raise ValueError(
+                    f"train_size={self.train_size} must be between 1 and the training split's "
+                    f"{splits['train'].size} molecules (--data.train_size)"
+                )
+            splits["train"] = splits["train"][: self.train_size]
+        return splits
+
+    def _save_splits_next_to_run(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.is_global_zero:
+            return
+        log_dir = trainer.log_dir if trainer.loggers else None  # no logger: no run directory to write to
+        if log_dir:
+            save_splits(Path(log_dir) / "splits.npz", self.splits)
+
+    # ----- datasets and loaders -------------------------------------------------------------------
+    def dataset(self, split: str) -> StoreDataset:
+        if self.store is None or self.splits is None:
+            self.setup()
+        return StoreDataset(self.store, self.splits[split], self.label_columns)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # ----- information objectives use ---------------------------------------------------------
+    def targets_info(self) -> list[TargetInfo]:
+        """:class:`TargetInfo` of each selected target, in ``batch.y`` column order."""
+        return [self.target_info(t) for t in (self.targets or [])]
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        """Sorted distinct atomic numbers in the dataset."""
+        self.setup() if self.store is None else None
+        return sorted(int(z) for z in self.store.meta["atomic_numbers"])
+
+    def training_labels(self) -> np.ndarray:
+        """``[n_train, T]`` float64 selected labels of the training split."""
+        self.setup() if self.splits is None else None
+        return np.asarray(self.store.arrays["labels"][np.sort(self.splits["train"])][:, self.label_columns])
+
+    def training_element_counts(self, max_z: int = 100) -> np.ndarray:
+        """``[n_train, max_z + 1]`` number of atoms of each element per training molecule."""
+        self.setup() if self.splits is None else None
+        idx = np.sort(self.splits["train"])
+        counts = self.store.counts[idx]
+        starts = self.store.offsets[idx]
+        atom_rows = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        z = np.asarray(self.store.arrays["z"][atom_rows], dtype=np.int64)
+        mol = np.repeat(np.arange(idx.size), counts)
+        return np.bincount(mol * (max_z + 1) + z, minlength=idx.size * (max_z + 1)).reshape(idx.size, max_z + 1)

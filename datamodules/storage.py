@@ -1,0 +1,198 @@
+"""On-disk storage for datasets of molecules: concatenated arrays plus offsets, memory-mapped.
+
+A store is a directory holding one raw binary file per array and a ``meta.json`` that names each
+array's dtype and shape, the store's format version and a fingerprint of the source it came from.
+Per-atom arrays (``z``, ``pos``, forces, ...) are concatenated over molecules; molecule ``i`` owns
+rows ``offsets[i]:offsets[i+1]``. Per-molecule arrays (labels) have one row per molecule.
+
+Why this layout: a Python list of per-molecule objects does not scale to 10^8 atoms, while memory
+maps open instantly, cost no RAM until read, and are shared between DataLoader workers.
+
+Writes are atomic: everything goes to a temporary sibling directory that is renamed into place only
+when complete, so a crash never leaves a half-written store that looks valid. ``meta.json`` is
+written last; a directory without it (or with another version/fingerprint) is stale and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+META_FILE = "meta.json"
+
+
+class StaleCacheError(RuntimeError):
+    """The store on disk is missing, incomplete, of another version or built from other sources."""
+
+
+class StoreWriter:
+    """Streams molecules into a new store in chunks (bounded memory).
+
+    Usage::
+
+        with StoreWriter(path, fingerprint={...}) as w:
+            w.append(atoms={"z": z, "pos": pos}, counts=n_atoms, molecules={"y": labels})
+            w.meta["label_names"] = [...]
+
+    ``atoms`` arrays have one row per atom of the chunk, ``molecules`` arrays one row per molecule,
+    ``counts`` gives atoms per molecule. Dtypes and trailing shapes are fixed by the first chunk.
+    On success the directory is moved into place atomically; on error nothing is left behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.fingerprint = fingerprint
+        self.meta: dict[str, Any] = {}
+        self._tmp: Path | None = None
+        self._files: dict[str, Any] = {}
+        self._specs: dict[str, dict[str, Any]] = {}
+        self._num_atoms = 0
+        self._num_molecules = 0
+        self._offsets: list[np.ndarray] = []
+
+    def __enter__(self) -> StoreWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        return self
+
+    def _write(self, name: str, array: np.ndarray, kind: str) -> None:
+        array = np.ascontiguousarray(array)
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = {"dtype": array.dtype.str, "trailing": list(array.shape[1:]), "kind": kind, "rows": 0}
+            self._specs[name] = spec
+            self._files[name] = open(self._tmp / f"{name}.bin", "wb")  # noqa: SIM115
+        if np.dtype(spec["dtype"]) != array.dtype or list(array.shape[1:]) != spec["trailing"]:
+            raise ValueError(
+                f"array '{name}' changed dtype/shape between chunks: {spec['dtype']} {spec['trailing']} "
+                f"vs {array.dtype.str} {list(array.shape[1:])}"
+            )
+        self._files[name].write(array.tobytes())
+        spec["rows"] += array.shape[0]
+
+    def append(
+        self,
+        atoms: dict[str, np.ndarray],
+        counts: np.ndarray,
+        molecules: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        counts = np.asarray(counts, dtype=np.int64)
+        total = int(counts.sum())
+        for name, array in atoms.items():
+            if array.shape[0] != total:
+                raise ValueError(f"per-atom array '{name}' has {array.shape[0]} rows, counts sum to {total}")
+            self._write(name, array, "atom")
+        for name, array in (molecules or {}).items():
+            if array.shape[0] != counts.size:
+                raise ValueError(f"per-molecule array '{name}' has {array.shape[0]} rows for {counts.size} molecules")
+            self._write(name, array, "molecule")
+        self._offsets.append(self._num_atoms + np.cumsum(counts))
+        self._num_atoms += total
+        self._num_molecules += counts.size
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for handle in self._files.values():
+            handle.close()
+        assert self._tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        try:
+            offsets = np.concatenate([np.zeros(1, np.int64), *self._offsets]).astype(np.int64)
+            offsets.tofile(self._tmp / "offsets.bin")
+            arrays = {
+                name: {"dtype": s["dtype"], "shape": [s["rows"], *s["trailing"]], "kind": s["kind"]}
+                for name, s in self._specs.items()
+            }
+            arrays["offsets"] = {"dtype": offsets.dtype.str, "shape": [offsets.size], "kind": "index"}
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "num_molecules": self._num_molecules,
+                "num_atoms": self._num_atoms,
+                "arrays": arrays,
+                **self.meta,
+            }
+            with open(self._tmp / META_FILE, "w") as f:
+                json.dump(meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
+
+
+class Store:
+    """Read-only, memory-mapped view of a store written by :class:`StoreWriter`.
+
+    Attributes:
+        meta: the parsed ``meta.json``.
+        offsets: ``[M + 1]`` int64, molecule ``i`` owns atom rows ``offsets[i]:offsets[i+1]``.
+        arrays: name -> ``np.memmap`` (per-atom or per-molecule rows).
+    """
+
+    def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        try:
+            with open(meta_path) as f:
+                self.meta = json.load(f)
+        except FileNotFoundError as err:
+            raise StaleCacheError(f"no complete store at {self.path} (missing {META_FILE})") from err
+        except json.JSONDecodeError as err:
+            raise StaleCacheError(f"corrupt {meta_path}: {err}") from err
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise StaleCacheError(
+                f"store {self.path} has format version {self.meta.get('format_version')}, expected {FORMAT_VERSION}"
+            )
+        if fingerprint is not None and self.meta.get("fingerprint") != fingerprint:
+            raise StaleCacheError(f"store {self.path} was built from other sources or settings")
+        self.arrays: dict[str, np.ndarray] = {}
+        for name, spec in self.meta["arrays"].items():
+            file = self.path / f"{name}.bin"
+            dtype = np.dtype(spec["dtype"])
+            shape = tuple(spec["shape"])
+            expected = int(np.prod(shape)) * dtype.itemsize
+            if not file.exists() or file.stat().st_size != expected:
+                raise StaleCacheError(f"store {self.path}: {file.name} is missing or has the wrong size")
+            if expected == 0:
+                self.arrays[name] = np.zeros(shape, dtype)
+            else:
+                self.arrays[name] = np.memmap(file, dtype=dtype, mode="r", shape=shape)
+        self.offsets = np.asarray(self.arrays.pop("offsets"))
+
+    def __len__(self) -> int:
+        return int(self.meta["num_molecules"])
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``[M]`` atoms per molecule."""
+        return np.diff(self.offsets)
+
+    def atom_arrays(self) -> list[str]:
+        return [n for n, s in self.meta["arrays"].items() if s["kind"] == "atom"]
+
+    def molecule_arrays(self) -> list[str]:
+        return [n for n, s in self.meta["arrays"].items() if s["kind"] == "molecule"]
+
+
+def open_or_build(path: str | os.PathLike, fingerprint: dict[str, Any], build) -> Store:
+    """Open the store at ``path`` if it is complete and current, else call ``build(path)`` and open it.
+
+    ``build`` must write the store with a :class:`StoreWriter` using the same ``fingerprint``.
+    """
+    try:
+        return Store(path, fingerprint)
+    except StaleCacheError:
+        build(Path(path))
+        return Store(path, fingerprint)

@@ -1,0 +1,109 @@
+"""What every objective shares: a backbone, AdamW with a learning-rate schedule, optional EMA.
+
+An objective is a LightningModule that takes any :class:`~backbones.base.Backbone` and defines a
+training signal on top of it (supervised regression, denoising, ...). Every objective logs
+``train/loss`` and ``val/loss``; checkpoints monitor ``val/loss``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+from backbones.base import Backbone
+
+# Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
+# it); Lightning's advice to ignore nn.Module arguments does not apply to that.
+warnings.filterwarnings("ignore", message="Attribute 'backbone' is an instance of `nn.Module`")
+
+
+class Objective(L.LightningModule):
+    """Base class of all objectives.
+
+    Args:
+        backbone: the representation network (any ``backbones.Backbone`` subclass).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        scheduler: ``"cosine"`` (linear warmup then cosine decay to ``min_lr_ratio * lr`` over the
+            run's optimizer steps), ``"plateau"`` (reduce on ``val/loss`` plateau, after warmup) or
+            ``"constant"`` (after warmup).
+        warmup_steps: optimizer steps of linear warmup from 0.
+        min_lr_ratio: final learning rate of the cosine schedule as a fraction of ``lr``.
+        plateau_factor, plateau_patience: ReduceLROnPlateau settings (patience in validation runs).
+        ema_decay: if set, keep an exponential moving average of the weights with this decay
+            (Lightning's ``EMAWeightAveraging`` callback); validation, test and the saved checkpoint
+            then use the averaged weights.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        scheduler: str = "cosine",
+        warmup_steps: int = 1000,
+        min_lr_ratio: float = 0.01,
+        plateau_factor: float = 0.8,
+        plateau_patience: int = 10,
+        ema_decay: float | None = None,
+    ) -> None:
+        super().__init__()
+        if scheduler not in ("cosine", "plateau", "constant"):
+            raise ValueError(f"scheduler={scheduler!r}: choose 'cosine', 'plateau' or 'constant' (--model.scheduler)")
+        if not isinstance(backbone, Backbone):
+            raise TypeError(
+                f"backbone must be a backbones.Backbone subclass, got {type(backbone).__name__}; "
+                "see docs/backbones.md for the contract"
+            )
+        self.backbone = backbone
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.scheduler = scheduler
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.plateau_factor = plateau_factor
+        self.plateau_patience = plateau_patience
+        self.ema_decay = ema_decay
+
+    # ----- optimisation ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the optimizer updates (objectives that freeze parts override or filter)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _lr_factor(self, step: int, total: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, self.warmup_steps)) if self.warmup_steps > 0 else 1.0
+        if self.scheduler != "cosine":
+            return warm
+        span = max(1, total - self.warmup_steps)
+        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
+        cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warm * cosine
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler == "plateau":
+            # warmup is applied in optimizer_step; the plateau scheduler owns the lr afterwards
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=self.plateau_factor, patience=self.plateau_patience
+            )
+            return [optimizer], [{"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "name": "lr"}]
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
+        if not math.isfinite(total):
+            total = max(self.warmup_steps, 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step, total))
+        return [optimizer], [{"scheduler": schedule, "interval": "step", "name": "lr"}]
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        if self.scheduler == "plateau" and self.global_step < self.warmup_steps:
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr * (self.global_step + 1) / self.warmup_steps
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def configure_callbacks(self):
+        if self.ema_decay is None:
+            return []
+        return [EMAWeightAveraging(decay=self.ema_decay)]

@@ -1,0 +1,203 @@
+"""Supervised regression of molecular properties on top of any backbone.
+
+For each target a per-atom MLP head reads the backbone's scalar features; the per-atom outputs are
+pooled per molecule (``sum`` for extensive properties, ``mean`` for intensive ones) and mapped back
+to physical units:
+
+    sum pooling:   y_hat = ref(z) + n * mu + sigma * sum_i o_i
+    mean pooling:  y_hat = ref(z) + mu + sigma * mean_i o_i
+
+where ``ref(z)`` is the optional sum of per-element reference energies (QM9's atom references for
+U0/U/H/G), ``mu`` the training-set mean (per atom for sum pooling) and ``sigma`` the training-set
+standard deviation of the residual. The loss (L1 or MSE) is taken on ``(y_hat - y) / sigma`` so that
+several targets weigh equally. The final sums are done in float64: QM9's U0 is ~1e4 eV, where
+float32 resolves only ~1 meV.
+
+Metrics: mean absolute error per target in the target's unit, shown in meV for eV targets
+(``val/homo_mae_meV``, ``test/u0_mae_meV``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+from torchmetrics import MeanAbsoluteError
+
+from backbones.base import Backbone
+
+from .base import Objective
+from .heads import AtomwiseMLP
+from .units import display_unit, metric_suffix
+
+MAX_Z = 100
+
+
+class Regression(Objective):
+    """Property regression (one or several targets).
+
+    Args:
+        backbone: any backbone.
+        targets: target names; linked automatically from ``--data.targets`` by the CLI.
+        pooling: ``"sum"``, ``"mean"``, a mapping target -> pooling, or ``None`` to use the dataset's
+            default per target (sum for extensive, mean for intensive quantities).
+        atomref: subtract per-element reference values where the dataset has them (QM9: U0/U/H/G).
+        standardize: scale outputs by training-set statistics (strongly recommended).
+        loss: ``"l1"`` or ``"mse"`` on standardised errors.
+        head_hidden: hidden size of the per-atom heads (default ``width // 2``).
+        Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        targets: list[str] | None = None,
+        pooling: str | dict[str, str] | None = None,
+        atomref: bool = True,
+        standardize: bool = True,
+        loss: str = "l1",
+        head_hidden: int | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 0.0,
+        scheduler: str = "cosine",
+        warmup_steps: int = 1000,
+        min_lr_ratio: float = 0.01,
+        plateau_factor: float = 0.8,
+        plateau_patience: int = 10,
+        ema_decay: float | None = None,
+    ) -> None:
+        super().__init__(
+            backbone, lr, weight_decay, scheduler, warmup_steps, min_lr_ratio, plateau_factor, plateau_patience, ema_decay
+        )
+        self.save_hyperparameters()
+        if not targets:
+            raise ValueError(
+                "Regression needs targets: set --data.targets (linked to the model automatically) "
+                "or --model.targets"
+            )
+        if loss not in ("l1", "mse"):
+            raise ValueError(f"loss={loss!r}: choose 'l1' or 'mse' (--model.loss)")
+        self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.pooling_option = pooling
+        self.use_atomref = atomref
+        self.standardize = standardize
+        self.loss_name = loss
+        num = len(self.targets)
+        self.heads = nn.ModuleList(AtomwiseMLP(backbone.width, 1, head_hidden) for _ in range(num))
+        # filled from the training split in setup(), restored from checkpoints afterwards
+        self.register_buffer("atomref_table", torch.zeros(num, MAX_Z + 1, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(num, dtype=torch.float64))
+        self.register_buffer("std", torch.ones(num, dtype=torch.float64))
+        self.register_buffer("sum_pooled", torch.ones(num, dtype=torch.bool))
+        self.register_buffer("stats_ready", torch.tensor(False))
+        self.units = ["" for _ in self.targets]
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{t}": MeanAbsoluteError() for stage in ("val", "test") for t in self.targets}
+        )
+
+    # ----- statistics from the data -------------------------------------------------------------
+    def _resolve_pooling(self, default: str, target: str) -> str:
+        option = self.pooling_option
+        choice = option.get(target, default) if isinstance(option, dict) else (option or default)
+        if choice not in ("sum", "mean"):
+            raise ValueError(f"pooling for {target!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
+        return choice
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "targets_info"):
+            if not bool(self.stats_ready):
+                raise RuntimeError("Regression needs an AtomsDataModule to compute target statistics")
+            return
+        datamodule.setup(stage)
+        infos = datamodule.targets_info()
+        names = [info.name for info in infos]
+        if names != self.targets:
+            raise ValueError(
+                f"model targets {self.targets} differ from the data's targets {names}; set them with --data.targets"
+            )
+        self.units = [info.unit for info in infos]
+        if bool(self.stats_ready):
+            return
+        self.fit_statistics(infos, datamodule.training_labels(), datamodule.training_element_counts(MAX_Z))
+
+    @torch.no_grad()
+    def fit_statistics(self, infos, labels, element_counts) -> None:
+        """Set atom references, pooling and mean/std from training labels ``[n, T]`` and element counts ``[n, 101]``."""
+        labels = torch.as_tensor(labels, dtype=torch.float64)
+        counts = torch.as_tensor(element_counts, dtype=torch.float64)
+        n_atoms = counts.sum(1)
+        for k, info in enumerate(infos):
+            pooling = self._resolve_pooling(info.pooling, info.name)
+            self.sum_pooled[k] = pooling == "sum"
+            table = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+            if self.use_atomref and info.atomref is not None:
+                ref = torch.as_tensor(info.atomref, dtype=torch.float64)
+                table[: ref.numel()] = ref
+            self.atomref_table[k] = table
+            residual = labels[:, k] - counts @ table
+            if not self.standardize:
+                self.mean[k], self.std[k] = 0.0, 1.0
+                continue
+            if pooling == "sum":
+                self.mean[k] = (residual / n_atoms).mean()
+                spread = residual - n_atoms * self.mean[k]
+            else:
+                self.mean[k] = residual.mean()
+                spread = residual - self.mean[k]
+            std = spread.std() if spread.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+            self.std[k] = std if std > 0 else 1.0
+        self.stats_ready.fill_(True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["target_units"] = self.units
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.units = checkpoint.get("target_units", self.units)
+
+    # ----- forward ------------------------------------------------------------------------------
+    def forward(self, data) -> Tensor:
+        """Predicted targets ``[num_graphs, T]`` float64 in physical units."""
+        out = self.backbone(data)
+        return self.predict_from_features(out.scalars, data)
+
+    def predict_from_features(self, scalars: Tensor, data) -> Tensor:
+        num_graphs = int(data.num_graphs)
+        per_atom = torch.cat([head(scalars) for head in self.heads], dim=-1)  # [N, T]
+        pooled_sum = scatter(per_atom, data.batch, dim=0, dim_size=num_graphs, reduce="sum").double()
+        n_atoms = scatter(torch.ones_like(data.batch, dtype=torch.float64), data.batch, dim=0, dim_size=num_graphs)
+        n = n_atoms.unsqueeze(-1)
+        pooled = torch.where(self.sum_pooled, pooled_sum, pooled_sum / n)
+        offset = torch.where(self.sum_pooled, n * self.mean, self.mean.expand_as(pooled))
+        ref = scatter(self.atomref_table.T[data.z], data.batch, dim=0, dim_size=num_graphs, reduce="sum")
+        return ref + offset + self.std * pooled
+
+    def loss_fn(self, pred: Tensor, target: Tensor) -> Tensor:
+        error = ((pred - target) / self.std).float()
+        return error.abs().mean() if self.loss_name == "l1" else error.pow(2).mean()
+
+    # ----- steps --------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self.loss_fn(self(batch), batch.y)
+        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        pred = self(batch)
+        self.log(f"{stage}/loss", self.loss_fn(pred, batch.y), batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
+        for k, name in enumerate(self.targets):
+            _, factor = display_unit(self.units[k])
+            metric = self.metrics[f"{stage}_{name}"]
+            # the error is formed in float64 (large absolute energies), then scaled to display units
+            error = ((pred[:, k] - batch.y[:, k]) * factor).float()
+            metric.update(error, torch.zeros_like(error))
+            self.log(f"{stage}/{name}_mae_{metric_suffix(self.units[k])}", metric, batch_size=batch.num_graphs, prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        return {"idx": batch.idx, "prediction": self(batch), "targets": self.targets}

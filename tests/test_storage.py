@@ -1,0 +1,67 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datamodules.storage import Store, StaleCacheError, StoreWriter, open_or_build
+
+
+def write_store(path: Path, fingerprint=None, fail=False):
+    fingerprint = fingerprint or {"v": 1}
+    with StoreWriter(path, fingerprint) as w:
+        w.append(atoms={"z": np.array([1, 6, 8], np.uint8), "pos": np.arange(9, dtype=np.float32).reshape(3, 3)},
+                 counts=np.array([1, 2]), molecules={"labels": np.array([[1.0], [2.0]])})
+        if fail:
+            raise RuntimeError("crash while writing")
+        w.append(atoms={"z": np.array([7], np.uint8), "pos": np.ones((1, 3), np.float32)},
+                 counts=np.array([1]), molecules={"labels": np.array([[3.0]])})
+        w.meta["label_names"] = ["x"]
+
+
+def test_roundtrip(tmp_path):
+    write_store(tmp_path / "s")
+    store = Store(tmp_path / "s", {"v": 1})
+    assert len(store) == 3
+    assert store.offsets.tolist() == [0, 1, 3, 4]
+    assert store.arrays["z"].tolist() == [1, 6, 8, 7]
+    assert store.arrays["labels"][:, 0].tolist() == [1.0, 2.0, 3.0]
+    assert store.atom_arrays() == ["z", "pos"] and store.molecule_arrays() == ["labels"]
+
+
+def test_crash_leaves_nothing_behind(tmp_path):
+    with pytest.raises(RuntimeError, match="crash"):
+        write_store(tmp_path / "s", fail=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_and_corrupt_stores_are_rejected_and_rebuilt(tmp_path):
+    path = tmp_path / "s"
+    write_store(path)
+    with pytest.raises(StaleCacheError, match="other sources"):
+        Store(path, {"v": 2})
+    # truncated array file
+    (path / "pos.bin").write_bytes(b"\x00" * 5)
+    with pytest.raises(StaleCacheError, match="wrong size"):
+        Store(path, {"v": 1})
+    calls = []
+    store = open_or_build(path, {"v": 1}, lambda p: (calls.append(p), write_store(p)))
+    assert calls and len(store) == 3
+    # corrupt meta.json
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(StaleCacheError, match="corrupt"):
+        Store(path)
+    # other format version
+    write_store(path)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] = 0
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(StaleCacheError, match="version"):
+        Store(path)
+
+
+def test_inconsistent_chunks_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="counts sum"):
+        with StoreWriter(tmp_path / "s", {}) as w:
+            w.append(atoms={"z": np.zeros(3, np.uint8)}, counts=np.array([2]))
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,88 @@
+"""The ``zoo`` command: a LightningCLI over any objective (model) and any DataModule (data).
+
+    zoo fit -c configs/data/qm9.yaml -c configs/objectives/regression.yaml \\
+        --model.backbone configs/backbones/schnet.yaml --trainer.max_epochs 10
+    zoo test -c <same configs> --ckpt_path runs/.../checkpoints/last.ckpt
+
+Composition: the model is any ``objectives.Objective`` subclass, the data any
+``datamodules.AtomsDataModule`` subclass (both chosen by ``class_path``), the backbone any
+``backbones.Backbone`` subclass given to the objective. ``--data.targets`` is linked to the
+objective's ``targets`` so the dataset says *what* to learn and the objective says *how*.
+
+Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, best (by
+``val/loss``) and last checkpoints, learning-rate monitor, progress bar, ``seed_everything: 0``.
+``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules.base import AtomsDataModule
+from objectives.base import Objective
+
+TRAINER_DEFAULTS = {
+    "default_root_dir": "runs",
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "zoo"},
+    },
+    "callbacks": [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "monitor": "val/loss",
+                "mode": "min",
+                "save_top_k": 1,
+                "save_last": True,
+                "filename": "best-{epoch}-{step}",
+                "auto_insert_metric_name": False,
+            },
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+            "init_args": {"logging_interval": "step"},
+        },
+    ],
+}
+
+
+class ZooCLI(LightningCLI):
+    """LightningCLI with the zoo's links and defaults."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
+        parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, run the test split with the best checkpoint and print per-target MAE.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def run(args: list[str] | None = None) -> ZooCLI:
+    """Run the CLI on ``args`` (default: ``sys.argv``) and return it (trainer, model, datamodule)."""
+    return ZooCLI(
+        model_class=Objective,
+        datamodule_class=AtomsDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``zoo`` console script."""
+    run()
+
+
+if __name__ == "__main__":
+    main()
