@@ -3,6 +3,11 @@
 An objective is a LightningModule that takes any :class:`~backbones.base.Backbone` and defines a
 training signal on top of it (supervised regression, denoising, ...). Every objective logs
 ``train/loss`` and ``val/loss``; checkpoints monitor ``val/loss``.
+
+Fine-tuning and probing (every objective): ``init_from`` loads only the ``backbone.*`` weights of a
+checkpoint of ANY objective (or of a safetensors file written by ``python -m objectives.export``)
+into this objective's backbone at construction; heads are ignored. ``freeze_backbone`` turns the
+backbone into a fixed feature extractor (linear / MLP probe). See ``docs/objectives.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ class Objective(L.LightningModule):
         ema_decay: if set, keep an exponential moving average of the weights with this decay
             (Lightning's ``EMAWeightAveraging`` callback); validation, test and the saved checkpoint
             then use the averaged weights.
+        init_from: path of a Lightning checkpoint of any objective, or of an exported
+            ``.safetensors`` backbone file: its backbone weights are loaded into ``backbone`` here,
+            at construction (strict; a different backbone class or different shapes raise a
+            ``ValueError`` naming both). Heads of the source are ignored. Note that
+            ``load_from_checkpoint`` re-runs the constructor: pass ``init_from=None`` there if the
+            file has moved (the checkpoint's own weights are loaded afterwards anyway).
+        freeze_backbone: probing: the backbone's parameters get ``requires_grad=False`` (so the
+            optimizer skips them) and the backbone stays in eval mode during training.
     """
 
     def __init__(
@@ -50,6 +63,8 @@ class Objective(L.LightningModule):
         plateau_factor: float = 0.8,
         plateau_patience: int = 10,
         ema_decay: float | None = None,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "plateau", "constant"):
@@ -68,6 +83,23 @@ class Objective(L.LightningModule):
         self.plateau_factor = plateau_factor
         self.plateau_patience = plateau_patience
         self.ema_decay = ema_decay
+        self.init_from = init_from
+        self.freeze_backbone = bool(freeze_backbone)
+        if init_from:
+            from .export import load_into_backbone
+
+            load_into_backbone(self.backbone, init_from)
+        if self.freeze_backbone:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True):
+        """As ``nn.Module.train``, but a frozen backbone (``freeze_backbone``) stays in eval mode."""
+        super().train(mode)
+        if getattr(self, "freeze_backbone", False):
+            self.backbone.eval()
+        return self
 
     # ----- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
