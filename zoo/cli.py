@@ -7,7 +7,8 @@
 Composition: the model is any ``objectives.Objective`` subclass, the data any
 ``datamodules.AtomsDataModule`` subclass (both chosen by ``class_path``), the backbone any
 ``backbones.Backbone`` subclass given to the objective. ``--data.targets`` is linked to the
-objective's ``targets`` so the dataset says *what* to learn and the objective says *how*.
+objective's ``targets`` so the dataset says *what* to learn and the objective says *how*; likewise
+the DataModule's ``forces`` attribute (MD17, rMD17, ASE files with forces) to the objective's ``forces``.
 
 Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, best (by
 ``val/loss``) and last checkpoints, learning-rate monitor, progress bar, ``seed_everything: 0``.
@@ -15,6 +16,10 @@ Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, b
 """
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -47,12 +52,19 @@ TRAINER_DEFAULTS = {
 }
 
 
+def _data_has_forces(datamodule) -> bool:
+    return bool(getattr(datamodule, "forces", False))
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links and defaults."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
         parser.link_arguments("data.targets", "model.init_args.targets", apply_on="instantiate")
+        # datasets with per-atom forces (MD17, rMD17, ASE files with forces) set ``forces = True``:
+        # the regression objective then also trains on forces = -dE/dpos
+        parser.link_arguments("data", "model.init_args.forces", compute_fn=_data_has_forces, apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -64,6 +76,27 @@ class ZooCLI(LightningCLI):
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            self._write_metrics("test_metrics.json")
+
+    def after_test(self) -> None:
+        self._write_metrics("test_metrics.json")
+
+    def after_validate(self) -> None:
+        self._write_metrics("validate_metrics.json")
+
+    def _write_metrics(self, name: str) -> None:
+        """Write the run's final metrics as JSON next to its config (read by the benchmark runner)."""
+        if not self.trainer.is_global_zero:
+            return
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None
+        if not log_dir:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        path = Path(log_dir) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+        os.replace(tmp, path)
 
 
 def run(args: list[str] | None = None) -> ZooCLI:

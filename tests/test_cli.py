@@ -1,0 +1,102 @@
+"""The ``zoo`` command end to end: every shipped config parses, the composition form trains, the
+quickstart fits and tests on real QM9, and the console script is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zoo.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+DATA = str(ROOT / "configs/data/qm9.yaml")
+REGRESSION = str(ROOT / "configs/objectives/regression.yaml")
+SCHNET = str(ROOT / "configs/backbones/schnet.yaml")
+TINY_SCHNET = ["--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+               "--model.backbone.init_args.num_interactions", "1"]
+
+
+def composed(config: Path) -> list[str]:
+    """The arguments that make ``config`` a complete experiment (partial files are composed)."""
+    group = config.parent.name
+    if group == "backbones":
+        return ["-c", DATA, "-c", REGRESSION, "--model.backbone", str(config)]
+    if group == "objectives":
+        return ["-c", DATA, "-c", str(config), "--model.backbone", SCHNET]
+    if group == "data":
+        return ["-c", str(config), "-c", REGRESSION, "--model.backbone", SCHNET]
+    if group == "trainer":
+        return ["-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, "-c", str(config)]
+    return ["-c", str(config)]
+
+
+def test_configs_exist():
+    names = {c.relative_to(ROOT / "configs").as_posix() for c in CONFIGS}
+    assert {"quickstart.yaml", "data/qm9.yaml", "objectives/regression.yaml", "backbones/schnet.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.relative_to(ROOT / "configs").as_posix())
+def test_print_config_of_every_shipped_config(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", *composed(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith(("objectives.", "examples."))
+    assert printed["data"]["class_path"].startswith("datamodules.")
+    assert printed["model"]["init_args"]["backbone"]["class_path"]
+    if config.parent.name == "backbones":
+        own = yaml.safe_load(config.read_text())
+        assert printed["model"]["init_args"]["backbone"]["class_path"] == own["class_path"]
+
+
+def common(tmp_path) -> list[str]:
+    return ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def test_composition_form_with_overrides(cache_dir, tmp_path):
+    cli = run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, *TINY_SCHNET,
+               "--data.targets", "[homo, lumo]", "--data.train_size", "64", "--data.batch_size", "16",
+               "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--model.lr", "1e-3",
+               *common(tmp_path)])
+    model = cli.model
+    assert type(model).__name__ == "Regression" and model.targets == ["homo", "lumo"]
+    assert model.backbone.width == 16 and len(model.backbone.interactions) == 1
+    assert model.lr == 1e-3 and cli.trainer.global_step == 3
+    run_dir = Path(cli.trainer.log_dir)
+    assert (run_dir / "config.yaml").exists() and (run_dir / "splits.npz").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_quickstart_fit_then_test(cache_dir, tmp_path):
+    """The README's main job at tiny scale: fit a few steps, test the best checkpoint, then `zoo test`."""
+    quick = str(ROOT / "configs/quickstart.yaml")
+    tiny = [*TINY_SCHNET, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
+            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2", *common(tmp_path)]
+    cli = run(["fit", "-c", quick, *tiny])
+    assert cli.trainer.checkpoint_callback.best_model_path
+    results = cli.trainer.callback_metrics
+    assert "test/homo_mae_meV" in results and 0 < float(results["test/homo_mae_meV"]) < 5000
+    run_dir = Path(cli.trainer.log_dir)
+    tested = run(["test", "-c", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"),
+                  "--trainer.limit_test_batches", "2", "--trainer.logger", "false"])
+    metric = float(tested.trainer.callback_metrics["test/homo_mae_meV"])
+    assert 0 < metric < 5000
+
+
+def test_bad_option_names_the_key(capsys):
+    with pytest.raises(SystemExit):
+        run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, "--model.not_an_option", "1"])
+    assert "not_an_option" in capsys.readouterr().err
+
+
+def test_console_script_installed():
+    exe = shutil.which("zoo")
+    assert exe, "the `zoo` console script is not on PATH: install with pip install -e ."
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "fit" in out.stdout and "test" in out.stdout
