@@ -1,9 +1,14 @@
 """Backbones: networks that map a batch of molecules to per-atom features.
 
 Add one by subclassing :class:`backbones.base.Backbone` (contract in ``docs/backbones.md``).
+
+Built in: :class:`SchNet`, :class:`PaiNN`, :class:`MACE`. Importing this package does not import
+mace-torch or e3nn: :class:`MACE` imports them when the first MACE backbone is built.
 """
 
 from .base import Backbone, BackboneOutput, num_graphs, with_positions
+from .mace import MACE
+from .painn import PaiNN
 from .schnet import SchNet
 
-__all__ = ["Backbone", "BackboneOutput", "SchNet", "num_graphs", "with_positions"]
+__all__ = ["MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "num_graphs", "with_positions"]

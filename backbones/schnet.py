@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from zoo.conditioning import condition_modules
 from zoo.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -62,6 +63,9 @@ class SchNet(Backbone):
         cutoff: interaction radius in Angstrom.
         max_z: largest atomic number the embedding table covers.
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`zoo.graph`).
+        condition_dim: size of the per-molecule condition (0: none). When > 0, every interaction's
+            scalar update goes through :class:`zoo.conditioning.AdaptiveScalarNorm`
+            (``self.conditioning[i]``); with ``condition=None`` the network is exactly plain SchNet.
 
     Output: scalars ``[N, width]``; no vector features.
     """
@@ -75,19 +79,26 @@ class SchNet(Backbone):
         cutoff: float = 10.0,
         max_z: int = 100,
         max_num_neighbors: int | None = None,
+        condition_dim: int = 0,
     ) -> None:
-        super().__init__(width=width, cutoff=cutoff, max_num_neighbors=max_num_neighbors)
+        super().__init__(
+            width=width, cutoff=cutoff, condition_dim=condition_dim, max_num_neighbors=max_num_neighbors
+        )
         self.embedding = nn.Embedding(max_z + 1, width)
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.interactions = nn.ModuleList(
             SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
         )
+        self.conditioning = condition_modules(num_interactions, width, condition_dim)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
         x = self.embedding(data.z)
-        for interaction in self.interactions:
-            x = x + interaction(x, graph.edge_index, graph.length, rbf)
+        for i, interaction in enumerate(self.interactions):
+            update = interaction(x, graph.edge_index, graph.length, rbf)
+            if condition is not None:
+                update = self.conditioning[i](x, update, condition, data.batch)
+            x = x + update
         return BackboneOutput(scalars=x, vectors=None, graph=graph)

@@ -1,0 +1,488 @@
+"""Contract tests for every backbone: symmetries, forces, conditioning, edge cases, peers.
+
+Everything runs in float64 on tiny networks so that tolerances can be tight (1e-9 and below).
+Backbones: SchNet, PaiNN, MACE (mace-torch blocks) and a minimal user-defined ``Backbone``
+subclass (``TinyNet`` below) -- the contract has to work for code outside this repository too.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import scatter
+
+from backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, num_graphs, with_positions
+from zoo.conditioning import condition_modules
+from zoo.graph import build_graph
+from zoo.radial import GaussianRBF, cosine_cutoff
+
+REPO = Path(__file__).resolve().parents[1]
+ELEMENTS = torch.tensor([1, 6, 7, 8, 9])
+CUTOFF = 4.0
+COND = 3  # condition_dim used by the conditioning tests
+
+
+class TinyNet(Backbone):
+    """A minimal user backbone: one continuous-filter message, vectors from unit edge vectors."""
+
+    def __init__(self, width: int = 8, cutoff: float = CUTOFF, condition_dim: int = 0) -> None:
+        super().__init__(width=width, cutoff=cutoff, vector_width=width, condition_dim=condition_dim)
+        self.embedding = nn.Embedding(10, width)
+        self.rbf = GaussianRBF(8, 0.0, cutoff)
+        self.filter = nn.Linear(8, width)
+        self.update = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.conditioning = condition_modules(1, width, condition_dim)
+
+    def forward(self, data, condition=None) -> BackboneOutput:
+        self.check_condition(condition, num_graphs(data))
+        g = self.graph(data)
+        x = self.embedding(data.z)
+        w = self.filter(self.rbf(g.length)) * cosine_cutoff(g.length, self.cutoff).unsqueeze(-1)
+        n = x.size(0)
+        u = self.update(scatter(x[g.src] * w, g.dst, dim=0, dim_size=n, reduce="sum"))
+        if condition is not None:
+            u = self.conditioning[0](x, u, condition, data.batch)
+        v = scatter(g.unit.unsqueeze(-1) * w.unsqueeze(1), g.dst, dim=0, dim_size=n, reduce="sum")
+        return BackboneOutput(scalars=x + u, vectors=v, graph=g)
+
+
+def make_schnet(condition_dim=0):
+    return SchNet(width=16, num_filters=12, num_interactions=2, num_rbf=12, cutoff=CUTOFF, condition_dim=condition_dim)
+
+
+def make_painn(condition_dim=0):
+    return PaiNN(width=12, num_interactions=2, num_rbf=8, cutoff=CUTOFF, condition_dim=condition_dim)
+
+
+MACE_KW = dict(
+    r_max=CUTOFF,
+    num_bessel=6,
+    num_polynomial_cutoff=5,
+    max_ell=2,
+    correlation=2,
+    num_interactions=2,
+    hidden_irreps="6x0e+6x1o",
+    radial_MLP=[12],
+    avg_num_neighbors=3.0,
+    dtype="float64",  # e3nn/mace build their CG constants in this dtype (see MACE's docstring)
+)
+
+
+def make_mace(condition_dim=0):
+    return MACE(**MACE_KW, condition_dim=condition_dim)
+
+
+def make_tiny(condition_dim=0):
+    return TinyNet(condition_dim=condition_dim)
+
+
+FACTORIES = {"schnet": make_schnet, "painn": make_painn, "mace": make_mace, "custom": make_tiny}
+
+
+def build(name: str, condition_dim: int = 0, seed: int = 0) -> Backbone:
+    torch.manual_seed(seed)
+    return FACTORIES[name](condition_dim).double().eval()
+
+
+# ---------------------------------------------------------------------------------------- data
+def random_molecule(n: int, gen: torch.Generator, min_dist: float = 1.0) -> Data:
+    """``n`` atoms of random elements in {H, C, N, O, F}, pairwise at least ``min_dist`` A apart."""
+    side = 1.6 * max(n, 2) ** (1 / 3)
+    pos = torch.empty(0, 3, dtype=torch.float64)
+    while pos.size(0) < n:
+        p = (torch.rand(1, 3, generator=gen, dtype=torch.float64) - 0.5) * side
+        if pos.size(0) == 0 or torch.cdist(p, pos).min() >= min_dist:
+            pos = torch.cat([pos, p])
+    z = ELEMENTS[torch.randint(0, len(ELEMENTS), (n,), generator=gen)]
+    return Data(z=z, pos=pos)
+
+
+def with_isolated_atom(mol: Data, z: int = 8) -> Data:
+    """Append an atom 3 cutoffs away from everything else."""
+    far = mol.pos.mean(0, keepdim=True) + torch.tensor([[3 * CUTOFF, 0.0, 0.0]], dtype=torch.float64)
+    return Data(z=torch.cat([mol.z, torch.tensor([z])]), pos=torch.cat([mol.pos, far]))
+
+
+def make_batch(seed: int = 0) -> Batch:
+    gen = torch.Generator().manual_seed(seed)
+    mols = [random_molecule(n, gen) for n in (5, 7, 4)]
+    mols.append(Data(z=torch.tensor([6]), pos=torch.zeros(1, 3, dtype=torch.float64)))  # single atom
+    mols.append(with_isolated_atom(random_molecule(4, gen)))
+    return Batch.from_data_list(mols)
+
+
+def random_orthogonal(gen: torch.Generator, proper: bool) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    if (torch.det(q) > 0) != proper:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+NAMES = list(FACTORIES)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {name: build(name) for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return make_batch()
+
+
+def run(model, data, condition=None):
+    return model(data, condition)
+
+
+# ---------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes_and_declared_sizes(nets, batch, name):
+    model = nets[name]
+    out = run(model, batch)
+    n = batch.num_nodes
+    assert out.scalars.shape == (n, model.width)
+    if model.vector_width:
+        assert out.vectors.shape == (n, 3, model.vector_width)
+    else:
+        assert out.vectors is None and name == "schnet"
+    assert torch.isfinite(out.scalars).all()
+    assert out.graph.edge_index.shape[0] == 2 and out.graph.edge_index.numel() > 0
+
+
+def test_declared_sizes_of_builtins():
+    assert (SchNet().width, SchNet().vector_width, SchNet().cutoff) == (128, 0, 10.0)
+    painn = PaiNN()
+    assert (painn.width, painn.vector_width, painn.cutoff, len(painn.interactions)) == (128, 128, 5.0, 3)
+    assert painn.rbf.frequencies.numel() == 20
+    mace = make_mace()
+    assert torch.get_default_dtype() == torch.float32  # building in float64 did not leak
+    assert all(p.dtype == torch.float64 for p in mace.parameters())
+    assert mace.width == 2 * 6 and mace.vector_width == 6 and mace.cutoff == CUTOFF
+    assert mace.element_embedding_parameters() == list(mace.node_embedding.parameters())
+    assert painn.element_embedding_parameters() == list(painn.embedding.parameters())
+
+
+# ---------------------------------------------------------------------------------------- symmetries
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("proper", [True, False], ids=["rotation", "rotoreflection"])
+def test_rotation_invariance_and_equivariance(nets, batch, name, proper):
+    model = nets[name]
+    gen = torch.Generator().manual_seed(1 if proper else 2)
+    rot = random_orthogonal(gen, proper)
+    out = run(model, batch)
+    out_r = run(model, with_positions(batch, batch.pos @ rot.T))
+    torch.testing.assert_close(out_r.scalars, out.scalars, rtol=0, atol=1e-10)
+    if out.vectors is not None:
+        expected = torch.einsum("ij,njf->nif", rot, out.vectors)
+        torch.testing.assert_close(out_r.vectors, expected, rtol=0, atol=1e-10)
+        assert out.vectors.abs().max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_translation_invariance(nets, batch, name):
+    model = nets[name]
+    shift = torch.tensor([3.0, -1.5, 7.25], dtype=torch.float64)
+    out = run(model, batch)
+    out_t = run(model, with_positions(batch, batch.pos + shift))
+    torch.testing.assert_close(out_t.scalars, out.scalars, rtol=0, atol=1e-10)
+    if out.vectors is not None:
+        torch.testing.assert_close(out_t.vectors, out.vectors, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_permutation_equivariance(nets, batch, name):
+    model = nets[name]
+    gen = torch.Generator().manual_seed(3)
+    # shuffle atoms within each molecule (the batch vector stays sorted)
+    perm = torch.argsort(batch.batch.double() + 0.5 * torch.rand(batch.num_nodes, generator=gen, dtype=torch.float64))
+    assert not torch.equal(perm, torch.arange(batch.num_nodes))
+    permuted = batch.__copy__()
+    permuted.z, permuted.pos = batch.z[perm], batch.pos[perm]
+    out = run(model, batch)
+    out_p = run(model, permuted)
+    torch.testing.assert_close(out_p.scalars, out.scalars[perm], rtol=0, atol=1e-10)
+    if out.vectors is not None:
+        torch.testing.assert_close(out_p.vectors, out.vectors[perm], rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- forces
+def energy(model, data, readout):
+    return (run(model, data).scalars @ readout).sum()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forces_match_finite_differences(nets, name):
+    model = nets[name]
+    gen = torch.Generator().manual_seed(4)
+    data = Batch.from_data_list([random_molecule(4, gen)])
+    readout = torch.randn(model.width, generator=gen, dtype=torch.float64)
+    pos = data.pos.clone().requires_grad_(True)
+    e = energy(model, with_positions(data, pos), readout)
+    (grad,) = torch.autograd.grad(e, pos)
+    forces = -grad
+    h = 1e-5
+    fd = torch.zeros_like(forces)
+    with torch.no_grad():
+        for i in range(pos.size(0)):
+            for k in range(3):
+                plus, minus = data.pos.clone(), data.pos.clone()
+                plus[i, k] += h
+                minus[i, k] -= h
+                fd[i, k] = -(energy(model, with_positions(data, plus), readout) - energy(model, with_positions(data, minus), readout)) / (2 * h)
+    assert forces.abs().max() > 1e-4
+    torch.testing.assert_close(forces, fd, rtol=1e-6, atol=1e-8)
+    # Newton's third law: an isolated molecule feels no net force
+    torch.testing.assert_close(forces.sum(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- edge cases
+@pytest.mark.parametrize("name", NAMES)
+def test_isolated_and_single_atoms(nets, name):
+    model = nets[name]
+    lone = Batch.from_data_list([Data(z=torch.tensor([8]), pos=torch.zeros(1, 3, dtype=torch.float64))])
+    gen = torch.Generator().manual_seed(5)
+    mixed = Batch.from_data_list([with_isolated_atom(random_molecule(3, gen), z=8), lone[0]])
+    for data in (lone, mixed):
+        pos = data.pos.clone().requires_grad_(True)
+        out = run(model, with_positions(data, pos))
+        assert torch.isfinite(out.scalars).all()
+        (out.scalars.sum() + (0.0 if out.vectors is None else out.vectors.square().sum())).backward()
+        assert torch.isfinite(pos.grad).all()
+    # a lone oxygen and an oxygen with no neighbour inside the cutoff see exactly the same
+    out_lone = run(model, lone)
+    out_mixed = run(model, mixed)
+    isolated = 3  # index of the appended far atom
+    torch.testing.assert_close(out_mixed.scalars[isolated], out_lone.scalars[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out_mixed.scalars[4], out_lone.scalars[0], rtol=0, atol=1e-12)
+    if out_lone.vectors is not None:
+        assert torch.count_nonzero(out_lone.vectors) == 0  # no direction to point to
+        assert torch.count_nonzero(out_mixed.vectors[isolated]) == 0
+    # forces on a lone atom are exactly zero
+    pos = lone.pos.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(run(model, with_positions(lone, pos)).scalars.sum(), pos, allow_unused=True)
+    assert grad is None or torch.count_nonzero(grad) == 0
+
+
+def test_mace_rejects_unknown_elements(nets):
+    data = Batch.from_data_list([Data(z=torch.tensor([6, 17]), pos=torch.tensor([[0.0, 0, 0], [1.5, 0, 0]], dtype=torch.float64))])
+    with pytest.raises(ValueError, match="17"):
+        nets["mace"](data)
+
+
+def test_condition_rejected_without_condition_dim(nets, batch):
+    with pytest.raises(ValueError):
+        nets["painn"](batch, torch.zeros(batch.num_graphs, 2, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------- conditioning
+def perturb_conditioning(model: Backbone, seed: int = 7) -> None:
+    """Move the zero-initialised adaLN projections, as training would."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.conditioning:
+            last = module.mlp[-1]
+            last.weight.copy_(0.3 * torch.randn(last.weight.shape, generator=gen, dtype=last.weight.dtype))
+            last.bias.copy_(0.3 * torch.randn(last.bias.shape, generator=gen, dtype=last.bias.dtype))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_condition_none_is_the_unconditioned_network(batch, name):
+    cond = build(name, condition_dim=COND, seed=11)
+    plain = build(name, condition_dim=0, seed=12)
+    assert not any(k.startswith("conditioning") for k in plain.state_dict())
+    shared = {k: v for k, v in cond.state_dict().items() if not k.startswith("conditioning.")}
+    plain.load_state_dict(shared, strict=True)
+    perturb_conditioning(cond)  # even a trained condition module must be bypassed for None
+    a, b = run(cond, batch, None), run(plain, batch)
+    assert torch.equal(a.scalars, b.scalars)
+    if a.vectors is not None:
+        assert torch.equal(a.vectors, b.vectors)
+    # and the plain network's parameters are exactly the conditioned one's minus the adaLN modules
+    n_cond = sum(p.numel() for p in cond.conditioning.parameters())
+    assert sum(p.numel() for p in plain.parameters()) + n_cond == sum(p.numel() for p in cond.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_initialised_condition_changes_nothing(batch, name):
+    model = build(name, condition_dim=COND, seed=13)
+    c = torch.randn(batch.num_graphs, COND, dtype=torch.float64)
+    a, b = run(model, batch, c), run(model, batch, None)
+    torch.testing.assert_close(a.scalars, b.scalars, rtol=0, atol=1e-12)
+    if a.vectors is not None:
+        torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trained_condition_changes_output_and_keeps_symmetry(batch, name):
+    model = build(name, condition_dim=COND, seed=14)
+    perturb_conditioning(model)
+    gen = torch.Generator().manual_seed(15)
+    c = torch.randn(batch.num_graphs, COND, generator=gen, dtype=torch.float64)
+    base = run(model, batch, None)
+    out = run(model, batch, c)
+    assert (out.scalars - base.scalars).abs().max() > 1e-3
+    c2 = c.clone()
+    c2[0] += 1.0  # only molecule 0's condition changes
+    out2 = run(model, batch, c2)
+    changed = (out2.scalars - out.scalars).abs().amax(dim=1) > 1e-9
+    assert torch.equal(changed, batch.batch == 0)
+    rot = random_orthogonal(gen, proper=True)
+    out_r = run(model, with_positions(batch, batch.pos @ rot.T), c)
+    torch.testing.assert_close(out_r.scalars, out.scalars, rtol=0, atol=1e-10)
+    if out.vectors is not None:
+        torch.testing.assert_close(out_r.vectors, torch.einsum("ij,njf->nif", rot, out.vectors), rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------- peers
+def test_schnet_matches_pyg_schnet(batch):
+    from torch_geometric.nn.models import SchNet as PygSchNet
+
+    ours = build("schnet", seed=21)
+    graph = build_graph(batch.pos, batch.batch, CUTOFF)
+    pyg = PygSchNet(
+        hidden_channels=16,
+        num_filters=12,
+        num_interactions=2,
+        num_gaussians=12,
+        cutoff=CUTOFF,
+        interaction_graph=lambda pos, b: (graph.edge_index, graph.length),
+    ).double()
+    with torch.no_grad():
+        pyg.embedding.weight.copy_(ours.embedding.weight[: pyg.embedding.num_embeddings])
+        for mine, theirs in zip(ours.interactions, pyg.interactions):
+            theirs.mlp[0].load_state_dict(mine.conv.filter_net[0].state_dict())
+            theirs.mlp[2].load_state_dict(mine.conv.filter_net[2].state_dict())
+            theirs.conv.lin1.load_state_dict(mine.conv.in_proj.state_dict())
+            theirs.conv.lin2.load_state_dict(mine.conv.out_proj.state_dict())
+            theirs.lin.load_state_dict(mine.out.state_dict())
+    # PyG's ShiftedSoftplus stores log(2) computed in float32 (torch.log(torch.tensor(2.0)).item());
+    # give it the float64 value so that the comparison can be tight
+    patched = 0
+    for module in pyg.modules():
+        if type(module).__name__ == "ShiftedSoftplus":
+            assert abs(module.shift - math.log(2.0)) < 1e-7
+            module.shift = math.log(2.0)
+            patched += 1
+    assert patched == 2 * 2 + 1  # filter MLP + block activation per interaction, readout activation
+    seen = {}
+    hook = pyg.lin1.register_forward_pre_hook(lambda mod, args: seen.setdefault("h", args[0]))
+    energy_pyg = pyg(batch.z, batch.pos, batch.batch)
+    hook.remove()
+    feats = run(ours, batch).scalars
+    torch.testing.assert_close(feats, seen["h"], rtol=0, atol=1e-12)
+    assert torch.isclose(pyg.embedding.weight, ours.embedding.weight[:100]).all()
+    readout = pyg.lin2(pyg.act(pyg.lin1(feats)))
+    energy_ours = scatter(readout, batch.batch, dim=0, reduce="sum")
+    torch.testing.assert_close(energy_ours, energy_pyg, rtol=0, atol=1e-12)
+
+
+def _scaleshift_mace(modules, o3):
+    """mace-torch's ScaleShiftMACE with MACE_KW's hyperparameters, keeping 1o in the last layer."""
+    import numpy as np
+
+    return modules.ScaleShiftMACE(
+        r_max=CUTOFF,
+        num_bessel=MACE_KW["num_bessel"],
+        num_polynomial_cutoff=MACE_KW["num_polynomial_cutoff"],
+        max_ell=MACE_KW["max_ell"],
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
+        num_interactions=2,
+        num_elements=5,
+        hidden_irreps=o3.Irreps(MACE_KW["hidden_irreps"]),
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.zeros(5),
+        avg_num_neighbors=MACE_KW["avg_num_neighbors"],
+        atomic_numbers=[1, 6, 7, 8, 9],
+        correlation=MACE_KW["correlation"],
+        gate=torch.nn.functional.silu,
+        radial_MLP=MACE_KW["radial_MLP"],
+        keep_last_layer_irreps=True,
+        use_reduced_cg=False,
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
+    )
+
+
+@pytest.mark.filterwarnings("ignore:The TorchScript type system")
+def test_mace_matches_mace_torch_scaleshiftmace(batch):
+    """Same weights -> our wrapper's features equal ScaleShiftMACE's ``node_feats``."""
+    from backbones.mace import import_mace
+
+    modules, o3 = import_mace()
+    ours = build("mace", seed=31)
+    torch.manual_seed(32)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ref = _scaleshift_mace(modules, o3)
+    finally:
+        torch.set_default_dtype(previous)
+    ref_state = ref.state_dict()
+    ours.load_state_dict({k: ref_state[k] for k in ours.state_dict()}, strict=True)
+    graph = build_graph(batch.pos, batch.batch, CUTOFF)
+    n_edges = graph.edge_index.size(1)
+    data = {
+        "positions": batch.pos.clone(),
+        "node_attrs": ours.node_attrs(batch.z, torch.float64),
+        "edge_index": graph.edge_index,
+        "shifts": torch.zeros(n_edges, 3, dtype=torch.float64),
+        "unit_shifts": torch.zeros(n_edges, 3, dtype=torch.float64),
+        "cell": torch.zeros(3 * batch.num_graphs, 3, dtype=torch.float64),
+        "batch": batch.batch,
+        "ptr": batch.ptr,
+    }
+    node_feats = ref(data, training=False, compute_force=False)["node_feats"].detach()
+    out = run(ours, batch)
+    dim = o3.Irreps(MACE_KW["hidden_irreps"]).dim  # 6 + 18 per layer
+    layers = node_feats.split(dim, dim=-1)
+    expected_scalars = torch.cat([layer[:, :6] for layer in layers], dim=-1)
+    assert expected_scalars.abs().max() > 1e-3 and out.vectors.abs().max() > 1e-3
+    torch.testing.assert_close(out.scalars, expected_scalars, rtol=0, atol=1e-12)
+    expected_vectors = layers[-1][:, 6:].reshape(-1, 6, 3).transpose(1, 2)
+    torch.testing.assert_close(out.vectors, expected_vectors, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------- laziness
+_ENV_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    import backbones
+    assert "mace" not in sys.modules and "e3nn" not in sys.modules, "importing backbones imported mace/e3nn"
+    net = backbones.MACE(hidden_irreps="4x0e+4x1o", max_ell=1, correlation=1, radial_MLP=[8])
+    assert "mace" in sys.modules
+    assert os.environ.get(key) == before, (before, os.environ.get(key))
+    print("ENV-OK", before)
+    """
+)
+
+
+def test_mace_import_is_lazy_and_restores_environment():
+    procs = []
+    for value in (None, "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+        if value is not None:
+            env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = value
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _ENV_SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    for value, proc in zip((None, "0"), procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert f"ENV-OK {value}" in out
