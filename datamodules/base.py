@@ -23,6 +23,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
+from .corruption import Corruption
 from .splits import load_splits, random_split, save_splits
 from .storage import Store, open_or_build
 
@@ -55,11 +56,23 @@ def default_cache_root() -> Path:
 class StoreDataset(torch.utils.data.Dataset):
     """Molecules ``indices`` of a :class:`Store` as PyG ``Data`` objects (read from the memory map)."""
 
-    def __init__(self, store: Store, indices: np.ndarray, label_columns: list[int] | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        indices: np.ndarray,
+        label_columns: list[int] | None,
+        corruption: Corruption | None = None,
+    ) -> None:
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.label_columns = label_columns
         self._extra_atom_arrays = [n for n in store.atom_arrays() if n not in ("z", "pos")]
+        self.corruption = corruption if corruption is not None and corruption.rate > 0 else None
+        self._corrupted: set[int] = self.corruption.select(self.indices) if self.corruption else set()
+        self._label_std = None
+        if self.corruption and self.corruption.kind == "label_noise" and label_columns is not None:
+            labels = np.asarray(store.arrays["labels"][np.sort(self.indices)][:, label_columns])
+            self._label_std = labels.std(axis=0)[None]
 
     def __len__(self) -> int:
         return self.indices.size
@@ -77,6 +90,8 @@ class StoreDataset(torch.utils.data.Dataset):
             data.y = torch.from_numpy(np.array(arrays["labels"][m, self.label_columns], dtype=np.float64))[None]
         for name in self._extra_atom_arrays:
             setattr(data, name, torch.from_numpy(np.array(arrays[name][a:b], dtype=np.float32)))
+        if m in self._corrupted:
+            data = self.corruption.apply(data, m, self._label_std)
         return data
 
 
@@ -96,6 +111,12 @@ class AtomsDataModule(L.LightningDataModule):
         split_file: ``.npz`` with ``train``/``val``/``test`` index arrays to use instead.
         cache_dir: where processed stores go (default :func:`default_cache_root`).
         pin_memory: pin host memory in the loaders (GPU training).
+        corruption: corrupt part of the training split on purpose (noise-robustness studies):
+            ``displacement``, ``duplicate_atoms`` or ``label_noise`` (see
+            :mod:`datamodules.corruption`); ``None`` for clean data.
+        corruption_rate: fraction of training molecules corrupted.
+        corruption_scale: size of the corruption (Angstrom, or label standard deviations).
+        corruption_seed: which molecules are corrupted and how.
     """
 
     name = "atoms"
@@ -114,8 +135,15 @@ class AtomsDataModule(L.LightningDataModule):
         split_file: str | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = False,
+        corruption: str | None = None,
+        corruption_rate: float = 0.0,
+        corruption_scale: float = 0.5,
+        corruption_seed: int = 0,
     ) -> None:
         super().__init__()
+        self.corruption = (
+            Corruption(corruption, corruption_rate, corruption_scale, corruption_seed) if corruption else None
+        )
         if isinstance(targets, str):
             targets = [targets]
         self.targets = list(targets) if targets is not None else None
@@ -199,7 +227,8 @@ class AtomsDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> StoreDataset:
         if self.store is None or self.splits is None:
             self.setup()
-        return StoreDataset(self.store, self.splits[split], self.label_columns)
+        corruption = self.corruption if split == "train" else None
+        return StoreDataset(self.store, self.splits[split], self.label_columns, corruption)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -239,6 +239,10 @@ class QM9DataModule(AtomsDataModule):
         split_file: str | None = None,
         cache_dir: str | None = None,
         pin_memory: bool = False,
+        corruption: str | None = None,
+        corruption_rate: float = 0.0,
+        corruption_scale: float = 0.5,
+        corruption_seed: int = 0,
     ) -> None:
         super().__init__(
             targets=["homo"] if targets is None else targets,
@@ -253,6 +257,10 @@ class QM9DataModule(AtomsDataModule):
             split_file=split_file,
             cache_dir=cache_dir,
             pin_memory=pin_memory,
+            corruption=corruption,
+            corruption_rate=corruption_rate,
+            corruption_scale=corruption_scale,
+            corruption_seed=corruption_seed,
         )
         self.raw_dir = Path(raw_dir).expanduser() if raw_dir else None
 
