@@ -32,7 +32,7 @@ class EdgeVectorHead(nn.Module):
 
     For every edge ``(src -> dst)`` of the backbone's radius graph a learned *invariant* weight
 
-        w_e = MLP([h_src, h_dst, rbf(d_e)]) * fcut(d_e)                    (one number per edge)
+        w_e = MLP([h_src, h_dst, rbf(d_e), d_e]) * fcut(d_e)               (one number per edge)
 
     multiplies the unit edge vector ``u_e = (r_src - r_dst) / d_e``; the weighted unit vectors are
     summed at the receiving atom:  ``v_i = sum_{e: dst(e) = i} w_e u_e``.  Because ``w_e`` is rotation
@@ -57,13 +57,13 @@ class EdgeVectorHead(nn.Module):
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.node = nn.Linear(width, hidden)  # shared per-atom projection before the edge MLP
         self.edge = nn.Sequential(
-            nn.Linear(2 * hidden + num_rbf, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
+            nn.Linear(2 * hidden + num_rbf + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
         )
 
     def forward(self, scalars: Tensor, graph: Graph) -> Tensor:
         src, dst = graph.edge_index
         h = self.node(scalars)
-        features = torch.cat([h[src], h[dst], self.rbf(graph.length)], dim=-1)
+        features = torch.cat([h[src], h[dst], self.rbf(graph.length), graph.length.unsqueeze(-1)], dim=-1)
         weight = self.edge(features) * cosine_cutoff(graph.length, self.cutoff).unsqueeze(-1)  # [E, 1]
         return scatter(weight * graph.unit, dst, dim=0, dim_size=scalars.size(0), reduce="sum")
 
