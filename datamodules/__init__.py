@@ -4,6 +4,7 @@ Add a dataset by subclassing :class:`datamodules.base.AtomsDataModule` (see ``da
 """
 
 from .base import AtomsDataModule, TargetInfo
+from .md17 import MD17DataModule, RMD17DataModule
 from .qm9 import QM9DataModule
 
-__all__ = ["AtomsDataModule", "QM9DataModule", "TargetInfo"]
+__all__ = ["AtomsDataModule", "MD17DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo"]

@@ -15,16 +15,29 @@ float32 resolves only ~1 meV.
 
 Metrics: mean absolute error per target in the target's unit, shown in meV for eV targets
 (``val/homo_mae_meV``, ``test/u0_mae_meV``).
+
+Forces (``forces=True``, linked from the DataModule's ``forces`` attribute by the CLI, e.g. MD17):
+the target ``energy`` is predicted as above and the forces are its negative gradient with respect to
+the positions, ``F = -dE/dpos``, by autograd (``create_graph`` in training so the force loss trains the
+weights; inside ``torch.enable_grad()`` and outside inference mode in validation/test/predict, so it
+works with Lightning's default ``inference_mode=True``). The loss is
+
+    energy_weight * L((E_hat - E) / sigma_E) + force_weight * L((F_hat - F) / f_rms)
+
+with ``L`` the chosen L1/MSE mean, ``sigma_E`` the energy std above and ``f_rms`` the root mean square
+of the training force components (so both terms are dimensionless and O(1)). Metrics add the force MAE
+over all components, ``val/forces_mae_meV_per_A`` (meV/A for eV/A forces).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 from torchmetrics import MeanAbsoluteError
 
-from backbones.base import Backbone
+from backbones.base import Backbone, with_positions
 
 from .base import Objective
 from .heads import AtomwiseMLP
@@ -45,6 +58,9 @@ class Regression(Objective):
         standardize: scale outputs by training-set statistics (strongly recommended).
         loss: ``"l1"`` or ``"mse"`` on standardised errors.
         head_hidden: hidden size of the per-atom heads (default ``width // 2``).
+        forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
+            per-atom ``forces`` in the data); linked from ``--data.forces`` by the CLI.
+        energy_weight, force_weight: weights of the standardised energy and force loss terms.
         Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA).
     """
 
@@ -57,6 +73,9 @@ class Regression(Objective):
         standardize: bool = True,
         loss: str = "l1",
         head_hidden: int | None = None,
+        forces: bool = False,
+        energy_weight: float = 1.0,
+        force_weight: float = 10.0,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         scheduler: str = "cosine",
@@ -94,6 +113,16 @@ class Regression(Objective):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{t}": MeanAbsoluteError() for stage in ("val", "test") for t in self.targets}
         )
+        self.forces = bool(forces)
+        self.energy_weight = float(energy_weight)
+        self.force_weight = float(force_weight)
+        self.force_unit = "eV/A"
+        if self.forces:
+            if "energy" not in self.targets:
+                raise ValueError(f"forces=True needs the target 'energy' (forces are -dE/dpos); targets are {self.targets}")
+            self.energy_index = self.targets.index("energy")
+            self.register_buffer("force_rms", torch.ones((), dtype=torch.float64))
+            self.force_metrics = nn.ModuleDict({stage: MeanAbsoluteError() for stage in ("val", "test")})
 
     # ----- statistics from the data -------------------------------------------------------------
     def _resolve_pooling(self, default: str, target: str) -> str:
@@ -117,9 +146,35 @@ class Regression(Objective):
                 f"model targets {self.targets} differ from the data's targets {names}; set them with --data.targets"
             )
         self.units = [info.unit for info in infos]
+        if self.forces:
+            self._check_force_data(datamodule)
         if bool(self.stats_ready):
             return
+        if self.forces:
+            self.force_rms.fill_(self._training_force_rms(datamodule))
         self.fit_statistics(infos, datamodule.training_labels(), datamodule.training_element_counts(MAX_Z))
+
+    def _check_force_data(self, datamodule) -> None:
+        store = getattr(datamodule, "store", None)
+        if store is None or "forces" not in store.atom_arrays():
+            raise ValueError(
+                f"forces=True but {type(datamodule).__name__} has no per-atom 'forces' array; "
+                "use a dataset with forces or set --model.init_args.forces false"
+            )
+        self.force_unit = getattr(datamodule, "force_unit", store.meta.get("units", {}).get("forces", "eV/A"))
+
+    @staticmethod
+    def _training_force_rms(datamodule) -> float:
+        """Root mean square of the training split's force components (in the data's force unit)."""
+        store = datamodule.store
+        idx = np.sort(datamodule.splits["train"])
+        total, count = 0.0, 0
+        for chunk in np.array_split(idx, max(1, idx.size // 10_000)):
+            rows = np.concatenate([np.arange(store.offsets[i], store.offsets[i + 1]) for i in chunk])
+            f = np.asarray(store.arrays["forces"][rows], dtype=np.float64)
+            total, count = total + float((f * f).sum()), count + f.size
+        rms = (total / count) ** 0.5 if count else 1.0
+        return rms if rms > 0 else 1.0
 
     @torch.no_grad()
     def fit_statistics(self, infos, labels, element_counts) -> None:
@@ -151,9 +206,11 @@ class Regression(Objective):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["target_units"] = self.units
+        checkpoint["force_unit"] = self.force_unit
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.units = checkpoint.get("target_units", self.units)
+        self.force_unit = checkpoint.get("force_unit", self.force_unit)
 
     # ----- forward ------------------------------------------------------------------------------
     def forward(self, data) -> Tensor:
@@ -176,15 +233,58 @@ class Regression(Objective):
         error = ((pred - target) / self.std).float()
         return error.abs().mean() if self.loss_name == "l1" else error.pow(2).mean()
 
+    def predict_with_forces(self, data, training: bool) -> tuple[Tensor, Tensor]:
+        """``(targets [num_graphs, T] float64, forces [N, 3])`` with ``forces = -dE/dpos``.
+
+        Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (Lightning's evaluation loops):
+        the batch is cloned out of inference mode and gradients are enabled locally. In training the
+        graph is kept (``create_graph``) so the force loss back-propagates to the weights.
+        """
+        if training:
+            pos = data.pos.clone().requires_grad_(True) if not data.pos.requires_grad else data.pos
+            pred = self(with_positions(data, pos))
+            grad = torch.autograd.grad(pred[:, self.energy_index].sum(), pos, create_graph=True)[0]
+            return pred, -grad
+        with torch.inference_mode(False), torch.enable_grad():
+            data = data.clone()  # tensors made under inference mode cannot take part in autograd
+            pos = data.pos.detach().requires_grad_(True)
+            pred = self(with_positions(data, pos))
+            grad = torch.autograd.grad(pred[:, self.energy_index].sum(), pos)[0]
+        return pred.detach(), -grad.detach()
+
+    def force_loss_fn(self, pred: Tensor, target: Tensor) -> Tensor:
+        error = (pred - target) / self.force_rms.float()
+        return error.abs().mean() if self.loss_name == "l1" else error.pow(2).mean()
+
+    def combined_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
+        loss = self.loss_fn(pred, batch.y)
+        if forces is None:
+            return loss
+        return self.energy_weight * loss + self.force_weight * self.force_loss_fn(forces, batch.forces)
+
     # ----- steps --------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self.loss_fn(self(batch), batch.y)
+        if self.forces:
+            pred, forces = self.predict_with_forces(batch, training=True)
+            loss = self.combined_loss(pred, forces, batch)
+        else:
+            loss = self.loss_fn(self(batch), batch.y)
         self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:
-        pred = self(batch)
-        self.log(f"{stage}/loss", self.loss_fn(pred, batch.y), batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
+        if self.forces:
+            pred, forces = self.predict_with_forces(batch, training=False)
+            loss = self.combined_loss(pred, forces, batch)
+            _, factor = display_unit(self.force_unit)
+            metric = self.force_metrics[stage]
+            error = (forces - batch.forces).float() * factor
+            metric.update(error, torch.zeros_like(error))
+            self.log(f"{stage}/forces_mae_{metric_suffix(self.force_unit)}", metric, batch_size=batch.num_graphs, prog_bar=stage == "val")
+        else:
+            pred = self(batch)
+            loss = self.loss_fn(pred, batch.y)
+        self.log(f"{stage}/loss", loss, batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
         for k, name in enumerate(self.targets):
             _, factor = display_unit(self.units[k])
             metric = self.metrics[f"{stage}_{name}"]
@@ -200,4 +300,7 @@ class Regression(Objective):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        if self.forces:
+            pred, forces = self.predict_with_forces(batch, training=False)
+            return {"idx": batch.idx, "prediction": pred, "forces": forces, "batch": batch.batch, "targets": self.targets}
         return {"idx": batch.idx, "prediction": self(batch), "targets": self.targets}

@@ -1,0 +1,52 @@
+"""Validation of raw arrays before they go into a store: every error names the file and the record.
+
+Used by the MD17/rMD17, ASE-file and PCQM4Mv2 readers. A reader calls these on each chunk *before*
+appending it to a :class:`~datamodules.storage.StoreWriter`; the raised error aborts the writer,
+which removes its temporary directory, so bad input never leaves a partial cache behind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_Z = 100
+
+
+class DataFormatError(ValueError):
+    """A raw data file is malformed (wrong keys, shapes, values); the message names file and record."""
+
+
+def first_bad(mask: np.ndarray) -> int:
+    """Index of the first ``True`` in ``mask`` (flattened over trailing axes per leading row)."""
+    rows = mask.reshape(mask.shape[0], -1).any(axis=1) if mask.ndim > 1 else mask
+    return int(np.flatnonzero(rows)[0])
+
+
+def check_atomic_numbers(z: np.ndarray, where: str, record_offset: int = 0, counts: np.ndarray | None = None) -> None:
+    """Raise unless every atomic number is an integer in 1..100 (``counts`` maps atoms to records)."""
+    z = np.asarray(z)
+    if z.size and (not np.issubdtype(z.dtype, np.integer) and not np.all(np.mod(z, 1) == 0)):
+        raise DataFormatError(f"{where}: atomic numbers must be integers, got dtype {z.dtype}")
+    bad = (z < 1) | (z > MAX_Z)
+    if bad.any():
+        atom = int(np.flatnonzero(bad)[0])
+        record = record_offset + (int(np.searchsorted(np.cumsum(counts), atom, side="right")) if counts is not None else 0)
+        raise DataFormatError(
+            f"{where}: atomic number {int(z.flat[atom])} outside 1..{MAX_Z} (record {record}, atom {atom})"
+        )
+
+
+def check_finite(array: np.ndarray, name: str, where: str, record_offset: int = 0, counts: np.ndarray | None = None) -> None:
+    """Raise if ``array`` holds NaN/inf; rows are records, or atoms mapped to records by ``counts``."""
+    bad = ~np.isfinite(np.asarray(array, dtype=np.float64))
+    if bad.any():
+        row = first_bad(bad)
+        record = row if counts is None else int(np.searchsorted(np.cumsum(counts), row, side="right"))
+        raise DataFormatError(f"{where}: {name} of record {record_offset + record} is NaN or infinite")
+
+
+def check_counts(counts: np.ndarray, where: str, record_offset: int = 0) -> None:
+    """Raise on empty structures (zero atoms)."""
+    counts = np.asarray(counts)
+    if (counts <= 0).any():
+        raise DataFormatError(f"{where}: record {record_offset + first_bad(counts <= 0)} has no atoms")
