@@ -3,8 +3,9 @@
 Add a dataset by subclassing :class:`datamodules.base.AtomsDataModule` (see ``datamodules/qm9.py``).
 """
 
+from .ase_file import ASEFileDataModule
 from .base import AtomsDataModule, TargetInfo
 from .md17 import MD17DataModule, RMD17DataModule
 from .qm9 import QM9DataModule
 
-__all__ = ["AtomsDataModule", "MD17DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo"]
+__all__ = ["ASEFileDataModule", "AtomsDataModule", "MD17DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo"]

@@ -75,7 +75,7 @@ class Regression(Objective):
         head_hidden: int | None = None,
         forces: bool = False,
         energy_weight: float = 1.0,
-        force_weight: float = 10.0,
+        force_weight: float = 100.0,
         lr: float = 5e-4,
         weight_decay: float = 0.0,
         scheduler: str = "cosine",
