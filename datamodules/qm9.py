@@ -217,7 +217,8 @@ class QM9DataModule(AtomsDataModule):
 
     Args:
         targets: one or more of mu, alpha, homo, lumo, gap, r2, zpve, u0, u, h, g, cv, u0_atom,
-            u_atom, h_atom, g_atom, A, B, C (PyG's units: D, a0^3, eV, a0^2, cal/mol/K, GHz).
+            u_atom, h_atom, g_atom, A, B, C (PyG's units: D, a0^3, eV, a0^2, cal/mol/K, GHz);
+            ``None`` for label-free pretraining.
         raw_dir: folder with gdb9.sdf, gdb9.sdf.csv and uncharacterized.txt; ``None`` reads qm9pack.
         Other arguments: see :class:`~datamodules.base.AtomsDataModule`.
     """
@@ -245,7 +246,7 @@ class QM9DataModule(AtomsDataModule):
         corruption_seed: int = 0,
     ) -> None:
         super().__init__(
-            targets=["homo"] if targets is None else targets,
+            targets=targets,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
