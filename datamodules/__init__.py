@@ -6,6 +6,7 @@ Add a dataset by subclassing :class:`datamodules.base.AtomsDataModule` (see ``da
 from .ase_file import ASEFileDataModule
 from .base import AtomsDataModule, TargetInfo
 from .md17 import MD17DataModule, RMD17DataModule
+from .pcqm4mv2 import PCQM4Mv2DataModule
 from .qm9 import QM9DataModule
 
-__all__ = ["ASEFileDataModule", "AtomsDataModule", "MD17DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo"]
+__all__ = ["ASEFileDataModule", "AtomsDataModule", "MD17DataModule", "PCQM4Mv2DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo"]
