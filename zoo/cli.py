@@ -72,6 +72,22 @@ class ZooCLI(LightningCLI):
             help="After fit, run the test split with the best checkpoint and print per-target MAE.",
         )
 
+    def before_instantiate_classes(self) -> None:
+        # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:
+        # drop the default callbacks that need them instead of letting Lightning refuse the combination.
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = config.get("trainer") if config is not None else None
+        if trainer is None or not trainer.get("callbacks"):
+            return
+        unwanted = []
+        if trainer.get("enable_checkpointing") is False:
+            unwanted.append("ModelCheckpoint")
+        if trainer.get("logger") in (False, None):
+            unwanted.append("LearningRateMonitor")
+        trainer["callbacks"] = [
+            c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith(tuple(unwanted) or ("\0",))
+        ]
+
     def after_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None

@@ -1,0 +1,63 @@
+"""A backbone of your own, plugged into every objective of the zoo with nothing but a class path.
+
+This file lives outside the zoo's packages on purpose: it stands for *your* module. Put its folder on
+``PYTHONPATH`` (or install your package) and run, for example::
+
+    PYTHONPATH=examples zoo fit -c configs/data/qm9.yaml -c configs/objectives/regression.yaml \\
+        --model.backbone.class_path custom_backbone.DistanceMPNN --model.backbone.init_args.width 64
+
+    PYTHONPATH=examples zoo fit -c configs/data/qm9.yaml -c configs/objectives/scd.yaml \\
+        --data.targets null --model.backbone.class_path custom_backbone.DistanceMPNN
+
+The contract (docs/backbones.md): subclass :class:`backbones.Backbone`, declare ``width`` and
+``cutoff`` (and ``vector_width`` / ``condition_dim`` if you have vector features or take a
+condition), and return a :class:`backbones.BackboneOutput` from ``forward(data, condition=None)``.
+This one is invariant, returns no vector features and takes no condition: objectives that need
+those (denoising's equivariant noise head, SCD's conditioning) fall back to generic heads built from
+its scalars and the graph's edge vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.utils import scatter
+
+from backbones import Backbone, BackboneOutput, num_graphs
+from zoo.radial import GaussianRBF, cosine_cutoff
+
+
+class DistanceMPNN(Backbone):
+    """A small distance-based message-passing network (invariant).
+
+    ``h_i <- h_i + MLP([h_i, sum_j MLP_e(h_j, rbf(d_ij)) * fcut(d_ij)])`` for ``num_layers`` layers.
+
+    Args:
+        width: feature size F.
+        num_layers: message-passing layers.
+        num_rbf: Gaussians on ``[0, cutoff]``.
+        cutoff: radius in Angstrom.
+    """
+
+    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0) -> None:
+        super().__init__(width=width, cutoff=cutoff)  # no vector features, no conditioning
+        self.embedding = nn.Embedding(101, width)  # found by objectives that freeze element embeddings
+        self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
+        self.message = nn.ModuleList(
+            nn.Sequential(nn.Linear(width + num_rbf, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
+        )
+        self.update = nn.ModuleList(
+            nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
+        )
+
+    def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        self.check_condition(condition, num_graphs(data))  # raises: this backbone takes no condition
+        graph = self.graph(data)
+        rbf = self.rbf(graph.length)
+        envelope = cosine_cutoff(graph.length, self.cutoff).unsqueeze(-1)
+        h = self.embedding(data.z)
+        for message, update in zip(self.message, self.update):
+            m = message(torch.cat([h[graph.src], rbf], dim=-1)) * envelope
+            aggregated = scatter(m, graph.dst, dim=0, dim_size=h.size(0), reduce="sum")
+            h = h + update(torch.cat([h, aggregated], dim=-1))
+        return BackboneOutput(scalars=h, vectors=None, graph=graph)

@@ -1,0 +1,55 @@
+"""A user's backbone from outside the zoo's packages trains through the CLI with every objective."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTIVES = sorted(p for p in (ROOT / "configs/objectives").glob("*.yaml") if p.stem != "finetune")
+
+
+@pytest.fixture()
+def examples_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    yield
+    sys.modules.pop("custom_backbone", None)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda p: p.stem)
+def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_path, examples_on_path):
+    supervised = objective.stem == "regression"
+    cli = run([
+        "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(objective),
+        "--model.backbone.class_path", "custom_backbone.DistanceMPNN",
+        "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_layers", "1",
+        "--data.targets", "[homo]" if supervised else "null",
+        "--data.train_size", "32", "--data.batch_size", "8", "--data.eval_batch_size", "8",
+        "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+        "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
+    ])
+    assert type(cli.model.backbone).__name__ == "DistanceMPNN"
+    assert cli.trainer.global_step == 3
+    loss = cli.trainer.callback_metrics.get("train/loss")
+    assert loss is not None and torch.isfinite(loss)
+
+
+def test_custom_backbone_is_invariant(examples_on_path):
+    from custom_backbone import DistanceMPNN
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(0)
+    net = DistanceMPNN(width=16, num_layers=2).double()
+    pos = torch.randn(6, 3, dtype=torch.float64) * 1.2
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    a = net(Batch.from_data_list([Data(z=torch.tensor([6, 1, 1, 8, 1, 7]), pos=pos)])).scalars
+    b = net(Batch.from_data_list([Data(z=torch.tensor([6, 1, 1, 8, 1, 7]), pos=pos @ q.T + 3.0)])).scalars
+    assert torch.allclose(a, b, atol=1e-10)
+    with pytest.raises(ValueError, match="condition"):
+        net(Batch.from_data_list([Data(z=torch.tensor([6]), pos=torch.zeros(1, 3))]), condition=torch.zeros(1, 4))
