@@ -82,11 +82,12 @@ class ZooCLI(LightningCLI):
         unwanted = []
         if trainer.get("enable_checkpointing") is False:
             unwanted.append("ModelCheckpoint")
-        if trainer.get("logger") in (False, None):
+        if trainer.get("logger") is False:
             unwanted.append("LearningRateMonitor")
-        trainer["callbacks"] = [
-            c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith(tuple(unwanted) or ("\0",))
-        ]
+        if unwanted:
+            trainer["callbacks"] = [
+                c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith(tuple(unwanted))
+            ]
 
     def after_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
