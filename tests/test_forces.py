@@ -32,9 +32,6 @@ def test_forces_are_minus_energy_gradient(cache_dir):
     dm = make_dm(cache_dir)
     dm.setup()
     model = small_model()
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, max_steps=1, enable_progress_bar=False)
-    model.trainer = trainer  # noqa: only to reach the datamodule in setup
-    trainer.datamodule = dm  # type: ignore[misc]
     batch = next(iter(dm.val_dataloader()))
     model.fit_statistics(dm.targets_info(), dm.training_labels(), dm.training_element_counts(100))
     # under inference mode (Lightning's default evaluation), forces still come out
@@ -56,7 +53,7 @@ def test_forces_are_minus_energy_gradient(cache_dir):
     assert -(e[0] - e[1]) / (2 * h) == pytest.approx(f64[atom, axis].item(), rel=1e-4, abs=1e-6)
 
 
-def test_forces_need_energy_target_and_force_data(cache_dir):
+def test_forces_need_energy_target():
     backbone = SchNet(width=16, num_filters=16, num_interactions=1, num_rbf=8, cutoff=4.0)
     with pytest.raises(ValueError, match="energy"):
         Regression(backbone, targets=["homo"], forces=True)

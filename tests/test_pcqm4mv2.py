@@ -1,6 +1,5 @@
 """PCQM4Mv2 3D loader on small files in the exact OGB layout, generated here with RDKit from QM9 SMILES."""
 
-import gzip
 import logging
 import zipfile
 from importlib.metadata import distribution
@@ -49,7 +48,6 @@ def ogb_root(tmp_path_factory):
     with Chem.SDWriter(str(root / "pcqm4m-v2-train.sdf")) as w:
         for i in train:
             w.write(Chem.RemoveHs(mols[i][1]))
-    folder = root / "pcqm4m-v2_xyz"
     with zipfile.ZipFile(root / "pcqm4m-v2_xyz.zip", "w") as zf:
         for i in train:
             mol = mols[i][1]
@@ -89,7 +87,7 @@ def test_sdf_labelled_with_hydrogens(ogb_root, tmp_path):
     train = ogb_root["train"]
     assert np.allclose(dm.store.arrays["labels"][:, 0], ogb_root["gaps"][train])
     assert dm.store.counts[0] == ogb_root["mols"][train[0]][1].GetNumAtoms() and 1 in dm.store.meta["atomic_numbers"]
-    assert dm.target_info("homolumogap") .pooling == "mean"
+    assert dm.target_info("homolumogap").pooling == "mean"
     assert next(iter(dm.train_dataloader())).y.shape == (4, 1)
 
 
