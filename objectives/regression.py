@@ -40,6 +40,7 @@ from torchmetrics import MeanAbsoluteError
 from backbones.base import Backbone, with_positions
 
 from .base import Objective
+from .denoising import AuxDenoising
 from .heads import AtomwiseMLP
 from .units import display_unit, metric_suffix
 
@@ -61,7 +62,12 @@ class Regression(Objective):
         forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
             per-atom ``forces`` in the data); linked from ``--data.forces`` by the CLI.
         energy_weight, force_weight: weights of the standardised energy and force loss terms.
-        Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA).
+        aux_denoising_weight: weight of an auxiliary denoising loss during training (0: off; methods.md
+            fine-tuning recipe: 0.1). One extra backbone pass on positions + Gaussian noise of
+            ``aux_denoising_sigma`` Angstrom (0.005); :class:`objectives.denoising.AuxDenoising`'s
+            equivariant head predicts noise / sigma (MSE, logged as ``train/aux_denoising``).
+        Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA,
+            ``init_from`` / ``freeze_backbone`` for fine-tuning and probing).
     """
 
     def __init__(
@@ -84,11 +90,20 @@ class Regression(Objective):
         plateau_factor: float = 0.8,
         plateau_patience: int = 10,
         ema_decay: float | None = None,
+        init_from: str | None = None,
+        freeze_backbone: bool = False,
+        aux_denoising_weight: float = 0.0,
+        aux_denoising_sigma: float = 0.005,
     ) -> None:
         super().__init__(
-            backbone, lr, weight_decay, scheduler, warmup_steps, min_lr_ratio, plateau_factor, plateau_patience, ema_decay
+            backbone, lr, weight_decay, scheduler, warmup_steps, min_lr_ratio, plateau_factor, plateau_patience, ema_decay,
+            init_from=init_from, freeze_backbone=freeze_backbone,
         )
         self.save_hyperparameters()
+        # auxiliary denoising ("noisy nodes", fine-tuning recipe of methods.md): an extra backbone pass
+        # on positions + N(0, aux_denoising_sigma^2) noise, MSE of objectives.denoising's head to noise/sigma
+        self.aux_denoising_weight = float(aux_denoising_weight)
+        self.aux_denoising = AuxDenoising(backbone, aux_denoising_sigma) if aux_denoising_weight > 0 else None
         if not targets:
             raise ValueError(
                 "Regression needs targets: set --data.targets (linked to the model automatically) "
@@ -269,6 +284,10 @@ class Regression(Objective):
             loss = self.combined_loss(pred, forces, batch)
         else:
             loss = self.loss_fn(self(batch), batch.y)
+        if self.aux_denoising is not None:
+            aux = self.aux_denoising.loss(self.backbone, batch)
+            self.log("train/aux_denoising", aux, batch_size=batch.num_graphs)
+            loss = loss + self.aux_denoising_weight * aux
         self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
         return loss
 

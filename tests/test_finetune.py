@@ -1,0 +1,144 @@
+"""Fine-tuning and probing: init_from loads exactly the pretrained backbone, mismatches fail clearly,
+safetensors export round-trips (Python and CLI-entry), freeze_backbone, auxiliary denoising."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from backbones import PaiNN, SchNet
+from datamodules import QM9DataModule
+from objectives import JEPA, Denoising, Regression
+from objectives.export import build_backbone, export_backbone, load_backbone_weights, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_schnet(width: int = 32):
+    return SchNet(width=width, num_filters=32, num_interactions=2, num_rbf=16, cutoff=5.0)
+
+
+@pytest.fixture(scope="module")
+def dm(cache_dir):
+    data = QM9DataModule(targets=["homo"], train_size=32, batch_size=16, cache_dir=str(cache_dir))
+    data.prepare_data()
+    return data
+
+
+@pytest.fixture(scope="module")
+def pretrained(dm, tmp_path_factory):
+    """A Denoising run of 2 steps, saved as a Lightning checkpoint: (checkpoint path, trained model)."""
+    torch.manual_seed(0)
+    model = Denoising(tiny_schnet(), warmup_steps=1, lr=1e-2)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer.fit(model, datamodule=dm)
+    path = tmp_path_factory.mktemp("pretrain") / "denoising.ckpt"
+    trainer.save_checkpoint(path)
+    return path, model
+
+
+def test_init_from_checkpoint_loads_backbone_only(pretrained):
+    path, source = pretrained
+    fresh = tiny_schnet()
+    model = Regression(tiny_schnet(), targets=["homo"], init_from=str(path))
+    for name, tensor in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+        # and they are not the values a fresh initialisation gives
+    assert not torch.equal(model.backbone.embedding.weight, fresh.embedding.weight)
+    # weights really moved during pretraining, so equality above is meaningful
+    assert "head.head.edge.0.weight" in {k.removeprefix("") for k in source.state_dict()}
+
+
+def test_init_from_any_objective_including_jepa(tmp_path):
+    torch.manual_seed(0)
+    jepa = JEPA(tiny_schnet())
+    with torch.no_grad():
+        for p in jepa.backbone.parameters():
+            p.add_(0.5)  # context and EMA target now differ: init_from must take the context backbone
+    path = tmp_path / "jepa.ckpt"
+    torch.save({"state_dict": jepa.state_dict(), "hyper_parameters": {"backbone": jepa.backbone}}, path)
+    model = Denoising(tiny_schnet(), init_from=str(path))
+    assert torch.equal(model.backbone.embedding.weight, jepa.backbone.embedding.weight)
+
+
+def test_mismatched_backbone_gives_clear_error(pretrained):
+    path, _ = pretrained
+    with pytest.raises(ValueError, match=r"(?s)SchNet.*PaiNN"):
+        Regression(PaiNN(width=32, num_interactions=2, num_rbf=16), targets=["homo"], init_from=str(path))
+    with pytest.raises(ValueError, match=r"(?s)shape mismatches.*embedding.weight.*\(101, 32\).*\(101, 16\)"):
+        Regression(tiny_schnet(width=16), targets=["homo"], init_from=str(path))
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        Regression(tiny_schnet(), targets=["homo"], init_from=str(path) + ".missing")
+
+
+def test_safetensors_export_round_trip(pretrained, tmp_path):
+    path, source = pretrained
+    out = tmp_path / "backbone.safetensors"
+    main([str(path), str(out)])  # the `python -m objectives.export CKPT OUT` entry
+    assert out.exists() and out.with_suffix(".json").exists()
+    weights, meta = load_backbone_weights(out)  # safetensors: no unpickling
+    assert meta["class_path"] == "backbones.schnet.SchNet"
+    assert set(weights) == set(source.backbone.state_dict())
+    model = Regression(tiny_schnet(), targets=["homo"], init_from=str(out))
+    for name, tensor in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="PaiNN"):
+        Regression(PaiNN(width=32, num_interactions=2, num_rbf=16), targets=["homo"], init_from=str(out))
+
+
+def test_cli_pretrain_export_build_and_finetune(cache_dir, tmp_path):
+    """zoo fit (denoising) -> checkpoint -> export (init_args from the CLI config) -> build_backbone;
+    then zoo fit with configs/objectives/finetune.yaml and --model.init_from the export."""
+    from zoo.cli import run
+
+    tiny = ["--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+            "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+            "--model.backbone.init_args.num_interactions", "1", "--model.backbone.init_args.num_rbf", "8",
+            "--model.backbone.init_args.cutoff", "5.0"]
+    common = ["--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
+              "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1"]
+    cli = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/denoising.yaml"),
+               *tiny, *common, "--data.targets", "null", "--trainer.enable_checkpointing", "true",
+               "--trainer.callbacks", "[]"])
+    ckpt = tmp_path / "pretrained.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    meta = export_backbone(ckpt, tmp_path / "schnet.safetensors")
+    assert meta["init_args_complete"] and meta["init_args"]["width"] == 16
+    rebuilt = build_backbone(tmp_path / "schnet.safetensors")
+    for name, tensor in cli.model.backbone.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[name], tensor)
+    fine = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/finetune.yaml"),
+                *tiny, *common, "--model.init_from", str(tmp_path / "schnet.safetensors"),
+                "--trainer.enable_checkpointing", "false"])
+    assert fine.model.aux_denoising is not None
+    assert torch.isfinite(fine.trainer.callback_metrics["train/loss"])
+    assert "train/aux_denoising" in fine.trainer.callback_metrics
+
+
+def test_freeze_backbone_is_a_probe(pretrained):
+    path, _ = pretrained
+    model = Regression(tiny_schnet(), targets=["homo"], init_from=str(path), freeze_backbone=True)
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    trainable = {id(p) for p in model.trainable_parameters()}
+    assert trainable == {id(p) for p in model.heads.parameters()}
+    model.train()
+    assert not model.backbone.training and model.heads.training
+
+
+def test_aux_denoising_reuses_the_denoising_head(dm):
+    dm.setup("fit")
+    model = Regression(tiny_schnet(), targets=["homo"], aux_denoising_weight=0.1)
+    model.fit_statistics(dm.targets_info(), dm.training_labels(), dm.training_element_counts(100))
+    batch = next(iter(dm.train_dataloader()))
+    aux = model.aux_denoising.loss(model.backbone, batch)
+    assert torch.isfinite(aux) and 0.3 < aux.item() < 3.0
+    aux.backward()
+    assert model.aux_denoising.head.head.edge[0].weight.grad is not None
+    assert Regression(tiny_schnet(), targets=["homo"]).aux_denoising is None
