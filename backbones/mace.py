@@ -77,8 +77,8 @@ def import_mace():
         os.environ[_WEIGHTS_ONLY_ENV] = "1"
         with warnings.catch_warnings(), contextlib.redirect_stdout(notice):
             warnings.filterwarnings("ignore", message=f".*{_WEIGHTS_ONLY_ENV}")
-            from e3nn import o3
             import mace.modules as mace_modules
+            from e3nn import o3
     finally:
         if had:
             os.environ[_WEIGHTS_ONLY_ENV] = old
@@ -226,7 +226,9 @@ class MACE(Backbone):
             raise ValueError(f"need one correlation order per interaction, got {correlations}")
         for name in (interaction_first, interaction):
             if name not in mace_modules.interaction_classes:
-                raise ValueError(f"unknown mace interaction {name!r}; one of {sorted(mace_modules.interaction_classes)}")
+                raise ValueError(
+                    f"unknown mace interaction {name!r}; one of {sorted(mace_modules.interaction_classes)}"
+                )
 
         self.hidden_irreps = str(hidden)
         self.num_scalars = num_scalars

@@ -81,9 +81,7 @@ class SchNet(Backbone):
         max_num_neighbors: int | None = None,
         condition_dim: int = 0,
     ) -> None:
-        super().__init__(
-            width=width, cutoff=cutoff, condition_dim=condition_dim, max_num_neighbors=max_num_neighbors
-        )
+        super().__init__(width=width, cutoff=cutoff, condition_dim=condition_dim, max_num_neighbors=max_num_neighbors)
         self.embedding = nn.Embedding(max_z + 1, width)
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.interactions = nn.ModuleList(

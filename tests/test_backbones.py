@@ -7,6 +7,7 @@ subclass (``TinyNet`` below) -- the contract has to work for code outside this r
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -63,18 +64,18 @@ def make_painn(condition_dim=0):
     return PaiNN(width=12, num_interactions=2, num_rbf=8, cutoff=CUTOFF, condition_dim=condition_dim)
 
 
-MACE_KW = dict(
-    r_max=CUTOFF,
-    num_bessel=6,
-    num_polynomial_cutoff=5,
-    max_ell=2,
-    correlation=2,
-    num_interactions=2,
-    hidden_irreps="6x0e+6x1o",
-    radial_MLP=[12],
-    avg_num_neighbors=3.0,
-    dtype="float64",  # e3nn/mace build their CG constants in this dtype (see MACE's docstring)
-)
+MACE_KW = {
+    "r_max": CUTOFF,
+    "num_bessel": 6,
+    "num_polynomial_cutoff": 5,
+    "max_ell": 2,
+    "correlation": 2,
+    "num_interactions": 2,
+    "hidden_irreps": "6x0e+6x1o",
+    "radial_MLP": [12],
+    "avg_num_neighbors": 3.0,
+    "dtype": "float64",  # e3nn/mace build their CG constants in this dtype (see MACE's docstring)
+}
 
 
 def make_mace(condition_dim=0):
@@ -128,12 +129,22 @@ def random_orthogonal(gen: torch.Generator, proper: bool) -> torch.Tensor:
     return q
 
 
-NAMES = list(FACTORIES)
+HAS_MACE = importlib.util.find_spec("mace") is not None and importlib.util.find_spec("e3nn") is not None
+needs_mace = pytest.mark.skipif(not HAS_MACE, reason="mace-torch not installed (pip install atomzoo[mace])")
+NAMES = [pytest.param(name, marks=needs_mace) if name == "mace" else name for name in FACTORIES]
+
+
+class _Nets(dict):
+    """Backbones built on first use (a missing mace-torch then only skips the MACE cases)."""
+
+    def __missing__(self, name):
+        self[name] = build(name)
+        return self[name]
 
 
 @pytest.fixture(scope="module")
 def nets():
-    return {name: build(name) for name in NAMES}
+    return _Nets()
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +176,16 @@ def test_declared_sizes_of_builtins():
     painn = PaiNN()
     assert (painn.width, painn.vector_width, painn.cutoff, len(painn.interactions)) == (128, 128, 5.0, 3)
     assert painn.rbf.frequencies.numel() == 20
+    assert painn.element_embedding_parameters() == list(painn.embedding.parameters())
+
+
+@needs_mace
+def test_mace_declared_sizes_and_dtype():
     mace = make_mace()
     assert torch.get_default_dtype() == torch.float32  # building in float64 did not leak
     assert all(p.dtype == torch.float64 for p in mace.parameters())
     assert mace.width == 2 * 6 and mace.vector_width == 6 and mace.cutoff == CUTOFF
     assert mace.element_embedding_parameters() == list(mace.node_embedding.parameters())
-    assert painn.element_embedding_parameters() == list(painn.embedding.parameters())
 
 
 # ---------------------------------------------------------------------------------------- symmetries
@@ -239,7 +254,10 @@ def test_forces_match_finite_differences(nets, name):
                 plus, minus = data.pos.clone(), data.pos.clone()
                 plus[i, k] += h
                 minus[i, k] -= h
-                fd[i, k] = -(energy(model, with_positions(data, plus), readout) - energy(model, with_positions(data, minus), readout)) / (2 * h)
+                fd[i, k] = -(
+                    energy(model, with_positions(data, plus), readout)
+                    - energy(model, with_positions(data, minus), readout)
+                ) / (2 * h)
     assert forces.abs().max() > 1e-4
     torch.testing.assert_close(forces, fd, rtol=1e-6, atol=1e-8)
     # Newton's third law: an isolated molecule feels no net force
@@ -274,8 +292,11 @@ def test_isolated_and_single_atoms(nets, name):
     assert grad is None or torch.count_nonzero(grad) == 0
 
 
+@needs_mace
 def test_mace_rejects_unknown_elements(nets):
-    data = Batch.from_data_list([Data(z=torch.tensor([6, 17]), pos=torch.tensor([[0.0, 0, 0], [1.5, 0, 0]], dtype=torch.float64))])
+    data = Batch.from_data_list(
+        [Data(z=torch.tensor([6, 17]), pos=torch.tensor([[0.0, 0, 0], [1.5, 0, 0]], dtype=torch.float64))]
+    )
     with pytest.raises(ValueError, match="17"):
         nets["mace"](data)
 
@@ -415,6 +436,7 @@ def _scaleshift_mace(modules, o3):
     )
 
 
+@needs_mace
 @pytest.mark.filterwarnings("ignore:The TorchScript type system")
 def test_mace_matches_mace_torch_scaleshiftmace(batch):
     """Same weights -> our wrapper's features equal ScaleShiftMACE's ``node_feats``."""
@@ -470,6 +492,7 @@ _ENV_SCRIPT = textwrap.dedent(
 )
 
 
+@needs_mace
 def test_mace_import_is_lazy_and_restores_environment():
     procs = []
     for value in (None, "0"):
@@ -479,7 +502,12 @@ def test_mace_import_is_lazy_and_restores_environment():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", _ENV_SCRIPT], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                [sys.executable, "-c", _ENV_SCRIPT],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         )
     for value, proc in zip((None, "0"), procs):

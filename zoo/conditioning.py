@@ -70,9 +70,7 @@ class AdaptiveScalarNorm(nn.Module):
         self.width = int(width)
         self.condition_dim = int(condition_dim)
         self.eps = float(eps)
-        self.mlp = nn.Sequential(
-            nn.Linear(condition_dim + width, hidden), nn.SiLU(), nn.Linear(hidden, 3 * width)
-        )
+        self.mlp = nn.Sequential(nn.Linear(condition_dim + width, hidden), nn.SiLU(), nn.Linear(hidden, 3 * width))
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
         self.reset_modulation()
 
