@@ -24,6 +24,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from .corruption import Corruption
+from .loaders import ExactDistributedSampler, ResumableDataLoader
 from .splits import load_splits, random_split, save_splits
 from .storage import Store, open_or_build
 
@@ -230,27 +231,41 @@ class AtomsDataModule(L.LightningDataModule):
         corruption = self.corruption if split == "train" else None
         return StoreDataset(self.store, self.splits[split], self.label_columns, corruption)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.pin_memory,
-        )
+    def _loader_options(self) -> dict:
+        return {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "pin_memory": self.pin_memory,
+        }
+
+    def _batches_done(self) -> int:
+        """Training batches of the current epoch already trained on (for mid-epoch resume)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Shuffled with ``seed_everything``'s seed and the epoch; sharded over DDP ranks; resumable."""
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return ResumableDataLoader(
+            self.dataset("train"), self.batch_size, seed=seed, batches_done=self._batches_done, **self._loader_options()
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.dataset(split)
+        return DataLoader(
+            dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset), **self._loader_options()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._eval_loader("test")
 
     # ----- information objectives use ---------------------------------------------------------
     def targets_info(self) -> list[TargetInfo]:

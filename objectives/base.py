@@ -106,14 +106,24 @@ class Objective(L.LightningModule):
         """Parameters the optimizer updates (objectives that freeze parts override or filter)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _lr_factor(self, step: int, total: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, self.warmup_steps)) if self.warmup_steps > 0 else 1.0
+    def _total_steps(self) -> int:
+        """Optimizer steps of the whole run (for the cosine schedule)."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else self.warmup_steps
+        return int(total) if math.isfinite(total) else max(self.warmup_steps, 1)
+
+    def _lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at optimizer step ``step``: linear warmup, then cosine (or flat)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
         if self.scheduler != "cosine":
-            return warm
-        span = max(1, total - self.warmup_steps)
-        progress = min(1.0, max(0.0, (step - self.warmup_steps) / span))
-        cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return warm * cosine
+            return 1.0
+        # The run length is asked for only once warmup is over: at step 0 it would make Lightning
+        # load the train dataloader before a checkpoint's loader state is restored (mid-epoch resume).
+        if getattr(self, "_total_steps_cache", None) is None:
+            self._total_steps_cache = self._total_steps()
+        span = max(1, self._total_steps_cache - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -123,10 +133,7 @@ class Objective(L.LightningModule):
                 optimizer, factor=self.plateau_factor, patience=self.plateau_patience
             )
             return [optimizer], [{"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "name": "lr"}]
-        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 1
-        if not math.isfinite(total):
-            total = max(self.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self._lr_factor(step, total))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return [optimizer], [{"scheduler": schedule, "interval": "step", "name": "lr"}]
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):

@@ -11,7 +11,9 @@ objective's ``targets`` so the dataset says *what* to learn and the objective sa
 the DataModule's ``forces`` attribute (MD17, rMD17, ASE files with forces) to the objective's ``forces``.
 
 Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, best (by
-``val/loss``) and last checkpoints, learning-rate monitor, progress bar, ``seed_everything: 0``.
+``val/loss``) and last checkpoints, a ``last-step.ckpt`` every 500 optimizer steps (so a killed run
+resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, progress bar,
+``seed_everything: 0``.
 ``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
 """
 
@@ -42,6 +44,15 @@ TRAINER_DEFAULTS = {
                 "save_last": True,
                 "filename": "best-{epoch}-{step}",
                 "auto_insert_metric_name": False,
+            },
+        },
+        {  # crash insurance: "last-step.ckpt" every 500 optimizer steps; `--ckpt_path last` picks the newest
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "filename": "last-step",
+                "every_n_train_steps": 500,
+                "save_top_k": 1,
+                "enable_version_counter": False,
             },
         },
         {

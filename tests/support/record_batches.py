@@ -1,0 +1,26 @@
+"""Test helper callbacks for resume tests (imported by ``zoo fit`` subprocesses via PYTHONPATH)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import lightning as L
+
+
+class RecordBatches(L.Callback):
+    """Append ``{"step": global_step, "idx": [...]}`` per training batch to ``path`` (JSON lines)."""
+
+    def __init__(self, path: str, kill_at_step: int = -1) -> None:
+        self.path = path
+        self.kill_at_step = kill_at_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "idx": batch.idx.tolist(),
+                                "loss": float(outputs["loss"])}) + "\n")
+        if trainer.global_step == self.kill_at_step:
+            # let the step checkpoint of this step be written first (callbacks run in order; ours is
+            # added last), then die the hard way
+            os.kill(os.getpid(), signal.SIGKILL)
