@@ -25,9 +25,10 @@ Outputs:
 * ``vectors`` ``[N, 3, C1]``: the ``1o`` channels of the last layer (C1 = multiplicity of ``1o``),
   converted from e3nn's flat ``mul x (2l+1)`` layout ``[N, C1*3]`` to Cartesian x, y, z on dim 1.
   e3nn 0.4.4 orders the l=1 components as (x, y, z) (its l=1 spherical harmonic of ``r`` is
-  ``sqrt(3) r / |r|`` and ``Irrep("1o").D_from_matrix(R) == R``); older e3nn releases used (y, z, x).
-  The mapping is therefore measured from e3nn at construction time (see :func:`_e3nn_l1_basis`)
-  instead of being hard-coded, and the tests check equivariance against a plain rotation matrix.
+  ``sqrt(3) r / |r|`` and ``Irrep("1o").D_from_matrix(R) == R``), not in the (y, z, x) order that
+  the usual real-spherical-harmonic order m = -1, 0, +1 would give. The mapping is measured from
+  e3nn at construction time (see :func:`_e3nn_l1_basis`) instead of being hard-coded, and the tests
+  check equivariance against a plain rotation matrix.
 
 Importing mace-torch sets ``os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'`` for the whole
 process (e3nn 0.4.4 ``torch.load``-s a constants file that ``weights_only=True`` refuses). That would

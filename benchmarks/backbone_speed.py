@@ -29,7 +29,9 @@ are atypically small: 14.3 atoms per molecule for the first 5,000 rows against 1
 Each (backbone, mode) runs in its own subprocess so that peak memory is clean. On a shared machine
 whose load drifts, separate runs give noisy ratios; ``--pairs schnet/pyg_schnet,mace/mace_torch``
 additionally alternates the steps of two models in one process and reports the median ratio of
-their step times (both see the same load). Memory: on CUDA
+their step times, wall-clock and process CPU time (both models see the same load; with
+``--threads 1`` the CPU time is the compute time, free of waiting for a busy CPU and of OpenMP
+spin-waiting). Memory: on CUDA
 ``torch.cuda.max_memory_allocated`` during the timed steps minus what was allocated before them; on
 CPU the peak resident set size sampled every millisecond during the timed steps minus the RSS before
 them (``resource``'s ``ru_maxrss`` would include model construction: mace's CG tables).
@@ -344,19 +346,19 @@ def worker(name: str, mode: str, args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(args.steps):
             train_step(args.warmup + i)
         sync()
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     else:
         base = rss_bytes()
         with PeakRSS() as meter:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(args.steps):
                 train_step(args.warmup + i)
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         peak_mb = (meter.peak - base) / 2**20
     atoms = sum(int(b["batch"].numel() if isinstance(b, dict) else b.num_nodes) for b in batches) / len(batches)
     return {
@@ -364,6 +366,7 @@ def worker(name: str, mode: str, args) -> dict:
         "mode": mode,
         "steps": args.steps,
         "seconds_per_step": elapsed / args.steps,
+        "cpu_seconds_per_step": cpu / args.steps,
         "molecules_per_s": args.batch_size * args.steps / elapsed,
         "peak_step_memory_mb": peak_mb,
         "build_s": build_s,
@@ -402,23 +405,29 @@ def paired_worker(first: str, second: str, mode: str, args) -> dict:
             optimizer.step()
 
         runners.append(run)
-    times = ([], [])
+    times, cpu_times = ([], []), ([], [])
     for i in range(args.warmup + args.steps):
         for k, run in enumerate(runners):
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run(i)
             sync()
             if i >= args.warmup:
                 times[k].append(time.perf_counter() - t0)
+                cpu_times[k].append(time.process_time() - c0)
     ratios = [a / b for a, b in zip(*times)]
+    cpu_ratios = [a / b for a, b in zip(*cpu_times)]
     return {
         "pair": f"{first}/{second}",
         "mode": mode,
         "steps": args.steps,
+        "threads": torch.get_num_threads(),
         "median_time_ratio": statistics.median(ratios),
+        "median_cpu_time_ratio": statistics.median(cpu_ratios),
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
         "seconds_per_step": [statistics.median(t) for t in times],
+        "cpu_seconds_per_step": [statistics.median(t) for t in cpu_times],
     }
 
 
@@ -479,15 +488,16 @@ def markdown(report: dict) -> str:
             f"{s['steps']} timed steps, every {s['stride']}th QM9 molecule, Adam, float32."
         ),
         "",
-        "| backbone | mode | molecules/s | s/step | peak step memory (MB) | params | atoms/batch | vs peer (separate runs) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| backbone | mode | molecules/s | s/step | CPU s/step | peak step memory (MB) | params | atoms/batch | vs peer |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['backbone']} | {r['mode']} | n/a | | | | | {r['error']} |")
+            lines.append(f"| {r['backbone']} | {r['mode']} | n/a | | | | | | {r['error']} |")
             continue
         lines.append(
             f"| {r['backbone']} | {r['mode']} | {r['molecules_per_s']:.1f} | {r['seconds_per_step']:.3f} | "
+            f"{r.get('cpu_seconds_per_step', float('nan')):.3f} | "
             f"{r['peak_step_memory_mb']:.0f} | {r['parameters']:,} | {r['atoms_per_batch']:.0f} | {r.get('vs_peer', '')} |"
         )
     if report.get("paired"):
@@ -495,15 +505,18 @@ def markdown(report: dict) -> str:
             "",
             "Paired (steps of the two models alternate in one process; median of per-step time ratios):",
             "",
-            "| pair | mode | median time ratio | s/step (each) |",
-            "| --- | --- | ---: | --- |",
+            "| pair | mode | threads | median wall-time ratio | median CPU-time ratio | CPU s/step (each) |",
+            "| --- | --- | ---: | ---: | ---: | --- |",
         ]
         for r in report["paired"]:
             if "error" in r:
                 lines.append(f"| {r['pair']} | {r['mode']} | n/a | {r['error']} |")
                 continue
-            each = " / ".join(f"{t:.3f}" for t in r["seconds_per_step"])
-            lines.append(f"| {r['pair']} | {r['mode']} | {r['median_time_ratio']:.2f} | {each} |")
+            each = " / ".join(f"{t:.3f}" for t in r["cpu_seconds_per_step"])
+            lines.append(
+                f"| {r['pair']} | {r['mode']} | {r['threads']} | {r['median_time_ratio']:.2f} | "
+                f"{r['median_cpu_time_ratio']:.2f} | {each} |"
+            )
     return "\n".join(lines) + "\n"
 
 

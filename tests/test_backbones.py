@@ -134,6 +134,15 @@ needs_mace = pytest.mark.skipif(not HAS_MACE, reason="mace-torch not installed (
 NAMES = [pytest.param(name, marks=needs_mace) if name == "mace" else name for name in FACTORIES]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The networks here are tiny: extra intra-op threads only cost time on a shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 class _Nets(dict):
     """Backbones built on first use (a missing mace-torch then only skips the MACE cases)."""
 
@@ -500,6 +509,7 @@ def test_mace_import_is_lazy_and_restores_environment():
         if value is not None:
             env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = value
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env["OMP_NUM_THREADS"] = "1"
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", _ENV_SCRIPT],
