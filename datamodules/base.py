@@ -218,10 +218,10 @@ class AtomsDataModule(L.LightningDataModule):
 
     def _save_splits_next_to_run(self) -> None:
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.is_global_zero:
+        if trainer is None or not trainer.loggers:  # no logger: no run directory to write to
             return
-        log_dir = trainer.log_dir if trainer.loggers else None  # no logger: no run directory to write to
-        if log_dir:
+        log_dir = trainer.log_dir  # a collective under DDP (it broadcasts): every rank must ask
+        if log_dir and trainer.is_global_zero:
             save_splits(Path(log_dir) / "splits.npz", self.splits)
 
     # ----- datasets and loaders -------------------------------------------------------------------

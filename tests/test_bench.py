@@ -16,7 +16,7 @@ from zoo.bench.report import final_test_mae, summary_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}
-STEPS = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+STEPS = ["--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
          "--trainer.enable_model_summary", "false", "--data.eval_batch_size", "16", "--data.batch_size", "8"]
 
 

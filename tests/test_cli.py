@@ -62,7 +62,7 @@ def common(tmp_path) -> list[str]:
 def test_composition_form_with_overrides(cache_dir, tmp_path):
     cli = run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, *TINY_SCHNET,
                "--data.targets", "[homo, lumo]", "--data.train_size", "64", "--data.batch_size", "16",
-               "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--model.lr", "1e-3",
+               "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--model.lr", "1e-3",
                *common(tmp_path)])
     model = cli.model
     assert type(model).__name__ == "Regression" and model.targets == ["homo", "lumo"]
@@ -77,7 +77,7 @@ def test_quickstart_fit_then_test(cache_dir, tmp_path):
     """The README's main job at tiny scale: fit a few steps, test the best checkpoint, then `zoo test`."""
     quick = str(ROOT / "configs/quickstart.yaml")
     tiny = [*TINY_SCHNET, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4",
-            "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "2", *common(tmp_path)]
+            "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", *common(tmp_path)]
     cli = run(["fit", "-c", quick, *tiny])
     assert cli.trainer.checkpoint_callback.best_model_path
     results = cli.trainer.callback_metrics

@@ -30,7 +30,7 @@ def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_p
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_layers", "1",
         "--data.targets", "[homo]" if supervised else "null",
         "--data.train_size", "32", "--data.batch_size", "8", "--data.eval_batch_size", "8",
-        "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+        "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
     ])

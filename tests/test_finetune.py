@@ -100,7 +100,7 @@ def test_cli_pretrain_export_build_and_finetune(cache_dir, tmp_path):
             "--model.backbone.init_args.num_interactions", "1", "--model.backbone.init_args.num_rbf", "8",
             "--model.backbone.init_args.cutoff", "5.0"]
     common = ["--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
-              "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+              "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
               "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false",
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
               "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1"]

@@ -19,7 +19,7 @@ ARGS = [
     "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
     "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
     "--model.backbone.init_args.num_interactions", "1", "--data.train_size", "64", "--data.batch_size", "8",
-    "--data.eval_batch_size", "16", "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "1",
+    "--data.eval_batch_size", "16", "--trainer.max_epochs", "3", "--trainer.limit_val_batches", "2",
     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--model.ema_decay", "0.9", "--model.warmup_steps", "4",
 ]

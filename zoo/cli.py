@@ -114,10 +114,8 @@ class ZooCLI(LightningCLI):
 
     def _write_metrics(self, name: str) -> None:
         """Write the run's final metrics as JSON next to its config (read by the benchmark runner)."""
-        if not self.trainer.is_global_zero:
-            return
-        log_dir = self.trainer.log_dir if self.trainer.loggers else None
-        if not log_dir:
+        log_dir = self.trainer.log_dir if self.trainer.loggers else None  # a collective: ask on every rank
+        if not log_dir or not self.trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         path = Path(log_dir) / name
