@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch
 
 from backbones import MACE, PaiNN, SchNet
 from datamodules import QM9DataModule
