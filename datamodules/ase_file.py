@@ -82,34 +82,11 @@ class ASEFileDataModule(AtomsDataModule):
         energy_unit: str = "eV",
         targets: list[str] | None = None,
         forces: bool | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        num_train: int | float = 0.8,
-        num_val: int | float = 0.1,
-        num_test: int | float | None = None,
-        train_size: int | None = None,
-        split_seed: int = 0,
-        split_file: str | None = None,
-        cache_dir: str | None = None,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
         if targets is None and energy_key:
             targets = ["energy"]
-        super().__init__(
-            targets=targets,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-            train_size=train_size,
-            split_seed=split_seed,
-            split_file=split_file,
-            cache_dir=cache_dir,
-            pin_memory=pin_memory,
-        )
+        super().__init__(targets=targets, **kwargs)
         self.path = Path(path).expanduser()
         self.format = format
         self.index = index

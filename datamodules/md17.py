@@ -122,29 +122,17 @@ class _TrajectoryDataModule(AtomsDataModule):
         units: str = "eV",
         batch_size: int = 10,
         eval_batch_size: int | None = 100,
-        num_workers: int = 0,
         num_train: int | float = 950,
         num_val: int | float = 50,
-        num_test: int | float | None = None,
-        train_size: int | None = None,
-        split_seed: int = 0,
-        split_file: str | None = None,
-        cache_dir: str | None = None,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(
             targets=["energy"] if targets is None else targets,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
             num_train=num_train,
             num_val=num_val,
-            num_test=num_test,
-            train_size=train_size,
-            split_seed=split_seed,
-            split_file=split_file,
-            cache_dir=cache_dir,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         if units not in ("eV", "kcal/mol"):
             raise ValueError(f"units={units!r}: choose 'eV' (eV, eV/A) or 'kcal/mol' (kcal/mol, kcal/mol/A)")
@@ -292,15 +280,9 @@ class RMD17DataModule(_TrajectoryDataModule):
         units: str = "eV",
         batch_size: int = 10,
         eval_batch_size: int | None = 100,
-        num_workers: int = 0,
         num_train: int | float = 950,
         num_val: int | float = 50,
-        num_test: int | float | None = None,
-        train_size: int | None = None,
-        split_seed: int = 0,
-        split_file: str | None = None,
-        cache_dir: str | None = None,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
         super().__init__(
             root=root,
@@ -310,15 +292,9 @@ class RMD17DataModule(_TrajectoryDataModule):
             units=units,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
             num_train=num_train,
             num_val=num_val,
-            num_test=num_test,
-            train_size=train_size,
-            split_seed=split_seed,
-            split_file=split_file,
-            cache_dir=cache_dir,
-            pin_memory=pin_memory,
+            **kwargs,
         )
         if official_split is not None and official_split not in (1, 2, 3, 4, 5):
             raise ValueError(f"official_split={official_split!r}: choose 1..5 or None")

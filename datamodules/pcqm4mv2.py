@@ -130,32 +130,11 @@ class PCQM4Mv2DataModule(AtomsDataModule):
         targets: list[str] | None = None,
         on_bad_record: str = "skip",
         chunk_size: int = 50_000,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         num_train: int | float = 0.95,
         num_val: int | float = 0.05,
-        num_test: int | float | None = None,
-        train_size: int | None = None,
-        split_seed: int = 0,
-        split_file: str | None = None,
-        cache_dir: str | None = None,
-        pin_memory: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            targets=targets,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-            train_size=train_size,
-            split_seed=split_seed,
-            split_file=split_file,
-            cache_dir=cache_dir,
-            pin_memory=pin_memory,
-        )
+        super().__init__(targets=targets, num_train=num_train, num_val=num_val, **kwargs)
         if structures not in ("sdf", "xyz"):
             raise ValueError(f"structures={structures!r}: choose 'sdf' or 'xyz'")
         if on_bad_record not in ("skip", "error"):

@@ -220,7 +220,9 @@ class QM9DataModule(AtomsDataModule):
             u_atom, h_atom, g_atom, A, B, C (PyG's units: D, a0^3, eV, a0^2, cal/mol/K, GHz);
             ``None`` for label-free pretraining.
         raw_dir: folder with gdb9.sdf, gdb9.sdf.csv and uncharacterized.txt; ``None`` reads qm9pack.
-        Other arguments: see :class:`~datamodules.base.AtomsDataModule`.
+        num_train, num_val: the standard 110,000 / 10,000 split (test: the remaining 10,831).
+        Other arguments (batch size, workers, splits, cache, corruption): see
+        :class:`~datamodules.base.AtomsDataModule`; the CLI lists them all.
     """
 
     name = "qm9"
@@ -229,40 +231,11 @@ class QM9DataModule(AtomsDataModule):
         self,
         targets: list[str] | None = None,
         raw_dir: str | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
         num_train: int | float = 110_000,
         num_val: int | float = 10_000,
-        num_test: int | float | None = None,
-        train_size: int | None = None,
-        split_seed: int = 0,
-        split_file: str | None = None,
-        cache_dir: str | None = None,
-        pin_memory: bool = False,
-        corruption: str | None = None,
-        corruption_rate: float = 0.0,
-        corruption_scale: float = 0.5,
-        corruption_seed: int = 0,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            targets=targets,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            num_train=num_train,
-            num_val=num_val,
-            num_test=num_test,
-            train_size=train_size,
-            split_seed=split_seed,
-            split_file=split_file,
-            cache_dir=cache_dir,
-            pin_memory=pin_memory,
-            corruption=corruption,
-            corruption_rate=corruption_rate,
-            corruption_scale=corruption_scale,
-            corruption_seed=corruption_seed,
-        )
+        super().__init__(targets=targets, num_train=num_train, num_val=num_val, **kwargs)
         self.raw_dir = Path(raw_dir).expanduser() if raw_dir else None
 
     def _source_files(self) -> list[Path]:

@@ -113,21 +113,9 @@ class Denoising(Objective):
         head: str = "auto",
         head_hidden: int | None = None,
         diagnostics_every_n_steps: int = 50,
-        lr: float = 5e-4,
-        weight_decay: float = 0.0,
-        scheduler: str = "cosine",
-        warmup_steps: int = 1000,
-        min_lr_ratio: float = 0.01,
-        plateau_factor: float = 0.8,
-        plateau_patience: int = 10,
-        ema_decay: float | None = None,
-        init_from: str | None = None,
-        freeze_backbone: bool = False,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            backbone, lr, weight_decay, scheduler, warmup_steps, min_lr_ratio, plateau_factor, plateau_patience,
-            ema_decay, init_from=init_from, freeze_backbone=freeze_backbone,
-        )
+        super().__init__(backbone, **kwargs)
         self.save_hyperparameters()
         _check_sigma(sigma)
         self.sigma = sigma if isinstance(sigma, (int, float)) else [float(s) for s in sigma]

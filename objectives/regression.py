@@ -82,23 +82,11 @@ class Regression(Objective):
         forces: bool = False,
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
-        lr: float = 5e-4,
-        weight_decay: float = 0.0,
-        scheduler: str = "cosine",
-        warmup_steps: int = 1000,
-        min_lr_ratio: float = 0.01,
-        plateau_factor: float = 0.8,
-        plateau_patience: int = 10,
-        ema_decay: float | None = None,
-        init_from: str | None = None,
-        freeze_backbone: bool = False,
         aux_denoising_weight: float = 0.0,
         aux_denoising_sigma: float = 0.005,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            backbone, lr, weight_decay, scheduler, warmup_steps, min_lr_ratio, plateau_factor, plateau_patience, ema_decay,
-            init_from=init_from, freeze_backbone=freeze_backbone,
-        )
+        super().__init__(backbone, **kwargs)
         self.save_hyperparameters()
         # auxiliary denoising ("noisy nodes", fine-tuning recipe of methods.md): an extra backbone pass
         # on positions + N(0, aux_denoising_sigma^2) noise, MSE of objectives.denoising's head to noise/sigma

@@ -50,6 +50,10 @@ def test_print_config_of_every_shipped_config(config, capsys):
     assert printed["model"]["class_path"].startswith(("objectives.", "examples."))
     assert printed["data"]["class_path"].startswith("datamodules.")
     assert printed["model"]["init_args"]["backbone"]["class_path"]
+    # shared options declared once on the base classes reach every DataModule and objective
+    # through **kwargs; if that resolution broke they would silently vanish from the CLI
+    assert {"batch_size", "split_seed", "corruption_rate", "num_workers"} <= set(printed["data"]["init_args"])
+    assert {"lr", "warmup_steps", "ema_decay", "init_from", "freeze_backbone"} <= set(printed["model"]["init_args"])
     if config.parent.name == "backbones":
         own = yaml.safe_load(config.read_text())
         assert printed["model"]["init_args"]["backbone"]["class_path"] == own["class_path"]
