@@ -109,3 +109,34 @@ def test_table_marks_best_and_relative_change(tmp_path):
     table = summary_table(final_test_mae(frame), "finetune")
     assert "**16.0 ± 1.4** (-24%)" in table  # denoising: best, 24% below scratch's 21
     assert "18.0 ± 0.0 (-14%)" in table and "21.0 ± 1.4 |" in table
+
+
+def test_parallel_run_waits_for_pretraining(cache_dir, tmp_path):
+    """--parallel 2: scratch and pretraining run side by side; fine-tuning starts after its pretraining."""
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    assert bench_main(["run", str(path), "--parallel", "2"]) == 0
+    cells = tmp_path / "out/cells"
+    pretrain_done = (cells / "pretrain/schnet/denoising/c0/DONE.json").stat().st_mtime
+    finetune = cells / "finetune/schnet/denoising/c0/homo/n64/finetune/s0"
+    assert (finetune / "DONE.json").exists() and (cells / "finetune/schnet/none/c0/homo/n64/finetune/s0/DONE.json").exists()
+    assert (finetune / "run/config.yaml").stat().st_mtime >= pretrain_done
+    assert "--model.init_from" in (finetune / "log.txt").read_text().splitlines()[0]
+    results = pd.read_csv(tmp_path / "out/results.csv")
+    assert set(results["phase"]) == {"pretrain", "finetune"}
+
+
+def test_failed_pretraining_blocks_its_finetuning(cache_dir, tmp_path, capsys):
+    path = write_matrix(tmp_path, {"none": None, "broken": "configs/objectives/no_such_objective.yaml"}, seeds=(0,))
+    assert bench_main(["run", str(path), "--parallel", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "failed 1" in out and "blocked by a failed pretraining 1" in out
+    cells = tmp_path / "out/cells"
+    assert "no_such_objective.yaml" in (cells / "pretrain/schnet/broken/c0/log.txt").read_text()
+    assert not (cells / "finetune/schnet/broken").exists()
+    assert (cells / "finetune/schnet/none/c0/homo/n64/finetune/s0/DONE.json").exists()  # the rest still runs
+
+
+def test_parallel_must_be_positive(tmp_path):
+    path = write_matrix(tmp_path, {"none": None})
+    with pytest.raises(ValueError, match="--parallel must be at least 1"):
+        bench_main(["run", str(path), "--parallel", "0"])

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--only", help="regular expression: run only the cells whose id matches")
     run.add_argument("--dry-run", action="store_true", help="print the command of every cell still to run")
     run.add_argument("--timeout", type=float, default=None, help="seconds after which a cell counts as failed")
+    run.add_argument("--parallel", type=int, default=1,
+                     help="cells run at once, each with cpu_count/parallel threads; a fine-tuning cell waits for its pretraining")
     run.add_argument("--list", action="store_true", help="list cell ids and exit")
     report = sub.add_parser("report", help="regenerate results.md and the plots from results.csv")
     report.add_argument("output", type=Path)
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(c.id for c in chosen))
         return 0
-    outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout)
+    outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout,
+                         parallel=args.parallel)
     if args.dry_run:
         return 0
     print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])}, failed {len(outcome['failed'])}, "

@@ -11,10 +11,13 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tqdm import tqdm
 
@@ -92,9 +95,34 @@ def merge_rows(path: Path, cell_id: str, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _child_env(parallel: int) -> dict[str, str]:
+    """Environment of a cell's process: with ``parallel`` cells at once, the cores are shared out."""
+    env = dict(os.environ)
+    if parallel > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, threads)
+    return env
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    proc: subprocess.Popen
+    log: IO[str]
+    start: float
+
+
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
-              timeout: float | None = None) -> dict[str, list[str]]:
-    """Run ``cells`` (a selection of ``all_cells``) in order; return ids by outcome."""
+              timeout: float | None = None, parallel: int = 1) -> dict[str, list[str]]:
+    """Run ``cells`` (a selection of ``all_cells``), up to ``parallel`` at once; return ids by outcome.
+
+    Cells start in matrix order; a fine-tuning cell waits until its pretraining cell is done and is
+    ``blocked`` if that one failed or was neither selected nor finished earlier. With ``parallel`` > 1
+    every process gets ``cpu_count // parallel`` threads (unless OMP_NUM_THREADS is set).
+    """
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
     by_id = {c.id: c for c in all_cells}
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "blocked": []}
     todo = []
@@ -109,32 +137,70 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         return outcome
     if outcome["skipped"]:
         print(f"{len(outcome['skipped'])} finished cells skipped (delete their folder to rerun)")
-    bar = tqdm(todo, unit="cell", dynamic_ncols=True)
-    for cell in bar:
-        bar.set_postfix_str(cell.id)
-        if cell.depends_on and not (cell_dir(matrix, by_id[cell.depends_on]) / "DONE.json").exists():
-            outcome["blocked"].append(cell.id)
-            continue
+    env = _child_env(parallel)
+    pending = list(todo)
+    running: list[_Running] = []
+    bar = tqdm(total=len(todo), unit="cell", dynamic_ncols=True)
+
+    def launch(cell: Cell) -> None:
         folder = cell_dir(matrix, cell)
         if folder.exists():
             shutil.rmtree(folder)  # leftovers of a crashed or killed attempt
         folder.mkdir(parents=True)
-        start = time.perf_counter()
-        with open(folder / "log.txt", "w") as log:
-            log.write(" ".join(command(matrix, cell, by_id)) + "\n\n")
-            log.flush()
-            try:
-                proc = subprocess.run(command(matrix, cell, by_id), stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=timeout, check=False)
-                ok = proc.returncode == 0
-            except subprocess.TimeoutExpired:
-                ok = False
-        wall = time.perf_counter() - start
-        if not ok:
-            outcome["failed"].append(cell.id)
-            tqdm.write(f"cell {cell.id} failed; see {folder / 'log.txt'}")
-            continue
-        merge_rows(matrix.results_csv, cell.id, collect(matrix, cell, wall))
-        (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, **cell.labels}, indent=1))
-        outcome["done"].append(cell.id)
+        cmd = command(matrix, cell, by_id)
+        log = open(folder / "log.txt", "w")
+        log.write(" ".join(cmd) + "\n\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        running.append(_Running(cell, proc, log, time.perf_counter()))
+
+    def finish(job: _Running, ok: bool) -> None:
+        job.log.close()
+        wall = time.perf_counter() - job.start
+        folder = cell_dir(matrix, job.cell)
+        if ok:
+            merge_rows(matrix.results_csv, job.cell.id, collect(matrix, job.cell, wall))
+            (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, **job.cell.labels}, indent=1))
+            outcome["done"].append(job.cell.id)
+        else:
+            outcome["failed"].append(job.cell.id)
+            tqdm.write(f"cell {job.cell.id} failed; see {folder / 'log.txt'}")
+        bar.update(1)
+
+    try:
+        while pending or running:
+            for cell in list(pending):
+                if len(running) >= parallel:
+                    break
+                dep = cell.depends_on
+                if dep and not (cell_dir(matrix, by_id[dep]) / "DONE.json").exists():
+                    waiting = any(c.id == dep for c in pending) or any(j.cell.id == dep for j in running)
+                    if not waiting:
+                        outcome["blocked"].append(cell.id)
+                        pending.remove(cell)
+                        bar.update(1)
+                    continue
+                pending.remove(cell)
+                launch(cell)
+            shown = ", ".join(j.cell.id for j in running)
+            if shown != bar.postfix:
+                bar.set_postfix_str(shown)
+            elif time.time() - bar.last_print_t > 5.0:
+                bar.refresh()  # keep elapsed/remaining time moving while long cells run
+            time.sleep(0.2)
+            for job in list(running):
+                code = job.proc.poll()
+                if code is None and timeout is not None and time.perf_counter() - job.start > timeout:
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+                    code = job.proc.wait()
+                    tqdm.write(f"cell {job.cell.id} ran past --timeout {timeout:g} s and was killed")
+                if code is not None:
+                    running.remove(job)
+                    finish(job, code == 0)
+    finally:  # Ctrl-C or an error here: leave no orphan training processes behind
+        for job in running:
+            os.killpg(job.proc.pid, signal.SIGKILL)
+            job.proc.wait()
+            job.log.close()
+        bar.close()
     return outcome
