@@ -15,10 +15,18 @@ from zoo.radial import GaussianRBF, cosine_cutoff
 
 
 class AtomwiseMLP(nn.Module):
-    """Per-atom MLP ``[N, width] -> [N, out]``: Linear -> SiLU -> Linear (hidden = width // 2 by default)."""
+    """Per-atom MLP ``[N, width] -> [N, out]``: Linear -> SiLU -> Linear (hidden = width // 2 by default).
+
+    ``hidden=0`` makes it a single Linear layer: on a frozen backbone, a linear probe.
+    """
 
     def __init__(self, width: int, out: int = 1, hidden: int | None = None) -> None:
         super().__init__()
+        if hidden is not None and hidden < 0:
+            raise ValueError(f"head_hidden={hidden} must be >= 0 (0: linear head) (--model.head_hidden)")
+        if hidden == 0:
+            self.net = nn.Sequential(nn.Linear(width, out))
+            return
         hidden = hidden or max(1, width // 2)
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out))
 

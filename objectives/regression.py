@@ -58,7 +58,8 @@ class Regression(Objective):
         atomref: subtract per-element reference values where the dataset has them (QM9: U0/U/H/G).
         standardize: scale outputs by training-set statistics (strongly recommended).
         loss: ``"l1"`` or ``"mse"`` on standardised errors.
-        head_hidden: hidden size of the per-atom heads (default ``width // 2``).
+        head_hidden: hidden size of the per-atom heads (default ``width // 2``; 0: one Linear layer,
+            which with ``freeze_backbone`` is a linear probe).
         forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
             per-atom ``forces`` in the data); linked from ``--data.forces`` by the CLI.
         energy_weight, force_weight: weights of the standardised energy and force loss terms.

@@ -54,7 +54,7 @@ def test_expansion_counts_and_dependencies(tmp_path):
     assert all(c.depends_on in {p.id for p in pre} for c in ft if c.objective == "denoising")
     assert all(c.depends_on is None for c in ft if c.objective == "none")
     probe = next(c for c in ft if c.mode == "linear_probe")
-    assert "--model.freeze_backbone" in probe.args
+    assert "--model.freeze_backbone" in probe.args and probe.args[probe.args.index("--model.head_hidden") + 1] == "0"
     corrupted = next(c for c in pre if c.corruption_rate > 0)
     assert corrupted.args[corrupted.args.index("--data.corruption_rate") + 1] == "0.2"
     assert cells.index(pre[0]) < cells.index(ft[0])

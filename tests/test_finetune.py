@@ -132,6 +132,17 @@ def test_freeze_backbone_is_a_probe(pretrained):
     assert not model.backbone.training and model.heads.training
 
 
+def test_linear_probe_head(pretrained):
+    """head_hidden=0: one Linear layer per target on the frozen features (a linear probe)."""
+    path, _ = pretrained
+    model = Regression(tiny_schnet(), targets=["homo"], init_from=str(path), freeze_backbone=True, head_hidden=0)
+    layers = list(model.heads[0].net)
+    assert len(layers) == 1 and isinstance(layers[0], torch.nn.Linear)
+    assert sum(p.numel() for p in model.trainable_parameters()) == model.backbone.width + 1
+    with pytest.raises(ValueError, match="head_hidden=-1"):
+        Regression(tiny_schnet(), targets=["homo"], head_hidden=-1)
+
+
 def test_aux_denoising_reuses_the_denoising_head(dm):
     dm.setup("fit")
     model = Regression(tiny_schnet(), targets=["homo"], aux_denoising_weight=0.1)

@@ -20,7 +20,7 @@ A matrix is a YAML file::
       targets: [homo, u0]
       label_budgets: [1000, 10000]
       seeds: [0, 1, 2]
-      modes: [finetune, linear_probe]          # linear_probe freezes the backbone
+      modes: [finetune, linear_probe]          # linear_probe: frozen backbone + linear head
       args: [--trainer.max_epochs, "30"]
 
 Each pretraining objective is run once per backbone (and corruption rate); each fine-tuning cell
@@ -193,8 +193,9 @@ def expand(matrix: Matrix) -> list[Cell]:
                                 args = ["-c", str(ft["data"]), "-c", str(ft["objective"]), *_backbone_args(spec),
                                         "--data.targets", f"[{target}]", "--data.train_size", str(budget),
                                         "--seed_everything", str(seed), "--test_after_fit", "true"]
-                                if mode == "linear_probe":
-                                    args += ["--model.freeze_backbone", "true"]
+                                if mode == "linear_probe":  # frozen backbone, one Linear per target
+                                    args += ["--model.freeze_backbone", "true", "--model.head_hidden", "0",
+                                             "--model.aux_denoising_weight", "0"]
                                 args += [*matrix.common_args, *map(str, ft["args"])]
                                 depends = None if scratch else pretrain_ids[(backbone, objective, rate)]
                                 cells.append(Cell(cell_id, "finetune", backbone, objective, args, target, int(budget),
