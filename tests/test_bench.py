@@ -12,7 +12,7 @@ import yaml
 
 from zoo.bench.__main__ import main as bench_main
 from zoo.bench.matrix import expand, load_matrix
-from zoo.bench.report import final_test_mae, summary_table, write_report
+from zoo.bench.report import final_test_mae, noise_table, summary_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}
@@ -140,3 +140,25 @@ def test_parallel_must_be_positive(tmp_path):
     path = write_matrix(tmp_path, {"none": None})
     with pytest.raises(ValueError, match="--parallel must be at least 1"):
         bench_main(["run", str(path), "--parallel", "0"])
+
+
+def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
+    rows = []
+
+    def add(objective, rate, values):
+        for seed, value in enumerate(values):
+            rows.append({"cell": f"{objective}{rate}{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
+                         "seed": seed, "corruption_rate": rate, "metric": "test/homo_mae_meV", "step": "",
+                         "value": value})
+
+    add("none", 0.0, [30.0, 32.0])
+    add("denoising", 0.0, [20.0, 20.0])
+    add("denoising", 0.1, [22.0, 22.0])
+    add("denoising", 0.3, [25.0, 27.0])
+    add("scd", 0.0, [18.0, 18.0])  # pretrained at one rate only: not a row of the noise table
+    table = noise_table(final_test_mae(pd.DataFrame(rows)))
+    lines = table.splitlines()
+    assert "rate 0 | rate 0.1 | rate 0.3 | change at max rate | scratch" in lines[0]
+    assert len(lines) == 3 and "| denoising |" in lines[2]
+    assert "20.0 ± 0.0 | 22.0 ± 0.0 | 26.0 ± 1.4 | +30% | 31.0 ± 1.4 |" in lines[2]

@@ -72,20 +72,30 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0) -> str:
 
 
 def noise_table(ft: pd.DataFrame) -> str:
-    """Test MAE against the pretraining corruption rate (fine-tuning mode only, seeds averaged)."""
+    """Test MAE (mean over seeds, fine-tuning mode) against the pretraining corruption rate.
+
+    One row per backbone x objective x target x budget pretrained at two or more rates; the scratch
+    MAE of the same target and budget is the reference a useful pretraining must stay below.
+    """
     rates = sorted(ft["corruption_rate"].unique())
     if len(rates) < 2:
         return ""
-    sub = ft[(ft["mode"] == "finetune") & (ft["objective"] != SCRATCH)]
-    stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit", "corruption_rate"])["value"].mean()
-    lines = ["| backbone | pretraining | target | n | " + " | ".join(f"rate {r:g}" for r in rates) + " | change at max rate |",
-             "|" + "---|" * (len(rates) + 5)]
+    sub = ft[ft["mode"] == "finetune"]
+    stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit", "corruption_rate"])["value"].agg(
+        ["mean", "std"]).fillna(0.0)
+    lines = ["| backbone | pretraining | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
+             + " | change at max rate | scratch |", "|" + "---|" * (len(rates) + 6)]
     for (b, o, t, n, u), group in stats.groupby(level=[0, 1, 2, 3, 4]):
-        values = {r: group.xs(r, level="corruption_rate").iloc[0] for r in rates if r in group.index.get_level_values(-1)}
-        cells = [f"{values[r]:.2f}" if r in values else "–" for r in rates]
-        change = (f"{100 * (values[rates[-1]] - values[rates[0]]) / values[rates[0]]:+.0f}%"
+        if o == SCRATCH or len(group) < 2:
+            continue
+        values = {r: group.xs(r, level="corruption_rate").iloc[0] for r in rates
+                  if r in group.index.get_level_values("corruption_rate")}
+        cells = [_fmt(values[r]["mean"], values[r]["std"]) if r in values else "–" for r in rates]
+        change = (f"{100 * (values[rates[-1]]['mean'] - values[rates[0]]['mean']) / values[rates[0]]['mean']:+.0f}%"
                   if rates[0] in values and rates[-1] in values else "–")
-        lines.append(f"| {b} | {o} | {t} ({u}) | {n} | " + " | ".join(cells) + f" | {change} |")
+        scratch = stats.xs((b, SCRATCH, t, n, u), level=[0, 1, 2, 3, 4]) if (b, SCRATCH, t, n, u, 0.0) in stats.index else None
+        reference = _fmt(scratch["mean"].iloc[0], scratch["std"].iloc[0]) if scratch is not None else "–"
+        lines.append(f"| {b} | {o} | {t} ({u}) | {n} | " + " | ".join(cells) + f" | {change} | {reference} |")
     return "\n".join(lines)
 
 
