@@ -12,7 +12,7 @@ import yaml
 
 from zoo.bench.__main__ import main as bench_main
 from zoo.bench.matrix import expand, load_matrix
-from zoo.bench.report import final_test_mae, noise_table, summary_table, write_report
+from zoo.bench.report import final_test_mae, noise_table, pretraining_table, summary_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}
@@ -162,3 +162,16 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert "rate 0 | rate 0.1 | rate 0.3 | change at max rate | scratch" in lines[0]
     assert len(lines) == 3 and "| denoising |" in lines[2]
     assert "20.0 ± 0.0 | 22.0 ± 0.0 | 26.0 ± 1.4 | +30% | 31.0 ± 1.4 |" in lines[2]
+
+
+def test_pretraining_table(tmp_path):
+    base = {"phase": "pretrain", "backbone": "painn", "objective": "scd", "target": "", "label_budget": 0, "mode": "",
+            "seed": 0, "corruption_rate": 0.1, "cell": "pretrain/painn/scd/c0.1"}
+    rows = [{**base, "metric": "wall_s", "step": "", "value": 300.0}]
+    rows += [{**base, "metric": "curve:train/loss", "step": s, "value": 1.0 / (s + 1)} for s in (19, 39, 1999)]
+    rows += [{**base, "metric": "curve:val/loss", "step": s, "value": v} for s, v in ((1999, 0.25), (999, 0.5))]
+    assert "| painn | scd | 0.1 | 2000 | 0.25 | 5.0 |" in pretraining_table(pd.DataFrame(rows))
+    # a report while only pretraining cells have finished
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    report = write_report(tmp_path).read_text()
+    assert "## Pretraining runs" in report and "Test MAE" not in report

@@ -3,7 +3,8 @@
 - ``results.md``: per fine-tuning mode, test MAE mean +- std over seeds for every backbone x
   pretraining objective (rows) and target x label budget (columns); the best mean of each column in
   bold; the relative change against training from scratch (objective ``none``) in brackets
-  (negative = lower error = better). A noise-robustness table when corruption rates were swept.
+  (negative = lower error = better). A noise-robustness table when corruption rates were swept, and
+  one row per pretraining run (steps, last validation loss, wall time).
 - ``bars_<backbone>_<mode>.png``: grouped bars with error bars (std over seeds).
 - ``curves_<backbone>_<target>_n<budget>.png``: validation MAE during fine-tuning, per objective.
 """
@@ -27,7 +28,10 @@ def load(csv_path: Path) -> pd.DataFrame:
 def final_test_mae(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per fine-tuning cell: its test MAE of its own target, with the metric's unit."""
     ft = frame[(frame["phase"] == "finetune") & frame["metric"].str.startswith("test/")]
-    ft = ft[ft.apply(lambda r: r["metric"].startswith(f"test/{r['target']}_mae_"), axis=1)]
+    own = pd.Series([m.startswith(f"test/{t}_mae_") for m, t in zip(ft["metric"], ft["target"])], index=ft.index, dtype=bool)
+    ft = ft[own]
+    if ft.empty:  # nothing fine-tuned yet (e.g. only pretraining cells have finished)
+        return ft.assign(unit=pd.Series(dtype=str))
     ft = ft.assign(unit=ft.apply(lambda r: r["metric"][len(f"test/{r['target']}_mae_"):].replace("_per_", "/"), axis=1))
     return ft
 
@@ -159,6 +163,23 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def pretraining_table(frame: pd.DataFrame) -> str:
+    """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
+    pre = frame[frame["phase"] == "pretrain"]
+    if pre.empty:
+        return ""
+    lines = ["| backbone | pretraining | corruption rate | steps | last val/loss | wall time (min) |", "|---|---|---|---|---|---|"]
+    for (b, o, r), group in pre.groupby(["backbone", "objective", "corruption_rate"]):
+        val = group[group["metric"] == "curve:val/loss"].sort_values("step")
+        train = group[group["metric"] == "curve:train/loss"]
+        wall = group.loc[group["metric"] == "wall_s", "value"]
+        steps = f"{int(train['step'].max()) + 1}" if not train.empty else "–"
+        last = f"{val['value'].iloc[-1]:.4g}" if not val.empty else "–"
+        minutes = f"{wall.iloc[0] / 60:.1f}" if not wall.empty else "–"
+        lines.append(f"| {b} | {o} | {r:g} | {steps} | {last} | {minutes} |")
+    return "\n".join(lines)
+
+
 def write_report(output: Path, title: str | None = None) -> Path:
     """Write ``results.md`` and the PNG plots next to ``output/results.csv``; return the Markdown path."""
     output = Path(output)
@@ -172,6 +193,9 @@ def write_report(output: Path, title: str | None = None) -> Path:
     noise = noise_table(ft)
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+    pretraining = pretraining_table(frame)
+    if pretraining:
+        parts += ["## Pretraining runs", "", pretraining, ""]
     walls = frame[frame["metric"] == "wall_s"].groupby("phase")["value"].agg(["count", "sum"])
     parts += ["## Cost", "", "| phase | cells | wall time (min) |", "|---|---|---|"]
     parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
