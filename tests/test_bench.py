@@ -162,6 +162,10 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert "rate 0 | rate 0.1 | rate 0.3 | change at max rate | scratch" in lines[0]
     assert len(lines) == 3 and "| denoising |" in lines[2]
     assert "20.0 ± 0.0 | 22.0 ± 0.0 | 26.0 ± 1.4 | +30% | 31.0 ± 1.4 |" in lines[2]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    report = write_report(tmp_path).read_text()
+    assert "## Noise robustness" in report and "noise_painn_homo_n1000.png" in report
+    assert (tmp_path / "noise_painn_homo_n1000.png").stat().st_size > 0
 
 
 def test_pretraining_table(tmp_path):

@@ -7,6 +7,7 @@
   one row per pretraining run (steps, last validation loss, wall time).
 - ``bars_<backbone>_<mode>.png``: grouped bars with error bars (std over seeds).
 - ``curves_<backbone>_<target>_n<budget>.png``: validation MAE during fine-tuning, per objective.
+- ``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate.
 """
 
 from __future__ import annotations
@@ -163,6 +164,41 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
+def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
+    """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = ft[ft["mode"] == "finetune"]
+    stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption_rate"])["value"].agg(
+        ["mean", "std"]).fillna(0.0).reset_index()
+    paths = []
+    for (backbone, target, budget, unit), group in stats.groupby(["backbone", "target", "label_budget", "unit"]):
+        swept = [o for o, g in group.groupby("objective") if o != SCRATCH and len(g) >= 2]
+        if not swept:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for k, objective in enumerate(sorted(swept), start=1):
+            g = group[group["objective"] == objective].sort_values("corruption_rate")
+            ax.errorbar(g["corruption_rate"], g["mean"], yerr=g["std"], marker="o", capsize=3, label=objective,
+                        color=f"C{k}")
+        scratch = group[group["objective"] == SCRATCH]
+        if not scratch.empty:
+            ax.axhline(scratch["mean"].iloc[0], color="C0", linestyle="--", label="none (scratch)")
+        ax.set_xlabel("fraction of pretraining structures corrupted")
+        ax.set_ylabel(f"test MAE ({unit})")
+        ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
+        ax.legend(frameon=False)
+        fig.tight_layout()
+        path = out / f"noise_{backbone}_{target}_n{budget}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def pretraining_table(frame: pd.DataFrame) -> str:
     """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
     pre = frame[frame["phase"] == "pretrain"]
@@ -199,7 +235,7 @@ def write_report(output: Path, title: str | None = None) -> Path:
     walls = frame[frame["metric"] == "wall_s"].groupby("phase")["value"].agg(["count", "sum"])
     parts += ["## Cost", "", "| phase | cells | wall time (min) |", "|---|---|---|"]
     parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
-    plots = bar_plots(ft, output) + curve_plots(frame, output)
+    plots = bar_plots(ft, output) + curve_plots(frame, output) + noise_plots(ft, output)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = output / "results.md"
