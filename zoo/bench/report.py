@@ -104,12 +104,19 @@ def noise_table(ft: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """One matplotlib colour per objective (scratch first, then alphabetical), the same in every plot."""
+    objectives = sorted(set(frame["objective"]), key=lambda o: (o != SCRATCH, o))
+    return {o: f"C{k % 10}" for k, o in enumerate(objectives)}
+
+
 def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = objective_colors(ft)
     paths = []
     for (backbone, mode), sub in ft[ft["corruption_rate"] == 0].groupby(["backbone", "mode"]):
         stats = sub.groupby(["target", "label_budget", "unit", "objective"])["value"].agg(["mean", "std"]).fillna(0.0)
@@ -121,7 +128,7 @@ def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
                 key = (target, budget, unit, objective)
                 if key in stats.index:
                     ax.bar(k, stats.loc[key, "mean"], yerr=stats.loc[key, "std"], capsize=3, label=objective,
-                           color=f"C{k}")
+                           color=colors[objective])
             ax.set_title(f"{target}, n={budget}")
             ax.set_ylabel(f"test MAE ({unit})")
             ax.set_xticks([])
@@ -145,12 +152,13 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
     curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
                    & frame["metric"].str.startswith("curve:val/")]
     curves = curves[curves.apply(lambda r: r["metric"].startswith(f"curve:val/{r['target']}_mae_"), axis=1)]
+    colors = objective_colors(frame[frame["phase"] == "finetune"])
     paths = []
     for (backbone, target, budget), sub in curves.groupby(["backbone", "target", "label_budget"]):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for k, (objective, group) in enumerate(sorted(sub.groupby("objective"), key=lambda g: (g[0] != SCRATCH, g[0]))):
             mean = group.groupby("step")["value"].mean()
-            ax.plot(mean.index, mean.values, label=objective, color=f"C{k}")
+            ax.plot(mean.index, mean.values, label=objective, color=colors[objective])
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(sub["metric"].iloc[0].replace("curve:", ""))
         ax.set_yscale("log")
@@ -174,6 +182,7 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
     sub = ft[ft["mode"] == "finetune"]
     stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption_rate"])["value"].agg(
         ["mean", "std"]).fillna(0.0).reset_index()
+    colors = objective_colors(ft)
     paths = []
     for (backbone, target, budget, unit), group in stats.groupby(["backbone", "target", "label_budget", "unit"]):
         swept = [o for o, g in group.groupby("objective") if o != SCRATCH and len(g) >= 2]
@@ -183,10 +192,10 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         for k, objective in enumerate(sorted(swept), start=1):
             g = group[group["objective"] == objective].sort_values("corruption_rate")
             ax.errorbar(g["corruption_rate"], g["mean"], yerr=g["std"], marker="o", capsize=3, label=objective,
-                        color=f"C{k}")
+                        color=colors[objective])
         scratch = group[group["objective"] == SCRATCH]
         if not scratch.empty:
-            ax.axhline(scratch["mean"].iloc[0], color="C0", linestyle="--", label="none (scratch)")
+            ax.axhline(scratch["mean"].iloc[0], color=colors[SCRATCH], linestyle="--", label="none (scratch)")
         ax.set_xlabel("fraction of pretraining structures corrupted")
         ax.set_ylabel(f"test MAE ({unit})")
         ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
@@ -233,7 +242,7 @@ def write_report(output: Path, title: str | None = None) -> Path:
     if pretraining:
         parts += ["## Pretraining runs", "", pretraining, ""]
     walls = frame[frame["metric"] == "wall_s"].groupby("phase")["value"].agg(["count", "sum"])
-    parts += ["## Cost", "", "| phase | cells | wall time (min) |", "|---|---|---|"]
+    parts += ["## Cost", "", "| phase | cells | summed wall time of the cells (min; parallel cells overlap) |", "|---|---|---|"]
     parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
     plots = bar_plots(ft, output) + curve_plots(frame, output) + noise_plots(ft, output)
     if plots:

@@ -148,7 +148,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             shutil.rmtree(folder)  # leftovers of a crashed or killed attempt
         folder.mkdir(parents=True)
         cmd = command(matrix, cell, by_id)
-        log = open(folder / "log.txt", "w")
+        log = open(folder / "log.txt", "w")  # noqa: SIM115 -- open while the cell runs; closed in finish()
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
