@@ -44,6 +44,7 @@ def test_expansion_counts_and_dependencies(tmp_path):
     data["finetune"]["targets"] = ["homo", "u0"]
     data["finetune"]["label_budgets"] = [100, 1000]
     data["pretrain"]["corruption"] = {"kind": "displacement", "rates": [0.0, 0.2]}
+    data["finetune"]["probe_args"] = ["--model.lr", "0.01"]
     path.write_text(yaml.safe_dump(data))
     cells = expand(load_matrix(path))
     pre = [c for c in cells if c.phase == "pretrain"]
@@ -55,6 +56,8 @@ def test_expansion_counts_and_dependencies(tmp_path):
     assert all(c.depends_on is None for c in ft if c.objective == "none")
     probe = next(c for c in ft if c.mode == "linear_probe")
     assert "--model.freeze_backbone" in probe.args and probe.args[probe.args.index("--model.head_hidden") + 1] == "0"
+    assert probe.args[-2:] == ["--model.lr", "0.01"]  # probe_args come last, so they win
+    assert all("--model.lr" not in c.args for c in ft if c.mode == "finetune")
     corrupted = next(c for c in pre if c.corruption_rate > 0)
     assert corrupted.args[corrupted.args.index("--data.corruption_rate") + 1] == "0.2"
     assert cells.index(pre[0]) < cells.index(ft[0])

@@ -22,6 +22,7 @@ A matrix is a YAML file::
       seeds: [0, 1, 2]
       modes: [finetune, linear_probe]          # linear_probe: frozen backbone + linear head
       args: [--trainer.max_epochs, "30"]
+      probe_args: [--model.lr, "0.01"]          # optional: added to linear_probe cells only (after args)
 
 Each pretraining objective is run once per backbone (and corruption rate); each fine-tuning cell
 starts from that pretraining run's last checkpoint (``--model.init_from``), or from scratch for
@@ -129,6 +130,7 @@ def load_matrix(path: str | Path) -> Matrix:
     finetune.setdefault("seeds", [0])
     finetune.setdefault("modes", ["finetune"])
     finetune.setdefault("args", [])
+    finetune.setdefault("probe_args", [])
     bad = [m for m in finetune["modes"] if m not in MODES]
     if bad:
         raise ValueError(f"matrix file: finetune.modes {bad} not in {list(MODES)}")
@@ -197,6 +199,8 @@ def expand(matrix: Matrix) -> list[Cell]:
                                     args += ["--model.freeze_backbone", "true", "--model.head_hidden", "0",
                                              "--model.aux_denoising_weight", "0"]
                                 args += [*matrix.common_args, *map(str, ft["args"])]
+                                if mode == "linear_probe":
+                                    args += [*map(str, ft["probe_args"])]
                                 depends = None if scratch else pretrain_ids[(backbone, objective, rate)]
                                 cells.append(Cell(cell_id, "finetune", backbone, objective, args, target, int(budget),
                                                   mode, int(seed), rate, depends))
