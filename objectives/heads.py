@@ -17,7 +17,11 @@ from zoo.radial import GaussianRBF, cosine_cutoff
 class AtomwiseMLP(nn.Module):
     """Per-atom MLP ``[N, width] -> [N, out]``: Linear -> SiLU -> Linear (hidden = width // 2 by default).
 
-    ``hidden=0`` makes it a single Linear layer: on a frozen backbone, a linear probe.
+    ``hidden=0`` makes it linear: per-feature standardisation (``BatchNorm1d`` without affine
+    parameters, running statistics at evaluation) then one Linear layer. On a frozen backbone this
+    is a linear probe; the standardisation makes its optimisation well conditioned (raw backbone
+    features differ in scale by orders of magnitude, and an SGD probe on them stays far from the
+    least-squares optimum for any sensible learning rate).
     """
 
     def __init__(self, width: int, out: int = 1, hidden: int | None = None) -> None:
@@ -25,7 +29,7 @@ class AtomwiseMLP(nn.Module):
         if hidden is not None and hidden < 0:
             raise ValueError(f"head_hidden={hidden} must be >= 0 (0: linear head) (--model.head_hidden)")
         if hidden == 0:
-            self.net = nn.Sequential(nn.Linear(width, out))
+            self.net = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, out))
             return
         hidden = hidden or max(1, width // 2)
         self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out))

@@ -136,8 +136,8 @@ def test_linear_probe_head(pretrained):
     """head_hidden=0: one Linear layer per target on the frozen features (a linear probe)."""
     path, _ = pretrained
     model = Regression(tiny_schnet(), targets=["homo"], init_from=str(path), freeze_backbone=True, head_hidden=0)
-    layers = list(model.heads[0].net)
-    assert len(layers) == 1 and isinstance(layers[0], torch.nn.Linear)
+    norm, linear = list(model.heads[0].net)
+    assert isinstance(norm, torch.nn.BatchNorm1d) and not norm.affine and isinstance(linear, torch.nn.Linear)
     assert sum(p.numel() for p in model.trainable_parameters()) == model.backbone.width + 1
     with pytest.raises(ValueError, match="head_hidden=-1"):
         Regression(tiny_schnet(), targets=["homo"], head_hidden=-1)
