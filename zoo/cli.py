@@ -141,6 +141,13 @@ def run(args: list[str] | None = None) -> ZooCLI:
 def main() -> None:
     """Entry point of the ``zoo`` console script."""
     run()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # Lightning leaves the process group alive; gloo's threads torn down at interpreter exit
+        # can abort the process ("terminate called without an active exception") after a run
+        # that succeeded. Destroy it explicitly.
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
