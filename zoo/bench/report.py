@@ -104,6 +104,24 @@ def noise_table(ft: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported lazily: only plots need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, rect=None) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close ``fig``; return ``path``."""
+    fig.tight_layout(**({"rect": rect} if rect else {}))
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
     """One matplotlib colour per objective (scratch first, then alphabetical), the same in every plot."""
     objectives = sorted(set(frame["objective"]), key=lambda o: (o != SCRATCH, o))
@@ -111,11 +129,7 @@ def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     colors = objective_colors(ft)
     paths = []
     for (backbone, mode), sub in ft[ft["corruption_rate"] == 0].groupby(["backbone", "mode"]):
@@ -135,20 +149,12 @@ def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=len(objectives), frameon=False)
         fig.suptitle(f"{backbone}, {mode.replace('_', ' ')} (mean ± std over seeds)")
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
-        path = out / f"bars_{backbone}_{mode}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"bars_{backbone}_{mode}.png", rect=(0, 0.1, 1, 1)))
     return paths
 
 
 def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
                    & frame["metric"].str.startswith("curve:val/")]
     curves = curves[curves.apply(lambda r: r["metric"].startswith(f"curve:val/{r['target']}_mae_"), axis=1)]
@@ -156,7 +162,7 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
     paths = []
     for (backbone, target, budget), sub in curves.groupby(["backbone", "target", "label_budget"]):
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k, (objective, group) in enumerate(sorted(sub.groupby("objective"), key=lambda g: (g[0] != SCRATCH, g[0]))):
+        for objective, group in sorted(sub.groupby("objective"), key=lambda g: (g[0] != SCRATCH, g[0])):
             mean = group.groupby("step")["value"].mean()
             ax.plot(mean.index, mean.values, label=objective, color=colors[objective])
         ax.set_xlabel("optimizer step")
@@ -164,21 +170,13 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_title(f"{backbone}: fine-tuning on {target}, n={budget}")
         ax.legend(frameon=False)
-        fig.tight_layout()
-        path = out / f"curves_{backbone}_{target}_n{budget}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"curves_{backbone}_{target}_n{budget}.png"))
     return paths
 
 
 def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
     """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     sub = ft[ft["mode"] == "finetune"]
     stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption_rate"])["value"].agg(
         ["mean", "std"]).fillna(0.0).reset_index()
@@ -189,7 +187,7 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         if not swept:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for k, objective in enumerate(sorted(swept), start=1):
+        for objective in sorted(swept):
             g = group[group["objective"] == objective].sort_values("corruption_rate")
             ax.errorbar(g["corruption_rate"], g["mean"], yerr=g["std"], marker="o", capsize=3, label=objective,
                         color=colors[objective])
@@ -200,11 +198,7 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel(f"test MAE ({unit})")
         ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
         ax.legend(frameon=False)
-        fig.tight_layout()
-        path = out / f"noise_{backbone}_{target}_n{budget}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"noise_{backbone}_{target}_n{budget}.png"))
     return paths
 
 
