@@ -1,6 +1,6 @@
 """Backbones: networks that map a batch of molecules to per-atom features.
 
-Add one by subclassing :class:`backbones.base.Backbone` (contract in ``docs/backbones.md``).
+Add one by subclassing :class:`atomzoo.backbones.base.Backbone` (contract in ``docs/backbones.md``).
 
 Built in: :class:`SchNet`, :class:`PaiNN`, :class:`MACE`. Importing this package does not import
 mace-torch or e3nn: :class:`MACE` imports them when the first MACE backbone is built.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from zoo.graph import Graph, build_graph
+from atomzoo.nn.graph import Graph, build_graph
 
 
 @dataclass

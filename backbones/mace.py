@@ -13,8 +13,8 @@ wrapper changes:
 * no readouts, atomic energies or scale/shift: heads belong to the objectives;
 * every layer, the last included, keeps the full ``hidden_irreps`` (mace-torch keeps only scalars in
   the last layer unless ``keep_last_layer_irreps=True``), so L=1 features exist at the output;
-* the radius graph is built inside ``forward`` (:mod:`zoo.graph`), from ``data.z`` / ``data.pos``;
-* optional adaLN conditioning of each layer's scalar channels (:mod:`zoo.conditioning`).
+* the radius graph is built inside ``forward`` (:mod:`atomzoo.nn.graph`), from ``data.z`` / ``data.pos``;
+* optional adaLN conditioning of each layer's scalar channels (:mod:`atomzoo.nn.conditioning`).
 
 Outputs:
 
@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zoo.conditioning import condition_modules
+from atomzoo.nn.conditioning import condition_modules
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -165,14 +165,14 @@ class MACE(Backbone):
             (``mace.modules.interaction_classes``).
         use_reduced_cg: mace-torch's reduced Clebsch-Gordan option (only effective with
             cuequivariance installed; mace's trainer default is False).
-        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`zoo.graph`).
+        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         dtype: ``"float32"``, ``"float64"`` or None (torch's current default). The dtype the
             blocks are *built* in. e3nn and mace compute their Clebsch-Gordan / symmetric-contraction
             constants at construction in the default dtype; a float32-built model converted with
             ``.double()`` keeps float32-rounded constants and is equivariant only to ~1e-7
             (relative). Build with ``dtype="float64"`` for float64 work.
         condition_dim: size of the per-molecule condition (0: none). When > 0 the ``0e`` channels
-            of every layer's output go through :class:`zoo.conditioning.AdaptiveScalarNorm`,
+            of every layer's output go through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`,
             treating the layer output as the update (MACE layers carry their residual inside, via
             the self-connection ``sc``); the MLP sees the layer's input scalars. Non-scalars are
             never modulated.

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from zoo.conditioning import condition_modules
-from zoo.graph import Graph
-from zoo.radial import SincRBF, cosine_cutoff
+from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.graph import Graph
+from atomzoo.nn.radial import SincRBF, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -107,9 +107,9 @@ class PaiNN(Backbone):
         num_rbf: number of sinc radial basis functions ``sin(k pi d / rc) / d``.
         cutoff: interaction radius in Angstrom.
         max_z: largest atomic number the embedding table covers.
-        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`zoo.graph`).
+        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         condition_dim: size of the per-molecule condition (0: none). When > 0 each interaction's
-            total scalar update goes through :class:`zoo.conditioning.AdaptiveScalarNorm`; vectors
+            total scalar update goes through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`; vectors
             are never modulated.
 
     Output: scalars ``[N, F]`` (invariant), vectors ``[N, 3, F]`` (equivariant, x/y/z on dim 1).

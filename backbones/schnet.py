@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from zoo.conditioning import condition_modules
-from zoo.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
+from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -62,9 +62,9 @@ class SchNet(Backbone):
         num_rbf: number of Gaussian radial basis functions on ``[0, cutoff]``.
         cutoff: interaction radius in Angstrom.
         max_z: largest atomic number the embedding table covers.
-        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`zoo.graph`).
+        max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         condition_dim: size of the per-molecule condition (0: none). When > 0, every interaction's
-            scalar update goes through :class:`zoo.conditioning.AdaptiveScalarNorm`
+            scalar update goes through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`
             (``self.conditioning[i]``); with ``condition=None`` the network is exactly plain SchNet.
 
     Output: scalars ``[N, width]``; no vector features.

@@ -145,7 +145,7 @@ def make_batches(molecules, batch_size: int, num_batches: int, device):
 def readout(width: int):
     from torch import nn
 
-    from zoo.radial import ShiftedSoftplus
+    from atomzoo.nn.radial import ShiftedSoftplus
 
     return nn.Sequential(nn.Linear(width, width // 2), ShiftedSoftplus(), nn.Linear(width // 2, 1))
 
@@ -155,7 +155,7 @@ def make_step(name: str, device, batches):
     import torch
     from torch_geometric.utils import scatter
 
-    from backbones import with_positions
+    from atomzoo.backbones import with_positions
 
     def zoo_step(model, head):
         def step(batch, forces):
@@ -174,7 +174,7 @@ def make_step(name: str, device, batches):
         import yaml
 
         config = yaml.safe_load((REPO / "configs" / "backbones" / f"{name}.yaml").read_text())
-        import backbones
+        from atomzoo import backbones
 
         model = getattr(backbones, config["class_path"].split(".")[-1])(**config["init_args"])
         head = readout(model.width)
@@ -184,7 +184,7 @@ def make_step(name: str, device, batches):
     if name == "pyg_schnet":
         from torch_geometric.nn.models import SchNet
 
-        from zoo.graph import build_graph
+        from atomzoo.nn.graph import build_graph
 
         def graph(pos, batch):
             g = build_graph(pos, batch, SCHNET["cutoff"])
@@ -213,8 +213,8 @@ def make_step(name: str, device, batches):
     if name in ("mace_torch", "mace_torch_default"):
         import numpy as np
 
-        from backbones.mace import _quiet_torchscript, import_mace
-        from zoo.graph import build_graph
+        from atomzoo.backbones.mace import _quiet_torchscript, import_mace
+        from atomzoo.nn.graph import build_graph
 
         modules, o3 = import_mace()
         kw = dict(MACE)

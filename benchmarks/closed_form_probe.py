@@ -23,8 +23,8 @@ import yaml
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
-from datamodules import QM9DataModule
-from objectives.export import load_into_backbone
+from atomzoo.datamodules import QM9DataModule
+from atomzoo.objectives.export import load_into_backbone
 
 
 def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:

@@ -79,7 +79,7 @@ def rss_mb():
         for line in f:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) / 1024
-from datamodules import PCQM4Mv2DataModule
+from atomzoo.datamodules import PCQM4Mv2DataModule
 dm = PCQM4Mv2DataModule(root={root!r}, cache_dir={cache!r}, add_hydrogens={h}, targets={targets})
 before = rss_mb()
 t0 = time.perf_counter(); dm.prepare_data(); build = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from datamodules import QM9DataModule
+from atomzoo.datamodules import QM9DataModule
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """DataModules: molecular datasets as memory-mapped stores with seeded splits.
 
-Add a dataset by subclassing :class:`datamodules.base.AtomsDataModule` (see ``datamodules/qm9.py``).
+Add a dataset by subclassing :class:`atomzoo.datamodules.base.AtomsDataModule` (see ``datamodules/qm9.py``).
 """
 
 from .ase_file import ASEFileDataModule

@@ -63,7 +63,7 @@ class ASEFileDataModule(AtomsDataModule):
         targets: labels to train on; default ``["energy"]`` if ``energy_key`` is set, else none.
         forces: train on forces (linked to the regression objective); default: when ``forces_key``
             is set.
-        Other arguments: see :class:`~datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest).
+        Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest).
     """
 
     name = "ase_file"

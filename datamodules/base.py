@@ -114,7 +114,7 @@ class AtomsDataModule(L.LightningDataModule):
         pin_memory: pin host memory in the loaders (GPU training).
         corruption: corrupt part of the training split on purpose (noise-robustness studies):
             ``displacement``, ``duplicate_atoms`` or ``label_noise`` (see
-            :mod:`datamodules.corruption`); ``None`` for clean data.
+            :mod:`atomzoo.datamodules.corruption`); ``None`` for clean data.
         corruption_rate: fraction of training molecules corrupted.
         corruption_scale: size of the corruption (Angstrom, or label standard deviations).
         corruption_seed: which molecules are corrupted and how.

@@ -1,7 +1,7 @@
 """Validation of raw arrays before they go into a store: every error names the file and the record.
 
 Used by the MD17/rMD17, ASE-file and PCQM4Mv2 readers. A reader calls these on each chunk *before*
-appending it to a :class:`~datamodules.storage.StoreWriter`; the raised error aborts the writer,
+appending it to a :class:`~atomzoo.datamodules.storage.StoreWriter`; the raised error aborts the writer,
 which removes its temporary directory, so bad input never leaves a partial cache behind.
 """
 

@@ -219,7 +219,7 @@ class MD17DataModule(_TrajectoryDataModule):
         forces: train on forces (linked to ``--model.init_args.forces`` by the CLI).
         units: ``"eV"`` (convert; default) or ``"kcal/mol"`` (as stored).
         num_train, num_val, num_test: default 950 / 50 / the rest (seeded, ``split_seed``).
-        Other arguments: see :class:`~datamodules.base.AtomsDataModule`.
+        Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule`.
     """
 
     name = "md17"

@@ -115,7 +115,7 @@ class PCQM4Mv2DataModule(AtomsDataModule):
         targets: ``None`` (label-free) or ``["homolumogap"]`` (eV).
         on_bad_record: ``"skip"`` (log count and first records) or ``"error"``.
         chunk_size: molecules per write chunk (bounds RAM).
-        Other arguments: see :class:`~datamodules.base.AtomsDataModule`.
+        Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule`.
     """
 
     name = "pcqm4mv2"

@@ -222,7 +222,7 @@ class QM9DataModule(AtomsDataModule):
         raw_dir: folder with gdb9.sdf, gdb9.sdf.csv and uncharacterized.txt; ``None`` reads qm9pack.
         num_train, num_val: the standard 110,000 / 10,000 split (test: the remaining 10,831).
         Other arguments (batch size, workers, splits, cache, corruption): see
-        :class:`~datamodules.base.AtomsDataModule`; the CLI lists them all.
+        :class:`~atomzoo.datamodules.base.AtomsDataModule`; the CLI lists them all.
     """
 
     name = "qm9"

@@ -9,9 +9,9 @@ This file lives outside the zoo's packages on purpose: it stands for *your* modu
     PYTHONPATH=examples zoo fit -c configs/data/qm9.yaml -c configs/objectives/scd.yaml \\
         --data.targets null --model.backbone.class_path custom_backbone.DistanceMPNN
 
-The contract (docs/backbones.md): subclass :class:`backbones.Backbone`, declare ``width`` and
+The contract (docs/backbones.md): subclass :class:`atomzoo.backbones.Backbone`, declare ``width`` and
 ``cutoff`` (and ``vector_width`` / ``condition_dim`` if you have vector features or take a
-condition), and return a :class:`backbones.BackboneOutput` from ``forward(data, condition=None)``.
+condition), and return a :class:`atomzoo.backbones.BackboneOutput` from ``forward(data, condition=None)``.
 This one is invariant, returns no vector features and takes no condition: objectives that need
 those (denoising's equivariant noise head, SCD's conditioning) fall back to generic heads built from
 its scalars and the graph's edge vectors.
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from backbones import Backbone, BackboneOutput, num_graphs
-from zoo.radial import GaussianRBF, cosine_cutoff
+from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
+from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 
 class DistanceMPNN(Backbone):

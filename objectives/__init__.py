@@ -3,7 +3,7 @@
 Built in: :class:`Regression` (supervised), :class:`Denoising`, :class:`SelfConditionedDenoising`
 and :class:`JEPA` (self-supervised pretraining); see ``docs/objectives.md``.
 
-Add one by subclassing :class:`objectives.base.Objective`.
+Add one by subclassing :class:`atomzoo.objectives.base.Objective`.
 """
 
 from .base import Objective

@@ -1,25 +1,27 @@
 """What every objective shares: a backbone, AdamW with a learning-rate schedule, optional EMA.
 
-An objective is a LightningModule that takes any :class:`~backbones.base.Backbone` and defines a
+An objective is a LightningModule that takes any :class:`~atomzoo.backbones.base.Backbone` and defines a
 training signal on top of it (supervised regression, denoising, ...). Every objective logs
 ``train/loss`` and ``val/loss``; checkpoints monitor ``val/loss``.
 
 Fine-tuning and probing (every objective): ``init_from`` loads only the ``backbone.*`` weights of a
-checkpoint of ANY objective (or of a safetensors file written by ``python -m objectives.export``)
+checkpoint of ANY objective (or of a safetensors file written by ``python -m atomzoo.objectives.export``)
 into this objective's backbone at construction; heads are ignored. ``freeze_backbone`` turns the
 backbone into a fixed feature extractor (linear / MLP probe). See ``docs/objectives.md``.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import warnings
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
-from backbones.base import Backbone
+from atomzoo.backbones.base import Backbone
 
 # Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
 # it); Lightning's advice to ignore nn.Module arguments does not apply to that.
@@ -30,7 +32,7 @@ class Objective(L.LightningModule):
     """Base class of all objectives.
 
     Args:
-        backbone: the representation network (any ``backbones.Backbone`` subclass).
+        backbone: the representation network (any ``atomzoo.backbones.Backbone`` subclass).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         scheduler: ``"cosine"`` (linear warmup then cosine decay to ``min_lr_ratio * lr`` over the
@@ -71,7 +73,7 @@ class Objective(L.LightningModule):
             raise ValueError(f"scheduler={scheduler!r}: choose 'cosine', 'plateau' or 'constant' (--model.scheduler)")
         if not isinstance(backbone, Backbone):
             raise TypeError(
-                f"backbone must be a backbones.Backbone subclass, got {type(backbone).__name__}; "
+                f"backbone must be an atomzoo.backbones.Backbone subclass, got {type(backbone).__name__}; "
                 "see docs/backbones.md for the contract"
             )
         self.backbone = backbone
@@ -93,6 +95,27 @@ class Objective(L.LightningModule):
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """As Lightning's, and checkpoints written before the ``atomzoo`` namespace (class paths
+        such as ``objectives.Regression``) load too, with a ``FutureWarning``."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
+            from atomzoo._legacy import upgrade_class_paths
+
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            if upgrade_class_paths(checkpoint.get("hyper_parameters")):
+                warnings.warn(
+                    f"{checkpoint_path} records module paths from before atomzoo 0.2 (e.g. 'objectives.Regression'); "
+                    "loading it with the new paths. Save it again to update the file.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                buffer.seek(0)
+                checkpoint_path = buffer
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``, but a frozen backbone (``freeze_backbone``) stays in eval mode."""

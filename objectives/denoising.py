@@ -2,7 +2,7 @@
 
 Every atom position is corrupted with isotropic Gaussian noise, ``pos~ = pos + sigma * eps`` with
 ``eps ~ N(0, I)`` per atom and component; the backbone sees ``pos~`` and an equivariant per-atom
-vector head (:class:`~objectives.heads.NoiseHead`: the backbone's vector features when it has them,
+vector head (:class:`~atomzoo.objectives.heads.NoiseHead`: the backbone's vector features when it has them,
 otherwise the edge-direction head) predicts the noise.
 
 Target standardisation (choice documented here): the target is the noise divided by the sigma of
@@ -16,7 +16,7 @@ Validation noise is drawn from a generator seeded by the batch index, so ``val/l
 across epochs.
 
 The pieces are reusable: :func:`sample_sigma`, :func:`gaussian_noise` and :class:`AuxDenoising`
-(the auxiliary "noisy nodes" loss that :class:`~objectives.regression.Regression` adds during
+(the auxiliary "noisy nodes" loss that :class:`~atomzoo.objectives.regression.Regression` adds during
 fine-tuning with ``aux_denoising_weight > 0``).
 """
 
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone, num_graphs, with_positions
 
 from .base import Objective
 from .diagnostics import log_collapse_diagnostics
@@ -99,7 +99,7 @@ class Denoising(Objective):
         head_hidden: hidden size of the head (default the backbone width).
         diagnostics_every_n_steps: log ``train/emb_std`` / ``train/emb_erank`` of the mean-pooled
             backbone scalars every this many steps (0: never).
-        Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA,
+        Other arguments: see :class:`~atomzoo.objectives.base.Objective` (optimizer, schedule, EMA,
         ``init_from``, ``freeze_backbone``).
 
     Logs ``train/loss``, ``val/loss`` (dimensionless MSE to the standardised noise).

@@ -2,13 +2,13 @@
 
 Export (``safetensors`` file + JSON metadata, loadable without unpickling)::
 
-    python -m objectives.export runs/zoo/version_0/checkpoints/last.ckpt schnet_denoised.safetensors
+    python -m atomzoo.objectives.export runs/zoo/version_0/checkpoints/last.ckpt schnet_denoised.safetensors
 
 writes ``schnet_denoised.safetensors`` holding only the ``backbone.*`` tensors (with the prefix
 stripped: the keys of ``backbone.state_dict()``) and ``schnet_denoised.json`` with::
 
-    {"class_path": "backbones.schnet.SchNet", "init_args": {...}, "init_args_complete": true,
-     "source": "<checkpoint>", "objective": "objectives.denoising.Denoising"}
+    {"class_path": "atomzoo.backbones.schnet.SchNet", "init_args": {...}, "init_args_complete": true,
+     "source": "<checkpoint>", "objective": "atomzoo.objectives.denoising.Denoising"}
 
 The same JSON is stored in the safetensors header metadata (key ``"atomzoo"``), so the
 ``.safetensors`` file alone is enough. ``init_args`` come from the checkpoint's hyperparameters when
@@ -199,7 +199,7 @@ def build_backbone(path: str | Path) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m objectives.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m atomzoo.objectives.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="Lightning checkpoint of any atomzoo objective")
     parser.add_argument("out", help="output .safetensors path (a .json with the metadata is written next to it)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Output heads that sit on a backbone's per-atom features.
 
 Scalar heads (regression), equivariant per-atom vector heads (denoising) and pooled molecular
-projections (SCD, JEPA). Every head takes pieces of a :class:`~backbones.base.BackboneOutput`.
+projections (SCD, JEPA). Every head takes pieces of a :class:`~atomzoo.backbones.base.BackboneOutput`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from zoo.graph import Graph
-from zoo.radial import GaussianRBF, cosine_cutoff
+from atomzoo.nn.graph import Graph
+from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 
 class AtomwiseMLP(nn.Module):
@@ -57,7 +57,7 @@ class EdgeVectorHead(nn.Module):
         num_rbf: Gaussian radial basis functions on ``[0, cutoff]``.
         hidden: hidden size of the edge MLP (default F).
 
-    Shapes: ``scalars`` ``[N, F]``; ``graph`` the backbone's :class:`zoo.graph.Graph` (``E`` edges);
+    Shapes: ``scalars`` ``[N, F]``; ``graph`` the backbone's :class:`atomzoo.nn.graph.Graph` (``E`` edges);
     output ``[N, 3]`` in the units of whatever the loss compares it with (dimensionless weights
     times unit vectors).
     """
@@ -113,7 +113,7 @@ class NoiseHead(nn.Module):
     (``backbone.has_vectors``: PaiNN, MACE), else :class:`EdgeVectorHead` on scalars and edge
     directions (SchNet). ``kind`` forces one: ``"auto"`` | ``"vector"`` | ``"edge"``.
 
-    Call ``head(scalars, vectors, graph)`` (pieces of a :class:`~backbones.base.BackboneOutput`; the
+    Call ``head(scalars, vectors, graph)`` (pieces of a :class:`~atomzoo.backbones.base.BackboneOutput`; the
     scalars may have been modulated, e.g. FiLM-conditioned) -> ``[N, 3]``.
     """
 

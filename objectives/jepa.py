@@ -8,7 +8,7 @@ Two views of each molecule:
   ``mask_element``, default 0, a row of the element embedding no real element uses);
 * target view: the clean structure.
 
-Both go through an encoder = backbone + :class:`~objectives.heads.PooledProjection` ->
+Both go through an encoder = backbone + :class:`~atomzoo.objectives.heads.PooledProjection` ->
 embedding ``[G, D]`` per molecule. A predictor MLP maps the context embedding, concatenated with the
 corruption parameters of each molecule (its sigma in Angstrom and its realised masked fraction),
 to the target embedding. Loss = MSE(prediction, target embedding), mean over molecules and dims.
@@ -25,7 +25,7 @@ Anti-collapse (``anti_collapse``):
   ``init_from`` loads the *context* backbone ``backbone.*``).
 * ``"sigreg"`` (LeJEPA): a single encoder for both views, no EMA, no stop-grad; the projector ends in
   ``BatchNorm1d``; loss = pred MSE + ``sigreg_weight`` * mean(SIGReg(context emb), SIGReg(target emb))
-  (:mod:`objectives.sigreg`, directions seeded from the global step). methods.md warns that
+  (:mod:`atomzoo.objectives.sigreg`, directions seeded from the global step). methods.md warns that
   SIGReg alone collapsed in an asymmetric masked-prediction setup: watch ``train/emb_std`` and
   ``train/emb_erank``.
 
@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone, num_graphs, with_positions
 
 from .base import Objective
 from .denoising import gaussian_noise, sample_sigma
@@ -87,7 +87,7 @@ class JEPA(Objective):
         ema_momentum, ema_momentum_end: cosine momentum schedule of the EMA target (ema only).
         sigreg_weight, sigreg_slices: lambda and number of random directions M (sigreg only).
         diagnostics_every_n_steps: log ``train/emb_std`` / ``train/emb_erank`` every this many steps.
-        Other arguments: see :class:`~objectives.base.Objective`.
+        Other arguments: see :class:`~atomzoo.objectives.base.Objective`.
     """
 
     def __init__(

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 from torchmetrics import MeanAbsoluteError
 
-from backbones.base import Backbone, with_positions
+from atomzoo.backbones.base import Backbone, with_positions
 
 from .base import Objective
 from .denoising import AuxDenoising
@@ -65,9 +65,9 @@ class Regression(Objective):
         energy_weight, force_weight: weights of the standardised energy and force loss terms.
         aux_denoising_weight: weight of an auxiliary denoising loss during training (0: off; methods.md
             fine-tuning recipe: 0.1). One extra backbone pass on positions + Gaussian noise of
-            ``aux_denoising_sigma`` Angstrom (0.005); :class:`objectives.denoising.AuxDenoising`'s
+            ``aux_denoising_sigma`` Angstrom (0.005); :class:`atomzoo.objectives.denoising.AuxDenoising`'s
             equivariant head predicts noise / sigma (MSE, logged as ``train/aux_denoising``).
-        Other arguments: see :class:`~objectives.base.Objective` (optimizer, schedule, EMA,
+        Other arguments: see :class:`~atomzoo.objectives.base.Objective` (optimizer, schedule, EMA,
             ``init_from`` / ``freeze_backbone`` for fine-tuning and probing).
     """
 
@@ -90,7 +90,7 @@ class Regression(Objective):
         super().__init__(backbone, **kwargs)
         self.save_hyperparameters()
         # auxiliary denoising ("noisy nodes", fine-tuning recipe of methods.md): an extra backbone pass
-        # on positions + N(0, aux_denoising_sigma^2) noise, MSE of objectives.denoising's head to noise/sigma
+        # on positions + N(0, aux_denoising_sigma^2) noise, MSE of atomzoo.objectives.denoising's head to noise/sigma
         self.aux_denoising_weight = float(aux_denoising_weight)
         self.aux_denoising = AuxDenoising(backbone, aux_denoising_sigma) if aux_denoising_weight > 0 else None
         if not targets:

@@ -3,14 +3,14 @@
 Each training step runs the SAME backbone twice:
 
 1. Clean pass: clean positions plus tiny regularisation noise (``clean_sigma`` = 0.005 A), no
-   condition. Per-atom scalars -> :class:`~objectives.heads.PooledProjection` (per-atom
+   condition. Per-atom scalars -> :class:`~atomzoo.objectives.heads.PooledProjection` (per-atom
    LN-Linear-SiLU-LN, sum-pool, LN-Linear-SiLU-LN-Linear) -> molecular embedding ``c`` ``[G, D]``.
 2. Noisy pass: positions plus Gaussian noise (``sigma`` = 0.04 A, mean-centred per molecule),
    conditioned on ``c``; an equivariant head predicts the per-atom noise.
 
 Condition path: with probability ``condition_dropout`` (0.2) per molecule, ``c`` is replaced by a
 learned mask token ``[D]``; the result is layer-normed. If the backbone supports per-layer
-conditioning (``backbone.condition_dim > 0``: adaLN in every layer, :mod:`zoo.conditioning`), a
+conditioning (``backbone.condition_dim > 0``: adaLN in every layer, :mod:`atomzoo.nn.conditioning`), a
 linear map takes it to ``condition_dim`` and it is passed as ``backbone(data, condition=...)``.
 Otherwise (``condition_dim == 0``) the objective conditions *at the head*: FiLM of the noisy
 pass's per-atom scalars, ``h -> h * (1 + scale(c)) + shift(c)`` (zero-initialised: identity at init),
@@ -28,7 +28,7 @@ std of centred noise is ``sigma * sqrt((n-1)/n)``, the running estimate picks th
 statistics are per process (not synchronised across DDP ranks; they converge to the same values).
 
 Fine-tuning an SCD-pretrained backbone: a single pass without condition is exactly the
-unconditioned network (``condition=None``), so use ``objectives.Regression`` with ``init_from``.
+unconditioned network (``condition=None``), so use ``atomzoo.objectives.Regression`` with ``init_from``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone, num_graphs, with_positions
 
 from .base import Objective
 from .denoising import gaussian_noise, sample_sigma
@@ -111,9 +111,9 @@ class SelfConditionedDenoising(Objective):
         projection_hidden: hidden size of the projection head (default the backbone width).
         condition_dropout: probability per molecule of replacing ``c`` by the mask token (0.2).
         freeze_element_embedding: freeze the backbone's element embedding (paper: True).
-        head, head_hidden: the noise head (see :class:`~objectives.heads.NoiseHead`).
+        head, head_hidden: the noise head (see :class:`~atomzoo.objectives.heads.NoiseHead`).
         diagnostics_every_n_steps: log ``train/emb_std`` / ``train/emb_erank`` of ``c``.
-        Other arguments: see :class:`~objectives.base.Objective`.
+        Other arguments: see :class:`~atomzoo.objectives.base.Objective`.
 
     Logs ``train/loss``, ``val/loss`` (dimensionless MSE; validation uses the full condition, no
     dropout, seeded noise), ``val/loss_masked`` (mask token only: the plain-denoising baseline;

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+
+
+def pytest_configure(config) -> None:
+    """Refuse to test anything but this checkout (subprocesses import ``atomzoo`` the same way)."""
+    import atomzoo
+
+    where = Path(atomzoo.__file__).resolve().parent
+    if where != ROOT / "zoo":
+        raise pytest.UsageError(
+            f"atomzoo is imported from {where}, not from this checkout ({ROOT}): "
+            f"run `pip install -e {ROOT}` in this environment first"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +38,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def qm9(cache_dir):
     """A set-up QM9DataModule on the real qm9pack data (HOMO and U0), standard split."""
-    from datamodules import QM9DataModule
+    from atomzoo.datamodules import QM9DataModule
 
     dm = QM9DataModule(targets=["homo", "u0"], cache_dir=str(cache_dir))
     dm.prepare_data()

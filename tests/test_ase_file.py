@@ -9,8 +9,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.db import connect
 from ase.io import write
 
-from datamodules import ASEFileDataModule
-from datamodules.checks import DataFormatError
+from atomzoo.datamodules import ASEFileDataModule
+from atomzoo.datamodules.checks import DataFormatError
 
 FIXTURE = Path(__file__).parent / "data" / "md17_fixture" / "md17_ethanol.npz"
 

@@ -21,10 +21,10 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
-from backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, num_graphs, with_positions
-from zoo.conditioning import condition_modules
-from zoo.graph import build_graph
-from zoo.radial import GaussianRBF, cosine_cutoff
+from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, num_graphs, with_positions
+from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.graph import build_graph
+from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 REPO = Path(__file__).resolve().parents[1]
 ELEMENTS = torch.tensor([1, 6, 7, 8, 9])
@@ -449,7 +449,7 @@ def _scaleshift_mace(modules, o3):
 @pytest.mark.filterwarnings("ignore:The TorchScript type system")
 def test_mace_matches_mace_torch_scaleshiftmace(batch):
     """Same weights -> our wrapper's features equal ScaleShiftMACE's ``node_feats``."""
-    from backbones.mace import import_mace
+    from atomzoo.backbones.mace import import_mace
 
     modules, o3 = import_mace()
     ours = build("mace", seed=31)
@@ -491,9 +491,9 @@ _ENV_SCRIPT = textwrap.dedent(
     import os, sys
     key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
     before = os.environ.get(key)
-    import backbones
+    import atomzoo.backbones
     assert "mace" not in sys.modules and "e3nn" not in sys.modules, "importing backbones imported mace/e3nn"
-    net = backbones.MACE(hidden_irreps="4x0e+4x1o", max_ell=1, correlation=1, radial_MLP=[8])
+    net = atomzoo.backbones.MACE(hidden_irreps="4x0e+4x1o", max_ell=1, correlation=1, radial_MLP=[8])
     assert "mace" in sys.modules
     assert os.environ.get(key) == before, (before, os.environ.get(key))
     print("ENV-OK", before)

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from zoo.bench.__main__ import main as bench_main
-from zoo.bench.matrix import expand, load_matrix
-from zoo.bench.report import final_test_mae, noise_table, pretraining_table, summary_table, write_report
+from atomzoo.bench.__main__ import main as bench_main
+from atomzoo.bench.matrix import expand, load_matrix
+from atomzoo.bench.report import final_test_mae, noise_table, pretraining_table, summary_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from zoo.cli import run
+from atomzoo.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -47,8 +47,8 @@ def test_print_config_of_every_shipped_config(config, capsys):
         run(["fit", *composed(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith(("objectives.", "examples."))
-    assert printed["data"]["class_path"].startswith("datamodules.")
+    assert printed["model"]["class_path"].startswith(("atomzoo.objectives.", "examples."))
+    assert printed["data"]["class_path"].startswith("atomzoo.datamodules.")
     assert printed["model"]["init_args"]["backbone"]["class_path"]
     # shared options declared once on the base classes reach every DataModule and objective
     # through **kwargs; if that resolution broke they would silently vanish from the CLI

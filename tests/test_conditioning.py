@@ -1,11 +1,11 @@
-"""Unit tests of the shared adaLN conditioning module (zoo/conditioning.py)."""
+"""Unit tests of the shared adaLN conditioning module (zoo/nn/conditioning.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zoo.conditioning import AdaptiveScalarNorm, condition_modules
+from atomzoo.nn.conditioning import AdaptiveScalarNorm, condition_modules
 
 F, C = 6, 3
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules import QM9DataModule
+from atomzoo.datamodules import QM9DataModule
 
 
 def make(cache_dir, kind, rate=0.5, targets=("homo",)):

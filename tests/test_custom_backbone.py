@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.cli import run
+from atomzoo.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = sorted(p for p in (ROOT / "configs/objectives").glob("*.yaml") if p.stem != "finetune")

@@ -25,7 +25,7 @@ DDP = ["-c", str(ROOT / "configs/trainer/ddp_cpu.yaml")]
 
 def zoo(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
-    result = subprocess.run([sys.executable, "-m", "zoo.cli", *args], cwd=cwd, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "atomzoo.cli", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -9,10 +9,10 @@ import lightning as L
 import pytest
 import torch
 
-from backbones import PaiNN, SchNet
-from datamodules import QM9DataModule
-from objectives import JEPA, Denoising, Regression
-from objectives.export import build_backbone, export_backbone, load_backbone_weights, main
+from atomzoo.backbones import PaiNN, SchNet
+from atomzoo.datamodules import QM9DataModule
+from atomzoo.objectives import JEPA, Denoising, Regression
+from atomzoo.objectives.export import build_backbone, export_backbone, load_backbone_weights, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +78,10 @@ def test_mismatched_backbone_gives_clear_error(pretrained):
 def test_safetensors_export_round_trip(pretrained, tmp_path):
     path, source = pretrained
     out = tmp_path / "backbone.safetensors"
-    main([str(path), str(out)])  # the `python -m objectives.export CKPT OUT` entry
+    main([str(path), str(out)])  # the `python -m atomzoo.objectives.export CKPT OUT` entry
     assert out.exists() and out.with_suffix(".json").exists()
     weights, meta = load_backbone_weights(out)  # safetensors: no unpickling
-    assert meta["class_path"] == "backbones.schnet.SchNet"
+    assert meta["class_path"] == "atomzoo.backbones.schnet.SchNet"
     assert set(weights) == set(source.backbone.state_dict())
     model = Regression(tiny_schnet(), targets=["homo"], init_from=str(out))
     for name, tensor in source.backbone.state_dict().items():
@@ -93,7 +93,7 @@ def test_safetensors_export_round_trip(pretrained, tmp_path):
 def test_cli_pretrain_export_build_and_finetune(cache_dir, tmp_path):
     """zoo fit (denoising) -> checkpoint -> export (init_args from the CLI config) -> build_backbone;
     then zoo fit with configs/objectives/finetune.yaml and --model.init_from the export."""
-    from zoo.cli import run
+    from atomzoo.cli import run
 
     tiny = ["--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
             "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from backbones import SchNet
-from datamodules import RMD17DataModule
-from objectives import Regression
+from atomzoo.backbones import SchNet
+from atomzoo.datamodules import RMD17DataModule
+from atomzoo.objectives import Regression
 
 FIXTURE = Path(__file__).parent / "data" / "md17_fixture"
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from zoo.graph import build_graph, radius_graph
+from atomzoo.nn.graph import build_graph, radius_graph
 
 
 def brute_force(pos, batch, cutoff):

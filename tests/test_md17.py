@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from ase.units import kcal, mol
 
-from datamodules import MD17DataModule, RMD17DataModule
-from datamodules.checks import DataFormatError
+from atomzoo.datamodules import MD17DataModule, RMD17DataModule
+from atomzoo.datamodules.checks import DataFormatError
 
 FIXTURE = Path(__file__).parent / "data" / "md17_fixture"
 

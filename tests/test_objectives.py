@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from backbones import MACE, PaiNN, SchNet
-from datamodules import QM9DataModule
-from objectives import JEPA, Denoising, SelfConditionedDenoising
-from objectives.diagnostics import collapse_statistics
-from objectives.heads import EdgeVectorHead, GatedVectorHead, NoiseHead
+from atomzoo.backbones import MACE, PaiNN, SchNet
+from atomzoo.datamodules import QM9DataModule
+from atomzoo.objectives import JEPA, Denoising, SelfConditionedDenoising
+from atomzoo.objectives.diagnostics import collapse_statistics
+from atomzoo.objectives.heads import EdgeVectorHead, GatedVectorHead, NoiseHead
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ EXTRA = {
 @pytest.mark.parametrize("backbone", ["schnet", "painn", "mace"])
 @pytest.mark.parametrize("objective", ["denoising", "scd", "jepa", "jepa_sigreg"])
 def test_cli_objective_backbone(cache_dir, tmp_path, objective, backbone):
-    from zoo.cli import run
+    from atomzoo.cli import run
 
     cli = run([
         "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / f"configs/objectives/{objective}.yaml"),

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules import PCQM4Mv2DataModule
-from datamodules.checks import DataFormatError
+from atomzoo.datamodules import PCQM4Mv2DataModule
+from atomzoo.datamodules.checks import DataFormatError
 
 N_TRAIN, N_VALID, N_TEST = 24, 4, 4
 

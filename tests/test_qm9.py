@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from datamodules import QM9DataModule
-from datamodules import qm9 as qm9_module
-from datamodules.qm9 import HARTREE_EV, LABEL_NAMES, qm9pack_files
+from atomzoo.datamodules import QM9DataModule
+from atomzoo.datamodules import qm9 as qm9_module
+from atomzoo.datamodules.qm9 import HARTREE_EV, LABEL_NAMES, qm9pack_files
 
 
 def test_all_molecules_and_labels(qm9):
@@ -56,7 +56,7 @@ def test_low_data_subset_is_a_prefix(qm9):
 
 
 def test_split_file_roundtrip(qm9, tmp_path):
-    from datamodules.splits import save_splits
+    from atomzoo.datamodules.splits import save_splits
 
     custom = {"train": np.arange(10), "val": np.arange(10, 15), "test": np.arange(15, 20)}
     save_splits(tmp_path / "s.npz", custom)

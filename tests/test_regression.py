@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from backbones import SchNet
-from datamodules import QM9DataModule
-from datamodules.base import TargetInfo
-from objectives import Regression
+from atomzoo.backbones import SchNet
+from atomzoo.datamodules import QM9DataModule
+from atomzoo.datamodules.base import TargetInfo
+from atomzoo.objectives import Regression
 
 
 def small_schnet():

@@ -39,7 +39,7 @@ def callbacks_file(tmp_path: Path, name: str, kill_at_step: int) -> Path:
 
 def zoo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests/support")}
-    return subprocess.run([sys.executable, "-m", "zoo.cli", "fit", *ARGS, *extra], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "atomzoo.cli", "fit", *ARGS, *extra], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

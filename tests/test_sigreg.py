@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from objectives.sigreg import SIGReg, random_directions, sigreg
+from atomzoo.objectives.sigreg import SIGReg, random_directions, sigreg
 
 
 def test_gaussian_is_near_zero_collapsed_and_low_rank_are_large():

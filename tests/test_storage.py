@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.storage import Store, StaleCacheError, StoreWriter, open_or_build
+from atomzoo.datamodules.storage import Store, StaleCacheError, StoreWriter, open_or_build
 
 
 def write_store(path: Path, fingerprint=None, fail=False):

@@ -1,13 +1,21 @@
-"""atomzoo core: the ``zoo`` command line, graph construction and shared neural-network pieces.
+"""atomzoo: self-supervised pretraining of 3D atomistic neural networks, on PyTorch Lightning.
 
-Where things live:
+Where things live (repository folder -> import name):
 
-- :mod:`zoo.graph` -- batched radius graph built inside a model's forward from current positions.
-- :mod:`zoo.radial` -- radial basis functions and cutoff envelopes (distances in Angstrom).
-- :mod:`zoo.cli` -- the ``zoo`` LightningCLI entry point.
+- ``backbones/``   -> :mod:`atomzoo.backbones`: networks mapping a batch of structures to per-atom features.
+- ``objectives/``  -> :mod:`atomzoo.objectives`: LightningModules that train any backbone (supervised, denoising, SCD, JEPA).
+- ``datamodules/`` -> :mod:`atomzoo.datamodules`: datasets as memory-mapped stores with seeded splits.
+- ``zoo/nn/``      -> :mod:`atomzoo.nn`: building blocks shared by backbones and heads (radius graph,
+  radial bases and cutoffs, adaLN conditioning). Imports nothing above it.
+- ``zoo/cli.py``   -> :mod:`atomzoo.cli`: the ``zoo`` LightningCLI; ``zoo/bench/`` -> :mod:`atomzoo.bench`:
+  the benchmark runner (``zoo-bench``). The application layer: nothing below imports it.
 
-Backbones live in the top-level package :mod:`backbones`, objectives (LightningModules) in
-:mod:`objectives`, data in :mod:`datamodules`.
+Module paths from before version 0.2 (``backbones.SchNet``, ``zoo.graph``, ...) keep working with a
+``FutureWarning``, so old configs, checkpoints and exports load (:mod:`atomzoo._legacy`).
 """
 
-__version__ = "0.1.0"
+from ._legacy import install as _install_legacy_names
+
+__version__ = "0.2.0"
+
+_install_legacy_names()

@@ -4,9 +4,9 @@
         --model.backbone configs/backbones/schnet.yaml --trainer.max_epochs 10
     zoo test -c <same configs> --ckpt_path runs/.../checkpoints/last.ckpt
 
-Composition: the model is any ``objectives.Objective`` subclass, the data any
-``datamodules.AtomsDataModule`` subclass (both chosen by ``class_path``), the backbone any
-``backbones.Backbone`` subclass given to the objective. ``--data.targets`` is linked to the
+Composition: the model is any ``atomzoo.objectives.Objective`` subclass, the data any
+``atomzoo.datamodules.AtomsDataModule`` subclass (both chosen by ``class_path``), the backbone any
+``atomzoo.backbones.Backbone`` subclass given to the objective. ``--data.targets`` is linked to the
 objective's ``targets`` so the dataset says *what* to learn and the objective says *how*; likewise
 the DataModule's ``forces`` attribute (MD17, rMD17, ASE files with forces) to the objective's ``forces``.
 
@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from datamodules.base import AtomsDataModule
-from objectives.base import Objective
+from atomzoo.datamodules.base import AtomsDataModule
+from atomzoo.objectives.base import Objective
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",

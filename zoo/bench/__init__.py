@@ -1,7 +1,7 @@
 """The benchmark runner: a matrix of backbones x objectives x targets x label budgets x seeds.
 
-    python -m zoo.bench run benchmarks/matrices/qm9_objectives.yaml
-    python -m zoo.bench report runs/bench/qm9_objectives
+    python -m atomzoo.bench run benchmarks/matrices/qm9_objectives.yaml
+    python -m atomzoo.bench report runs/bench/qm9_objectives
 
 Every cell is an ordinary ``zoo fit`` run (its resolved ``config.yaml`` is saved in its folder, so
 any cell can be rerun by hand); finished cells are skipped, crashed ones rerun; results accumulate in

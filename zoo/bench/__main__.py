@@ -1,4 +1,4 @@
-"""``python -m zoo.bench run MATRIX.yaml`` / ``python -m zoo.bench report OUTPUT_DIR``."""
+"""``python -m atomzoo.bench run MATRIX.yaml`` / ``python -m atomzoo.bench report OUTPUT_DIR``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .runner import run_cells
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zoo.bench", description="Benchmark matrices of the zoo.")
+    parser = argparse.ArgumentParser(prog="python -m atomzoo.bench", description="Benchmark matrices of the zoo.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) every cell of a matrix, then write the report")
     run.add_argument("matrix", type=Path)

@@ -44,7 +44,7 @@ def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
 def command(matrix: Matrix, cell: Cell, cells_by_id: dict[str, Cell]) -> list[str]:
     """The full ``zoo fit`` command line of a cell."""
     folder = cell_dir(matrix, cell)
-    args = [sys.executable, "-m", "zoo.cli", "fit", *cell.args,
+    args = [sys.executable, "-m", "atomzoo.cli", "fit", *cell.args,
             "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
             "--trainer.logger.init_args.save_dir", str(folder.parent),
             "--trainer.logger.init_args.name", folder.name,

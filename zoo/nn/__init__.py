@@ -1,0 +1,8 @@
+"""Building blocks shared by backbones and heads.
+
+- :mod:`atomzoo.nn.graph` -- batched radius graph built inside a model's forward from current positions.
+- :mod:`atomzoo.nn.radial` -- radial basis functions and cutoff envelopes (distances in Angstrom).
+- :mod:`atomzoo.nn.conditioning` -- adaptive layer norm (adaLN) conditioning of scalar features.
+
+Nothing here imports the objectives, the data modules, the CLI or the benchmark runner.
+"""
