@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SCRATCH = "none"
+from .matrix import SCRATCH
 
 
 def load(csv_path: Path) -> pd.DataFrame:
