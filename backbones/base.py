@@ -54,7 +54,16 @@ class Backbone(nn.Module):
         condition_dim: size C of the per-molecule condition the backbone accepts (0: conditioning
             not supported; objectives that need it then condition at the head).
         max_num_neighbors: optional neighbour cap; exceeding it raises (never a silent drop).
+
+    Periodic structures (batches with ``cell`` ``[B, 3, 3]`` and ``pbc`` ``[B, 3]``) are handled by
+    :meth:`graph`, which adds the periodic images. A backbone declares that all its geometry comes
+    from :meth:`graph` by setting the class attribute ``periodic = True`` (every built-in one does);
+    one that leaves it False is refused a periodic batch with a ``ValueError`` instead of silently
+    treating the crystal as a molecule.
     """
+
+    #: True when every distance and direction the backbone uses comes from :meth:`graph`.
+    periodic: bool = False
 
     def __init__(
         self,
@@ -74,6 +83,7 @@ class Backbone(nn.Module):
         self.vector_width = int(vector_width)
         self.condition_dim = int(condition_dim)
         self.max_num_neighbors = max_num_neighbors
+        self.register_forward_pre_hook(_refuse_periodic_unless_supported)
 
     @property
     def supports_condition(self) -> bool:
@@ -92,8 +102,11 @@ class Backbone(nn.Module):
         return list(module.parameters()) if isinstance(module, nn.Module) else []
 
     def graph(self, data) -> Graph:
-        """The radius graph of ``data`` at this backbone's cutoff (computed from ``data.pos``)."""
-        return build_graph(data.pos, data.batch, self.cutoff, self.max_num_neighbors)
+        """The radius graph of ``data`` at this backbone's cutoff, computed from ``data.pos`` (and,
+        for periodic structures, ``data.cell`` / ``data.pbc``: images included, see
+        :func:`atomzoo.nn.graph.build_graph`)."""
+        cell, pbc = periodic_cell(data)
+        return build_graph(data.pos, data.batch, self.cutoff, self.max_num_neighbors, cell=cell, pbc=pbc)
 
     def check_condition(self, condition: Tensor | None, num_graphs: int) -> None:
         """Raise a clear error for a condition this backbone cannot take."""
@@ -114,6 +127,27 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
+def periodic_cell(data) -> tuple[Tensor | None, Tensor | None]:
+    """``(cell [B, 3, 3], pbc [B, 3] bool)`` of a batch, or ``(None, None)`` if no structure is periodic."""
+    pbc = getattr(data, "pbc", None)
+    if pbc is None or not bool(pbc.any()):
+        return None, None
+    cell = getattr(data, "cell", None)
+    if cell is None:
+        raise ValueError("the batch has pbc but no cell: periodic structures need their lattice vectors")
+    return cell.reshape(-1, 3, 3), pbc.reshape(-1, 3).bool()
+
+
+def _refuse_periodic_unless_supported(module: Backbone, args, kwargs=None):
+    data = args[0] if args else None
+    if data is not None and not module.periodic and periodic_cell(data)[1] is not None:
+        raise ValueError(
+            f"{type(module).__name__} got periodic structures (pbc set) but does not declare periodic = True: "
+            "a backbone that computes distances itself would treat a crystal as a molecule. Take all geometry "
+            "from self.graph(data) (it adds periodic images) and set the class attribute periodic = True"
+        )
+
+
 def num_graphs(data) -> int:
     """Number of molecules in a PyG ``Batch`` or single ``Data``."""
     n = getattr(data, "num_graphs", None)
@@ -129,4 +163,4 @@ def with_positions(data, pos: Tensor):
     return out
 
 
-__all__ = ["Backbone", "BackboneOutput", "num_graphs", "with_positions"]
+__all__ = ["Backbone", "BackboneOutput", "num_graphs", "periodic_cell", "with_positions"]

@@ -180,6 +180,8 @@ class MACE(Backbone):
     Output: scalars ``[N, num_interactions * C0]``, vectors ``[N, 3, C1]`` (see module docstring).
     """
 
+    periodic = True  # all geometry comes from self.graph(data), periodic images included
+
     def __init__(
         self,
         r_max: float = 5.0,

@@ -115,6 +115,8 @@ class PaiNN(Backbone):
     Output: scalars ``[N, F]`` (invariant), vectors ``[N, 3, F]`` (equivariant, x/y/z on dim 1).
     """
 
+    periodic = True  # all geometry comes from self.graph(data), periodic images included
+
     def __init__(
         self,
         width: int = 128,

@@ -70,6 +70,8 @@ class SchNet(Backbone):
     Output: scalars ``[N, width]``; no vector features.
     """
 
+    periodic = True  # all geometry comes from self.graph(data), periodic images included
+
     def __init__(
         self,
         width: int = 128,

@@ -6,8 +6,23 @@ handled: connectivity is discrete and computed without gradient, edge vectors ar
 functions of ``pos``.
 
 Convention (PyTorch Geometric's "source_to_target"): ``edge_index = [src, dst]``; a message flows from
-atom ``src`` to atom ``dst`` and is aggregated at ``dst``. ``vec = pos[src] - pos[dst]`` points from
-the receiving atom to its neighbour. Both directions of every pair are present.
+atom ``src`` to atom ``dst`` and is aggregated at ``dst``. ``vec = pos[src] + shift @ cell - pos[dst]``
+points from the receiving atom to its neighbour (``shift`` is the integer lattice translation of the
+neighbour's periodic image, zero for molecules). Both directions of every pair are present, and in
+a periodic structure every image of an atom closer than the cutoff is its own edge (an atom can
+neighbour its own images when the cell is smaller than twice the cutoff).
+
+Two ways to enumerate pairs, chosen automatically (``method="auto"``):
+
+- ``"all_pairs"``: every pair of atoms of each structure, with tensor ops and no Python loop over
+  structures; cost ``sum_i n_i^2``. Fastest for batches of small molecules (QM9, MD17, PCQM4Mv2).
+- ``"cell_list"``: a linear-cost cell list from the ``vesin`` library (Fraux et al.,
+  github.com/Luthaf/vesin), one call per structure, with periodic boundary conditions in any
+  subset of the three cell directions. Used for periodic structures and for structures of more than
+  :data:`ALL_PAIRS_MAX_ATOMS` atoms (the measured crossover, see ``docs/performance.md``).
+
+Connectivity is computed without gradient; ``vec`` and ``length`` are differentiable in ``pos`` and,
+for periodic structures, in ``cell`` (for stress).
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -25,13 +41,16 @@ class Graph:
 
     Attributes:
         edge_index: ``[2, E]`` long, ``[src, dst]``.
-        vec: ``[E, 3]`` edge vectors ``pos[src] - pos[dst]`` in Angstrom (differentiable w.r.t. pos).
+        vec: ``[E, 3]`` edge vectors ``pos[src] + shift @ cell - pos[dst]`` in Angstrom
+            (differentiable w.r.t. pos and cell).
         length: ``[E]`` edge lengths in Angstrom.
+        shifts: ``[E, 3]`` integer image translations (periodic structures only, else None).
     """
 
     edge_index: Tensor
     vec: Tensor
     length: Tensor
+    shifts: Tensor | None = None  #: ``[E, 3]`` integer lattice translations of ``src`` (periodic only)
 
     @property
     def src(self) -> Tensor:
@@ -58,8 +77,8 @@ def radius_graph(
 
     Pairs are enumerated molecule by molecule with tensor ops (no Python loop over molecules); the
     cost is ``sum_i n_i^2`` for molecules of ``n_i`` atoms, which is what small molecules (QM9,
-    MD17, PCQM4Mv2: at most a few dozen atoms) want. Periodic or very large systems need a cell
-    list instead (e.g. ``vesin``).
+    MD17, PCQM4Mv2: at most a few dozen atoms) want. Periodic or large structures go through
+    :func:`cell_list_graph` (:func:`build_graph` chooses).
 
     Args:
         pos: ``[N, 3]`` positions in Angstrom.
@@ -93,19 +112,89 @@ def radius_graph(
         diff = pos.detach()[src] - pos.detach()[dst]
         keep = (src != dst) & ((diff * diff).sum(-1) < cutoff * cutoff)
         edge_index = torch.stack([src[keep], dst[keep]])
-        if max_num_neighbors is not None:
-            degree = torch.bincount(edge_index[1], minlength=n_atoms)
-            worst = int(degree.max()) if degree.numel() else 0
-            if worst > max_num_neighbors:
-                msg = (
-                    f"an atom has {worst} neighbours within {cutoff} A, more than max_num_neighbors="
-                    f"{max_num_neighbors}; raise max_num_neighbors (or set it to null) -- edges are "
-                    "never dropped silently"
-                )
-                if on_overflow == "error":
-                    raise RuntimeError(msg)
-                warnings.warn(msg, stacklevel=2)
+        _check_overflow(edge_index, n_atoms, cutoff, max_num_neighbors, on_overflow)
     return edge_index
+
+
+#: Above this many atoms in one structure, the cell list beats all pairs (measured on a 2-core CPU:
+#: ``benchmarks/neighbour_list.py``, numbers in ``docs/performance.md``).
+ALL_PAIRS_MAX_ATOMS = 200
+
+
+def _check_overflow(edge_index: Tensor, n_atoms: int, cutoff: float, max_num_neighbors, on_overflow: str) -> None:
+    if max_num_neighbors is None or edge_index.numel() == 0:
+        return
+    worst = int(torch.bincount(edge_index[1], minlength=n_atoms).max())
+    if worst > max_num_neighbors:
+        msg = (
+            f"an atom has {worst} neighbours within {cutoff} A, more than max_num_neighbors="
+            f"{max_num_neighbors}; raise max_num_neighbors (or set it to null) -- edges are "
+            "never dropped silently"
+        )
+        if on_overflow == "error":
+            raise RuntimeError(msg)
+        warnings.warn(msg, stacklevel=3)
+
+
+def cell_list_graph(
+    pos: Tensor,
+    batch: Tensor,
+    cutoff: float,
+    cell: Tensor | None = None,
+    pbc: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Pairs closer than ``cutoff`` (all periodic images included) by ``vesin``'s cell list.
+
+    Args:
+        pos: ``[N, 3]`` positions in Angstrom.
+        batch: ``[N]`` structure index of each atom, sorted ascending.
+        cutoff: radius in Angstrom.
+        cell: ``[B, 3, 3]`` lattice vectors as rows (Angstrom), or None for molecules.
+        pbc: ``[B, 3]`` bool, periodic directions, or None (no periodicity).
+
+    Returns:
+        ``(edge_index [2, E] long, shifts [E, 3] long or None)``: edges grouped by structure, in the
+        (deterministic) order vesin returns them; ``shifts`` is None when ``pbc`` is None.
+
+    Raises:
+        ValueError: a periodic direction with a zero or degenerate lattice vector.
+    """
+    from vesin import NeighborList
+
+    device = pos.device
+    with torch.no_grad():
+        counts = torch.bincount(batch).tolist()
+        points = pos.detach().to("cpu", torch.float64).numpy()
+        cells = cell.detach().to("cpu", torch.float64).numpy() if cell is not None else None
+        periodic = pbc.detach().to("cpu").numpy().astype(bool) if pbc is not None else None
+        finder = NeighborList(cutoff=float(cutoff), full_list=True)
+        pieces_i, pieces_j, pieces_s = [], [], []
+        first = 0
+        for g, n in enumerate(counts):  # one call per structure: the cell list itself is linear in n
+            directions = periodic[g] if periodic is not None else np.zeros(3, bool)
+            if directions.any():
+                box = cells[g]
+                volume = abs(np.linalg.det(box))
+                if not np.isfinite(volume) or volume < 1e-6:
+                    raise ValueError(
+                        f"structure {g} is periodic (pbc={directions.tolist()}) but its cell {box.tolist()} has zero "
+                        "volume; give three independent lattice vectors or set pbc to False"
+                    )
+                i, j, shift = finder.compute(points[first:first + n], box, directions.tolist(), "ijS")
+            else:
+                i, j = finder.compute(points[first:first + n], np.zeros((3, 3)), False, "ij")
+                shift = np.zeros((len(i), 3), np.int32) if periodic is not None else None
+            pieces_i.append(i.astype(np.int64) + first)
+            pieces_j.append(j.astype(np.int64) + first)
+            pieces_s.append(shift)
+            first += n
+        dst = torch.from_numpy(np.concatenate(pieces_i)) if pieces_i else torch.empty(0, dtype=torch.long)
+        src = torch.from_numpy(np.concatenate(pieces_j)) if pieces_j else torch.empty(0, dtype=torch.long)
+        edge_index = torch.stack([src, dst]).to(device)
+        if periodic is None or not pieces_s:
+            return edge_index, None
+        shifts = torch.from_numpy(np.concatenate(pieces_s).astype(np.int64)).reshape(-1, 3)
+    return edge_index, shifts.to(device)
 
 
 def build_graph(
@@ -114,9 +203,44 @@ def build_graph(
     cutoff: float,
     max_num_neighbors: int | None = None,
     on_overflow: str = "error",
+    cell: Tensor | None = None,
+    pbc: Tensor | None = None,
+    method: str = "auto",
 ) -> Graph:
-    """Radius graph plus differentiable edge vectors and lengths (see :func:`radius_graph`)."""
-    edge_index = radius_graph(pos, batch, cutoff, max_num_neighbors, on_overflow)
+    """Radius graph plus differentiable edge vectors and lengths.
+
+    Args:
+        pos, batch, cutoff, max_num_neighbors, on_overflow: as in :func:`radius_graph`.
+        cell: ``[B, 3, 3]`` lattice vectors as rows in Angstrom (one cell per structure), or None.
+        pbc: ``[B, 3]`` bool periodic directions, or None. A structure with any periodic direction
+            gets its periodic images; ``cell`` is then required.
+        method: ``"auto"`` (all pairs for batches of small non-periodic structures, the cell list
+            otherwise), ``"all_pairs"`` or ``"cell_list"``.
+
+    Raises:
+        ValueError: ``pbc`` without ``cell``, ``method="all_pairs"`` for a periodic batch, or an
+            unknown ``method``.
+    """
+    if method not in ("auto", "all_pairs", "cell_list"):
+        raise ValueError(f"method={method!r}: choose 'auto', 'all_pairs' or 'cell_list'")
+    periodic = pbc is not None and bool(pbc.any())
+    if periodic and cell is None:
+        raise ValueError("pbc is set but no cell was given: periodic structures need their lattice vectors")
+    if method == "auto":
+        largest = int(torch.bincount(batch).max()) if batch.numel() else 0
+        method = "cell_list" if periodic or largest > ALL_PAIRS_MAX_ATOMS else "all_pairs"
+    if method == "all_pairs":
+        if periodic:
+            raise ValueError("method='all_pairs' cannot find periodic images; use 'cell_list' or 'auto'")
+        edge_index = radius_graph(pos, batch, cutoff, max_num_neighbors, on_overflow)
+        vec = pos[edge_index[0]] - pos[edge_index[1]]
+        return Graph(edge_index=edge_index, vec=vec, length=torch.linalg.vector_norm(vec, dim=-1))
+    edge_index, shifts = cell_list_graph(pos, batch, cutoff, cell if periodic else None, pbc if periodic else None)
+    _check_overflow(edge_index, pos.size(0), cutoff, max_num_neighbors, on_overflow)
     vec = pos[edge_index[0]] - pos[edge_index[1]]
-    length = torch.linalg.vector_norm(vec, dim=-1)
-    return Graph(edge_index=edge_index, vec=vec, length=length)
+    if periodic:
+        offsets = torch.einsum("ek,ekl->el", shifts.to(pos.dtype), cell.to(pos.dtype)[batch[edge_index[1]]])
+        vec = vec + offsets
+    else:
+        shifts = None
+    return Graph(edge_index=edge_index, vec=vec, length=torch.linalg.vector_norm(vec, dim=-1), shifts=shifts)
