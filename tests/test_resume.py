@@ -44,7 +44,10 @@ def zoo(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """The recorded batches; every subprocess must have run this checkout's atomzoo, not an installed copy."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {Path(r["atomzoo"]).resolve() for r in rows} == {ROOT / "zoo" / "__init__.py"}
+    return rows
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(cache_dir, tmp_path):

@@ -8,9 +8,11 @@ import signal
 
 import lightning as L
 
+import atomzoo
+
 
 class RecordBatches(L.Callback):
-    """Append ``{"step": global_step, "idx": [...]}`` per training batch to ``path`` (JSON lines)."""
+    """Append ``{"step", "idx", "loss", "atomzoo": the imported package's file}`` per training batch to ``path`` (JSON lines)."""
 
     def __init__(self, path: str, kill_at_step: int = -1) -> None:
         self.path = path
@@ -19,7 +21,7 @@ class RecordBatches(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": trainer.global_step, "idx": batch.idx.tolist(),
-                                "loss": float(outputs["loss"])}) + "\n")
+                                "loss": float(outputs["loss"]), "atomzoo": atomzoo.__file__}) + "\n")
         if trainer.global_step == self.kill_at_step:
             # let the step checkpoint of this step be written first (callbacks run in order; ours is
             # added last), then die the hard way
