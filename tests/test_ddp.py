@@ -25,6 +25,7 @@ DDP = ["-c", str(ROOT / "configs/trainer/ddp_cpu.yaml")]
 
 def zoo(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"))}
+    env["PYTHONPATH"] = str(ROOT / "tests/support")  # for the DumpWeights callback
     result = subprocess.run([sys.executable, "-m", "atomzoo.cli", *args], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -49,13 +50,25 @@ def test_two_process_test_mae_equals_one_process(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("objective", ["regression", "denoising", "scd", "jepa", "jepa_sigreg"])
 def test_every_objective_trains_under_ddp(objective, cache_dir, tmp_path):
-    """Two gloo processes, a few steps, no unused-parameter errors; the standardisation statistics
-    and the weights end identical on both ranks (checked through the saved checkpoint)."""
+    """Two gloo processes, a few steps, no unused-parameter errors; every parameter and buffer
+    (weights, standardisation statistics, EMA targets, running noise statistics) ends identical on
+    both ranks, and training moved the weights."""
     targets = "[homo]" if objective == "regression" else "null"
-    zoo(tmp_path, "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / f"configs/objectives/{objective}.yaml"),
+    callbacks = tmp_path / "dump.yaml"
+    callbacks.write_text("trainer:\n  callbacks:\n"
+                         "  - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n    init_args: {save_last: true}\n"
+                         "  - class_path: record_batches.DumpWeights\n"
+                         f"    init_args: {{prefix: {tmp_path / 'rank'}}}\n")
+    zoo(tmp_path, "fit", "-c", str(callbacks), "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / f"configs/objectives/{objective}.yaml"),
         *TINY, *DDP, "--data.targets", targets, "--data.train_size", "64", "--data.batch_size", "8",
         "--data.eval_batch_size", "16", "--data.num_val", "32", "--trainer.max_steps", "3",
         "--trainer.logger.init_args.save_dir", "logs", *QUIET)
     ckpt = torch.load(next((tmp_path / "logs").rglob("last.ckpt")), map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"{name} differs between the two ranks"
+    start = torch.load(tmp_path / "rank0_start.pt", weights_only=True)
+    assert any(not torch.equal(start[k], rank0[k]) for k in start if k.startswith("backbone."))

@@ -26,3 +26,23 @@ class RecordBatches(L.Callback):
             # let the step checkpoint of this step be written first (callbacks run in order; ours is
             # added last), then die the hard way
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DumpWeights(L.Callback):
+    """Every rank saves its own ``state_dict`` at the start and end of fit, to
+    ``{prefix}{rank}_start.pt`` and ``{prefix}{rank}.pt`` (DDP consistency checks)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def _save(self, trainer, pl_module, suffix: str) -> None:
+        import torch
+
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, f"{self.prefix}{trainer.global_rank}{suffix}.pt")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "_start")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer, pl_module, "")
