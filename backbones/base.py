@@ -10,7 +10,10 @@ Input: a PyG ``Batch`` (or ``Data``) with
     ``pos``   ``[N, 3]`` float, positions in Angstrom (may require grad: forces by autograd);
     ``batch`` ``[N]`` long, molecule index of each atom (sorted), ``num_graphs`` molecules.
 and optionally ``condition`` ``[num_graphs, condition_dim]``, a per-molecule conditioning vector
-(self-conditioned denoising). ``None`` must give exactly the unconditioned network.
+(self-conditioned denoising). A backbone with ``condition_dim > 0`` holds
+``self.conditioning = atomzoo.nn.conditioning.condition_modules(...)`` and runs adaLN in every layer;
+``condition=None`` then means "the learned mask token for every molecule" (the same network, see
+:mod:`atomzoo.nn.conditioning`). With ``condition_dim == 0`` it is the plain network.
 
 Output: :class:`BackboneOutput`.
 """
@@ -52,7 +55,7 @@ class Backbone(nn.Module):
         cutoff: interaction radius in Angstrom.
         vector_width: number of per-atom vector channels (0: the backbone has no vector features).
         condition_dim: size C of the per-molecule condition the backbone accepts (0: conditioning
-            not supported; objectives that need it then condition at the head).
+            not supported; self-conditioned denoising then refuses the backbone).
         max_num_neighbors: optional neighbour cap; exceeding it raises (never a silent drop).
 
     Periodic structures (batches with ``cell`` ``[B, 3, 3]`` and ``pbc`` ``[B, 3]``) are handled by
@@ -115,7 +118,7 @@ class Backbone(nn.Module):
         if not self.supports_condition:
             raise ValueError(
                 f"{type(self).__name__} does not accept a condition (condition_dim=0); "
-                "condition at the head instead"
+                "build it with condition_dim > 0 (e.g. --model.backbone.init_args.condition_dim 128)"
             )
         if condition.shape != (num_graphs, self.condition_dim):
             raise ValueError(

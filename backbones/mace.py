@@ -14,7 +14,8 @@ wrapper changes:
 * every layer, the last included, keeps the full ``hidden_irreps`` (mace-torch keeps only scalars in
   the last layer unless ``keep_last_layer_irreps=True``), so L=1 features exist at the output;
 * the radius graph is built inside ``forward`` (:mod:`atomzoo.nn.graph`), from ``data.z`` / ``data.pos``;
-* optional adaLN conditioning of each layer's scalar channels (:mod:`atomzoo.nn.conditioning`).
+* optional adaLN conditioning of each layer's scalar channels (:mod:`atomzoo.nn.conditioning`;
+  ``condition_dim`` below says where it enters).
 
 Outputs:
 
@@ -171,11 +172,13 @@ class MACE(Backbone):
             constants at construction in the default dtype; a float32-built model converted with
             ``.double()`` keeps float32-rounded constants and is equivariant only to ~1e-7
             (relative). Build with ``dtype="float64"`` for float64 work.
-        condition_dim: size of the per-molecule condition (0: none). When > 0 the ``0e`` channels
-            of every layer's output go through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`,
-            treating the layer output as the update (MACE layers carry their residual inside, via
-            the self-connection ``sc``); the MLP sees the layer's input scalars. Non-scalars are
-            never modulated.
+        condition_dim: size of the per-molecule condition (0: none: plain MACE). When > 0 the
+            ``0e`` channels of each layer's input are replaced by their adaLN-modulated, normalised
+            version before the interaction block reads them, and the ``0e`` channels of the product
+            block's output (the message part; the self-connection ``sc`` is added ungated) are
+            multiplied by the gate (:mod:`atomzoo.nn.conditioning`). In the first layer, which has no
+            self-connection, the gate thus scales the layer's whole scalar output. Non-scalars are
+            neither modulated nor gated. ``condition=None`` uses the learned mask token.
 
     Output: scalars ``[N, num_interactions * C0]``, vectors ``[N, 3, C1]`` (see module docstring).
     """
@@ -318,6 +321,11 @@ class MACE(Backbone):
             v = v @ self.l1_to_xyz.to(v.dtype).T
         return v.transpose(1, 2)
 
+    def _replace_scalars(self, feats: Tensor, scalars: Tensor) -> Tensor:
+        """``feats`` with its ``0e`` channels replaced by ``scalars`` ``[N, C0]`` (out of place)."""
+        sl = self._scalar_slice
+        return torch.cat([feats[:, : sl.start], scalars, feats[:, sl.stop :]], dim=-1)
+
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
@@ -331,8 +339,13 @@ class MACE(Backbone):
         node_feats = self.node_embedding(node_attrs)
         scalars = []
         sl = self._scalar_slice
+        cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, (interaction, product) in enumerate(zip(self.interactions, self.products)):
-            x_scalars = node_feats if i == 0 else node_feats[:, sl]
+            gate = None
+            if cond is not None:
+                x_scalars = node_feats if i == 0 else node_feats[:, sl]
+                x_mod, gate = self.conditioning[i](x_scalars, cond, data.batch)
+                node_feats = x_mod if i == 0 else self._replace_scalars(node_feats, x_mod)
             messages, sc = interaction(
                 node_attrs=node_attrs,
                 node_feats=node_feats,
@@ -342,10 +355,12 @@ class MACE(Backbone):
                 cutoff=cutoff,
                 first_layer=(i == 0),
             )
-            node_feats = product(node_feats=messages, sc=sc, node_attrs=node_attrs)
-            if condition is not None:
-                modulated = self.conditioning[i](x_scalars, node_feats[:, sl], condition, data.batch)
-                node_feats = torch.cat([node_feats[:, : sl.start], modulated, node_feats[:, sl.stop :]], dim=-1)
+            if gate is None:
+                node_feats = product(node_feats=messages, sc=sc, node_attrs=node_attrs)
+            else:
+                update = product(node_feats=messages, sc=None, node_attrs=node_attrs)
+                update = self._replace_scalars(update, gate * update[:, sl])
+                node_feats = update if (sc is None or not product.use_sc) else update + sc
             scalars.append(node_feats[:, sl])
         vectors = None
         if self._vector_slice is not None:

@@ -108,9 +108,11 @@ class PaiNN(Backbone):
         cutoff: interaction radius in Angstrom.
         max_z: largest atomic number the embedding table covers.
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
-        condition_dim: size of the per-molecule condition (0: none). When > 0 each interaction's
-            total scalar update goes through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`; vectors
-            are never modulated.
+        condition_dim: size of the per-molecule condition (0: none: plain PaiNN). When > 0 the
+            message block reads the adaLN-modulated, normalised scalars ``s_mod`` (``phi(s_mod)``), the
+            update block reads ``s_mod + ds_message``, and the block's total scalar update is gated,
+            ``s <- s + g * (ds_message + ds_update)``; vectors are neither modulated nor gated
+            (:mod:`atomzoo.nn.conditioning`). ``condition=None`` uses the learned mask token.
 
     Output: scalars ``[N, F]`` (invariant), vectors ``[N, 3, F]`` (equivariant, x/y/z on dim 1).
     """
@@ -146,10 +148,14 @@ class PaiNN(Backbone):
         envelope = cosine_cutoff(graph.length, self.cutoff)
         s = self.embedding(data.z)
         v = s.new_zeros(s.size(0), 3, self.width)
+        cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):
-            ds, dv = interaction(s, v, graph, rbf, envelope)
-            if condition is not None:
-                ds = self.conditioning[i](s, ds, condition, data.batch)
+            if cond is None:
+                ds, dv = interaction(s, v, graph, rbf, envelope)
+            else:
+                s_mod, gate = self.conditioning[i](s, cond, data.batch)
+                ds, dv = interaction(s_mod, v, graph, rbf, envelope)
+                ds = gate * ds
             s = s + ds
             v = v + dv
         return BackboneOutput(scalars=s, vectors=v, graph=graph)

@@ -63,9 +63,10 @@ class SchNet(Backbone):
         cutoff: interaction radius in Angstrom.
         max_z: largest atomic number the embedding table covers.
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
-        condition_dim: size of the per-molecule condition (0: none). When > 0, every interaction's
-            scalar update goes through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`
-            (``self.conditioning[i]``); with ``condition=None`` the network is exactly plain SchNet.
+        condition_dim: size of the per-molecule condition (0: none: plain SchNet). When > 0 every
+            interaction reads the adaLN-modulated, normalised input ``x_mod`` and its output is gated,
+            ``x <- x + g * interaction(x_mod)`` (:mod:`atomzoo.nn.conditioning`, ``self.conditioning``);
+            ``condition=None`` uses the learned mask token.
 
     Output: scalars ``[N, width]``; no vector features.
     """
@@ -96,9 +97,11 @@ class SchNet(Backbone):
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
         x = self.embedding(data.z)
+        cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):
-            update = interaction(x, graph.edge_index, graph.length, rbf)
-            if condition is not None:
-                update = self.conditioning[i](x, update, condition, data.batch)
-            x = x + update
+            if cond is None:
+                x = x + interaction(x, graph.edge_index, graph.length, rbf)
+            else:
+                x_mod, gate = self.conditioning[i](x, cond, data.batch)
+                x = x + gate * interaction(x_mod, graph.edge_index, graph.length, rbf)
         return BackboneOutput(scalars=x, vectors=None, graph=graph)

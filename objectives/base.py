@@ -4,6 +4,16 @@ An objective is a LightningModule that takes any :class:`~atomzoo.backbones.base
 training signal on top of it (supervised regression, denoising, ...). Every objective logs
 ``train/loss`` and ``val/loss``; checkpoints monitor ``val/loss``.
 
+The contract (``docs/objectives.md``, "Adding an objective"): implement
+``compute_loss(batch, generator=None) -> dict[str, Tensor]`` -- named scalar terms with the total
+under ``"loss"`` and, optionally, ``"embedding"`` ``[G, D]`` (the encoder output the loss sees, for
+the collapse diagnostics). The base class then provides ``training_step`` (logs every scalar term as
+``train/<name>``), seeded ``validation_step`` / ``test_step`` (noise drawn from a generator seeded by
+the batch index, so ``val/loss`` is comparable across epochs; logged as ``val/<name>``,
+``test/<name>``), the collapse diagnostics every ``diagnostics_every_n_steps`` steps, the optimizer
+and schedule, and the hook :meth:`Objective.on_after_optimizer_step` (once per optimizer step, also
+under gradient accumulation). Objectives that need something else (Regression) override the steps.
+
 Fine-tuning and probing (every objective): ``init_from`` loads only the ``backbone.*`` weights of a
 checkpoint of ANY objective (or of a safetensors file written by ``python -m atomzoo.objectives.export``)
 into this objective's backbone at construction; heads are ignored. ``freeze_backbone`` turns the
@@ -124,15 +134,64 @@ class Objective(L.LightningModule):
             self.backbone.eval()
         return self
 
+    # ----- the loss and the steps (shared by every objective that implements compute_loss) ---------
+    def compute_loss(self, batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Named loss terms of one batch: scalars, the total under ``"loss"``, and optionally
+        ``"embedding"`` ``[G, D]`` for the collapse diagnostics. ``generator`` (CPU) seeds every random
+        draw when given (evaluation). Subclasses implement this (or override the steps)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_loss(batch, generator=None) -> dict")
+
+    def evaluation_terms(self, batch, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Terms logged by validation / test; default :meth:`compute_loss` with the seeded generator.
+        Override to add evaluation-only terms (SCD adds ``loss_masked``)."""
+        return self.compute_loss(batch, generator)
+
+    def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Log every 0-dim term as ``{stage}/{name}`` (``loss`` on the progress bar; synchronised over
+        DDP ranks outside training)."""
+        sync = stage != "train"
+        for name, value in terms.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                self.log(f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss" and stage != "test",
+                         sync_dist=sync)
+
+    def log_diagnostics(self, embedding: torch.Tensor | None) -> None:
+        """Collapse diagnostics (:mod:`atomzoo.objectives.diagnostics`) of ``embedding`` every
+        ``self.diagnostics_every_n_steps`` optimizer steps (attribute; 0 or absent: never)."""
+        if embedding is None:
+            return
+        from .diagnostics import log_collapse_diagnostics
+
+        log_collapse_diagnostics(self, embedding, int(getattr(self, "diagnostics_every_n_steps", 0) or 0))
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        terms = self.compute_loss(batch)
+        self.log_terms("train", terms, _batch_size(batch))
+        self.log_diagnostics(terms.get("embedding"))
+        return terms["loss"]
+
+    @staticmethod
+    def evaluation_generator(batch_idx: int) -> torch.Generator:
+        """The CPU generator evaluation draws its corruption from: seeded by the batch index."""
+        return torch.Generator().manual_seed(int(batch_idx))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log_terms("val", self.evaluation_terms(batch, self.evaluation_generator(batch_idx)), _batch_size(batch))
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log_terms("test", self.evaluation_terms(batch, self.evaluation_generator(batch_idx)), _batch_size(batch))
+
     # ----- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters the optimizer updates (objectives that freeze parts override or filter)."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _total_steps(self) -> int:
-        """Optimizer steps of the whole run (for the cosine schedule)."""
+    def run_length(self) -> int:
+        """Optimizer steps of the whole run (Lightning's ``estimated_stepping_batches``: ``max_steps``
+        or epochs x batches / accumulation), the one run length every schedule uses (learning rate,
+        JEPA's EMA momentum). Without a trainer, or for an unbounded run, ``max(warmup_steps, 1)``."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else self.warmup_steps
-        return int(total) if math.isfinite(total) else max(self.warmup_steps, 1)
+        return int(total) if math.isfinite(total) and total > 0 else max(self.warmup_steps, 1)
 
     def _lr_factor(self, step: int) -> float:
         """Learning-rate multiplier at optimizer step ``step``: linear warmup, then cosine (or flat)."""
@@ -143,7 +202,7 @@ class Objective(L.LightningModule):
         # The run length is asked for only once warmup is over: at step 0 it would make Lightning
         # load the train dataloader before a checkpoint's loader state is restored (mid-epoch resume).
         if getattr(self, "_total_steps_cache", None) is None:
-            self._total_steps_cache = self._total_steps()
+            self._total_steps_cache = self.run_length()
         span = max(1, self._total_steps_cache - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
@@ -164,8 +223,19 @@ class Objective(L.LightningModule):
             for group in optimizer.param_groups:
                 group["lr"] = self.lr * (self.global_step + 1) / self.warmup_steps
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.on_after_optimizer_step()
+
+    def on_after_optimizer_step(self) -> None:
+        """Called once after every optimizer step (not per micro-batch under gradient accumulation).
+        JEPA updates its EMA target here. Default: nothing."""
 
     def configure_callbacks(self):
         if self.ema_decay is None:
             return []
         return [EMAWeightAveraging(decay=self.ema_decay)]
+
+
+def _batch_size(batch) -> int:
+    """Molecules in a PyG batch (``num_graphs``), else the length of its first dimension."""
+    n = getattr(batch, "num_graphs", None)
+    return int(n) if n is not None else len(batch)

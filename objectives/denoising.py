@@ -12,12 +12,13 @@ per-molecule std is available, which also makes a *list* of sigmas (one drawn pe
 equally. Loss = MSE between prediction and ``eps`` (mean over atoms and components); a model that
 predicts 0 scores 1.0 (``(n-1)/n`` with ``center_noise``).
 
-Validation noise is drawn from a generator seeded by the batch index, so ``val/loss`` is comparable
-across epochs.
+Validation noise is drawn from a generator seeded by the batch index (the base class's seeded
+evaluation), so ``val/loss`` is comparable across epochs.
 
-The pieces are reusable: :func:`sample_sigma`, :func:`gaussian_noise` and :class:`AuxDenoising`
-(the auxiliary "noisy nodes" loss that :class:`~atomzoo.objectives.regression.Regression` adds during
-fine-tuning with ``aux_denoising_weight > 0``).
+Noise sampling and its validation live in :mod:`atomzoo.objectives.corruption` (re-exported here:
+:func:`sample_sigma`, :func:`gaussian_noise`). :class:`AuxDenoising` is the auxiliary "noisy nodes"
+loss that :class:`~atomzoo.objectives.regression.Regression` adds during fine-tuning with
+``aux_denoising_weight > 0``.
 """
 
 from __future__ import annotations
@@ -29,52 +30,22 @@ from torch_geometric.utils import scatter
 from atomzoo.backbones.base import Backbone, num_graphs, with_positions
 
 from .base import Objective
-from .diagnostics import log_collapse_diagnostics
+from .corruption import check_sigma, gaussian_noise, sample_sigma
 from .heads import NoiseHead
 
 
-def sample_sigma(sigma: float | list[float], count: int, device, generator: torch.Generator | None = None) -> Tensor:
-    """Per-molecule noise levels ``[count]`` in Angstrom: the constant ``sigma``, or one value drawn
-    uniformly from the list ``sigma`` for each molecule."""
-    if isinstance(sigma, (int, float)):
-        return torch.full((count,), float(sigma), device=device)
-    values = torch.as_tensor([float(s) for s in sigma], dtype=torch.float32)
-    if values.numel() == 0 or bool((values <= 0).any()):
-        raise ValueError(f"sigma list must hold positive values, got {list(sigma)}")
-    choice = torch.randint(values.numel(), (count,), generator=generator)
-    return values[choice].to(device)
-
-
-def gaussian_noise(
-    pos: Tensor, batch: Tensor, sigma_per_graph: Tensor, center: bool = False, generator: torch.Generator | None = None
-) -> Tensor:
-    """Noise ``[N, 3]`` (Angstrom): ``sigma[batch] * N(0, I)``; ``center`` subtracts each molecule's mean."""
-    eps = torch.randn(pos.shape, generator=generator, dtype=pos.dtype) if generator is not None else torch.randn_like(pos)
-    noise = eps.to(pos.device) * sigma_per_graph[batch].to(pos.dtype).unsqueeze(-1)
-    if center:
-        mean = scatter(noise, batch, dim=0, dim_size=sigma_per_graph.numel(), reduce="mean")
-        noise = noise - mean[batch]
-    return noise
-
-
-def _check_sigma(sigma) -> None:
-    values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
-    if not values or any(float(s) <= 0 for s in values):
-        raise ValueError(f"sigma must be positive (Angstrom), got {sigma}")
-
-
 class AuxDenoising(nn.Module):
-    """Auxiliary denoising loss for fine-tuning ("noisy nodes"; methods.md: sigma 0.005 A, weight 0.1).
+    """Auxiliary denoising loss for fine-tuning ("noisy nodes"; Zaidi et al. arXiv 2206.00133: sigma 0.005 A, weight 0.1).
 
     Holds only the :class:`NoiseHead`; the backbone is passed in. ``loss(backbone, data)`` runs one
     extra backbone pass on ``data`` with positions corrupted by ``sigma`` and returns the MSE between
-    the head's prediction and the noise / sigma (dimensionless scalar).
+    the head's prediction and the noise / sigma (dimensionless scalar). Raises ``ValueError`` for
+    ``sigma <= 0``.
     """
 
     def __init__(self, backbone: Backbone, sigma: float = 0.005, head: str = "auto") -> None:
         super().__init__()
-        _check_sigma(sigma)
-        self.sigma = float(sigma)
+        self.sigma = float(check_sigma(sigma, "aux_denoising_sigma"))
         self.head = NoiseHead(backbone, head)
 
     def loss(self, backbone: Backbone, data) -> Tensor:
@@ -91,14 +62,14 @@ class Denoising(Objective):
 
     Args:
         backbone: any backbone.
-        sigma: noise level in Angstrom (default 0.04, methods.md), or a list: one value drawn per
-            molecule each step.
+        sigma: noise level in Angstrom (default 0.04, Zaidi et al.), or a list: one value drawn per
+            molecule each step. Must be positive.
         center_noise: subtract each molecule's mean noise (no rigid translation in the corruption).
         head: noise head, ``"auto"`` (vector features if the backbone has them, else edges),
             ``"vector"`` or ``"edge"``.
         head_hidden: hidden size of the head (default the backbone width).
-        diagnostics_every_n_steps: log ``train/emb_std`` / ``train/emb_erank`` of the mean-pooled
-            backbone scalars every this many steps (0: never).
+        diagnostics_every_n_steps: log the collapse diagnostics (``train/emb_std``, ``emb_erank``,
+            ``emb_sigreg``) of the mean-pooled backbone scalars every this many steps (0: never).
         Other arguments: see :class:`~atomzoo.objectives.base.Objective` (optimizer, schedule, EMA,
         ``init_from``, ``freeze_backbone``).
 
@@ -117,8 +88,7 @@ class Denoising(Objective):
     ) -> None:
         super().__init__(backbone, **kwargs)
         self.save_hyperparameters()
-        _check_sigma(sigma)
-        self.sigma = sigma if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
+        self.sigma = check_sigma(sigma)
         self.center_noise = center_noise
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
         self.head = NoiseHead(backbone, head, head_hidden)
@@ -128,8 +98,9 @@ class Denoising(Objective):
         out = self.backbone(data)
         return self.head(out.scalars, out.vectors, out.graph)
 
-    def compute_loss(self, data, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(loss, pooled_embedding [G, F])`` for one batch of clean molecules."""
+    def compute_loss(self, data, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{"loss", "embedding" [G, F]}`` for one batch of clean molecules (embedding: mean-pooled
+        scalars of the noisy pass, for the collapse diagnostics)."""
         g = num_graphs(data)
         sig = sample_sigma(self.sigma, g, data.pos.device, generator)
         noise = gaussian_noise(data.pos, data.batch, sig, self.center_noise, generator)
@@ -137,21 +108,7 @@ class Denoising(Objective):
         pred = self.head(out.scalars, out.vectors, out.graph)
         target = noise / sig[data.batch].unsqueeze(-1)
         pooled = scatter(out.scalars, data.batch, dim=0, dim_size=g, reduce="mean")
-        return (pred - target).pow(2).mean(), pooled
-
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss, pooled = self.compute_loss(batch)
-        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
-        log_collapse_diagnostics(self, pooled, self.diagnostics_every_n_steps)
-        return loss
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, batch_size=batch.num_graphs, prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        loss, _ = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", loss, batch_size=batch.num_graphs, sync_dist=True)
+        return {"loss": (pred - target).pow(2).mean(), "embedding": pooled}
 
 
 __all__ = ["AuxDenoising", "Denoising", "gaussian_noise", "sample_sigma"]

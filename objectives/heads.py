@@ -1,7 +1,7 @@
 """Output heads that sit on a backbone's per-atom features.
 
 Scalar heads (regression), equivariant per-atom vector heads (denoising) and pooled molecular
-projections (SCD, JEPA). Every head takes pieces of a :class:`~atomzoo.backbones.base.BackboneOutput`.
+projections (SCD, JEPA-EMA) and the SIGReg projector (JEPA-SIGReg). Every head takes pieces of a :class:`~atomzoo.backbones.base.BackboneOutput`.
 """
 
 from __future__ import annotations
@@ -139,31 +139,56 @@ class NoiseHead(nn.Module):
 
 # ----- molecular embeddings (SCD, JEPA) -------------------------------------------------------------
 class PooledProjection(nn.Module):
-    """Per-atom features -> one embedding per molecule (SCD's projection head, methods.md).
+    """Per-atom features -> one embedding per molecule (SCD's projection head, reference ``ProjHead2``).
 
         per atom:  LN -> Linear(F, H) -> SiLU -> LN                       [N, H]
         sum-pool over each molecule                                       [G, H]
         per mol.:  LN -> Linear(H, H) -> SiLU -> LN -> Linear(H, D)       [G, D]
-
-    With ``final_batchnorm=True`` a ``BatchNorm1d(D)`` (no affine) is appended: the projector that
-    feeds SIGReg must end in batch norm, not layer norm (methods.md).
 
     Args:
         width: input feature size F; hidden: H (default F); out_dim: D (default H).
     Shapes: ``scalars`` ``[N, F]``, ``batch`` ``[N]``, ``num_graphs`` G -> ``[G, D]``.
     """
 
-    def __init__(self, width: int, hidden: int | None = None, out_dim: int | None = None, final_batchnorm: bool = False) -> None:
+    def __init__(self, width: int, hidden: int | None = None, out_dim: int | None = None) -> None:
         super().__init__()
         hidden = hidden or width
         out_dim = out_dim or hidden
         self.out_dim = out_dim
         self.atom = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.SiLU(), nn.LayerNorm(hidden))
-        layers: list[nn.Module] = [nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim)]
-        if final_batchnorm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
-        self.molecule = nn.Sequential(*layers)
+        self.molecule = nn.Sequential(
+            nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim)
+        )
 
     def forward(self, scalars: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         pooled = scatter(self.atom(scalars), batch, dim=0, dim_size=num_graphs, reduce="sum")
         return self.molecule(pooled)
+
+
+class SIGRegProjector(nn.Module):
+    """The projector that feeds SIGReg, as in LeJEPA (arXiv 2511.08544) / LeWorldModel (arXiv 2603.19312).
+
+        mean-pool per molecule -> Linear(F, H) -> BatchNorm1d(H) -> GELU -> Linear(H, D)
+
+    Nothing normalises after the last Linear: the scale of each output dimension stays free, so
+    SIGReg's scale term and the std-based collapse diagnostics can see it. Call it ONCE per step on
+    all views together (:meth:`forward` on the concatenated pooled features), so the BatchNorm
+    statistics are those of the views SIGReg sees and its running statistics move once per step.
+
+    Args:
+        width: input feature size F; hidden: H (default 2F); out_dim: D (default F).
+    Shapes: :meth:`pool` ``[N, F]`` -> ``[G, F]``; :meth:`forward` ``[B, F]`` -> ``[B, D]``.
+    """
+
+    def __init__(self, width: int, hidden: int | None = None, out_dim: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or 2 * width
+        self.out_dim = out_dim or width
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.GELU(), nn.Linear(hidden, self.out_dim))
+
+    @staticmethod
+    def pool(scalars: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        return scatter(scalars, batch, dim=0, dim_size=num_graphs, reduce="mean")
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return self.net(pooled)

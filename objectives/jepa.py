@@ -1,4 +1,4 @@
-"""JEPA-style latent prediction for molecules (methods.md, "JEPA latent prediction").
+"""JEPA-style latent prediction for molecules (I-JEPA / BYOL / Graph-JEPA; LeJEPA arXiv 2511.08544).
 
 Two views of each molecule:
 
@@ -8,29 +8,34 @@ Two views of each molecule:
   ``mask_element``, default 0, a row of the element embedding no real element uses);
 * target view: the clean structure.
 
-Both go through an encoder = backbone + :class:`~atomzoo.objectives.heads.PooledProjection` ->
-embedding ``[G, D]`` per molecule. A predictor MLP maps the context embedding, concatenated with the
-corruption parameters of each molecule (its sigma in Angstrom and its realised masked fraction),
-to the target embedding. Loss = MSE(prediction, target embedding), mean over molecules and dims.
-Optionally (``atom_loss_weight > 0``) a per-atom predictor also maps the context view's per-atom
-scalars to the target view's layer-normed per-atom scalars (MSE over all atoms).
+Both go through an encoder = backbone + projector -> embedding ``[G, D]`` per molecule. A
+:class:`CorruptionConditionedPredictor` maps the context embedding to the target embedding,
+conditioned on each molecule's corruption (its sigma and realised masked fraction, each expanded in
+a Gaussian radial basis and embedded by an MLP -- not the raw numbers). Loss = MSE(prediction,
+target), mean over molecules and dims. Optionally (``atom_loss_weight > 0``) a per-atom predictor
+also maps the context view's per-atom scalars to the target view's layer-normed per-atom scalars.
 
-Anti-collapse (``anti_collapse``):
+Anti-collapse (``anti_collapse``), one small strategy object each (:class:`EMATarget`,
+:class:`SIGRegRegularizer`):
 
 * ``"ema"`` (I-JEPA / BYOL): the target encoder is an exponential moving average of the context
-  encoder (backbone + projector), ``theta_t <- m theta_t + (1 - m) theta``, with the momentum
-  following a cosine schedule from ``ema_momentum`` (0.996) to ``ema_momentum_end`` (1.0) over the
-  run's optimizer steps. It gets no gradient (stop-grad), is updated in ``on_train_batch_end``, and
-  is saved in checkpoints (submodules ``target_backbone`` / ``target_projection``; fine-tuning with
-  ``init_from`` loads the *context* backbone ``backbone.*``).
-* ``"sigreg"`` (LeJEPA): a single encoder for both views, no EMA, no stop-grad; the projector ends in
-  ``BatchNorm1d``; loss = pred MSE + ``sigreg_weight`` * mean(SIGReg(context emb), SIGReg(target emb))
-  (:mod:`atomzoo.objectives.sigreg`, directions seeded from the global step). methods.md warns that
-  SIGReg alone collapsed in an asymmetric masked-prediction setup: watch ``train/emb_std`` and
-  ``train/emb_erank``.
+  encoder (backbone + :class:`~atomzoo.objectives.heads.PooledProjection`),
+  ``theta_t <- m theta_t + (1 - m) theta``, momentum on a cosine schedule from ``ema_momentum``
+  (0.996) to ``ema_momentum_end`` (1.0) over the run's optimizer steps, updated once per OPTIMIZER
+  step (not per micro-batch under gradient accumulation). No gradient reaches it. The target
+  embedding is layer-normed (no affine) before the loss -- as the per-atom target, and as I-JEPA
+  does -- so shrinking the target's scale cannot lower the loss. Saved in checkpoints
+  (``target_backbone`` / ``target_projection``); ``init_from`` loads the *context* backbone.
+* ``"sigreg"`` (LeJEPA): one encoder for both views, no EMA, no stop-grad; the projector is
+  :class:`~atomzoo.objectives.heads.SIGRegProjector` (Linear, BatchNorm, GELU, Linear: nothing
+  forces unit variance at its output), run once per step on both views together; loss = pred MSE
+  + ``sigreg_weight`` * mean(SIGReg(context emb), SIGReg(target emb)) (:mod:`atomzoo.objectives.sigreg`,
+  directions seeded from the global step). Collapse has been reported with SIGReg alone in an
+  asymmetric masked-prediction setup (lejepa issue 31): watch the collapse diagnostics.
 
-Logs ``train/loss``, ``train/pred_loss``, ``train/sigreg`` (sigreg), ``train/ema_momentum`` (ema),
-``val/loss`` (same formula, seeded corruption), and the collapse diagnostics of the context
+Logs ``train/loss``, ``train/pred_loss``, ``train/atom_loss`` (if on), ``train/sigreg`` (sigreg),
+``train/target_std`` (per-dimension std of the raw target embedding), ``train/ema_momentum`` (ema),
+``val/*`` of the same terms (seeded corruption), and the collapse diagnostics of the raw context
 embeddings.
 """
 
@@ -44,30 +49,134 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.nn.radial import GaussianRBF
 
 from .base import Objective
-from .denoising import gaussian_noise, sample_sigma
-from .diagnostics import log_collapse_diagnostics
-from .heads import PooledProjection
+from .corruption import check_sigma, gaussian_noise, mask_atoms, sample_sigma
+from .heads import PooledProjection, SIGRegProjector
 from .sigreg import sigreg
 
 
 class CorruptionConditionedPredictor(nn.Module):
-    """MLP ``[G, D] x [G, P] -> [G, D]``: ``LN(z) ++ params -> Linear -> SiLU -> Linear -> SiLU -> Linear``.
+    """Predictor ``[G, D] x [G, 2] -> [G, D]`` conditioned on embedded corruption parameters.
 
-    ``params`` are the corruption parameters of each molecule (sigma in Angstrom, masked fraction).
+        h = Linear(LN(z)) + MLP([rbf(sigma / sigma_max), rbf(masked fraction)])
+        out = Linear(SiLU(Linear(SiLU(h))))
+
+    ``params[:, 0]`` is sigma (Angstrom), ``params[:, 1]`` the masked fraction; each is expanded in
+    ``num_rbf`` Gaussians on [0, 1] (sigma divided by ``sigma_max``, the largest configured sigma).
+
+    Args:
+        dim: embedding size D; hidden: hidden size (default 2D); sigma_max: Angstrom (> 0);
+        num_rbf: Gaussians per parameter.
     """
 
-    def __init__(self, dim: int, num_params: int = 2, hidden: int | None = None) -> None:
+    def __init__(self, dim: int, hidden: int | None = None, sigma_max: float = 1.0, num_rbf: int = 16) -> None:
         super().__init__()
         hidden = hidden or 2 * dim
+        self.sigma_max = float(sigma_max) if sigma_max > 0 else 1.0
+        self.rbf = GaussianRBF(num_rbf, 0.0, 1.0)
         self.norm = nn.LayerNorm(dim)
-        self.net = nn.Sequential(
-            nn.Linear(dim + num_params, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
-        )
+        self.inp = nn.Linear(dim, hidden)
+        self.corruption = nn.Sequential(nn.Linear(2 * num_rbf, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.net = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
+
+    def embed_corruption(self, params: Tensor) -> Tensor:
+        """``[G, 2]`` (sigma A, masked fraction) -> ``[G, hidden]``."""
+        params = params.float()
+        features = torch.cat([self.rbf(params[:, 0] / self.sigma_max), self.rbf(params[:, 1])], dim=-1)
+        return self.corruption(features)
 
     def forward(self, z: Tensor, params: Tensor) -> Tensor:
-        return self.net(torch.cat([self.norm(z), params.to(z.dtype)], dim=-1))
+        return self.net(self.inp(self.norm(z)) + self.embed_corruption(params).to(z.dtype))
+
+
+# ----- anti-collapse strategies -------------------------------------------------------------------------
+class EMATarget:
+    """Anti-collapse by an EMA target encoder (I-JEPA / BYOL). Stateless: the target weights live on
+    the objective (``target_backbone``, ``target_projection``) so they are in its state dict."""
+
+    name = "ema"
+
+    def __init__(self, momentum: float = 0.996, momentum_end: float = 1.0) -> None:
+        if not 0.0 <= momentum <= momentum_end <= 1.0:
+            raise ValueError(
+                f"need 0 <= ema_momentum <= ema_momentum_end <= 1, got {momentum}, {momentum_end} (--model.ema_momentum)"
+            )
+        self.momentum_start, self.momentum_end = float(momentum), float(momentum_end)
+
+    def build(self, jepa: JEPA) -> nn.Module:
+        jepa.target_backbone = copy.deepcopy(jepa.backbone)
+        jepa.target_projection = copy.deepcopy(jepa.projection)
+        for p in [*jepa.target_backbone.parameters(), *jepa.target_projection.parameters()]:
+            p.requires_grad_(False)
+        return jepa.projection
+
+    def make_projection(self, width: int, hidden: int | None, out_dim: int | None) -> nn.Module:
+        return PooledProjection(width, hidden, out_dim)
+
+    def encode(self, jepa: JEPA, context, clean) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        z_ctx, h_ctx = jepa.encode(context)
+        with torch.no_grad():
+            out = jepa.target_backbone(clean)
+            z_tgt = jepa.target_projection(out.scalars, clean.batch, num_graphs(clean))
+        return z_ctx, h_ctx, z_tgt, out.scalars
+
+    @staticmethod
+    def prediction_target(z_tgt: Tensor) -> Tensor:
+        """Layer norm without affine parameters: the loss cannot be lowered by shrinking the target."""
+        return nn.functional.layer_norm(z_tgt, z_tgt.shape[-1:])
+
+    def regularizer(self, jepa: JEPA, z_ctx: Tensor, z_tgt: Tensor) -> dict[str, Tensor]:
+        return {}
+
+    def momentum(self, jepa: JEPA) -> float:
+        """Cosine schedule ``m_end - (m_end - m_0)(1 + cos(pi k / K)) / 2`` at optimizer step k of K = run length."""
+        progress = min(1.0, jepa.global_step / max(1, jepa.run_length()))
+        return self.momentum_end - (self.momentum_end - self.momentum_start) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def after_optimizer_step(self, jepa: JEPA) -> None:
+        m = self.momentum(jepa)
+        jepa.update_target(m)
+        jepa.log("train/ema_momentum", m)
+
+
+class SIGRegRegularizer:
+    """Anti-collapse by SIGReg on both views' embeddings (LeJEPA); one encoder, no stop-gradient."""
+
+    name = "sigreg"
+
+    def __init__(self, weight: float = 0.1, slices: int = 1024) -> None:
+        if weight < 0 or slices < 1:
+            raise ValueError(f"need sigreg_weight >= 0 and sigreg_slices >= 1, got {weight}, {slices}")
+        self.weight, self.slices = float(weight), int(slices)
+
+    def build(self, jepa: JEPA) -> None:
+        jepa.target_backbone = None
+        jepa.target_projection = None
+
+    def make_projection(self, width: int, hidden: int | None, out_dim: int | None) -> nn.Module:
+        return SIGRegProjector(width, hidden, out_dim)
+
+    def encode(self, jepa: JEPA, context, clean) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out_ctx, out_tgt = jepa.backbone(context), jepa.backbone(clean)
+        g = num_graphs(clean)
+        pooled = torch.cat([SIGRegProjector.pool(out_ctx.scalars, context.batch, g),
+                            SIGRegProjector.pool(out_tgt.scalars, clean.batch, g)])
+        z = jepa.projection(pooled)  # one BatchNorm pass (and running-stat update) on both views
+        return z[:g], out_ctx.scalars, z[g:], out_tgt.scalars
+
+    @staticmethod
+    def prediction_target(z_tgt: Tensor) -> Tensor:
+        return z_tgt
+
+    def regularizer(self, jepa: JEPA, z_ctx: Tensor, z_tgt: Tensor) -> dict[str, Tensor]:
+        step = int(jepa.global_step) if jepa._trainer is not None else 0
+        value = 0.5 * (sigreg(z_ctx, self.slices, step) + sigreg(z_tgt, self.slices, step))
+        return {"sigreg": (value, self.weight)}
+
+    def after_optimizer_step(self, jepa: JEPA) -> None:
+        pass
 
 
 class JEPA(Objective):
@@ -81,13 +190,18 @@ class JEPA(Objective):
         mask_ratio: probability that an atom of the context view is masked (0 disables).
         mask_element: atomic number given to masked atoms (must be accepted by the backbone's
             element embedding; MACE's one-hot covers only its ``atomic_numbers``).
-        embedding_dim, projection_hidden: projector sizes (default the backbone width).
+        embedding_dim, projection_hidden: projector sizes (defaults: ema ``PooledProjection``
+            width/width; sigreg ``SIGRegProjector`` hidden 2 x width, output width).
         predictor_hidden: predictor hidden size (default 2 * embedding_dim).
         atom_loss_weight: weight of the optional per-atom prediction loss (0: off).
         ema_momentum, ema_momentum_end: cosine momentum schedule of the EMA target (ema only).
         sigreg_weight, sigreg_slices: lambda and number of random directions M (sigreg only).
-        diagnostics_every_n_steps: log ``train/emb_std`` / ``train/emb_erank`` every this many steps.
+        diagnostics_every_n_steps: collapse diagnostics every this many steps.
         Other arguments: see :class:`~atomzoo.objectives.base.Objective`.
+
+    Raises:
+        ValueError: unknown ``anti_collapse``, ``mask_ratio`` outside [0, 1), negative sigma, no
+            corruption at all, or a ``mask_element`` the backbone cannot embed.
     """
 
     def __init__(
@@ -111,15 +225,18 @@ class JEPA(Objective):
     ) -> None:
         super().__init__(backbone, weight_decay=weight_decay, **kwargs)
         self.save_hyperparameters()
-        if anti_collapse not in ("ema", "sigreg"):
+        if anti_collapse == "ema":
+            self.strategy = EMATarget(ema_momentum, ema_momentum_end)
+        elif anti_collapse == "sigreg":
+            self.strategy = SIGRegRegularizer(sigreg_weight, sigreg_slices)
+        else:
             raise ValueError(f"anti_collapse={anti_collapse!r}: choose 'ema' or 'sigreg' (--model.anti_collapse)")
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        values = [sigma] if isinstance(sigma, (int, float)) else list(sigma)
-        if not values or any(float(s) < 0 for s in values):
-            raise ValueError(f"sigma must be >= 0 (Angstrom), got {sigma}")
-        if mask_ratio == 0 and all(float(s) == 0 for s in values):
-            raise ValueError("JEPA needs a corruption: set sigma > 0 and/or mask_ratio > 0")
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio} (--model.mask_ratio)")
+        self.sigma = check_sigma(sigma, allow_zero=True)
+        sigmas = [self.sigma] if isinstance(self.sigma, float) else self.sigma
+        if mask_ratio == 0 and all(s == 0 for s in sigmas):
+            raise ValueError("JEPA needs a corruption: set sigma > 0 and/or mask_ratio > 0 (--model.sigma, --model.mask_ratio)")
         known = getattr(backbone, "atomic_numbers", None)
         if mask_ratio > 0 and isinstance(known, Tensor) and int(mask_element) not in known.tolist():
             raise ValueError(
@@ -127,93 +244,69 @@ class JEPA(Objective):
                 "add it to the backbone's atomic_numbers, or use --model.mask_ratio 0 (noise only)"
             )
         self.anti_collapse = anti_collapse
-        self.sigma = sigma if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
         self.mask_ratio = float(mask_ratio)
         self.mask_element = int(mask_element)
         self.atom_loss_weight = float(atom_loss_weight)
-        self.ema_momentum, self.ema_momentum_end = float(ema_momentum), float(ema_momentum_end)
-        self.sigreg_weight, self.sigreg_slices = float(sigreg_weight), int(sigreg_slices)
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
-        self.projection = PooledProjection(
-            backbone.width, projection_hidden, embedding_dim, final_batchnorm=anti_collapse == "sigreg"
-        )
+        self.projection = self.strategy.make_projection(backbone.width, projection_hidden, embedding_dim)
         dim = self.projection.out_dim
-        self.predictor = CorruptionConditionedPredictor(dim, 2, predictor_hidden)
+        self.predictor = CorruptionConditionedPredictor(dim, predictor_hidden, sigma_max=max(sigmas))
         self.atom_predictor = (
             nn.Sequential(nn.LayerNorm(backbone.width), nn.Linear(backbone.width, backbone.width), nn.SiLU(),
                           nn.Linear(backbone.width, backbone.width))
             if atom_loss_weight > 0 else None
         )
-        if anti_collapse == "ema":
-            self.target_backbone = copy.deepcopy(self.backbone)
-            self.target_projection = copy.deepcopy(self.projection)
-            for p in [*self.target_backbone.parameters(), *self.target_projection.parameters()]:
-                p.requires_grad_(False)
-        else:
-            self.target_backbone = None
-            self.target_projection = None
+        self.strategy.build(self)
 
     # ----- views ----------------------------------------------------------------------------------
     def corrupt(self, data, generator: torch.Generator | None = None):
-        """``(context_view, params [G, 2])``: noisy / masked copy of ``data`` and (sigma, masked fraction)."""
+        """``(context_view, params [G, 2])``: noisy / masked copy of ``data`` and (sigma A, masked fraction)."""
         g = num_graphs(data)
         device = data.pos.device
-        sig = sample_sigma(self.sigma, g, device, generator) if self.sigma else torch.zeros(g, device=device)
-        view = data
-        if bool((sig > 0).any()):
-            view = with_positions(data, data.pos + gaussian_noise(data.pos, data.batch, sig, generator=generator))
-        else:
-            view = with_positions(data, data.pos)
-        masked = torch.zeros_like(data.z, dtype=torch.bool)
-        if self.mask_ratio > 0:
-            masked = (torch.rand(data.z.shape, generator=generator) < self.mask_ratio).to(device)
-            view.z = torch.where(masked, torch.full_like(data.z, self.mask_element), data.z)
+        sig = sample_sigma(self.sigma, g, device, generator)
+        pos = data.pos + gaussian_noise(data.pos, data.batch, sig, generator=generator) if bool((sig > 0).any()) else data.pos
+        view = with_positions(data, pos)
+        view.z, masked = mask_atoms(data.z, self.mask_ratio, self.mask_element, generator)
         fraction = scatter(masked.float(), data.batch, dim=0, dim_size=g, reduce="mean")
         return view, torch.stack([sig.float(), fraction], dim=-1)
 
-    def encode(self, data, target: bool = False) -> tuple[Tensor, Tensor]:
-        """``(embedding [G, D], per-atom scalars [N, F])`` by the context (or EMA target) encoder."""
-        backbone = self.target_backbone if target and self.target_backbone is not None else self.backbone
-        projection = self.target_projection if target and self.target_projection is not None else self.projection
-        out = backbone(data)
-        return projection(out.scalars, data.batch, num_graphs(data)), out.scalars
+    def encode(self, data) -> tuple[Tensor, Tensor]:
+        """``(embedding [G, D], per-atom scalars [N, F])`` of ``data`` by the context encoder.
+        (SIGReg: the projector's BatchNorm then sees this batch alone; the loss runs both views together.)"""
+        out = self.backbone(data)
+        if isinstance(self.projection, SIGRegProjector):
+            return self.projection(SIGRegProjector.pool(out.scalars, data.batch, num_graphs(data))), out.scalars
+        return self.projection(out.scalars, data.batch, num_graphs(data)), out.scalars
 
     def forward(self, data) -> Tensor:
         """Embedding ``[G, D]`` of (clean) molecules by the context encoder."""
         return self.encode(data)[0]
 
     def compute_loss(self, data, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{"loss", "pred_loss", ["atom_loss"], ["sigreg"], "target_std", "embedding" (raw z_ctx)}``."""
         context, params = self.corrupt(data, generator)
-        z_ctx, h_ctx = self.encode(context)
-        if self.anti_collapse == "ema":
-            with torch.no_grad():
-                z_tgt, h_tgt = self.encode(data, target=True)
-        else:
-            z_tgt, h_tgt = self.encode(data)
+        z_ctx, h_ctx, z_tgt, h_tgt = self.strategy.encode(self, context, data)
         pred = self.predictor(z_ctx, params)
-        terms = {"pred_loss": (pred - z_tgt).pow(2).mean()}
+        terms = {"pred_loss": (pred - self.strategy.prediction_target(z_tgt)).pow(2).mean()}
         loss = terms["pred_loss"]
         if self.atom_predictor is not None:
             target_atoms = nn.functional.layer_norm(h_tgt, h_tgt.shape[-1:])
             terms["atom_loss"] = (self.atom_predictor(h_ctx) - target_atoms).pow(2).mean()
             loss = loss + self.atom_loss_weight * terms["atom_loss"]
-        if self.anti_collapse == "sigreg":
-            step = int(self.global_step) if self._trainer is not None else 0
-            terms["sigreg"] = 0.5 * (sigreg(z_ctx, self.sigreg_slices, step) + sigreg(z_tgt, self.sigreg_slices, step))
-            loss = loss + self.sigreg_weight * terms["sigreg"]
+        for name, (value, weight) in self.strategy.regularizer(self, z_ctx, z_tgt).items():
+            terms[name] = value
+            loss = loss + weight * value
         terms["loss"] = loss
-        terms["z_ctx"] = z_ctx
+        terms["target_std"] = z_tgt.detach().float().std(dim=0).mean() if z_tgt.size(0) > 1 else z_tgt.new_zeros(())
+        terms["embedding"] = z_ctx
         return terms
 
     # ----- EMA target -----------------------------------------------------------------------------
     def momentum(self) -> float:
-        """Cosine schedule ``m_end - (m_end - m_0) (1 + cos(pi k / K)) / 2`` at optimizer step k of K."""
-        total = 1
-        if self._trainer is not None:
-            total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
-            total = int(total) if math.isfinite(total) else 1
-        progress = min(1.0, self.global_step / max(1, total))
-        return self.ema_momentum_end - (self.ema_momentum_end - self.ema_momentum) * 0.5 * (1 + math.cos(math.pi * progress))
+        """Current EMA momentum (ema only): see :meth:`EMATarget.momentum`."""
+        if not isinstance(self.strategy, EMATarget):
+            raise ValueError("momentum() exists only with anti_collapse='ema'")
+        return self.strategy.momentum(self)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
@@ -224,30 +317,8 @@ class JEPA(Objective):
             for b, bt in zip(online.buffers(), target.buffers()):
                 bt.copy_(b)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self.anti_collapse == "ema":
-            m = self.momentum()
-            self.update_target(m)
-            self.log("train/ema_momentum", m, batch_size=batch.num_graphs)
-
-    # ----- steps ----------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        terms = self.compute_loss(batch)
-        g = batch.num_graphs
-        self.log("train/loss", terms["loss"], batch_size=g, prog_bar=True)
-        for name in ("pred_loss", "atom_loss", "sigreg"):
-            if name in terms:
-                self.log(f"train/{name}", terms[name], batch_size=g)
-        log_collapse_diagnostics(self, terms["z_ctx"], self.diagnostics_every_n_steps)
-        return terms["loss"]
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        terms = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", terms["loss"], batch_size=batch.num_graphs, prog_bar=True, sync_dist=True)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        terms = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", terms["loss"], batch_size=batch.num_graphs, sync_dist=True)
+    def on_after_optimizer_step(self) -> None:
+        self.strategy.after_optimizer_step(self)
 
 
-__all__ = ["JEPA", "CorruptionConditionedPredictor"]
+__all__ = ["JEPA", "CorruptionConditionedPredictor", "EMATarget", "SIGRegRegularizer"]
