@@ -125,12 +125,14 @@ class ASEFileDataModule(AtomsDataModule):
         energy_unit: str = "eV",
         length_unit: str = "Angstrom",
         energy_factor: float | None = None,
-        targets: list[str] | None = None,
+        targets: list[str | int] | str | None = None,
         forces: bool | None = None,
         **kwargs,
     ) -> None:
         if targets is None and energy_key:
             targets = ["energy"]
+        self.energy_key = energy_key  # label_names() works before the base class checks the targets
+        self.property_keys = list(property_keys or [])
         super().__init__(targets=targets, **kwargs)
         self.path = Path(path).expanduser()
         self.format = format
@@ -341,9 +343,12 @@ class ASEFileDataModule(AtomsDataModule):
             flush()
             if n == 0:
                 raise DataFormatError(f"{self.path}: no structures read (index {self.index!r})")
-            writer.meta["label_names"] = names
-            writer.meta["label_units"] = [self.energy_unit if k == "energy" else self.property_units.get(k, "") for k in names]
-            writer.meta["atomic_numbers"] = sorted(elements)
+            writer.describe(
+                names,
+                [self.energy_unit if k == "energy" else self.property_units.get(k, "") for k in names],
+                sorted(elements),
+                force_unit=self.force_unit if self.forces_key else None,
+            )
             writer.meta["units"] = {
                 "positions": "A", "energy": self.energy_unit, "forces": self.force_unit,
                 "source_energy": self.file_energy_unit, "source_length": self.file_length_unit,

@@ -218,3 +218,41 @@ def test_ase_db_backwards_index_is_refused(tmp_path):
     db = dm_for(BAD / "ase-db-negative-index/frames.db", tmp_path, index="::-1", forces_key=None)
     with pytest.raises(DataFormatError, match=r"frames.db: index '::-1' reads an ASE database backwards"):
         db.prepare_data()
+
+
+def test_elements_absent_from_training_are_an_error_for_fit_and_a_warning_for_evaluation(tmp_path):
+    folder = BAD / "unseen-elements"
+    kw = dict(forces_key=None, split_file=str(folder / "splits.npz"))
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"elements absent from the training split \(40 structures\): Si \(Z=14\): 4 "
+                       r"structures in test; Br \(Z=35\): 4 structures in test\..*--data.allow_unseen_elements true"):
+        dm.setup("fit")
+    for stage in ("test", "predict"):
+        dm = dm_for(folder / "unseen.extxyz", tmp_path, **kw)
+        with pytest.warns(UserWarning, match=r"Si \(Z=14\): 4 structures in test; Br \(Z=35\): 4 structures in test"):
+            dm.setup(stage)
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, allow_unseen_elements=True, **kw)
+    with pytest.warns(UserWarning, match=r"Br \(Z=35\)"):
+        dm.setup("fit")
+    assert dm.element_presence("train")[[1, 6, 7, 8, 14, 35]].tolist()[-2:] == [0, 0]
+    assert dm.element_presence("test")[[14, 35]].tolist() == [4, 4]
+
+
+def test_empty_evaluation_split_is_an_error(tmp_path):
+    _, atoms = frames(10)
+    write(tmp_path / "md.extxyz", atoms)
+    dm = dm_for(tmp_path / "md.extxyz", tmp_path, num_train=0.8, num_val=0.2)
+    dm.setup("fit")  # training needs no test split
+    with pytest.raises(ValueError, match=r"the test split is empty \(num_train=0.8, num_val=0.2, num_test=None of 10 "
+                       r"molecules\).*--data.num_test"):
+        dm.setup("test")
+
+
+def test_integer_targets_list_the_valid_names(tmp_path):
+    from atomzoo.datamodules import QM9DataModule
+
+    with pytest.raises(ValueError, match=r"targets are label names, not column numbers \(\[7\] given, PyG-style\); "
+                       r"valid names for QM9DataModule: mu, alpha, homo, lumo, gap, r2, zpve, u0,"):
+        QM9DataModule(targets=[7])
+    with pytest.raises(ValueError, match=r"valid names for ASEFileDataModule: energy, gap"):
+        dm_for(tmp_path / "x.extxyz", tmp_path, targets=[0], property_keys=["gap"])
