@@ -23,6 +23,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from atomzoo.backbones.base import Backbone
 
+from . import provenance
+
 # Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
 # it); Lightning's advice to ignore nn.Module arguments does not apply to that.
 warnings.filterwarnings("ignore", message="Attribute 'backbone' is an instance of `nn.Module`")
@@ -116,6 +118,16 @@ class Objective(L.LightningModule):
                 buffer.seek(0)
                 checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
+    def setup(self, stage: str) -> None:
+        provenance.on_setup(self, stage)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        provenance.on_save_checkpoint(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        provenance.on_load_checkpoint(self, checkpoint)
 
     def train(self, mode: bool = True):
         """As ``nn.Module.train``, but a frozen backbone (``freeze_backbone``) stays in eval mode."""

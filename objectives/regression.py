@@ -137,6 +137,7 @@ class Regression(Objective):
         return choice
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # records what the numbers depend on (objectives/provenance.py)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "targets_info"):
             if not bool(self.stats_ready):
@@ -209,10 +210,12 @@ class Regression(Objective):
         self.stats_ready.fill_(True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["target_units"] = self.units
         checkpoint["force_unit"] = self.force_unit
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.units = checkpoint.get("target_units", self.units)
         self.force_unit = checkpoint.get("force_unit", self.force_unit)
 

@@ -68,6 +68,26 @@ def _data_has_forces(datamodule: AtomsDataModule) -> bool:
     return bool(datamodule.forces)
 
 
+#: objective options whose value shapes the state a checkpoint restores
+CHECKED_MODEL_OPTIONS = ("atomref", "standardize", "pooling", "loss", "head_hidden")
+
+
+def _model_settings(config, subcommand: str | None) -> dict:
+    """Flat ``{option: value}`` of the model's backbone and of :data:`CHECKED_MODEL_OPTIONS`."""
+    model = config.get(subcommand, {}).get("model") if subcommand else None
+    if model is None:
+        return {}
+    model = model.as_dict() if hasattr(model, "as_dict") else dict(model)
+    init = model.get("init_args") or {}
+    out = {f"init_args.{k}": init[k] for k in CHECKED_MODEL_OPTIONS if k in init}
+    backbone = init.get("backbone")
+    if isinstance(backbone, dict):
+        out["init_args.backbone.class_path"] = backbone.get("class_path")
+        for key, value in (backbone.get("init_args") or {}).items():
+            out[f"init_args.backbone.init_args.{key}"] = value
+    return out
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links and defaults."""
 
@@ -83,6 +103,25 @@ class ZooCLI(LightningCLI):
             default=False,
             help="After fit, run the test split with the best checkpoint and print per-target MAE.",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
+        configuration; refuse when a setting that changes the numbers (the backbone's class and
+        arguments, e.g. its cutoff, or the objective's atomref/standardize/pooling/loss) differs."""
+        subcommand = self.config.get("subcommand")
+        before = _model_settings(self.config, subcommand)
+        super()._parse_ckpt_path()
+        after = _model_settings(self.config, subcommand)
+        diffs = [f"--model.{k} is {before[k]!r} but the checkpoint's is {after[k]!r}"
+                 for k in sorted(set(before) & set(after)) if before[k] != after[k]]  # fmt: skip
+        if diffs:
+            ckpt = self.config[subcommand].get("ckpt_path")
+            raise ValueError(
+                f"--ckpt_path {ckpt}: the configuration differs from the model the checkpoint holds: " + "; ".join(diffs)
+                + ". The checkpoint's model is rebuilt as it was trained: remove these options (or give the checkpoint's "
+                "values, see its run's config.yaml); to train with the new settings start without --ckpt_path "
+                "(--model.init_args.init_from keeps the backbone weights)"
+            )
 
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:
