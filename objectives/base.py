@@ -20,6 +20,8 @@ import warnings
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+from torchmetrics import MeanMetric
 
 from atomzoo.backbones.base import Backbone
 
@@ -89,6 +91,8 @@ class Objective(L.LightningModule):
         self.ema_decay = ema_decay
         self.init_from = init_from
         self.freeze_backbone = bool(freeze_backbone)
+        #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
+        self.epoch_means = nn.ModuleDict()
         if init_from:
             from .export import load_into_backbone
 
@@ -118,6 +122,22 @@ class Objective(L.LightningModule):
                 buffer.seek(0)
                 checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def log_mean(self, name: str, value: torch.Tensor, num_samples: int, **kwargs) -> None:
+        """Log the exact per-sample mean of ``value`` over the epoch and all DDP ranks.
+
+        ``value`` is a batch's mean over its ``num_samples`` samples; a torchmetrics ``MeanMetric``
+        weighted by ``num_samples`` sums value x samples and samples over batches and ranks, so an
+        uneven last batch or uneven DDP shards do not bias the result (Lightning's default reduction
+        averages the per-rank means). ``kwargs`` go to ``self.log`` (e.g. ``prog_bar``).
+        """
+        key = name.replace("/", "__")
+        if key not in self.epoch_means:
+            self.epoch_means[key] = MeanMetric().to(value.device)
+        metric = self.epoch_means[key]
+        metric.update(value.detach().float(), torch.full_like(value.detach().float(), float(num_samples)))
+        self.log(name, metric, batch_size=num_samples, on_step=False, on_epoch=True,
+                 metric_attribute=f"epoch_means.{key}", **kwargs)  # fmt: skip
 
     # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
     def setup(self, stage: str) -> None:

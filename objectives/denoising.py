@@ -147,11 +147,11 @@ class Denoising(Objective):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, _ = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", loss, batch_size=batch.num_graphs, prog_bar=True, sync_dist=True)
+        self.log_mean("val/loss", loss, batch.num_graphs, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, _ = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", loss, batch_size=batch.num_graphs, sync_dist=True)
+        self.log_mean("test/loss", loss, batch.num_graphs)
 
 
 __all__ = ["AuxDenoising", "Denoising", "gaussian_noise", "sample_sigma"]

@@ -243,11 +243,11 @@ class JEPA(Objective):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         terms = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("val/loss", terms["loss"], batch_size=batch.num_graphs, prog_bar=True, sync_dist=True)
+        self.log_mean("val/loss", terms["loss"], batch.num_graphs, prog_bar=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         terms = self.compute_loss(batch, torch.Generator().manual_seed(batch_idx))
-        self.log("test/loss", terms["loss"], batch_size=batch.num_graphs, sync_dist=True)
+        self.log_mean("test/loss", terms["loss"], batch.num_graphs)
 
 
 __all__ = ["JEPA", "CorruptionConditionedPredictor"]

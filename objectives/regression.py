@@ -295,7 +295,7 @@ class Regression(Objective):
         else:
             pred = self(batch)
             loss = self.loss_fn(pred, batch.y)
-        self.log(f"{stage}/loss", loss, batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
+        self.log_mean(f"{stage}/loss", loss, batch.num_graphs, prog_bar=stage == "val")
         for k, name in enumerate(self.targets):
             _, factor = display_unit(self.units[k])
             metric = self.metrics[f"{stage}_{name}"]

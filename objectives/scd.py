@@ -230,8 +230,8 @@ class SelfConditionedDenoising(Objective):
     def _eval(self, batch, batch_idx: int, stage: str) -> None:
         loss, _ = self.compute_loss(batch, 0.0, torch.Generator().manual_seed(batch_idx))
         masked, _ = self.compute_loss(batch, 1.0, torch.Generator().manual_seed(batch_idx))
-        self.log(f"{stage}/loss", loss, batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
-        self.log(f"{stage}/loss_masked", masked, batch_size=batch.num_graphs, sync_dist=True)
+        self.log_mean(f"{stage}/loss", loss, batch.num_graphs, prog_bar=stage == "val")
+        self.log_mean(f"{stage}/loss_masked", masked, batch.num_graphs)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval(batch, batch_idx, "val")
