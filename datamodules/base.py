@@ -243,15 +243,20 @@ class AtomsDataModule(L.LightningDataModule):
             return
         from ase.data import chemical_symbols
 
+        # a low-data subset (train_size) may miss rare elements by design; the full training split may not
+        pool = self.element_presence("train_pool") if self.train_size is not None else train
+        missing = [z for z in unseen if pool[z] == 0]
         listing = "; ".join(
             f"{chemical_symbols[z]} (Z={z}): " + ", ".join(f"{n} structures in {s}" for s, n in where.items())
             for z, where in sorted(unseen.items())
         )
+        subset = f" (its first train_size={self.train_size})" if self.train_size is not None else ""
         message = (
-            f"{type(self).__name__}: elements absent from the training split ({int(self.splits['train'].size)} structures): "
-            f"{listing}. The model has never seen them, so its numbers for these structures are meaningless"
+            f"{type(self).__name__}: elements absent from the training split{subset} "
+            f"({int(self.splits['train'].size)} structures): {listing}. The model has never seen them, so its "
+            "numbers for these structures are meaningless"
         )
-        if stage == "fit" and not self.allow_unseen_elements:
+        if stage == "fit" and missing and not self.allow_unseen_elements:
             raise ValueError(
                 message + ". Put structures with these elements into the training split (another --data.split_seed or "
                 "--data.split_file) or remove them; --data.allow_unseen_elements true only warns"
@@ -259,9 +264,10 @@ class AtomsDataModule(L.LightningDataModule):
         warnings.warn(message, stacklevel=2)
 
     def element_presence(self, split: str) -> np.ndarray:
-        """``[MAX_Z + 1]`` int64: number of structures of ``split`` that contain each element."""
+        """``[MAX_Z + 1]`` int64: number of structures of ``split`` that contain each element
+        (``"train_pool"``: the training split before the ``train_size`` cut)."""
         self.setup() if self.splits is None else None
-        idx = np.sort(self.splits[split])
+        idx = np.sort(self._train_pool if split == "train_pool" else self.splits[split])
         out = np.zeros(MAX_Z + 1, dtype=np.int64)
         for chunk in np.array_split(idx, max(1, idx.size // 50_000)):
             counts = self.store.counts[chunk]
@@ -296,6 +302,7 @@ class AtomsDataModule(L.LightningDataModule):
 
     def _apply_train_size(self, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Keep the first ``train_size`` molecules of the training split (low-data studies)."""
+        self._train_pool = splits["train"]
         if self.train_size is not None:
             if not 0 < self.train_size <= splits["train"].size:
                 raise ValueError(
@@ -355,6 +362,20 @@ class AtomsDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Cast the batch's floating-point tensors (positions, forces, ...) to the model's dtype, so
+        ``--trainer.precision 64-true`` runs in float64 end to end (Lightning converts only plain
+        tensor collections, not PyG batches). Labels ``y`` stay float64 (large absolute energies)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        dtype = getattr(module, "dtype", None)
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point and hasattr(batch, "keys"):
+            for key in batch.keys():
+                value = batch[key]
+                if key != "y" and torch.is_tensor(value) and value.is_floating_point() and value.dtype != dtype:
+                    batch[key] = value.to(dtype)
+        return batch
 
     # ----- information objectives use ---------------------------------------------------------
     def targets_info(self) -> list[TargetInfo]:

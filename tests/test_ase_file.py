@@ -256,3 +256,20 @@ def test_integer_targets_list_the_valid_names(tmp_path):
         QM9DataModule(targets=[7])
     with pytest.raises(ValueError, match=r"valid names for ASEFileDataModule: energy, gap"):
         dm_for(tmp_path / "x.extxyz", tmp_path, targets=[0], property_keys=["gap"])
+
+
+def test_low_data_subset_missing_a_rare_element_only_warns(tmp_path):
+    """train_size subsets miss rare elements by design (low-data studies): a warning, not an error,
+    as long as the full training split has them."""
+    folder = BAD / "unseen-elements"
+    splits = dict(np.load(folder / "splits.npz"))
+    moved = {"train": np.concatenate([splits["test"], splits["train"]]), "val": splits["val"], "test": splits["test"][:2]}
+    np.savez(tmp_path / "s.npz", **moved)  # Si and Br now in the full training split, not in its first 4 rows
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, forces_key=None, split_file=str(tmp_path / "s.npz"))
+    dm.setup("fit")  # the full training split has every element: silent
+    moved["train"] = np.concatenate([splits["train"], splits["test"]])  # rare elements last: cut by train_size
+    np.savez(tmp_path / "s.npz", **moved)
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, forces_key=None, split_file=str(tmp_path / "s.npz"), train_size=20)
+    with pytest.warns(UserWarning, match=r"absent from the training split \(its first train_size=20\) \(20 structures\): "
+                      r"Si \(Z=14\): 1 structures in test"):
+        dm.setup("fit")
