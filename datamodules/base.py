@@ -21,7 +21,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from .checks import MAX_Z
@@ -363,7 +363,7 @@ class AtomsDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Cast the batch's floating-point tensors (positions, forces, ...) to the model's dtype, so
         ``--trainer.precision 64-true`` runs in float64 end to end (Lightning converts only plain
         tensor collections, not PyG batches). Labels ``y`` stay float64 (large absolute energies)."""
