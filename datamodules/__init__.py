@@ -1,6 +1,7 @@
 """DataModules: molecular datasets as memory-mapped stores with seeded splits.
 
-Add a dataset by subclassing :class:`atomzoo.datamodules.base.AtomsDataModule` (see ``datamodules/qm9.py``).
+Add a dataset by subclassing :class:`atomzoo.datamodules.base.AtomsDataModule`: the contract and a worked
+example are in docs/datasets.md, "Adding a dataset".
 """
 
 from .ase_file import ASEFileDataModule

@@ -6,9 +6,17 @@ and the attached calculator's results (``atoms.calc.results[key]``, e.g. extxyz 
 written by a SinglePointCalculator, or ASE db rows). The file is streamed (``ase.io.iread``) into the
 store in chunks, so RAM stays bounded.
 
-Units: energies and forces are multiplied by ``energy_factor`` to reach ``energy_unit`` (default 1.0,
-eV; e.g. ``energy_factor: 27.211386246`` for Hartree files, ``0.0433641`` for kcal/mol). Positions
-are taken as Angstrom. Other properties keep their units (``property_units`` only labels them).
+Units: the file's units are *declared* by name (``energy_unit``: eV, meV, Hartree, kcal/mol, kJ/mol,
+Rydberg; ``length_unit``: Angstrom, Bohr, nm) and converted with ASE's constants: energies to eV,
+positions to Angstrom, forces by energy/length to eV/A (a Hartree/Bohr force is multiplied by
+Hartree/Bohr = 51.42 eV/A, not by the energy factor alone). The store records the file's units and
+the factors used. Other properties keep their units (``property_units`` only labels them).
+
+Checks (every record, before anything is stored; errors name the file, the record and the key):
+the energy must be one value per structure (a per-atom column such as ``energies`` ``[n_atoms]`` is
+refused with the shape found and the shape needed), forces ``[n_atoms, 3]``, every property one value;
+periodic structures (any ``pbc`` direction true) are refused until periodic support lands, since the
+backbones would silently treat them as free molecules.
 
 The cache fingerprint holds the file's resolved path, size and modification time, the format, index
 and all keys/factors, so editing the file or the options rebuilds the store.
@@ -19,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +38,36 @@ from .storage import StoreWriter
 
 log = logging.getLogger(__name__)
 CHUNK = 10_000
+#: per-structure keys (``atoms.info``) and per-atom arrays that change the physics but no backbone reads
+IGNORED_INFO = ("charge", "total_charge", "spin", "spin_multiplicity", "multiplicity")
+IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
+
+
+def _energy_units() -> dict[str, float]:
+    from ase import units
+
+    return {"eV": 1.0, "meV": 1e-3, "Hartree": units.Hartree, "Rydberg": units.Rydberg,
+            "kcal/mol": units.kcal / units.mol, "kJ/mol": units.kJ / units.mol}  # fmt: skip
+
+
+def _length_units() -> dict[str, float]:
+    from ase import units
+
+    return {"Angstrom": 1.0, "Bohr": units.Bohr, "nm": 10.0}
+
+
+def unit_factor(name: str, kind: str) -> float:
+    """Factor converting a value in unit ``name`` to eV (``kind="energy"``) or Angstrom (``"length"``).
+
+    Raises ``ValueError`` naming the option and the unit names ASE knows.
+    """
+    table = _energy_units() if kind == "energy" else _length_units()
+    if name not in table:
+        raise ValueError(
+            f"{kind}_unit={name!r} is not a known {kind} unit; choose one of {', '.join(table)} "
+            f"(--data.init_args.{kind}_unit)"
+        )
+    return float(table[name])
 
 
 def _lookup(atoms, key: str, per_atom: bool):
@@ -58,8 +97,13 @@ class ASEFileDataModule(AtomsDataModule):
         property_keys: further per-structure scalar properties (labels named by their key).
         property_units: optional unit per property key (metadata only).
         property_pooling: ``"sum"`` or ``"mean"`` per property key (default ``"mean"``).
-        energy_factor: multiplies energies and forces (to ``energy_unit``, ``energy_unit``/A).
-        energy_unit: unit after the factor (default ``"eV"``; metrics then show meV, meV/A).
+        energy_unit: the file's energy unit (``eV``, ``meV``, ``Hartree``, ``Rydberg``, ``kcal/mol``,
+            ``kJ/mol``); energies are stored in eV, forces in eV/A (metrics show meV, meV/A).
+        length_unit: the file's length unit (``Angstrom``, ``Bohr``, ``nm``) of positions and of
+            forces' denominator; positions are stored in Angstrom.
+        energy_factor: removed (one factor for energies and forces was ambiguous: Hartree/Bohr
+            forces came out 0.529x too small); giving it raises a ``ValueError`` pointing to
+            ``energy_unit`` / ``length_unit``.
         targets: labels to train on; default ``["energy"]`` if ``energy_key`` is set, else none.
         forces: train on forces (linked to the regression objective); default: when ``forces_key``
             is set.
@@ -78,14 +122,17 @@ class ASEFileDataModule(AtomsDataModule):
         property_keys: list[str] | None = None,
         property_units: dict[str, str] | None = None,
         property_pooling: dict[str, str] | None = None,
-        energy_factor: float = 1.0,
         energy_unit: str = "eV",
-        targets: list[str] | None = None,
+        length_unit: str = "Angstrom",
+        energy_factor: float | None = None,
+        targets: list[str | int] | str | None = None,
         forces: bool | None = None,
         **kwargs,
     ) -> None:
         if targets is None and energy_key:
             targets = ["energy"]
+        self.energy_key = energy_key  # label_names() works before the base class checks the targets
+        self.property_keys = list(property_keys or [])
         super().__init__(targets=targets, **kwargs)
         self.path = Path(path).expanduser()
         self.format = format
@@ -98,9 +145,20 @@ class ASEFileDataModule(AtomsDataModule):
         for key, pooling in self.property_pooling.items():
             if pooling not in ("sum", "mean"):
                 raise ValueError(f"property_pooling[{key!r}]={pooling!r}: choose 'sum' or 'mean'")
-        self.energy_factor = float(energy_factor)
-        self.energy_unit = energy_unit
-        self.force_unit = f"{energy_unit}/A"
+        if energy_factor is not None:
+            raise ValueError(
+                f"energy_factor={energy_factor} is no longer accepted: it scaled energies and forces alike, which is "
+                "wrong for forces in e.g. Hartree/Bohr. Declare the file's units instead: "
+                "--data.init_args.energy_unit Hartree --data.init_args.length_unit Bohr "
+                f"(energy units: {', '.join(_energy_units())}; length units: {', '.join(_length_units())})"
+            )
+        #: the file's units and the factors to the stored eV / Angstrom / eV/A
+        self.file_energy_unit, self.file_length_unit = energy_unit, length_unit
+        self.energy_factor = unit_factor(energy_unit, "energy")
+        self.length_factor = unit_factor(length_unit, "length")
+        self.force_factor = self.energy_factor / self.length_factor
+        self.energy_unit = "eV"
+        self.force_unit = "eV/A"
         #: read by the CLI: the regression objective trains on forces when this is True
         self.forces = bool(forces_key) if forces is None else bool(forces)
         if self.forces and not forces_key:
@@ -121,8 +179,8 @@ class ASEFileDataModule(AtomsDataModule):
             "energy_key": self.energy_key,
             "forces_key": self.forces_key,
             "property_keys": self.property_keys,
-            "energy_factor": self.energy_factor,
-            "energy_unit": self.energy_unit,
+            "energy_unit": self.file_energy_unit,
+            "length_unit": self.file_length_unit,
         }
 
     def store_path(self) -> Path:
@@ -158,12 +216,21 @@ class ASEFileDataModule(AtomsDataModule):
         from ase.io.formats import string2index
 
         index = string2index(self.index)
-        rows = connect(str(self.path), type="db").select()
-        if isinstance(index, int):
-            rows = itertools.islice(rows, index, index + 1)
+        db = connect(str(self.path), type="db")
+        total = db.count()
+        if isinstance(index, int):  # as for a list: -1 is the last row
+            position = index + total if index < 0 else index
+            if not 0 <= position < total:
+                raise DataFormatError(f"{self.path}: index {self.index!r} is out of range for its {total} rows")
+            start, stop, step = position, position + 1, 1
         else:
-            rows = itertools.islice(rows, index.start, index.stop, index.step)
-        for row in rows:
+            start, stop, step = index.indices(total)  # negative start/stop count from the end, as for a list
+        if step < 0:
+            raise DataFormatError(
+                f"{self.path}: index {self.index!r} reads an ASE database backwards, which is not supported; "
+                "use a positive step (--data.init_args.index)"
+            )
+        for row in itertools.islice(db.select(), start, max(start, stop), step):
             atoms = row.toatoms()
             atoms.info.update(row.key_value_pairs)
             atoms.info.update({k: v for k, v in (row.get("data") or {}).items() if k not in atoms.info})
@@ -175,34 +242,73 @@ class ASEFileDataModule(AtomsDataModule):
         if z.size == 0:
             raise DataFormatError(f"{where}: the structure has no atoms")
         check_atomic_numbers(z, where)
-        pos = np.asarray(atoms.positions, dtype=np.float64)
+        if np.any(atoms.pbc):
+            raise DataFormatError(
+                f"{where}: the structure is periodic (pbc={[bool(p) for p in atoms.pbc]}, cell "
+                f"{np.round(np.asarray(atoms.cell), 4).tolist()}); atomzoo's backbones treat every structure as a "
+                "free molecule and would ignore the periodic images, so periodic files are refused until periodic "
+                "support lands. For a molecule or cluster written with a box, set pbc=False in the file "
+                "(extxyz: pbc=\"F F F\")"
+            )
+        pos = np.asarray(atoms.positions, dtype=np.float64) * self.length_factor
         check_finite(pos[None], "positions", str(self.path), record)
         labels = []
         if self.energy_key:
-            value = _lookup(atoms, self.energy_key, per_atom=False)
-            if value is None:
-                raise DataFormatError(f"{where}: no energy under key {self.energy_key!r} (info: {sorted(atoms.info)})")
-            labels.append(float(np.asarray(value).reshape(-1)[0]) * self.energy_factor)
+            labels.append(self._scalar(atoms, self.energy_key, "energy", where, z.size) * self.energy_factor)
         for key in self.property_keys:
-            value = _lookup(atoms, key, per_atom=False)
-            if value is None:
-                raise DataFormatError(f"{where}: no property {key!r} in atoms.info or calculator results")
-            value = np.asarray(value, dtype=np.float64)
-            if value.size != 1:
-                raise DataFormatError(f"{where}: property {key!r} has shape {value.shape}; only scalars are supported")
-            labels.append(float(value.reshape(-1)[0]))
+            labels.append(self._scalar(atoms, key, "property", where, z.size))
         check_finite(np.asarray([labels]), "labels", str(self.path), record)
+        self._note_ignored(atoms)
         forces = None
         if self.forces_key:
             value = _lookup(atoms, self.forces_key, per_atom=True)
             if value is None:
-                raise DataFormatError(f"{where}: no forces under key {self.forces_key!r}")
+                raise DataFormatError(
+                    f"{where}: no forces under key {self.forces_key!r} (per-atom arrays: {sorted(atoms.arrays)}; "
+                    "--data.init_args.forces_key, or null for none)"
+                )
             forces = np.asarray(value, dtype=np.float64)
             if forces.shape != (z.size, 3):
-                raise DataFormatError(f"{where}: forces have shape {forces.shape}, expected ({z.size}, 3)")
+                raise DataFormatError(
+                    f"{where}: key {self.forces_key!r} (forces) has shape {forces.shape}; forces need one 3-vector "
+                    f"per atom, shape ({z.size}, 3) (--data.init_args.forces_key)"
+                )
             check_finite(forces[None], "forces", str(self.path), record)
-            forces = forces * self.energy_factor
+            forces = forces * self.force_factor
         return z, pos, forces, labels
+
+    def _note_ignored(self, atoms) -> None:
+        """Count structures carrying physics the models do not use (net charge, spin, initial charges/moments)."""
+        found = [k for k in IGNORED_INFO if k in atoms.info and np.any(np.asarray(atoms.info[k], dtype=float) != 0)]
+        found += [k for k in IGNORED_ARRAYS if k in atoms.arrays and np.any(atoms.arrays[k] != 0)]
+        for key in found:
+            self._ignored[key] = self._ignored.get(key, 0) + 1
+
+    def _scalar(self, atoms, key: str, role: str, where: str, n_atoms: int) -> float:
+        """The one value per structure stored under ``key``; a ``DataFormatError`` for any other shape."""
+        value = _lookup(atoms, key, per_atom=False)
+        option = "energy_key" if role == "energy" else "property_keys"
+        if value is None:
+            raise DataFormatError(
+                f"{where}: no {role} under key {key!r} (info: {sorted(atoms.info)}; per-atom arrays: "
+                f"{sorted(atoms.arrays)}) (--data.init_args.{option})"
+            )
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataFormatError(f"{where}: key {key!r} ({role}) holds {value!r}, not a number") from err
+        if array.size != 1:
+            hint = (
+                f" -- it looks like one value per atom ({n_atoms} atoms); give the key of the structure's total "
+                "instead, or sum the per-atom values into one"
+                if array.shape[:1] == (n_atoms,)
+                else ""
+            )
+            raise DataFormatError(
+                f"{where}: key {key!r} ({role}) has shape {tuple(array.shape)}; the {role} needs one value per "
+                f"structure, shape () or (1,){hint} (--data.init_args.{option})"
+            )
+        return float(array.reshape(-1)[0])
 
     def build_store(self, path: Path) -> None:
         names = self.label_names()
@@ -222,6 +328,7 @@ class ASEFileDataModule(AtomsDataModule):
                     v.clear()
 
             n = 0
+            self._ignored: dict[str, int] = {}
             for record, atoms in self._iter_structures():
                 z, pos, forces, labels = self._convert(record, atoms)
                 elements.update(int(v) for v in np.unique(z))
@@ -236,12 +343,32 @@ class ASEFileDataModule(AtomsDataModule):
             flush()
             if n == 0:
                 raise DataFormatError(f"{self.path}: no structures read (index {self.index!r})")
-            writer.meta["label_names"] = names
-            writer.meta["label_units"] = [self.energy_unit if k == "energy" else self.property_units.get(k, "") for k in names]
-            writer.meta["atomic_numbers"] = sorted(elements)
-            writer.meta["units"] = {"positions": "A", "energy": self.energy_unit, "forces": self.force_unit,
-                                    "energy_factor": self.energy_factor}  # fmt: skip
+            writer.describe(
+                names,
+                [self.energy_unit if k == "energy" else self.property_units.get(k, "") for k in names],
+                sorted(elements),
+                force_unit=self.force_unit if self.forces_key else None,
+            )
+            writer.meta["units"] = {
+                "positions": "A", "energy": self.energy_unit, "forces": self.force_unit,
+                "source_energy": self.file_energy_unit, "source_length": self.file_length_unit,
+                "source_forces": f"{self.file_energy_unit}/{self.file_length_unit}",
+                "energy_factor": self.energy_factor, "length_factor": self.length_factor,
+                "force_factor": self.force_factor,
+            }  # fmt: skip
             writer.meta["source"] = str(self.path)
+            writer.meta["ignored"] = self._ignored
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        ignored = self.store.meta.get("ignored") or {}
+        if ignored and not getattr(self, "_warned_ignored", False):
+            self._warned_ignored = True
+            warnings.warn(
+                f"{self.path}: the models ignore " + ", ".join(f"non-zero {k!r} in {n} structures" for k, n in ignored.items())
+                + "; predictions are the same for every charge/spin state",
+                stacklevel=2,
+            )
 
     def target_info(self, name: str) -> TargetInfo:
         if name == "energy" and self.energy_key:

@@ -14,15 +14,17 @@ plus any per-atom label arrays the store has (e.g. ``forces`` ``[N, 3]``).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
+from .checks import MAX_Z
 from .corruption import Corruption
 from .loaders import ExactDistributedSampler, ResumableDataLoader
 from .splits import load_splits, random_split, save_splits
@@ -118,13 +120,26 @@ class AtomsDataModule(L.LightningDataModule):
         corruption_rate: fraction of training molecules corrupted.
         corruption_scale: size of the corruption (Angstrom, or label standard deviations).
         corruption_seed: which molecules are corrupted and how.
+        allow_unseen_elements: a training run (``fit``) refuses data whose validation or test split
+            holds elements absent from the training split (the model has never seen them: their
+            predictions are meaningless); ``True`` turns that error into a warning.
+
+    The dataset contract (what every subclass declares; see docs/datasets.md "Adding a dataset"):
+    :meth:`store_path`, :meth:`fingerprint`, :meth:`label_names`, :meth:`build_store` (which must call
+    :meth:`~atomzoo.datamodules.storage.StoreWriter.describe` with label names, units, atomic
+    numbers and the force unit), :meth:`target_info`, and the attributes :attr:`forces` /
+    :attr:`force_unit` when the store has per-atom forces.
     """
 
     name = "atoms"
+    #: read by the CLI (linked to the regression objective's ``forces``): train on per-atom forces
+    forces: bool = False
+    #: unit of the per-atom ``forces`` array (e.g. ``"eV/A"``); ``None`` when the dataset has none
+    force_unit: str | None = None
 
     def __init__(
         self,
-        targets: list[str] | None = None,
+        targets: list[str | int] | str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -140,14 +155,27 @@ class AtomsDataModule(L.LightningDataModule):
         corruption_rate: float = 0.0,
         corruption_scale: float = 0.5,
         corruption_seed: int = 0,
+        allow_unseen_elements: bool = False,
     ) -> None:
         super().__init__()
+        self.allow_unseen_elements = bool(allow_unseen_elements)
+        self._checked_stages: set[str] = set()
         self.corruption = (
             Corruption(corruption, corruption_rate, corruption_scale, corruption_seed) if corruption else None
         )
         if isinstance(targets, str):
             targets = [targets]
         self.targets = list(targets) if targets is not None else None
+        numbers = [t for t in self.targets or [] if not isinstance(t, str)]
+        if numbers:
+            try:
+                names = ", ".join(self.label_names())
+            except (AttributeError, NotImplementedError):  # names known only once the store is read
+                names = "see docs/datasets.md"
+            raise ValueError(
+                f"--data.targets {self.targets}: targets are label names, not column numbers ({numbers} given, "
+                f"PyG-style); valid names for {type(self).__name__}: {names}"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -177,6 +205,10 @@ class AtomsDataModule(L.LightningDataModule):
         """Metadata of label ``name``."""
         raise NotImplementedError
 
+    def label_names(self) -> list[str]:
+        """Names of the store's label columns, in order (valid ``targets``); known before the store is built."""
+        raise NotImplementedError
+
     # ----- Lightning hooks ------------------------------------------------------------------------
     def prepare_data(self) -> None:
         open_or_build(self.store_path(), self.fingerprint(), self.build_store)
@@ -188,6 +220,65 @@ class AtomsDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = self._make_splits()
             self._save_splits_next_to_run()
+        if stage is not None and stage not in self._checked_stages:
+            self._checked_stages.add(stage)
+            self._check_splits(stage)
+
+    def _check_splits(self, stage: str) -> None:
+        """Refuse an empty split the stage needs; report elements absent from the training split."""
+        needed = {"validate": "val", "test": "test", "predict": "test"}.get(stage)
+        if needed and self.splits[needed].size == 0:
+            raise ValueError(
+                f"{type(self).__name__}: the {needed} split is empty (num_train={self.num_train}, num_val={self.num_val}, "
+                f"num_test={self.num_test} of {len(self.store)} molecules) so `{stage}` has nothing to evaluate; "
+                "lower --data.num_train / --data.num_val or set --data.num_test"
+            )
+        train = self.element_presence("train")
+        unseen = {}
+        for split in ("val", "test") if stage == "fit" else (needed,) if needed else ():
+            counts = self.element_presence(split)
+            for z in np.flatnonzero((counts > 0) & (train == 0)):
+                unseen.setdefault(int(z), {})[split] = int(counts[z])
+        if not unseen:
+            return
+        from ase.data import chemical_symbols
+
+        # a low-data subset (train_size) may miss rare elements by design; the full training split may not
+        pool = self.element_presence("train_pool") if self.train_size is not None else train
+        missing = [z for z in unseen if pool[z] == 0]
+        listing = "; ".join(
+            f"{chemical_symbols[z]} (Z={z}): " + ", ".join(f"{n} structures in {s}" for s, n in where.items())
+            for z, where in sorted(unseen.items())
+        )
+        subset = f" (its first train_size={self.train_size})" if self.train_size is not None else ""
+        message = (
+            f"{type(self).__name__}: elements absent from the training split{subset} "
+            f"({int(self.splits['train'].size)} structures): {listing}. The model has never seen them, so its "
+            "numbers for these structures are meaningless"
+        )
+        if stage == "fit" and missing and not self.allow_unseen_elements:
+            raise ValueError(
+                message + ". Put structures with these elements into the training split (another --data.split_seed or "
+                "--data.split_file) or remove them; --data.allow_unseen_elements true only warns"
+            )
+        warnings.warn(message, stacklevel=2)
+
+    def element_presence(self, split: str) -> np.ndarray:
+        """``[MAX_Z + 1]`` int64: number of structures of ``split`` that contain each element
+        (``"train_pool"``: the training split before the ``train_size`` cut)."""
+        self.setup() if self.splits is None else None
+        idx = np.sort(self._train_pool if split == "train_pool" else self.splits[split])
+        out = np.zeros(MAX_Z + 1, dtype=np.int64)
+        for chunk in np.array_split(idx, max(1, idx.size // 50_000)):
+            counts = self.store.counts[chunk]
+            if counts.sum() == 0:
+                continue
+            starts = self.store.offsets[chunk]
+            rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            z = np.asarray(self.store.arrays["z"][rows], dtype=np.int64)
+            pairs = np.unique(np.repeat(np.arange(chunk.size), counts) * (MAX_Z + 1) + z)
+            out += np.bincount(pairs % (MAX_Z + 1), minlength=MAX_Z + 1)
+        return out
 
     def _resolve_targets(self) -> list[int] | None:
         if self.targets is None:
@@ -207,6 +298,11 @@ class AtomsDataModule(L.LightningDataModule):
             splits = load_splits(self.split_file, total)
         else:
             splits = random_split(total, self.num_train, self.num_val, self.num_test, self.split_seed)
+        return self._apply_train_size(splits)
+
+    def _apply_train_size(self, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Keep the first ``train_size`` molecules of the training split (low-data studies)."""
+        self._train_pool = splits["train"]
         if self.train_size is not None:
             if not 0 < self.train_size <= splits["train"].size:
                 raise ValueError(
@@ -266,6 +362,20 @@ class AtomsDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        """Cast the batch's floating-point tensors (positions, forces, ...) to the model's dtype, so
+        ``--trainer.precision 64-true`` runs in float64 end to end (Lightning converts only plain
+        tensor collections, not PyG batches). Labels ``y`` stay float64 (large absolute energies)."""
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        dtype = getattr(module, "dtype", None)
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point and hasattr(batch, "keys"):
+            for key in batch.keys():
+                value = batch[key]
+                if key != "y" and torch.is_tensor(value) and value.is_floating_point() and value.dtype != dtype:
+                    batch[key] = value.to(dtype)
+        return batch
 
     # ----- information objectives use ---------------------------------------------------------
     def targets_info(self) -> list[TargetInfo]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 from torch_geometric.loader import DataLoader
 
 
@@ -35,7 +35,7 @@ class ResumableSampler(DistributedSampler):
     ``skip`` samples (of this rank's share) are dropped from the start of the next iteration only.
     """
 
-    def __init__(self, dataset, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
         replicas, rank = _world()
         super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.skip = 0
@@ -49,7 +49,7 @@ class ResumableSampler(DistributedSampler):
 class ExactDistributedSampler(DistributedSampler):
     """Rank ``r`` of ``R`` gets molecules ``r, r + R, r + 2R, ...`` in order: no padding, no repeats."""
 
-    def __init__(self, dataset) -> None:
+    def __init__(self, dataset: Dataset) -> None:
         replicas, rank = _world()
         super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=False, drop_last=False)
         self.num_samples = len(range(self.rank, len(self.dataset), self.num_replicas))
@@ -68,7 +68,7 @@ class ResumableDataLoader(DataLoader):
             Lightning's prefetch).
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, batches_done: Callable[[], int], **kwargs) -> None:
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, batches_done: Callable[[], int], **kwargs) -> None:
         self.resumable_sampler = ResumableSampler(dataset, shuffle=True, seed=seed)
         super().__init__(dataset, batch_size=batch_size, sampler=self.resumable_sampler, **kwargs)
         self._batches_done = batches_done

@@ -117,7 +117,7 @@ class _TrajectoryDataModule(AtomsDataModule):
         self,
         root: str,
         molecule: str,
-        targets: list[str] | None = None,
+        targets: list[str | int] | str | None = None,
         forces: bool = True,
         units: str = "eV",
         batch_size: int = 10,
@@ -188,9 +188,7 @@ class _TrajectoryDataModule(AtomsDataModule):
                         "frame": np.arange(start, stop, dtype=np.int64),
                     },
                 )
-            writer.meta["label_names"] = ["energy"]
-            writer.meta["label_units"] = [self.energy_unit]
-            writer.meta["atomic_numbers"] = sorted(int(v) for v in np.unique(z))
+            writer.describe(["energy"], [self.energy_unit], np.unique(z).tolist(), force_unit=self.force_unit)
             writer.meta["units"] = {
                 "positions": "A",
                 "energy": self.energy_unit,
@@ -201,6 +199,9 @@ class _TrajectoryDataModule(AtomsDataModule):
             }
             writer.meta["source"] = str(self.raw_file())
             writer.meta["molecule"] = self.molecule
+
+    def label_names(self) -> list[str]:
+        return ["energy"]
 
     def target_info(self, name: str) -> TargetInfo:
         if name != "energy":
@@ -275,27 +276,9 @@ class RMD17DataModule(_TrajectoryDataModule):
         root: str,
         molecule: str,
         official_split: int | None = None,
-        targets: list[str] | None = None,
-        forces: bool = True,
-        units: str = "eV",
-        batch_size: int = 10,
-        eval_batch_size: int | None = 100,
-        num_train: int | float = 950,
-        num_val: int | float = 50,
         **kwargs,
     ) -> None:
-        super().__init__(
-            root=root,
-            molecule=molecule,
-            targets=targets,
-            forces=forces,
-            units=units,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_train=num_train,
-            num_val=num_val,
-            **kwargs,
-        )
+        super().__init__(root=root, molecule=molecule, **kwargs)
         if official_split is not None and official_split not in (1, 2, 3, 4, 5):
             raise ValueError(f"official_split={official_split!r}: choose 1..5 or None")
         self.official_split = official_split
@@ -331,11 +314,7 @@ class RMD17DataModule(_TrajectoryDataModule):
         if not 0 <= n_val < train_all.size:
             raise ValueError(f"num_val={self.num_val} must be smaller than the {train_all.size} official train indices")
         perm = train_all[np.random.default_rng(self.split_seed).permutation(train_all.size)]
-        splits = {"train": perm[: perm.size - n_val], "val": perm[perm.size - n_val :], "test": test}
-        if self.train_size is not None:
-            if not 0 < self.train_size <= splits["train"].size:
-                raise ValueError(f"train_size={self.train_size} must be between 1 and {splits['train'].size}")
-            splits["train"] = splits["train"][: self.train_size]
+        splits = self._apply_train_size({"train": perm[: perm.size - n_val], "val": perm[perm.size - n_val :], "test": test})
         log.info("rMD17 official split %d: %d train / %d val / %d test", self.official_split,
                  splits["train"].size, splits["val"].size, splits["test"].size)  # fmt: skip
         return splits

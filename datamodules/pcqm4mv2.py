@@ -127,7 +127,7 @@ class PCQM4Mv2DataModule(AtomsDataModule):
         sdf_path: str | None = None,
         xyz_path: str | None = None,
         add_hydrogens: bool = False,
-        targets: list[str] | None = None,
+        targets: list[str | int] | str | None = None,
         on_bad_record: str = "skip",
         chunk_size: int = 50_000,
         num_train: int | float = 0.95,
@@ -321,14 +321,15 @@ class PCQM4Mv2DataModule(AtomsDataModule):
                 )
             if n_records - len(skipped) == 0:
                 raise DataFormatError(f"{source}: no usable molecules")
-            writer.meta["label_names"] = LABEL_NAMES
-            writer.meta["label_units"] = ["eV"]
-            writer.meta["atomic_numbers"] = sorted(int(v) for v in elements)
+            writer.describe(LABEL_NAMES, ["eV"], sorted(int(v) for v in elements))
             writer.meta["num_records"] = n_records
             writer.meta["num_skipped"] = len(skipped)
             writer.meta["skipped_records"] = skipped[:1000]
             writer.meta["skip_reasons"] = reasons
         self.num_skipped = len(skipped)
+
+    def label_names(self) -> list[str]:
+        return list(LABEL_NAMES)
 
     def target_info(self, name: str) -> TargetInfo:
         if name != "homolumogap":

@@ -27,7 +27,6 @@ from .base import AtomsDataModule, TargetInfo
 from .storage import StoreWriter
 
 HARTREE_EV = create_units("2018")["Hartree"]
-KCALMOL_EV = create_units("2018")["kcal"] / create_units("2018")["mol"]
 ELEMENTS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 
 #: name -> (unit, default pooling), in PyG's column order.
@@ -229,7 +228,7 @@ class QM9DataModule(AtomsDataModule):
 
     def __init__(
         self,
-        targets: list[str] | None = None,
+        targets: list[str | int] | str | None = None,
         raw_dir: str | None = None,
         num_train: int | float = 110_000,
         num_val: int | float = 10_000,
@@ -264,9 +263,10 @@ class QM9DataModule(AtomsDataModule):
                 counts=data["counts"],
                 molecules={"labels": data["labels"], "gdb_index": data["gdb_index"]},
             )
-            writer.meta["label_names"] = LABEL_NAMES
-            writer.meta["label_units"] = [LABELS[n][0] for n in LABEL_NAMES]
-            writer.meta["atomic_numbers"] = sorted(int(v) for v in np.unique(data["z"]))
+            writer.describe(LABEL_NAMES, [LABELS[n][0] for n in LABEL_NAMES], np.unique(data["z"]).tolist())
+
+    def label_names(self) -> list[str]:
+        return list(LABEL_NAMES)
 
     def target_info(self, name: str) -> TargetInfo:
         if name not in LABELS:

@@ -38,12 +38,16 @@ class StoreWriter:
     Usage::
 
         with StoreWriter(path, fingerprint={...}) as w:
-            w.append(atoms={"z": z, "pos": pos}, counts=n_atoms, molecules={"y": labels})
-            w.meta["label_names"] = [...]
+            w.append(atoms={"z": z, "pos": pos}, counts=n_atoms, molecules={"labels": labels})
+            w.describe(label_names=["energy"], label_units=["eV"], atomic_numbers=[1, 6, 8])
 
     ``atoms`` arrays have one row per atom of the chunk, ``molecules`` arrays one row per molecule,
     ``counts`` gives atoms per molecule. Dtypes and trailing shapes are fixed by the first chunk.
     On success the directory is moved into place atomically; on error nothing is left behind.
+
+    The dataset contract: :meth:`describe` must be called before the block ends, and what it declares
+    must match what was written (label columns, elements, forces and their unit); otherwise the
+    store is not written and a ``ValueError`` names the mismatch.
     """
 
     def __init__(self, path: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
@@ -56,6 +60,8 @@ class StoreWriter:
         self._num_atoms = 0
         self._num_molecules = 0
         self._offsets: list[np.ndarray] = []
+        self._elements: set[int] = set()
+        self._described = False
 
     def __enter__(self) -> StoreWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +83,53 @@ class StoreWriter:
         self._files[name].write(array.tobytes())
         spec["rows"] += array.shape[0]
 
+    def describe(
+        self,
+        label_names: list[str],
+        label_units: list[str],
+        atomic_numbers: list[int],
+        force_unit: str | None = None,
+    ) -> None:
+        """Declare what the store holds (required; checked against the written arrays on exit).
+
+        Args:
+            label_names: one name per column of the per-molecule ``labels`` array (``[]``: no labels).
+            label_units: the unit of each label (``""`` for dimensionless or unknown).
+            atomic_numbers: the distinct elements of the store.
+            force_unit: unit of the per-atom ``forces`` array (e.g. ``"eV/A"``); ``None`` when there is none.
+        """
+        if len(label_units) != len(label_names):
+            raise ValueError(f"store {self.path}: {len(label_names)} label names but {len(label_units)} units")
+        self.meta["label_names"] = [str(n) for n in label_names]
+        self.meta["label_units"] = [str(u) for u in label_units]
+        self.meta["atomic_numbers"] = sorted(int(z) for z in atomic_numbers)
+        self.meta["force_unit"] = force_unit
+        self._described = True
+
+    def _check_description(self) -> None:
+        where = f"store {self.path}"
+        if not self._described:
+            raise ValueError(
+                f"{where}: the reader did not call StoreWriter.describe(label_names, label_units, atomic_numbers, "
+                "force_unit) -- the dataset contract of docs/datasets.md"
+            )
+        names = self.meta["label_names"]
+        labels = self._specs.get("labels")
+        columns = (labels["trailing"] or [1])[0] if labels else 0
+        if columns != len(names):
+            raise ValueError(f"{where}: 'labels' has {columns} columns but {len(names)} label names were declared: {names}")
+        if "z" in self._specs and set(self.meta["atomic_numbers"]) != self._elements:
+            raise ValueError(
+                f"{where}: declared atomic_numbers {self.meta['atomic_numbers']} differ from the elements written "
+                f"{sorted(self._elements)}"
+            )
+        has_forces = "forces" in self._specs
+        if has_forces != (self.meta["force_unit"] is not None):
+            raise ValueError(
+                f"{where}: " + ("a 'forces' array was written without a force_unit" if has_forces
+                                else f"force_unit {self.meta['force_unit']!r} declared but no 'forces' array written")
+            )  # fmt: skip
+
     def append(
         self,
         atoms: dict[str, np.ndarray],
@@ -89,6 +142,8 @@ class StoreWriter:
             if array.shape[0] != total:
                 raise ValueError(f"per-atom array '{name}' has {array.shape[0]} rows, counts sum to {total}")
             self._write(name, array, "atom")
+            if name == "z":
+                self._elements.update(int(v) for v in np.unique(array))
         for name, array in (molecules or {}).items():
             if array.shape[0] != counts.size:
                 raise ValueError(f"per-molecule array '{name}' has {array.shape[0]} rows for {counts.size} molecules")
@@ -105,6 +160,7 @@ class StoreWriter:
             shutil.rmtree(self._tmp, ignore_errors=True)
             return
         try:
+            self._check_description()
             offsets = np.concatenate([np.zeros(1, np.int64), *self._offsets]).astype(np.int64)
             offsets.tofile(self._tmp / "offsets.bin")
             arrays = {
@@ -194,5 +250,6 @@ def open_or_build(path: str | os.PathLike, fingerprint: dict[str, Any], build) -
     try:
         return Store(path, fingerprint)
     except StaleCacheError:
-        build(Path(path))
-        return Store(path, fingerprint)
+        pass  # build outside the handler: a reader's error must not carry "no store yet" as its context
+    build(Path(path))
+    return Store(path, fingerprint)

@@ -30,8 +30,12 @@ import warnings
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch import nn
+from torchmetrics import MeanMetric
 
 from atomzoo.backbones.base import Backbone
+
+from . import provenance
 
 # Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
 # it); Lightning's advice to ignore nn.Module arguments does not apply to that.
@@ -97,6 +101,8 @@ class Objective(L.LightningModule):
         self.ema_decay = ema_decay
         self.init_from = init_from
         self.freeze_backbone = bool(freeze_backbone)
+        #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
+        self.epoch_means = nn.ModuleDict()
         if init_from:
             from .export import load_into_backbone
 
@@ -127,6 +133,32 @@ class Objective(L.LightningModule):
                 checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    def log_mean(self, name: str, value: torch.Tensor, num_samples: int, **kwargs) -> None:
+        """Log the exact per-sample mean of ``value`` over the epoch and all DDP ranks.
+
+        ``value`` is a batch's mean over its ``num_samples`` samples; a torchmetrics ``MeanMetric``
+        weighted by ``num_samples`` sums value x samples and samples over batches and ranks, so an
+        uneven last batch or uneven DDP shards do not bias the result (Lightning's default reduction
+        averages the per-rank means). ``kwargs`` go to ``self.log`` (e.g. ``prog_bar``).
+        """
+        key = name.replace("/", "__")
+        if key not in self.epoch_means:
+            self.epoch_means[key] = MeanMetric().to(value.device)
+        metric = self.epoch_means[key]
+        metric.update(value.detach().float(), torch.full_like(value.detach().float(), float(num_samples)))
+        self.log(name, metric, batch_size=num_samples, on_step=False, on_epoch=True,
+                 metric_attribute=f"epoch_means.{key}", **kwargs)  # fmt: skip
+
+    # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
+    def setup(self, stage: str) -> None:
+        provenance.on_setup(self, stage)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        provenance.on_save_checkpoint(self, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        provenance.on_load_checkpoint(self, checkpoint)
+
     def train(self, mode: bool = True):
         """As ``nn.Module.train``, but a frozen backbone (``freeze_backbone``) stays in eval mode."""
         super().train(mode)
@@ -147,13 +179,14 @@ class Objective(L.LightningModule):
         return self.compute_loss(batch, generator)
 
     def log_terms(self, stage: str, terms: dict[str, torch.Tensor], batch_size: int) -> None:
-        """Log every 0-dim term as ``{stage}/{name}`` (``loss`` on the progress bar; synchronised over
-        DDP ranks outside training)."""
-        sync = stage != "train"
+        """Log every 0-dim term as ``{stage}/{name}`` (``loss`` on the progress bar). Outside training
+        each is the exact per-sample mean over the epoch and all DDP ranks (:meth:`log_mean`)."""
         for name, value in terms.items():
             if isinstance(value, torch.Tensor) and value.dim() == 0:
-                self.log(f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss" and stage != "test",
-                         sync_dist=sync)
+                if stage == "train":
+                    self.log(f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss")
+                else:
+                    self.log_mean(f"{stage}/{name}", value, batch_size, prog_bar=name == "loss" and stage == "val")
 
     def log_diagnostics(self, embedding: torch.Tensor | None) -> None:
         """Collapse diagnostics (:mod:`atomzoo.objectives.diagnostics`) of ``embedding`` every

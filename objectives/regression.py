@@ -137,6 +137,7 @@ class Regression(Objective):
         return choice
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # records what the numbers depend on (objectives/provenance.py)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "targets_info"):
             if not bool(self.stats_ready):
@@ -209,10 +210,12 @@ class Regression(Objective):
         self.stats_ready.fill_(True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["target_units"] = self.units
         checkpoint["force_unit"] = self.force_unit
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.units = checkpoint.get("target_units", self.units)
         self.force_unit = checkpoint.get("force_unit", self.force_unit)
 
@@ -292,7 +295,7 @@ class Regression(Objective):
         else:
             pred = self(batch)
             loss = self.loss_fn(pred, batch.y)
-        self.log(f"{stage}/loss", loss, batch_size=batch.num_graphs, prog_bar=stage == "val", sync_dist=True)
+        self.log_mean(f"{stage}/loss", loss, batch.num_graphs, prog_bar=stage == "val")
         for k, name in enumerate(self.targets):
             _, factor = display_unit(self.units[k])
             metric = self.metrics[f"{stage}_{name}"]

@@ -13,6 +13,7 @@ from atomzoo.datamodules import ASEFileDataModule
 from atomzoo.datamodules.checks import DataFormatError
 
 FIXTURE = Path(__file__).parent / "data" / "md17_fixture" / "md17_ethanol.npz"
+BAD = Path(__file__).parent / "data" / "bad_inputs"
 
 
 def frames(n=20):
@@ -35,7 +36,7 @@ def dm_for(path, tmp_path, **kw):
 def test_extxyz_energy_forces_properties_and_units(tmp_path):
     raw, atoms = frames()
     write(tmp_path / "md.extxyz", atoms)
-    dm = dm_for(tmp_path / "md.extxyz", tmp_path, property_keys=["gap"], energy_factor=0.0433641,
+    dm = dm_for(tmp_path / "md.extxyz", tmp_path, property_keys=["gap"], energy_unit="kcal/mol",
                 targets=["energy", "gap"])  # fmt: skip
     dm.setup()
     store = dm.store
@@ -94,7 +95,7 @@ def _expect(tmp_path, atoms, match, **kw):
 def test_missing_key_names_file_and_record(tmp_path):
     _, atoms = frames(6)
     del atoms[4].info["gap"]
-    _expect(tmp_path, atoms, r"bad.extxyz, record 4: no property 'gap'", property_keys=["gap"])
+    _expect(tmp_path, atoms, r"bad.extxyz, record 4: no property under key 'gap'", property_keys=["gap"])
 
 
 def test_nan_positions_and_labels(tmp_path):
@@ -125,5 +126,150 @@ def test_mismatched_forces_shape(tmp_path):
     atoms[1].calc.results["forces"] = atoms[1].calc.results["forces"][:, :2]
     write(tmp_path / "f.traj", atoms)
     dm = dm_for(tmp_path / "f.traj", tmp_path, num_train=1, num_val=1)
-    with pytest.raises(DataFormatError, match=r"record 1: forces have shape \(9, 2\)"):
+    with pytest.raises(DataFormatError, match=r"record 1: key 'forces' \(forces\) has shape \(9, 2\); forces need .* shape \(9, 3\)"):
         dm.prepare_data()
+
+
+# ----- issue 19: the bad inputs of real users' files (tests/data/bad_inputs/) -------------------------------
+def test_per_atom_energy_column_is_refused_with_shapes(tmp_path):
+    """A per-atom ``energies`` column given as energy_key was read as its first atom's value."""
+    dm = dm_for(BAD / "per-atom-energy-key/per_atom_energies.extxyz", tmp_path, energy_key="energies", forces_key=None)
+    with pytest.raises(DataFormatError, match=r"per_atom_energies.extxyz, record 0: key 'energies' \(energy\) has "
+                       r"shape \(5,\); the energy needs one value per structure.*one value per atom \(5 atoms\)"):
+        dm.prepare_data()
+    assert not list((tmp_path / "cache").rglob("meta.json"))
+
+
+def test_every_role_checks_its_shape(tmp_path):
+    _, atoms = frames(4)
+    atoms[2].info["gap"] = np.array([1.0, 2.0])
+    _expect(tmp_path, atoms, r"record 2: key 'gap' \(property\) has shape \(2,\); the property needs one value",
+            property_keys=["gap"])
+    _, atoms = frames(4)
+    atoms[1].info["gap"] = "high"
+    _expect(tmp_path, atoms, r"record 1: key 'gap' \(property\) holds 'high', not a number", property_keys=["gap"])
+
+
+def test_periodic_structure_is_refused(tmp_path):
+    dm = dm_for(BAD / "periodic-cell/cu_bulk.extxyz", tmp_path)
+    with pytest.raises(DataFormatError, match=r"cu_bulk.extxyz, record 0: the structure is periodic \(pbc=\[True, True, "
+                       r"True\], cell \[\[3.61.*pbc=\"F F F\""):
+        dm.prepare_data()
+    _, atoms = frames(4)  # one periodic direction is enough
+    atoms[2].pbc = [False, False, True]
+    atoms[2].cell = [10, 10, 10]
+    _expect(tmp_path, atoms, r"record 2: the structure is periodic \(pbc=\[False, False, True\]")
+
+
+def test_net_charge_and_spin_are_reported_not_dropped_silently(tmp_path):
+    _, atoms = frames(6)
+    atoms[1].info["charge"] = -1
+    atoms[4].info["spin"] = 1
+    atoms[0].info["charge"] = 0  # neutral: nothing to say
+    write(tmp_path / "c.extxyz", atoms)
+    dm = dm_for(tmp_path / "c.extxyz", tmp_path, num_train=3, num_val=1)
+    with pytest.warns(UserWarning, match=r"c.extxyz: the models ignore non-zero 'charge' in 1 structures, non-zero "
+                      r"'spin' in 1 structures"):
+        dm.setup()
+    assert dm.store.meta["ignored"] == {"charge": 1, "spin": 1}
+
+
+def test_hartree_bohr_forces_are_converted_by_energy_over_length(tmp_path):
+    from ase.io import read
+
+    folder = BAD / "hartree-bohr-forces"
+    dm = dm_for(folder / "qc_units.extxyz", tmp_path, energy_key="E_hartree", forces_key="F_hartree_bohr",
+                energy_unit="Hartree", length_unit="Bohr")  # fmt: skip
+    dm.setup()
+    ref = np.load(folder / "ref_forces_eV_A.npy")
+    frames_ = read(folder / "qc_units.extxyz", ":")
+    n0 = len(frames_[0])
+    assert ref.shape == dm.store.arrays["forces"].shape  # all atoms of all frames, eV/A
+    assert np.allclose(dm.store.arrays["forces"], ref, rtol=1e-5, atol=1e-6)
+    assert np.allclose(dm.store.arrays["labels"][0, 0], frames_[0].info["E_hartree"] * 27.211386024367243)
+    assert np.allclose(dm.store.arrays["pos"][:n0], frames_[0].positions * 0.5291772105638411, atol=1e-6)
+    units = dm.store.meta["units"]
+    assert units["energy"] == "eV" and units["forces"] == "eV/A" and units["source_forces"] == "Hartree/Bohr"
+    assert units["force_factor"] == pytest.approx(27.211386024367243 / 0.5291772105638411)
+    with pytest.raises(ValueError, match=r"energy_factor=27.2.* no longer accepted.*energy_unit Hartree"):
+        dm_for(folder / "qc_units.extxyz", tmp_path, energy_factor=27.211386246)
+    with pytest.raises(ValueError, match=r"energy_unit='hartree' is not a known energy unit; choose one of eV, meV, "
+                       r"Hartree"):
+        dm_for(folder / "qc_units.extxyz", tmp_path, energy_unit="hartree")
+
+
+@pytest.mark.parametrize("index, rows", [("-5:", [25, 26, 27, 28, 29]), ("-1", [29]), ("::7", [0, 7, 14, 21, 28]),
+                                         ("3:-24", [3, 4, 5])])  # fmt: skip
+def test_ase_db_negative_and_stepped_index_like_extxyz(tmp_path, index, rows):
+    import shutil
+
+    shutil.copy(BAD / "ase-db-negative-index/frames.db", tmp_path / "frames.db")
+    from ase.io import read
+
+    db = dm_for(tmp_path / "frames.db", tmp_path, index=index, forces_key=None, num_train=1, num_val=0)
+    db.setup()
+    every = read(tmp_path / "frames.db", ":")
+    assert len(every) == 30 and len(db.store) == len(rows)
+    expected = np.concatenate([every[i].positions for i in rows])
+    assert np.allclose(db.store.arrays["pos"], expected, atol=1e-5)
+
+
+def test_ase_db_backwards_index_is_refused(tmp_path):
+    db = dm_for(BAD / "ase-db-negative-index/frames.db", tmp_path, index="::-1", forces_key=None)
+    with pytest.raises(DataFormatError, match=r"frames.db: index '::-1' reads an ASE database backwards"):
+        db.prepare_data()
+
+
+def test_elements_absent_from_training_are_an_error_for_fit_and_a_warning_for_evaluation(tmp_path):
+    folder = BAD / "unseen-elements"
+    kw = dict(forces_key=None, split_file=str(folder / "splits.npz"))
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, **kw)
+    with pytest.raises(ValueError, match=r"elements absent from the training split \(40 structures\): Si \(Z=14\): 4 "
+                       r"structures in test; Br \(Z=35\): 4 structures in test\..*--data.allow_unseen_elements true"):
+        dm.setup("fit")
+    for stage in ("test", "predict"):
+        dm = dm_for(folder / "unseen.extxyz", tmp_path, **kw)
+        with pytest.warns(UserWarning, match=r"Si \(Z=14\): 4 structures in test; Br \(Z=35\): 4 structures in test"):
+            dm.setup(stage)
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, allow_unseen_elements=True, **kw)
+    with pytest.warns(UserWarning, match=r"Br \(Z=35\)"):
+        dm.setup("fit")
+    assert dm.element_presence("train")[[1, 6, 7, 8, 14, 35]].tolist()[-2:] == [0, 0]
+    assert dm.element_presence("test")[[14, 35]].tolist() == [4, 4]
+
+
+def test_empty_evaluation_split_is_an_error(tmp_path):
+    _, atoms = frames(10)
+    write(tmp_path / "md.extxyz", atoms)
+    dm = dm_for(tmp_path / "md.extxyz", tmp_path, num_train=0.8, num_val=0.2)
+    dm.setup("fit")  # training needs no test split
+    with pytest.raises(ValueError, match=r"the test split is empty \(num_train=0.8, num_val=0.2, num_test=None of 10 "
+                       r"molecules\).*--data.num_test"):
+        dm.setup("test")
+
+
+def test_integer_targets_list_the_valid_names(tmp_path):
+    from atomzoo.datamodules import QM9DataModule
+
+    with pytest.raises(ValueError, match=r"targets are label names, not column numbers \(\[7\] given, PyG-style\); "
+                       r"valid names for QM9DataModule: mu, alpha, homo, lumo, gap, r2, zpve, u0,"):
+        QM9DataModule(targets=[7])
+    with pytest.raises(ValueError, match=r"valid names for ASEFileDataModule: energy, gap"):
+        dm_for(tmp_path / "x.extxyz", tmp_path, targets=[0], property_keys=["gap"])
+
+
+def test_low_data_subset_missing_a_rare_element_only_warns(tmp_path):
+    """train_size subsets miss rare elements by design (low-data studies): a warning, not an error,
+    as long as the full training split has them."""
+    folder = BAD / "unseen-elements"
+    splits = dict(np.load(folder / "splits.npz"))
+    moved = {"train": np.concatenate([splits["test"], splits["train"]]), "val": splits["val"], "test": splits["test"][:2]}
+    np.savez(tmp_path / "s.npz", **moved)  # Si and Br now in the full training split, not in its first 4 rows
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, forces_key=None, split_file=str(tmp_path / "s.npz"))
+    dm.setup("fit")  # the full training split has every element: silent
+    moved["train"] = np.concatenate([splits["train"], splits["test"]])  # rare elements last: cut by train_size
+    np.savez(tmp_path / "s.npz", **moved)
+    dm = dm_for(folder / "unseen.extxyz", tmp_path, forces_key=None, split_file=str(tmp_path / "s.npz"), train_size=20)
+    with pytest.warns(UserWarning, match=r"absent from the training split \(its first train_size=20\) \(20 structures\): "
+                      r"Si \(Z=14\): 1 structures in test"):
+        dm.setup("fit")

@@ -33,8 +33,11 @@ def zoo(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_two_process_test_mae_equals_one_process(cache_dir, tmp_path):
-    """Same checkpoint, 101 test molecules (odd: ranks get 51 and 50): identical test MAE, because
-    evaluation is sharded without padding (PyTorch's DistributedSampler would repeat a molecule)."""
+    """Same checkpoint, 101 test molecules (odd: ranks get 51 and 50; batches of 16 leave uneven last
+    batches): identical test MAE *and* test loss, because evaluation is sharded without padding
+    (PyTorch's DistributedSampler would repeat a molecule) and every logged quantity is a
+    sample-weighted mean (torchmetrics MeanMetric), not a mean of per-batch or per-rank means.
+    The exact per-sample mean is the loss of one single batch of all 101 molecules."""
     data = ["-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/regression.yaml"), *TINY,
             "--data.train_size", "64", "--data.num_test", "101", "--data.eval_batch_size", "16", *QUIET]
     zoo(tmp_path, "fit", *data, "--trainer.max_steps", "4", "--trainer.limit_val_batches", "2",
@@ -42,10 +45,15 @@ def test_two_process_test_mae_equals_one_process(cache_dir, tmp_path):
     ckpt = next((tmp_path / "fit").rglob("last.ckpt"))
     zoo(tmp_path, "test", *data, "--ckpt_path", str(ckpt), "--trainer.logger.init_args.save_dir", "one")
     zoo(tmp_path, "test", *data, *DDP, "--ckpt_path", str(ckpt), "--trainer.logger.init_args.save_dir", "two")
+    zoo(tmp_path, "test", *data, "--data.eval_batch_size", "101", "--ckpt_path", str(ckpt),
+        "--trainer.logger.init_args.save_dir", "whole")
     one = json.loads(next((tmp_path / "one").rglob("test_metrics.json")).read_text())
     two = json.loads(next((tmp_path / "two").rglob("test_metrics.json")).read_text())
+    whole = json.loads(next((tmp_path / "whole").rglob("test_metrics.json")).read_text())
     assert one["test/homo_mae_meV"] == pytest.approx(two["test/homo_mae_meV"], rel=1e-6)
     assert one["test/homo_mae_meV"] > 0
+    assert two["test/loss"] == pytest.approx(whole["test/loss"], rel=1e-5)
+    assert one["test/loss"] == pytest.approx(whole["test/loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["regression", "denoising", "scd", "jepa", "jepa_sigreg"])

@@ -16,7 +16,7 @@ def write_store(path: Path, fingerprint=None, fail=False):
             raise RuntimeError("crash while writing")
         w.append(atoms={"z": np.array([7], np.uint8), "pos": np.ones((1, 3), np.float32)},
                  counts=np.array([1]), molecules={"labels": np.array([[3.0]])})
-        w.meta["label_names"] = ["x"]
+        w.describe(label_names=["x"], label_units=[""], atomic_numbers=[1, 6, 7, 8])
 
 
 def test_roundtrip(tmp_path):
@@ -65,3 +65,19 @@ def test_inconsistent_chunks_are_refused(tmp_path):
         with StoreWriter(tmp_path / "s", {}) as w:
             w.append(atoms={"z": np.zeros(3, np.uint8)}, counts=np.array([2]))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("declare, match", [
+    (None, r"did not call StoreWriter.describe"),
+    (dict(label_names=["x", "y"], label_units=["", ""], atomic_numbers=[1, 6]), r"'labels' has 1 columns but 2 label names"),
+    (dict(label_names=["x"], label_units=[""], atomic_numbers=[1]), r"declared atomic_numbers \[1\] differ from the elements written \[1, 6\]"),
+    (dict(label_names=["x"], label_units=[""], atomic_numbers=[1, 6]), r"'forces' array was written without a force_unit"),
+])  # fmt: skip
+def test_dataset_contract_is_checked_when_the_store_is_written(tmp_path, declare, match):
+    with pytest.raises(ValueError, match=match):
+        with StoreWriter(tmp_path / "s", {}) as w:
+            w.append(atoms={"z": np.array([1, 6], np.uint8), "forces": np.zeros((2, 3), np.float32)},
+                     counts=np.array([2]), molecules={"labels": np.ones((1, 1))})
+            if declare:
+                w.describe(**declare)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -63,8 +63,29 @@ TRAINER_DEFAULTS = {
 }
 
 
-def _data_has_forces(datamodule) -> bool:
-    return bool(getattr(datamodule, "forces", False))
+def _data_has_forces(datamodule: AtomsDataModule) -> bool:
+    """The DataModule's declared ``forces`` (an attribute of every AtomsDataModule, False by default)."""
+    return bool(datamodule.forces)
+
+
+#: objective options whose value shapes the state a checkpoint restores
+CHECKED_MODEL_OPTIONS = ("atomref", "standardize", "pooling", "loss", "head_hidden")
+
+
+def _model_settings(config, subcommand: str | None) -> dict:
+    """Flat ``{option: value}`` of the model's backbone and of :data:`CHECKED_MODEL_OPTIONS`."""
+    model = config.get(subcommand, {}).get("model") if subcommand else None
+    if model is None:
+        return {}
+    model = model.as_dict() if hasattr(model, "as_dict") else dict(model)
+    init = model.get("init_args") or {}
+    out = {f"init_args.{k}": init[k] for k in CHECKED_MODEL_OPTIONS if k in init}
+    backbone = init.get("backbone")
+    if isinstance(backbone, dict):
+        out["init_args.backbone.class_path"] = backbone.get("class_path")
+        for key, value in (backbone.get("init_args") or {}).items():
+            out[f"init_args.backbone.init_args.{key}"] = value
+    return out
 
 
 class ZooCLI(LightningCLI):
@@ -83,6 +104,25 @@ class ZooCLI(LightningCLI):
             help="After fit, run the test split with the best checkpoint and print per-target MAE.",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
+        configuration; refuse when a setting that changes the numbers (the backbone's class and
+        arguments, e.g. its cutoff, or the objective's atomref/standardize/pooling/loss) differs."""
+        subcommand = self.config.get("subcommand")
+        before = _model_settings(self.config, subcommand)
+        super()._parse_ckpt_path()
+        after = _model_settings(self.config, subcommand)
+        diffs = [f"--model.{k} is {before[k]!r} but the checkpoint's is {after[k]!r}"
+                 for k in sorted(set(before) & set(after)) if before[k] != after[k]]  # fmt: skip
+        if diffs:
+            ckpt = self.config[subcommand].get("ckpt_path")
+            raise ValueError(
+                f"--ckpt_path {ckpt}: the configuration differs from the model the checkpoint holds: " + "; ".join(diffs)
+                + ". The checkpoint's model is rebuilt as it was trained: remove these options (or give the checkpoint's "
+                "values, see its run's config.yaml); to train with the new settings start without --ckpt_path "
+                "(--model.init_args.init_from keeps the backbone weights)"
+            )
+
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:
         # drop the default callbacks that need them instead of letting Lightning refuse the combination.
@@ -99,6 +139,18 @@ class ZooCLI(LightningCLI):
             trainer["callbacks"] = [
                 c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith(tuple(unwanted))
             ]
+
+    def before_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("test_after_fit"):
+            # refuse before training, not after hours of it, when there is nothing to test on
+            self.datamodule.setup("fit")
+            if self.datamodule.splits["test"].size == 0:
+                dm = self.datamodule
+                raise ValueError(
+                    f"--test_after_fit true but the test split is empty (num_train={dm.num_train}, num_val={dm.num_val}, "
+                    f"num_test={dm.num_test} of {len(dm.store)} molecules); lower --data.num_train / --data.num_val "
+                    "or set --data.num_test, or drop --test_after_fit"
+                )
 
     def after_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
@@ -138,9 +190,54 @@ def run(args: list[str] | None = None) -> ZooCLI:
     )
 
 
-def main() -> None:
-    """Entry point of the ``zoo`` console script."""
-    run()
+#: errors a user's input causes (options, files, data): shown as one short line, not a traceback
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _raised_in_jsonargparse(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and "jsonargparse" in tb.tb_frame.f_code.co_filename
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The exception to show: the outermost user error of ``err``'s chain that jsonargparse did not
+    raise itself (it wraps a constructor's error in "Does not validate against any of the Union
+    subtypes" with a namespace dump)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if nxt is None or (isinstance(err, USER_ERRORS) and not _raised_in_jsonargparse(err)):
+            return err
+        err = nxt
+    return err
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``zoo`` console script.
+
+    An error the user's options or files cause (``ValueError``, ``TypeError``, ``KeyError``,
+    ``FileNotFoundError``, ... anywhere in the chain, e.g. raised in a constructor and wrapped by
+    jsonargparse) ends the output as one line ``zoo: error: <cause>`` with exit status 1; the full
+    traceback is printed with ``--debug`` or ``ATOMZOO_DEBUG=1``. Other exceptions (bugs) propagate.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if args is None else args)
+    debug = os.environ.get("ATOMZOO_DEBUG", "") not in ("", "0") or "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        run(args)
+    except Exception as err:
+        cause = root_cause(err)
+        if debug or not isinstance(cause, USER_ERRORS):
+            raise
+        message = str(cause.args[0]) if isinstance(cause, KeyError) and cause.args else str(cause)
+        print("(traceback: run again with --debug or ATOMZOO_DEBUG=1)", file=sys.stderr)
+        print(f"zoo: error: {message}", file=sys.stderr)
+        sys.exit(1)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
