@@ -40,7 +40,9 @@ and its scalar update gated::
     dx = tanh(alpha * gate) * dx                        (alpha learnable, init 0.2)
 
 ``MLP = Linear(C+F, F) - SiLU - LayerNorm(F) - Linear(F, 3F)`` as in the official code (last layer
-xavier-initialised, zero bias). Vectors are never modulated. ``condition=None`` skips all of this:
+xavier-initialised, zero bias). Vectors are never modulated. Because the MLP reads ``x_n.detach()``
+(stop-gradient, as in the official code), autograd gradients of a *conditioned* ET with respect to
+positions omit that path: use the unconditioned network (``condition=None``) for conservative forces. ``condition=None`` skips all of this:
 the network is then exactly TorchMD-NET's ET. Not ported from the official SCD "CT" variant:
 its per-layer post-norms, DyT pre-norm of the vectors, equivariant layer norm of the output
 vectors and the +-1000 clamps; the SCD objective's mask token and condition layer norm live in
