@@ -2,13 +2,14 @@
 
 Add one by subclassing :class:`atomzoo.backbones.base.Backbone` (contract in ``docs/backbones.md``).
 
-Built in: :class:`SchNet`, :class:`PaiNN`, :class:`MACE`. Importing this package does not import
+Built in: :class:`SchNet`, :class:`PaiNN`, :class:`ET` (TorchMD-NET's equivariant transformer), :class:`MACE`. Importing this package does not import
 mace-torch or e3nn: :class:`MACE` imports them when the first MACE backbone is built.
 """
 
 from .base import Backbone, BackboneOutput, num_graphs, with_positions
+from .et import ET
 from .mace import MACE
 from .painn import PaiNN
 from .schnet import SchNet
 
-__all__ = ["MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "num_graphs", "with_positions"]
+__all__ = ["ET", "MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "num_graphs", "with_positions"]

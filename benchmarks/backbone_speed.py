@@ -20,7 +20,12 @@ Backbones (``--backbones``, comma separated):
 * ``mace_torch_default``: the same with mace-torch's default scalar-only last layer (what keeping
   vectors in the last layer costs);
 * ``torchmd_et``: torchmd-net's equivariant transformer (the SCD paper's backbone), if
-  ``import torchmdnet`` works (see docs/backbones.md for how it was installed for the recorded run).
+  ``import torchmdnet`` works (see docs/backbones.md for how it was installed for the recorded run);
+* ``et``: our ET at ``configs/backbones/et.yaml``'s small default; ``et_128x6`` and
+  ``torchmd_et_128x6``: ours and torchmd-net's ``TorchMD_ET`` representation at identical
+  hyperparameters (``ET_128X6``: the ET paper's MD17 size, 128 features x 6 layers, 32 RBF, 8 heads),
+  both with our readout (torchmd-net's own ``EquivariantScalar`` head is not used), so the
+  comparison is backbone against backbone.
 
 Molecules: real QM9 geometries from the ``qm9pack`` wheel, every ``--stride``-th row of its three CSV
 files, by default spread over the whole data set (GDB-9 is ordered by size, so the first rows alone
@@ -60,7 +65,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-ALL = ["schnet", "pyg_schnet", "painn", "mace", "mace_torch", "mace_torch_default", "torchmd_et"]
+ALL = ["schnet", "pyg_schnet", "painn", "mace", "mace_torch", "mace_torch_default", "torchmd_et", "et", "et_128x6",
+       "torchmd_et_128x6"]
 MODES = ["energy", "forces"]
 SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 SCHNET = {"width": 128, "num_filters": 128, "num_interactions": 6, "num_rbf": 50, "cutoff": 10.0}
@@ -107,6 +113,15 @@ TORCHMD_ET = {
     "charge": False,
     "spin": False,
 }
+
+# the same network in both codes (ET argument names; TorchMD-NET's in torchmd_128x6_hparams)
+ET_128X6 = {"width": 128, "num_layers": 6, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0, "trainable_rbf": False}
+
+
+def torchmd_128x6_hparams() -> dict:
+    return dict(TORCHMD_ET, embedding_dimension=ET_128X6["width"], num_layers=ET_128X6["num_layers"],
+                num_rbf=ET_128X6["num_rbf"], num_heads=ET_128X6["num_heads"], cutoff_upper=ET_128X6["cutoff"],
+                trainable_rbf=ET_128X6["trainable_rbf"])
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -170,7 +185,33 @@ def make_step(name: str, device, batches):
 
         return step
 
-    if name in ("schnet", "painn", "mace"):
+    if name in ("et_128x6", "torchmd_et_128x6"):
+        if name == "et_128x6":
+            from atomzoo.backbones import ET
+
+            model = ET(**ET_128X6)
+            head = readout(model.width)
+            module = torch.nn.ModuleDict({"backbone": model, "head": head}).to(device)
+            return zoo_step(model, head), module, batches
+        from torchmdnet.models.model import create_model
+
+        rep = create_model(torchmd_128x6_hparams()).representation_model
+        head = readout(ET_128X6["width"])
+        module = torch.nn.ModuleDict({"backbone": rep, "head": head}).to(device)
+
+        def step(batch, forces):
+            pos = batch.pos.detach().clone().requires_grad_(forces)
+            x = rep(batch.z, pos, batch.batch)[0]
+            energy = scatter(head(x).squeeze(-1), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="sum")
+            loss = energy.square().mean()
+            if forces:
+                (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=True)
+                loss = loss + grad.square().mean()
+            return loss
+
+        return step, module, batches
+
+    if name in ("schnet", "painn", "mace", "et"):
         import yaml
 
         config = yaml.safe_load((REPO / "configs" / "backbones" / f"{name}.yaml").read_text())
