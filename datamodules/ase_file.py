@@ -63,6 +63,11 @@ class ASEFileDataModule(AtomsDataModule):
         targets: labels to train on; default ``["energy"]`` if ``energy_key`` is set, else none.
         forces: train on forces (linked to the regression objective); default: when ``forces_key``
             is set.
+        allow_missing_labels: structures without energy / forces / properties get NaN labels instead of
+            an error, so unlabelled files can be predicted (``zoo predict --out`` sets it for ASE files);
+            fitting, validating or testing on such a file raises. ``None``: ``False``.
+        Prediction (``predict_dataloader``): every structure of the file, in file order, whatever the
+        split; :meth:`molecule_ids` names them ``<file name>:<structure number>``.
         Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest).
     """
 
@@ -82,6 +87,7 @@ class ASEFileDataModule(AtomsDataModule):
         energy_unit: str = "eV",
         targets: list[str] | None = None,
         forces: bool | None = None,
+        allow_missing_labels: bool | None = None,
         **kwargs,
     ) -> None:
         if targets is None and energy_key:
@@ -105,6 +111,7 @@ class ASEFileDataModule(AtomsDataModule):
         self.forces = bool(forces_key) if forces is None else bool(forces)
         if self.forces and not forces_key:
             raise ValueError("forces=True needs forces_key (the key of the per-atom forces in the file)")
+        self.allow_missing_labels = bool(allow_missing_labels)
 
     def label_names(self) -> list[str]:
         return (["energy"] if self.energy_key else []) + self.property_keys
@@ -123,7 +130,7 @@ class ASEFileDataModule(AtomsDataModule):
             "property_keys": self.property_keys,
             "energy_factor": self.energy_factor,
             "energy_unit": self.energy_unit,
-        }
+        } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
         digest = hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]
@@ -180,27 +187,37 @@ class ASEFileDataModule(AtomsDataModule):
         labels = []
         if self.energy_key:
             value = _lookup(atoms, self.energy_key, per_atom=False)
-            if value is None:
+            if value is None and self.allow_missing_labels:
+                labels.append(float("nan"))
+            elif value is None:
                 raise DataFormatError(f"{where}: no energy under key {self.energy_key!r} (info: {sorted(atoms.info)})")
-            labels.append(float(np.asarray(value).reshape(-1)[0]) * self.energy_factor)
+            else:
+                labels.append(float(np.asarray(value).reshape(-1)[0]) * self.energy_factor)
         for key in self.property_keys:
             value = _lookup(atoms, key, per_atom=False)
+            if value is None and self.allow_missing_labels:
+                labels.append(float("nan"))
+                continue
             if value is None:
                 raise DataFormatError(f"{where}: no property {key!r} in atoms.info or calculator results")
             value = np.asarray(value, dtype=np.float64)
             if value.size != 1:
                 raise DataFormatError(f"{where}: property {key!r} has shape {value.shape}; only scalars are supported")
             labels.append(float(value.reshape(-1)[0]))
-        check_finite(np.asarray([labels]), "labels", str(self.path), record)
+        present = [v for v in labels if not (self.allow_missing_labels and np.isnan(v))]
+        check_finite(np.asarray([present]), "labels", str(self.path), record)
         forces = None
         if self.forces_key:
             value = _lookup(atoms, self.forces_key, per_atom=True)
-            if value is None:
+            if value is None and self.allow_missing_labels:
+                value = np.full((z.size, 3), np.nan)
+            elif value is None:
                 raise DataFormatError(f"{where}: no forces under key {self.forces_key!r}")
             forces = np.asarray(value, dtype=np.float64)
             if forces.shape != (z.size, 3):
                 raise DataFormatError(f"{where}: forces have shape {forces.shape}, expected ({z.size}, 3)")
-            check_finite(forces[None], "forces", str(self.path), record)
+            if not (self.allow_missing_labels and np.isnan(forces).all()):
+                check_finite(forces[None], "forces", str(self.path), record)
             forces = forces * self.energy_factor
         return z, pos, forces, labels
 
@@ -249,3 +266,33 @@ class ASEFileDataModule(AtomsDataModule):
         if name in self.property_keys:
             return TargetInfo(name=name, unit=self.property_units.get(name, ""), pooling=self.property_pooling.get(name, "mean"))
         raise ValueError(f"unknown target {name!r} for {self.path}; valid: {', '.join(self.label_names())}")
+
+    # ----- prediction: the whole file, labels optional -----------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.allow_missing_labels and stage in ("fit", "validate", "test") and self.label_columns is not None:
+            labels = np.asarray(self.store.arrays["labels"])[:, self.label_columns]
+            if np.isnan(labels).any():
+                record = int(np.flatnonzero(np.isnan(labels).any(axis=1))[0])
+                raise DataFormatError(
+                    f"{self.path}: structure {record} has no label ({', '.join(self.targets)}); files with missing "
+                    f"labels can only be predicted (allow_missing_labels=True), not used for {stage}"
+                )
+
+    def predict_dataloader(self):
+        """Every structure of the file in file order (not the test split), labelled or not."""
+        from torch_geometric.loader import DataLoader
+
+        from .base import StoreDataset
+        from .loaders import ExactDistributedSampler
+
+        if self.store is None:
+            self.setup("predict")
+        dataset = StoreDataset(self.store, np.arange(len(self.store)), self.label_columns)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset),
+                          **self._loader_options())  # fmt: skip
+
+    def molecule_ids(self, index) -> list[str]:
+        """Names of store rows ``index`` for prediction files: ``"<file name>:<structure number>"`` (0-based,
+        counted over the structures ``index`` selects from the file)."""
+        return [f"{self.path.name}:{int(i)}" for i in np.asarray(index).reshape(-1)]
