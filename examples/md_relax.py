@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ def nve(atoms: Atoms, calc, temperature: float, dt_fs: float, time_ps: float, se
     atoms = atoms.copy()
     atoms.calc = calc
     rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    with warnings.catch_warnings():  # ASE >= 3.26 suggests thermalize_momenta; this call works in 3.23 too
+        warnings.simplefilter("ignore", DeprecationWarning)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     n_steps = int(round(time_ps * 1000 / dt_fs))
@@ -152,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     parser.add_argument("--json", default=None, help="also write the report to this file")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (one is fastest for a 9-atom molecule)")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     report = run(args.model, args.reference, args.distort, args.fmax, args.temperature, args.dt_fs, args.time_ps,
                  args.seed, args.dtype)  # fmt: skip
     text = json.dumps(report, indent=2)
