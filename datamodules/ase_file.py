@@ -107,6 +107,11 @@ class ASEFileDataModule(AtomsDataModule):
         targets: labels to train on; default ``["energy"]`` if ``energy_key`` is set, else none.
         forces: train on forces (linked to the regression objective); default: when ``forces_key``
             is set.
+        allow_missing_labels: structures without energy / forces / properties get NaN labels instead of
+            an error, so unlabelled files can be predicted (``zoo predict --out`` sets it for ASE files);
+            fitting, validating or testing on such a file raises. ``None``: ``False``.
+        Prediction (``predict_dataloader``): every structure of the file, in file order, whatever the
+        split; :meth:`molecule_ids` names them ``<file name>:<structure number>``.
         Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest).
     """
 
@@ -127,6 +132,7 @@ class ASEFileDataModule(AtomsDataModule):
         energy_factor: float | None = None,
         targets: list[str | int] | str | None = None,
         forces: bool | None = None,
+        allow_missing_labels: bool | None = None,
         **kwargs,
     ) -> None:
         if targets is None and energy_key:
@@ -163,6 +169,7 @@ class ASEFileDataModule(AtomsDataModule):
         self.forces = bool(forces_key) if forces is None else bool(forces)
         if self.forces and not forces_key:
             raise ValueError("forces=True needs forces_key (the key of the per-atom forces in the file)")
+        self.allow_missing_labels = bool(allow_missing_labels)
 
     def label_names(self) -> list[str]:
         return (["energy"] if self.energy_key else []) + self.property_keys
@@ -181,7 +188,7 @@ class ASEFileDataModule(AtomsDataModule):
             "property_keys": self.property_keys,
             "energy_unit": self.file_energy_unit,
             "length_unit": self.file_length_unit,
-        }
+        } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
         digest = hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]
@@ -257,12 +264,15 @@ class ASEFileDataModule(AtomsDataModule):
             labels.append(self._scalar(atoms, self.energy_key, "energy", where, z.size) * self.energy_factor)
         for key in self.property_keys:
             labels.append(self._scalar(atoms, key, "property", where, z.size))
-        check_finite(np.asarray([labels]), "labels", str(self.path), record)
+        present = [v for v in labels if not (self.allow_missing_labels and np.isnan(v))]
+        check_finite(np.asarray([present]), "labels", str(self.path), record)
         self._note_ignored(atoms)
         forces = None
         if self.forces_key:
             value = _lookup(atoms, self.forces_key, per_atom=True)
-            if value is None:
+            if value is None and self.allow_missing_labels:
+                value = np.full((z.size, 3), np.nan)
+            elif value is None:
                 raise DataFormatError(
                     f"{where}: no forces under key {self.forces_key!r} (per-atom arrays: {sorted(atoms.arrays)}; "
                     "--data.init_args.forces_key, or null for none)"
@@ -273,7 +283,8 @@ class ASEFileDataModule(AtomsDataModule):
                     f"{where}: key {self.forces_key!r} (forces) has shape {forces.shape}; forces need one 3-vector "
                     f"per atom, shape ({z.size}, 3) (--data.init_args.forces_key)"
                 )
-            check_finite(forces[None], "forces", str(self.path), record)
+            if not (self.allow_missing_labels and np.isnan(forces).all()):
+                check_finite(forces[None], "forces", str(self.path), record)
             forces = forces * self.force_factor
         return z, pos, forces, labels
 
@@ -288,6 +299,8 @@ class ASEFileDataModule(AtomsDataModule):
         """The one value per structure stored under ``key``; a ``DataFormatError`` for any other shape."""
         value = _lookup(atoms, key, per_atom=False)
         option = "energy_key" if role == "energy" else "property_keys"
+        if value is None and self.allow_missing_labels:
+            return float("nan")
         if value is None:
             raise DataFormatError(
                 f"{where}: no {role} under key {key!r} (info: {sorted(atoms.info)}; per-atom arrays: "
@@ -361,6 +374,14 @@ class ASEFileDataModule(AtomsDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
+        if self.allow_missing_labels and stage in ("fit", "validate", "test") and self.label_columns is not None:
+            labels = np.asarray(self.store.arrays["labels"])[:, self.label_columns]
+            if np.isnan(labels).any():
+                record = int(np.flatnonzero(np.isnan(labels).any(axis=1))[0])
+                raise DataFormatError(
+                    f"{self.path}: structure {record} has no label ({', '.join(self.targets)}); files with missing "
+                    f"labels can only be predicted (allow_missing_labels=True), not used for {stage}"
+                )
         ignored = self.store.meta.get("ignored") or {}
         if ignored and not getattr(self, "_warned_ignored", False):
             self._warned_ignored = True
@@ -376,3 +397,22 @@ class ASEFileDataModule(AtomsDataModule):
         if name in self.property_keys:
             return TargetInfo(name=name, unit=self.property_units.get(name, ""), pooling=self.property_pooling.get(name, "mean"))
         raise ValueError(f"unknown target {name!r} for {self.path}; valid: {', '.join(self.label_names())}")
+
+    # ----- prediction: the whole file, labels optional -----------------------------------------
+    def predict_dataloader(self):
+        """Every structure of the file in file order (not the test split), labelled or not."""
+        from torch_geometric.loader import DataLoader
+
+        from .base import StoreDataset
+        from .loaders import ExactDistributedSampler
+
+        if self.store is None:
+            self.setup("predict")
+        dataset = StoreDataset(self.store, np.arange(len(self.store)), self.label_columns)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset),
+                          **self._loader_options())  # fmt: skip
+
+    def molecule_ids(self, index) -> list[str]:
+        """Names of store rows ``index`` for prediction files: ``"<file name>:<structure number>"`` (0-based,
+        counted over the structures ``index`` selects from the file)."""
+        return [f"{self.path.name}:{int(i)}" for i in np.asarray(index).reshape(-1)]

@@ -44,3 +44,23 @@ def qm9(cache_dir):
     dm.prepare_data()
     dm.setup("fit")
     return dm
+
+
+@pytest.fixture(scope="session")
+def force_checkpoint(cache_dir, tmp_path_factory) -> Path:
+    """``last.ckpt`` of a tiny SchNet energy + force model trained by ``zoo fit`` (in-process) for 60 steps on
+    the rMD17 ethanol fixture with configs/experiments/rmd17_fixture_forces.yaml, tested afterwards
+    (so its run directory holds config.yaml and test_metrics.json, as a real run's does)."""
+    from atomzoo.cli import run
+
+    out = tmp_path_factory.mktemp("force-run")
+    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16}
+    run([
+        "fit", "-c", str(ROOT / "configs" / "experiments" / "rmd17_fixture_forces.yaml"),
+        "--data.init_args.root", str(ROOT / "tests" / "data" / "md17_fixture"), "--data.init_args.cache_dir", str(cache_dir),
+        *(a for k, v in small.items() for a in (f"--model.init_args.backbone.init_args.{k}", str(v))),
+        "--trainer.max_steps", "60", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(out), "--trainer.default_root_dir", str(out),
+    ])  # fmt: skip
+    (ckpt,) = out.glob("rmd17_fixture_forces/version_*/checkpoints/last.ckpt")
+    return ckpt

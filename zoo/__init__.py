@@ -19,3 +19,12 @@ from ._legacy import install as _install_legacy_names
 __version__ = "0.2.0"
 
 _install_legacy_names()
+
+
+def __getattr__(name: str):
+    """``atomzoo.load`` (imported lazily, so ``import atomzoo`` stays light): see :func:`atomzoo.inference.load`."""
+    if name == "load":
+        from .inference import load
+
+        return load
+    raise AttributeError(f"module 'atomzoo' has no attribute {name!r}")

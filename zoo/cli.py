@@ -15,13 +15,22 @@ Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, b
 resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, progress bar,
 ``seed_everything: 0``.
 ``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
+
+Predictions to a file (:mod:`atomzoo.prediction_writer`): the model comes from the checkpoint's
+hyperparameters, the data from any DataModule config; ASE files are predicted whole, labels optional::
+
+    zoo predict --ckpt_path runs/.../last.ckpt -c configs/data/ase_file.yaml --data.init_args.path my.xyz --out preds.csv
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
+from typing import Optional
+
+from jsonargparse import Namespace
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -88,6 +97,60 @@ def _model_settings(config, subcommand: str | None) -> dict:
     return out
 
 
+def _configure_prediction_output(subcommand: str | None, config) -> None:
+    """``--out``: add :class:`atomzoo.prediction_writer.PredictionWriter`, don't keep predictions in memory,
+    and let an ASE file without energies/forces be predicted (``allow_missing_labels``)."""
+    out = config.get("out") if config is not None else None
+    if not out:
+        return
+    if subcommand != "predict":
+        raise ValueError(f"--out {out} is an option of `zoo predict`, not of `zoo {subcommand}`")
+    config["trainer"]["callbacks"] = list(config["trainer"].get("callbacks") or []) + [
+        Namespace(class_path="atomzoo.prediction_writer.PredictionWriter", init_args=Namespace(out=str(out)))
+    ]
+    config["return_predictions"] = False
+    data = config.get("data")
+    if data is not None and str(data.get("class_path", "")).endswith("ASEFileDataModule"):
+        if data["init_args"].get("allow_missing_labels") is None:
+            data["init_args"]["allow_missing_labels"] = True
+
+
+def _model_from_checkpoint(argv: list[str]) -> list[str]:
+    """``zoo predict/test/validate --ckpt_path X`` without a model config: add ``--model <X's hyperparameters>``.
+
+    LightningCLI re-reads the checkpoint's hyperparameters after parsing, but the parser first
+    insists on a model; this gives it the same one. Untouched when ``--model`` or a ``-c`` file with
+    a ``model`` section is given.
+    """
+    if not argv or argv[0] not in ("predict", "test", "validate"):
+        return argv
+    ckpt, configs = None, []
+    for k, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if "=" in arg else (argv[k + 1] if k + 1 < len(argv) else None)
+        if arg.split("=", 1)[0] == "--ckpt_path":
+            ckpt = value
+        elif arg.split("=", 1)[0] in ("-c", "--config") and value:
+            configs.append(value)
+        elif arg.split("=", 1)[0].startswith("--model"):
+            return argv
+    if not ckpt or not Path(ckpt).is_file():
+        return argv
+    import yaml
+
+    for config in configs:
+        path = Path(config)
+        if path.is_file() and "model" in (yaml.safe_load(path.read_text()) or {}):
+            return argv
+    import torch
+
+    hparams = dict(torch.load(ckpt, weights_only=False, map_location="cpu").get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    if not class_path:
+        return argv
+    return [*argv, "--model", json.dumps({"class_path": class_path, "init_args": hparams}, default=str)]
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links and defaults."""
 
@@ -103,6 +166,19 @@ class ZooCLI(LightningCLI):
             default=False,
             help="After fit, run the test split with the best checkpoint and print per-target MAE.",
         )
+        parser.add_argument(
+            "--out",
+            type=Optional[str],
+            default=None,
+            help="zoo predict only: write the predictions to this .csv or .npz file (atomzoo.prediction_writer).",
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        if args is None:  # the console script: complete sys.argv itself (passing args too would warn)
+            sys.argv[1:] = _model_from_checkpoint(sys.argv[1:])
+        elif isinstance(args, list):
+            args = _model_from_checkpoint(list(args))
+        super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
@@ -127,6 +203,7 @@ class ZooCLI(LightningCLI):
         # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:
         # drop the default callbacks that need them instead of letting Lightning refuse the combination.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        _configure_prediction_output(self.subcommand, config)
         trainer = config.get("trainer") if config is not None else None
         if trainer is None or not trainer.get("callbacks"):
             return

@@ -1,0 +1,101 @@
+"""The ASE calculator on a trained force model: forces are -dE/dx, symmetry, per-atom energies, neighbour-list reuse."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+import atomzoo
+from atomzoo.calculator import AtomzooCalculator
+
+FIXTURE = Path(__file__).parent / "data" / "md17_fixture" / "rmd17" / "npz_data" / "rmd17_ethanol.npz"
+
+
+def ethanol(frame: int = 0) -> Atoms:
+    data = np.load(FIXTURE)
+    return Atoms(numbers=data["nuclear_charges"], positions=data["coords"][frame])
+
+
+@pytest.fixture(scope="module")
+def model64(force_checkpoint):
+    return atomzoo.load(force_checkpoint, dtype="float64")
+
+
+def test_forces_are_negative_finite_difference_gradient(model64):
+    atoms = ethanol(3)
+    atoms.calc = AtomzooCalculator(model64)
+    forces = atoms.get_forces()
+    h, fd = 1e-4, np.zeros_like(forces)
+    for i in range(len(atoms)):
+        for d in range(3):
+            energies = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.positions[i, d] += sign * h
+                moved.calc = AtomzooCalculator(model64)
+                energies.append(moved.get_potential_energy())
+            fd[i, d] = -(energies[0] - energies[1]) / (2 * h)
+    assert np.abs(forces).max() > 0.05  # a real force field, not zeros
+    np.testing.assert_allclose(forces, fd, atol=1e-6, rtol=1e-5)
+
+
+def test_energy_invariant_and_forces_equivariant_under_rotation(model64):
+    atoms = ethanol(7)
+    q, r = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    rotation = q * np.sign(np.diag(r))
+    rotation *= np.linalg.det(rotation)  # a proper rotation (det +1)
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rotation.T + np.array([1.0, -2.0, 0.5])
+    atoms.calc, rotated.calc = AtomzooCalculator(model64), AtomzooCalculator(model64)
+    assert rotated.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(rotated.get_forces(), atoms.get_forces() @ rotation.T, atol=1e-9)
+    np.testing.assert_allclose(rotated.get_potential_energies(), atoms.get_potential_energies(), atol=1e-9)
+
+
+def test_per_atom_energies_add_up_and_free_energy(model64):
+    atoms = ethanol(11)
+    atoms.calc = AtomzooCalculator(model64)
+    energies = atoms.get_potential_energies()
+    assert energies.shape == (len(atoms),)
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+    # the same energy as AtomzooModel.predict (the zoo predict code path)
+    assert model64.predict(atoms)["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
+
+
+def test_neighbor_list_reused_within_skin_and_exact(model64):
+    atoms = ethanol(0)
+    reused, fresh = AtomzooCalculator(model64, skin=0.5), AtomzooCalculator(model64, skin=0.0)
+    rng = np.random.default_rng(0)
+    for step in range(4):  # moves of at most 0.05 A from the build: no rebuild
+        moved = atoms.copy()
+        moved.positions += rng.uniform(-0.025, 0.025, moved.positions.shape)
+        moved.calc = reused
+        f_reused = moved.get_forces().copy()
+        e_reused = moved.get_potential_energy()
+        moved.calc = fresh
+        assert moved.get_potential_energy() == e_reused  # the same edges in the same order: bit-identical
+        np.testing.assert_array_equal(moved.get_forces(), f_reused)
+    assert reused.neighbor_list_builds == 1 and fresh.neighbor_list_builds == 4
+    far = atoms.copy()
+    far.positions[0] += [0.3, 0.0, 0.0]  # beyond skin / 2
+    far.calc = reused
+    far.get_forces()
+    assert reused.neighbor_list_builds == 2
+
+
+def test_float32_and_float64_agree(force_checkpoint, model64):
+    atoms = ethanol(5)
+    atoms.calc = AtomzooCalculator(force_checkpoint, dtype="float32")
+    e32, f32 = atoms.get_potential_energy(), atoms.get_forces()
+    atoms.calc = AtomzooCalculator(model64)
+    assert atoms.get_potential_energy() == pytest.approx(e32, abs=1e-3)
+    np.testing.assert_allclose(atoms.get_forces(), f32, atol=1e-3)
+
+
+def test_calculator_refuses_a_model_without_energy(force_checkpoint):
+    model = atomzoo.load(force_checkpoint)
+    model.targets = ["homo"]
+    with pytest.raises(ValueError, match="target 'energy'"):
+        AtomzooCalculator(model)

@@ -1,0 +1,372 @@
+"""Trained models as ready-to-use predictors: ``atomzoo.load(path)`` and ``model.predict(atoms)``.
+
+:func:`load` reads a Lightning checkpoint of a :class:`~atomzoo.objectives.Regression` run (``zoo fit``)
+or a full-model export (``python -m atomzoo.export``: ``.safetensors`` + ``.card.json``) and returns an
+:class:`AtomzooModel`: backbone + heads + normalisation buffers (mean, std, atom references), in eval
+mode, with the targets' units and the elements it was trained on.
+
+    import atomzoo
+    from ase.io import read
+    model = atomzoo.load("ethanol.safetensors")
+    out = model.predict(read("my.xyz"))          # {"energy": eV, "forces": [N, 3] eV/A}
+    atoms.calc = model.calculator()              # ASE calculator (atomzoo.calculator)
+
+Inputs are checked before any number is produced (:func:`check_atoms`): structures with no atoms,
+non-finite positions, elements the model never saw, atoms closer than ``MIN_DISTANCE`` (0.1 A) and
+periodic cells (the backbones build molecular radius graphs without periodic images) raise
+:class:`InputError` naming the structure and the problem.
+
+Checkpoints are unpickled (``torch.load(weights_only=False)``): load only checkpoints you trust.
+Exports are safetensors and never unpickled; their SHA-256 is checked against the card.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cards import BACKBONE_FORMAT, FULL_FORMAT, ModelFileError, read_card, run_directory_info, verify_weights
+
+#: atoms closer than this (Angstrom) are refused as unphysical (overlapping atoms, unit mistakes)
+MIN_DISTANCE = 0.1
+META_KEY = "atomzoo"
+
+
+class InputError(ValueError):
+    """A structure given to a model cannot be predicted (empty, NaN, unknown element, overlap, periodic)."""
+
+
+def _resolve_class(class_path: str):
+    from ._legacy import new_class_path
+
+    module, _, name = new_class_path(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ModelFileError(f"cannot import {class_path!r} ({err}); is the package that defines it installed?") from err
+
+
+# ----- model description ------------------------------------------------------------------------
+def spec_from_checkpoint(checkpoint: dict, source: str) -> dict:
+    """The JSON description of a Regression checkpoint that rebuilds the module without unpickling.
+
+    Returns ``{"objective": {"class_path", "init_args"}, "backbone": {"class_path", "init_args"},
+    "targets", "units", "force_unit", "forces", "cutoff_A"}``.
+
+    Raises:
+        ModelFileError: the checkpoint is not of a regression objective (nothing to predict with), or
+            its backbone's constructor arguments are unknown.
+    """
+    from atomzoo._legacy import upgrade_class_paths
+    from atomzoo.objectives.export import _metadata_from_checkpoint
+
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    upgrade_class_paths(hparams)
+    objective_path = hparams.pop("_class_path", None) or "atomzoo.objectives.regression.Regression"
+    hparams.pop("_instantiator", None)
+    objective_cls = _resolve_class(objective_path)
+    from atomzoo.objectives.regression import Regression
+
+    if not (isinstance(objective_cls, type) and issubclass(objective_cls, Regression)):
+        raise ModelFileError(
+            f"{source}: a {objective_path} checkpoint has no property heads (it is a pretraining objective); "
+            "atomzoo.load needs a Regression run. For its backbone alone use python -m atomzoo.export --backbone-only "
+            "and fine-tune with --model.init_args.init_from"
+        )
+    backbone = _metadata_from_checkpoint(checkpoint, source)
+    if not backbone.get("class_path") or not backbone.get("init_args_complete", False):
+        raise ModelFileError(f"{source}: the backbone's class or constructor arguments are not recorded ({backbone})")
+    hparams.pop("backbone", None)
+    hparams["init_from"] = None  # weights come from this file, not from the pretraining source
+    init_args = {k: v for k, v in hparams.items() if _jsonable(v)}
+    targets = list(init_args.get("targets") or [])
+    return {
+        "objective": {"class_path": f"{objective_cls.__module__}.{objective_cls.__qualname__}", "init_args": init_args},
+        "backbone": {"class_path": backbone["class_path"], "init_args": backbone.get("init_args", {})},
+        "targets": targets,
+        "units": list(checkpoint.get("target_units") or ["" for _ in targets]),
+        "force_unit": checkpoint.get("force_unit") if init_args.get("forces") else None,
+        "forces": bool(init_args.get("forces", False)),
+        "cutoff_A": float(backbone.get("init_args", {}).get("cutoff", float("nan"))),
+    }
+
+
+def _jsonable(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def build_objective(spec: dict, state_dict: dict[str, torch.Tensor]):
+    """Instantiate the objective described by ``spec`` and load ``state_dict`` strictly."""
+    backbone = _resolve_class(spec["backbone"]["class_path"])(**spec["backbone"]["init_args"])
+    objective = _resolve_class(spec["objective"]["class_path"])(backbone=backbone, **spec["objective"]["init_args"])
+    missing, unexpected = objective.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            f"weights do not fit the described model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    objective.units = list(spec.get("units") or objective.units)
+    if spec.get("force_unit"):
+        objective.force_unit = spec["force_unit"]
+    if not bool(objective.stats_ready):
+        raise ModelFileError("the model's target statistics (mean/std) were never fitted: it was not trained")
+    return objective.eval()
+
+
+def elements_of_training_data(training_data: dict | None) -> list[int] | None:
+    """Atomic numbers of a run's training data (from its ``data`` config), or ``None`` when unavailable.
+
+    Instantiates the DataModule from ``{"class_path", "init_args"}`` and reads its store's element list
+    (the processed store is usually cached already). Any failure (moved files, relative paths) gives
+    ``None`` with a warning, never a guess.
+    """
+    if not training_data or "class_path" not in training_data:
+        return None
+    try:
+        cls = _resolve_class(training_data["class_path"])
+        dm = cls(**dict(training_data.get("init_args") or {}))
+        return [int(z) for z in dm.atomic_numbers]
+    except Exception as err:  # noqa: BLE001 -- best effort; reported, not hidden
+        warnings.warn(f"could not read the training data's elements ({type(err).__name__}: {err}); "
+                      "unknown elements will not be refused", stacklevel=2)  # fmt: skip
+        return None
+
+
+# ----- input checks -----------------------------------------------------------------------------
+def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure") -> None:
+    """Raise :class:`InputError` for anything the model cannot predict meaningfully.
+
+    Args:
+        atoms: an ``ase.Atoms``.
+        elements: atomic numbers the model was trained on (``None``: not checked).
+        where: how the structure is named in the message (e.g. ``"my.xyz, structure 3"``).
+
+    Raises:
+        InputError: no atoms; NaN/inf positions; an element not in ``elements``; two atoms closer than
+            :data:`MIN_DISTANCE` Angstrom; any periodic direction (``atoms.pbc``).
+    """
+    n = len(atoms)
+    if n == 0:
+        raise InputError(f"{where}: the structure has no atoms")
+    pos = np.asarray(atoms.positions, dtype=np.float64)
+    if not np.isfinite(pos).all():
+        atom = int(np.flatnonzero(~np.isfinite(pos).all(axis=1))[0])
+        raise InputError(f"{where}: position of atom {atom} is NaN or infinite")
+    if np.asarray(atoms.pbc).any():
+        raise InputError(
+            f"{where}: periodic boundary conditions pbc={atoms.pbc.tolist()}, but this model was trained on isolated "
+            "molecules (radius graphs without periodic images). If the cell is only a box, set atoms.pbc = False"
+        )
+    z = np.asarray(atoms.numbers)
+    if elements is not None:
+        unknown = sorted(set(int(v) for v in z) - set(int(e) for e in elements))
+        if unknown:
+            from ase.data import chemical_symbols
+
+            names = [chemical_symbols[v] if 0 <= v < len(chemical_symbols) else str(v) for v in unknown]
+            known = [chemical_symbols[e] for e in elements]
+            raise InputError(f"{where}: element(s) {names} not in the training data (model knows {known})")
+    if n > 1:
+        diff = pos[:, None, :] - pos[None, :, :]
+        dist = np.sqrt((diff * diff).sum(-1))
+        np.fill_diagonal(dist, np.inf)
+        i, j = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        if dist[i, j] < MIN_DISTANCE:
+            raise InputError(
+                f"{where}: atoms {min(i, j)} and {max(i, j)} are {dist[i, j]:.3g} A apart (< {MIN_DISTANCE} A); "
+                "positions must be in Angstrom and atoms must not overlap"
+            )
+
+
+def atoms_to_batch(atoms_list, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """A PyG ``Batch`` (``z`` [N] long, ``pos`` [N, 3] ``dtype`` Angstrom, ``batch``, ``idx``) of ASE structures."""
+    from torch_geometric.data import Batch, Data
+
+    items = [
+        Data(z=torch.as_tensor(np.asarray(a.numbers), dtype=torch.long),
+             pos=torch.as_tensor(np.asarray(a.positions), dtype=dtype), idx=torch.tensor([k]))  # fmt: skip
+        for k, a in enumerate(atoms_list)
+    ]
+    return Batch.from_data_list(items).to(device)
+
+
+# ----- the model ---------------------------------------------------------------------------------
+class AtomzooModel(nn.Module):
+    """A trained regression model ready for prediction (what :func:`load` returns).
+
+    Attributes:
+        objective: the :class:`~atomzoo.objectives.Regression` module (backbone, heads, buffers), eval mode.
+        targets, units: predicted properties and their units (e.g. ``["energy"]``, ``["eV"]``).
+        force_unit: unit of the forces (``"eV/A"``) when the model predicts forces, else ``None``.
+        elements: atomic numbers of the training data (``None`` if unknown: then not checked).
+        card: the model card (exports) or the equivalent information of a checkpoint.
+    """
+
+    def __init__(self, objective, card: dict, elements: Sequence[int] | None) -> None:
+        super().__init__()
+        self.objective = objective.eval()
+        self.card = card
+        self.targets = list(objective.targets)
+        self.units = list(objective.units)
+        self.forces = bool(objective.forces)
+        self.force_unit = objective.force_unit if self.forces else None
+        self.elements = sorted(int(e) for e in elements) if elements is not None else None
+
+    @property
+    def cutoff(self) -> float:
+        """The backbone's interaction radius in Angstrom."""
+        return float(self.objective.backbone.cutoff)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.objective.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.objective.parameters()).dtype
+
+    def check(self, atoms, where: str = "structure") -> None:
+        """:func:`check_atoms` against this model's training elements."""
+        check_atoms(atoms, self.elements, where)
+
+    def predict_batch(self, batch) -> dict[str, torch.Tensor]:
+        """Raw predictions of a PyG batch: ``{target: [num_graphs] float64}`` plus ``forces`` ``[N, 3]``.
+
+        Exactly what the objective's ``predict_step`` (``zoo predict``) computes.
+        """
+        if self.forces:
+            pred, forces = self.objective.predict_with_forces(batch, training=False)
+        else:
+            with torch.no_grad():
+                pred, forces = self.objective(batch), None
+        out = {name: pred[:, k].detach() for k, name in enumerate(self.targets)}
+        if forces is not None:
+            out["forces"] = forces.detach()
+        return out
+
+    def predict(self, atoms_or_list, batch_size: int = 64):
+        """Predict every target (and forces) for one ``ase.Atoms`` or a list of them.
+
+        Returns:
+            for one structure a dict ``{target: float, "forces": ndarray [N, 3]}`` (units:
+            :attr:`units`, :attr:`force_unit`; energies in eV for the zoo's datasets); for a list, a
+            list of such dicts in input order.
+
+        Raises:
+            InputError: see :func:`check_atoms`.
+        """
+        from ase import Atoms
+
+        single = isinstance(atoms_or_list, Atoms)
+        atoms_list = [atoms_or_list] if single else list(atoms_or_list)
+        for k, atoms in enumerate(atoms_list):
+            if not isinstance(atoms, Atoms):
+                raise TypeError(f"predict takes ase.Atoms or a list of them; item {k} is {type(atoms).__name__}")
+            self.check(atoms, "structure" if single else f"structure {k}")
+        results = []
+        for start in range(0, len(atoms_list), batch_size):
+            chunk = atoms_list[start : start + batch_size]
+            batch = atoms_to_batch(chunk, self.dtype, self.device)
+            out = self.predict_batch(batch)
+            for g in range(len(chunk)):
+                row = {name: float(out[name][g]) for name in self.targets}
+                if "forces" in out:
+                    row["forces"] = out["forces"][batch.batch == g].double().cpu().numpy()
+                results.append(row)
+        return results[0] if single else results
+
+    def calculator(self, **kwargs):
+        """An ASE calculator on this model (see :class:`atomzoo.calculator.AtomzooCalculator`)."""
+        from .calculator import AtomzooCalculator
+
+        return AtomzooCalculator(self, **kwargs)
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+         elements: Sequence[int] | None = None, verify: bool = True) -> AtomzooModel:  # fmt: skip
+    """Load a trained model from a Lightning checkpoint (``.ckpt``) or a full-model export (``.safetensors``).
+
+    Args:
+        path: checkpoint of a ``zoo fit`` Regression run, or ``python -m atomzoo.export`` output.
+        device: ``"cpu"``, ``"cuda"``, ...
+        dtype: ``"float32"`` or ``"float64"`` (weights and positions; targets are pooled in float64 anyway).
+        elements: override the atomic numbers the model accepts (default: from the card / the run's data).
+        verify: check the export's SHA-256 against its card (exports only; leave on).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ModelFileError: unknown format, a backbone-only export, a missing card, a hash mismatch, or a
+            checkpoint of a pretraining objective.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"atomzoo.load: {path} does not exist")
+    if path.suffix == ".safetensors":
+        objective, card = _load_export(path, verify)
+    elif path.suffix == ".ckpt":
+        objective, card = _load_checkpoint(path)
+    else:
+        raise ModelFileError(
+            f"{path}: unknown model file type {path.suffix!r}; atomzoo.load reads .ckpt (zoo fit) or .safetensors "
+            "(python -m atomzoo.export)"
+        )
+    if elements is None:
+        elements = card.get("elements")
+    model = AtomzooModel(objective, card, elements)
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if torch_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype={dtype!r}: choose 'float32' or 'float64'")
+    model = model.to(device=device)
+    if torch_dtype == torch.float64:  # float32 stays as trained: its float64 buffers (mean, std, atomrefs) are kept
+        model = model.double()
+    return model
+
+
+def _load_checkpoint(path: Path):
+    from atomzoo._legacy import upgrade_class_paths
+
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
+    if "state_dict" not in checkpoint:
+        raise ModelFileError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
+    upgrade_class_paths(checkpoint.get("hyper_parameters"))
+    spec = spec_from_checkpoint(checkpoint, str(path))
+    objective = build_objective(spec, checkpoint["state_dict"])
+    run = run_directory_info(path)
+    card = {"model_format": "lightning-checkpoint", **spec, "source_checkpoint": str(path),
+            "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
+            "elements": elements_of_training_data(run["training_data"]), "periodic": False}  # fmt: skip
+    return objective, card
+
+
+def _load_export(path: Path, verify: bool):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    card = read_card(path)
+    if verify:
+        verify_weights(path, card)
+    if card["model_format"] == BACKBONE_FORMAT:
+        raise ModelFileError(
+            f"{path} is a backbone-only export (no heads or normalisation): it cannot predict. Fine-tune it "
+            "(--model.init_args.init_from) or export the full model with `python -m atomzoo.export CKPT OUT`"
+        )
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads((handle.metadata() or {}).get(META_KEY, "{}"))
+    if header.get("model_format") != FULL_FORMAT:
+        raise ModelFileError(f"{path}: header format {header.get('model_format')!r} is not {FULL_FORMAT!r}")
+    objective = build_objective(header, load_file(str(path)))
+    return objective, card
+
+
+__all__ = ["MIN_DISTANCE", "AtomzooModel", "InputError", "atoms_to_batch", "build_objective", "check_atoms",
+           "elements_of_training_data", "load", "spec_from_checkpoint"]  # fmt: skip
