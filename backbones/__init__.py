@@ -6,9 +6,9 @@ Built in: :class:`SchNet`, :class:`PaiNN`, :class:`MACE`. Importing this package
 mace-torch or e3nn: :class:`MACE` imports them when the first MACE backbone is built.
 """
 
-from .base import Backbone, BackboneOutput, num_graphs, with_positions
+from .base import ATOM_MASK, Backbone, BackboneOutput, atom_mask, num_graphs, with_positions
 from .mace import MACE
 from .painn import PaiNN
 from .schnet import SchNet
 
-__all__ = ["MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "num_graphs", "with_positions"]
+__all__ = ["ATOM_MASK", "MACE", "Backbone", "atom_mask", "BackboneOutput", "PaiNN", "SchNet", "num_graphs", "with_positions"]

@@ -12,6 +12,12 @@ Input: a PyG ``Batch`` (or ``Data``) with
 and optionally ``condition`` ``[num_graphs, condition_dim]``, a per-molecule conditioning vector
 (self-conditioned denoising). ``None`` must give exactly the unconditioned network.
 
+Atom masking (JEPA's context view): the batch may carry ``atom_mask`` ``[N]`` bool (True = masked).
+A backbone that declares ``supports_mask = True`` must then hide the masked atoms' elements: the
+built-ins replace the element embedding of a masked atom by a learned ``mask_embedding`` (use
+:meth:`Backbone.apply_atom_mask`); positions stay. ``z`` of masked atoms keeps the true element and
+must not influence the output. Objectives that mask refuse backbones without ``supports_mask``.
+
 Output: :class:`BackboneOutput`.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from atomzoo.nn.graph import Graph, build_graph
@@ -41,11 +48,36 @@ class BackboneOutput:
     graph: Graph
 
 
+#: Name of the per-atom mask field of a batch: ``data.atom_mask`` ``[N]`` bool, True = masked atom.
+ATOM_MASK = "atom_mask"
+
+#: Parameters that may be absent from checkpoints written before atom masking existed (atomzoo <= 0.2):
+#: loading such a checkpoint keeps this module's freshly initialised value (see ``_load_from_state_dict``).
+OPTIONAL_PARAMETERS = ("mask_embedding",)
+
+
+def atom_mask(data) -> Tensor | None:
+    """``data.atom_mask`` as ``[N]`` bool, or ``None`` when the batch has none.
+
+    Raises ``ValueError`` when it is not one entry per atom.
+    """
+    mask = getattr(data, ATOM_MASK, None)
+    if mask is None:
+        return None
+    if mask.shape != data.z.shape:
+        raise ValueError(f"{ATOM_MASK} must have one entry per atom, shape {tuple(data.z.shape)}, got {tuple(mask.shape)}")
+    return mask.to(torch.bool)
+
+
 class Backbone(nn.Module):
     """Base class of all backbones.
 
     Subclasses call ``super().__init__(width=..., cutoff=..., vector_width=..., condition_dim=...)``
     and implement :meth:`forward`.
+
+    Atom masking: set the class attribute ``supports_mask = True`` when ``forward`` honours
+    ``data.atom_mask`` (see :meth:`apply_atom_mask`); the default ``False`` makes masking objectives
+    (JEPA with ``mask_ratio > 0``) raise a ``ValueError`` saying what to add.
 
     Args:
         width: number of per-atom scalar features F.
@@ -55,6 +87,8 @@ class Backbone(nn.Module):
             not supported; objectives that need it then condition at the head).
         max_num_neighbors: optional neighbour cap; exceeding it raises (never a silent drop).
     """
+
+    supports_mask: bool = False
 
     def __init__(
         self,
@@ -90,6 +124,32 @@ class Backbone(nn.Module):
         """
         module = getattr(self, "embedding", None)
         return list(module.parameters()) if isinstance(module, nn.Module) else []
+
+    @staticmethod
+    def apply_atom_mask(features: Tensor, data, token: Tensor) -> Tensor:
+        """Replace the rows of masked atoms (``data.atom_mask``) by ``token``.
+
+        Args:
+            features: ``[N, D]`` per-atom input features (element embedding, one-hot attributes...).
+            data: the batch; without ``atom_mask`` ``features`` is returned unchanged (same object).
+            token: ``[D]`` learned mask embedding.
+
+        Returns ``[N, D]``. Raises ``ValueError`` for a mask that is not ``[N]``.
+        """
+        mask = atom_mask(data)
+        if mask is None:
+            return features
+        return torch.where(mask.unsqueeze(-1), token.to(features.dtype).expand_as(features), features)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints from before atom masking lack the mask embedding: keep the initial value
+        for name in OPTIONAL_PARAMETERS:
+            value = self._parameters.get(name)
+            if value is not None and prefix + name not in state_dict:
+                state_dict[prefix + name] = value.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def graph(self, data) -> Graph:
         """The radius graph of ``data`` at this backbone's cutoff (computed from ``data.pos``)."""
@@ -129,4 +189,4 @@ def with_positions(data, pos: Tensor):
     return out
 
 
-__all__ = ["Backbone", "BackboneOutput", "num_graphs", "with_positions"]
+__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "num_graphs", "with_positions"]

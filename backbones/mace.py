@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.init import reset_conditioning_
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -177,8 +178,20 @@ class MACE(Backbone):
             the self-connection ``sc``); the MLP sees the layer's input scalars. Non-scalars are
             never modulated.
 
+    Masking (``supports_mask = True``): a masked atom (``data.atom_mask``) gets the learned node
+    attribute ``mask_embedding`` ``[num_elements]`` (init uniform ``1 / num_elements``: the average
+    element) instead of its one-hot row. Everything element-dependent in mace-torch reads the node
+    attributes linearly (the embedding, the skip tensor products, the symmetric-contraction
+    weights), so a masked atom is a learned mixture of elements and its true ``z`` is never seen.
+
+    Initialisation: mace-torch's blocks keep their own (e3nn) initialisation, as
+    ``mace.modules.models.MACE`` does (it has no ``reset_parameters`` of its own); the adaLN modules
+    follow DiT (:func:`atomzoo.nn.init.reset_conditioning_`).
+
     Output: scalars ``[N, num_interactions * C0]``, vectors ``[N, 3, C1]`` (see module docstring).
     """
+
+    supports_mask = True
 
     def __init__(
         self,
@@ -291,6 +304,8 @@ class MACE(Backbone):
                     )
                 )
             self.conditioning = condition_modules(num_interactions, num_scalars, condition_dim)
+            self.mask_embedding = torch.nn.Parameter(torch.full((len(zs),), 1.0 / len(zs)))
+        reset_conditioning_(self.conditioning)
 
     def element_embedding_parameters(self) -> list[torch.nn.Parameter]:
         """The element embedding is mace's ``LinearNodeEmbeddingBlock`` (one-hot -> C0 scalars).
@@ -320,7 +335,7 @@ class MACE(Backbone):
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         edge_index = graph.edge_index
-        node_attrs = self.node_attrs(data.z, data.pos.dtype)
+        node_attrs = self.apply_atom_mask(self.node_attrs(data.z, data.pos.dtype), data, self.mask_embedding)
         # mace's edge vectors point from sender to receiver: pos[dst] - pos[src] = -graph.vec
         edge_attrs = self.spherical_harmonics(-graph.vec)
         edge_feats, cutoff = self.radial_embedding(

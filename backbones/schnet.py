@@ -8,10 +8,12 @@ Invariant backbone: scalar features only.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.init import reset_conditioning_, xavier_linear_
 from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -67,8 +69,17 @@ class SchNet(Backbone):
             scalar update goes through :class:`atomzoo.nn.conditioning.AdaptiveScalarNorm`
             (``self.conditioning[i]``); with ``condition=None`` the network is exactly plain SchNet.
 
+    Masking: ``data.atom_mask`` (``[N]`` bool) replaces the element embedding of masked atoms by the
+    learned ``mask_embedding`` ``[width]`` (``supports_mask = True``).
+
+    Initialisation (:meth:`reset_parameters`) follows PyG's ``SchNet.reset_parameters`` and
+    schnetpack's ``Dense``: element embedding N(0, 1) (``nn.Embedding``'s default; the mask embedding
+    too), every linear layer Xavier-uniform with zero bias.
+
     Output: scalars ``[N, width]``; no vector features.
     """
+
+    supports_mask = True
 
     def __init__(
         self,
@@ -88,12 +99,21 @@ class SchNet(Backbone):
             SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
         )
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
+        self.mask_embedding = nn.Parameter(torch.empty(width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyG / schnetpack initialisation (see the class docstring); adaLN modules as in DiT."""
+        self.embedding.reset_parameters()
+        nn.init.normal_(self.mask_embedding)
+        xavier_linear_(self.interactions)
+        reset_conditioning_(self.conditioning)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
-        x = self.embedding(data.z)
+        x = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)
         for i, interaction in enumerate(self.interactions):
             update = interaction(x, graph.edge_index, graph.length, rbf)
             if condition is not None:

@@ -4,8 +4,8 @@ Two views of each molecule:
 
 * context view: the corrupted structure -- Gaussian position noise (``sigma`` Angstrom, constant or
   one value per molecule drawn from a list) and/or masked atoms (each atom independently with
-  probability ``mask_ratio``; a masked atom keeps its position but its atomic number becomes
-  ``mask_element``, default 0, a row of the element embedding no real element uses);
+  probability ``mask_ratio``; a masked atom keeps its position, ``data.atom_mask`` marks it and the
+  backbone replaces its element embedding by a learned mask embedding, see docs/backbones.md);
 * target view: the clean structure.
 
 Both go through an encoder = backbone + :class:`~atomzoo.objectives.heads.PooledProjection` ->
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -79,8 +80,8 @@ class JEPA(Objective):
         sigma: context-view position noise in Angstrom (float, or list: one value per molecule);
             0 disables noise.
         mask_ratio: probability that an atom of the context view is masked (0 disables).
-        mask_element: atomic number given to masked atoms (must be accepted by the backbone's
-            element embedding; MACE's one-hot covers only its ``atomic_numbers``).
+        mask_element: deprecated and ignored (FutureWarning): masked atoms are marked in
+            ``data.atom_mask`` and the backbone (``supports_mask = True``) embeds them.
         embedding_dim, projection_hidden: projector sizes (default the backbone width).
         predictor_hidden: predictor hidden size (default 2 * embedding_dim).
         atom_loss_weight: weight of the optional per-atom prediction loss (0: off).
@@ -96,7 +97,7 @@ class JEPA(Objective):
         anti_collapse: str = "ema",
         sigma: float | list[float] = 0.1,
         mask_ratio: float = 0.15,
-        mask_element: int = 0,
+        mask_element: int | None = None,
         embedding_dim: int | None = None,
         projection_hidden: int | None = None,
         predictor_hidden: int | None = None,
@@ -120,16 +121,20 @@ class JEPA(Objective):
             raise ValueError(f"sigma must be >= 0 (Angstrom), got {sigma}")
         if mask_ratio == 0 and all(float(s) == 0 for s in values):
             raise ValueError("JEPA needs a corruption: set sigma > 0 and/or mask_ratio > 0")
-        known = getattr(backbone, "atomic_numbers", None)
-        if mask_ratio > 0 and isinstance(known, Tensor) and int(mask_element) not in known.tolist():
+        if mask_ratio > 0 and not getattr(backbone, "supports_mask", False):
             raise ValueError(
-                f"mask_element={mask_element} is not among {type(backbone).__name__}'s atomic_numbers {known.tolist()}: "
-                "add it to the backbone's atomic_numbers, or use --model.mask_ratio 0 (noise only)"
+                f"mask_ratio={mask_ratio} needs a backbone that supports atom masking, and {type(backbone).__name__} "
+                "does not declare it: set the class attribute `supports_mask = True` and replace the element "
+                "embedding of masked atoms (data.atom_mask) by a learned one, e.g. "
+                "`x = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)` "
+                "(docs/backbones.md, 'Atom masking'); or use --model.mask_ratio 0 (noise only)"
             )
+        if mask_element is not None:
+            warnings.warn("JEPA's mask_element is ignored since atomzoo 0.2: masked atoms are marked in data.atom_mask "
+                          "and the backbone embeds them (docs/backbones.md)", FutureWarning, stacklevel=2)
         self.anti_collapse = anti_collapse
         self.sigma = sigma if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
         self.mask_ratio = float(mask_ratio)
-        self.mask_element = int(mask_element)
         self.atom_loss_weight = float(atom_loss_weight)
         self.ema_momentum, self.ema_momentum_end = float(ema_momentum), float(ema_momentum_end)
         self.sigreg_weight, self.sigreg_slices = float(sigreg_weight), int(sigreg_slices)
@@ -167,7 +172,7 @@ class JEPA(Objective):
         masked = torch.zeros_like(data.z, dtype=torch.bool)
         if self.mask_ratio > 0:
             masked = (torch.rand(data.z.shape, generator=generator) < self.mask_ratio).to(device)
-            view.z = torch.where(masked, torch.full_like(data.z, self.mask_element), data.z)
+            view.atom_mask = masked  # the backbone swaps these atoms' element embedding for its mask embedding
         fraction = scatter(masked.float(), data.batch, dim=0, dim_size=g, reduce="mean")
         return view, torch.stack([sig.float(), fraction], dim=-1)
 

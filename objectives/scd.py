@@ -42,6 +42,8 @@ from atomzoo.backbones.base import Backbone, num_graphs, with_positions
 from .base import Objective
 from .denoising import gaussian_noise, sample_sigma
 from .diagnostics import log_collapse_diagnostics
+from atomzoo.nn.init import xavier_linear_
+
 from .heads import NoiseHead, PooledProjection
 
 
@@ -152,7 +154,7 @@ class SelfConditionedDenoising(Objective):
         self.condition_norm = nn.LayerNorm(dim)
         self.condition_in_backbone = backbone.supports_condition
         if self.condition_in_backbone:
-            self.condition_proj = nn.Linear(dim, backbone.condition_dim)
+            self.condition_proj = xavier_linear_(nn.Linear(dim, backbone.condition_dim))  # DiT / torchmd-net init
             self.film = None
         else:
             self.condition_proj = None
