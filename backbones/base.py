@@ -131,14 +131,19 @@ class Backbone(nn.Module):
 
         Args:
             features: ``[N, D]`` per-atom input features (element embedding, one-hot attributes...).
-            data: the batch; without ``atom_mask`` ``features`` is returned unchanged (same object).
+            data: the batch; without ``atom_mask`` the values of ``features`` are returned unchanged.
             token: ``[D]`` learned mask embedding.
 
         Returns ``[N, D]``. Raises ``ValueError`` for a mask that is not ``[N]``.
+
+        Without a mask the result is ``features + 0 * token.sum()`` (the same values, bit for bit): the
+        token then still takes part in the graph and receives a zero gradient, so that DDP with
+        ``find_unused_parameters=False`` (``configs/trainer/ddp*.yaml``) does not fail on an unused
+        parameter in runs that never mask (regression, denoising, ...).
         """
         mask = atom_mask(data)
         if mask is None:
-            return features
+            return features + 0.0 * token.to(features.dtype).sum()
         return torch.where(mask.unsqueeze(-1), token.to(features.dtype).expand_as(features), features)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
