@@ -15,6 +15,12 @@ and optionally ``condition`` ``[num_graphs, condition_dim]``, a per-molecule con
 ``condition=None`` then means "the learned mask token for every molecule" (the same network, see
 :mod:`atomzoo.nn.conditioning`). With ``condition_dim == 0`` it is the plain network.
 
+Atom masking (JEPA's context view): the batch may carry ``atom_mask`` ``[N]`` bool (True = masked).
+A backbone that declares ``supports_mask = True`` must then hide the masked atoms' elements: the
+built-ins replace the element embedding of a masked atom by a learned ``mask_embedding`` (use
+:meth:`Backbone.apply_atom_mask`); positions stay. ``z`` of masked atoms keeps the true element and
+must not influence the output. Objectives that mask refuse backbones without ``supports_mask``.
+
 Output: :class:`BackboneOutput`.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from atomzoo.nn.graph import Graph, build_graph
@@ -44,11 +51,36 @@ class BackboneOutput:
     graph: Graph
 
 
+#: Name of the per-atom mask field of a batch: ``data.atom_mask`` ``[N]`` bool, True = masked atom.
+ATOM_MASK = "atom_mask"
+
+#: Parameters that may be absent from checkpoints written before atom masking existed (atomzoo <= 0.2):
+#: loading such a checkpoint keeps this module's freshly initialised value (see ``_load_from_state_dict``).
+OPTIONAL_PARAMETERS = ("mask_embedding",)
+
+
+def atom_mask(data) -> Tensor | None:
+    """``data.atom_mask`` as ``[N]`` bool, or ``None`` when the batch has none.
+
+    Raises ``ValueError`` when it is not one entry per atom.
+    """
+    mask = getattr(data, ATOM_MASK, None)
+    if mask is None:
+        return None
+    if mask.shape != data.z.shape:
+        raise ValueError(f"{ATOM_MASK} must have one entry per atom, shape {tuple(data.z.shape)}, got {tuple(mask.shape)}")
+    return mask.to(torch.bool)
+
+
 class Backbone(nn.Module):
     """Base class of all backbones.
 
     Subclasses call ``super().__init__(width=..., cutoff=..., vector_width=..., condition_dim=...)``
     and implement :meth:`forward`.
+
+    Atom masking: set the class attribute ``supports_mask = True`` when ``forward`` honours
+    ``data.atom_mask`` (see :meth:`apply_atom_mask`); the default ``False`` makes masking objectives
+    (JEPA with ``mask_ratio > 0``) raise a ``ValueError`` saying what to add.
 
     Args:
         width: number of per-atom scalar features F.
@@ -67,6 +99,7 @@ class Backbone(nn.Module):
 
     #: True when every distance and direction the backbone uses comes from :meth:`graph`.
     periodic: bool = False
+    supports_mask: bool = False
 
     def __init__(
         self,
@@ -103,6 +136,37 @@ class Backbone(nn.Module):
         """
         module = getattr(self, "embedding", None)
         return list(module.parameters()) if isinstance(module, nn.Module) else []
+
+    @staticmethod
+    def apply_atom_mask(features: Tensor, data, token: Tensor) -> Tensor:
+        """Replace the rows of masked atoms (``data.atom_mask``) by ``token``.
+
+        Args:
+            features: ``[N, D]`` per-atom input features (element embedding, one-hot attributes...).
+            data: the batch; without ``atom_mask`` the values of ``features`` are returned unchanged.
+            token: ``[D]`` learned mask embedding.
+
+        Returns ``[N, D]``. Raises ``ValueError`` for a mask that is not ``[N]``.
+
+        Without a mask the result is ``features + 0 * token.sum()`` (the same values, bit for bit): the
+        token then still takes part in the graph and receives a zero gradient, so that DDP with
+        ``find_unused_parameters=False`` (``configs/trainer/ddp*.yaml``) does not fail on an unused
+        parameter in runs that never mask (regression, denoising, ...).
+        """
+        mask = atom_mask(data)
+        if mask is None:
+            return features + 0.0 * token.to(features.dtype).sum()
+        return torch.where(mask.unsqueeze(-1), token.to(features.dtype).expand_as(features), features)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints from before atom masking lack the mask embedding: keep the initial value
+        for name in OPTIONAL_PARAMETERS:
+            value = self._parameters.get(name)
+            if value is not None and prefix + name not in state_dict:
+                state_dict[prefix + name] = value.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def graph(self, data) -> Graph:
         """The radius graph of ``data`` at this backbone's cutoff, computed from ``data.pos`` (and,
@@ -166,4 +230,5 @@ def with_positions(data, pos: Tensor):
     return out
 
 
-__all__ = ["Backbone", "BackboneOutput", "num_graphs", "periodic_cell", "with_positions"]
+__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "num_graphs", "periodic_cell",
+           "with_positions"]

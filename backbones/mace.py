@@ -180,10 +180,21 @@ class MACE(Backbone):
             self-connection, the gate thus scales the layer's whole scalar output. Non-scalars are
             neither modulated nor gated. ``condition=None`` uses the learned mask token.
 
+    Masking (``supports_mask = True``): a masked atom (``data.atom_mask``) gets the learned node
+    attribute ``mask_embedding`` ``[num_elements]`` (init uniform ``1 / num_elements``: the average
+    element) instead of its one-hot row. Everything element-dependent in mace-torch reads the node
+    attributes linearly (the embedding, the skip tensor products, the symmetric-contraction
+    weights), so a masked atom is a learned mixture of elements and its true ``z`` is never seen.
+
+    Initialisation: mace-torch's blocks keep their own (e3nn) initialisation, as
+    ``mace.modules.models.MACE`` does (it has no ``reset_parameters`` of its own); the adaLN modules
+    initialise themselves (:mod:`atomzoo.nn.conditioning`).
+
     Output: scalars ``[N, num_interactions * C0]``, vectors ``[N, 3, C1]`` (see module docstring).
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    supports_mask = True
 
     def __init__(
         self,
@@ -296,6 +307,7 @@ class MACE(Backbone):
                     )
                 )
             self.conditioning = condition_modules(num_interactions, num_scalars, condition_dim)
+            self.mask_embedding = torch.nn.Parameter(torch.full((len(zs),), 1.0 / len(zs)))
 
     def element_embedding_parameters(self) -> list[torch.nn.Parameter]:
         """The element embedding is mace's ``LinearNodeEmbeddingBlock`` (one-hot -> C0 scalars).
@@ -330,7 +342,7 @@ class MACE(Backbone):
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         edge_index = graph.edge_index
-        node_attrs = self.node_attrs(data.z, data.pos.dtype)
+        node_attrs = self.apply_atom_mask(self.node_attrs(data.z, data.pos.dtype), data, self.mask_embedding)
         # mace's edge vectors point from sender to receiver: pos[dst] - pos[src] = -graph.vec
         edge_attrs = self.spherical_harmonics(-graph.vec)
         edge_feats, cutoff = self.radial_embedding(

@@ -15,12 +15,15 @@ channel dimension, or built from unit edge vectors; scalars only see vector norm
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.graph import Graph
+from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.radial import SincRBF, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -114,10 +117,21 @@ class PaiNN(Backbone):
             ``s <- s + g * (ds_message + ds_update)``; vectors are neither modulated nor gated
             (:mod:`atomzoo.nn.conditioning`). ``condition=None`` uses the learned mask token.
 
+    Masking: ``data.atom_mask`` (``[N]`` bool) replaces the element embedding of masked atoms by the
+    learned ``mask_embedding`` ``[F]`` (``supports_mask = True``).
+
+    Initialisation (:meth:`reset_parameters`) follows schnetpack 2.x's ``PaiNN`` (every layer a
+    ``schnetpack.nn.Dense``): element embedding N(0, 1) (``nn.Embedding``'s default; the mask
+    embedding too), every linear layer Xavier-uniform with zero bias. schnetpack fuses some layers
+    that we keep apart -- the filters of all interactions (one ``Dense(R, 3 F T)``) and ``U``/``V``
+    (one ``Dense(F, 2F)``) -- so those get the Xavier bound of the fused matrix,
+    ``sqrt(6 / (fan_in + fan_out_fused))``, as in schnetpack.
+
     Output: scalars ``[N, F]`` (invariant), vectors ``[N, 3, F]`` (equivariant, x/y/z on dim 1).
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    supports_mask = True
 
     def __init__(
         self,
@@ -140,13 +154,27 @@ class PaiNN(Backbone):
         self.rbf = SincRBF(num_rbf, cutoff)
         self.interactions = nn.ModuleList(PaiNNInteraction(width, num_rbf) for _ in range(num_interactions))
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
+        self.mask_embedding = nn.Parameter(torch.empty(width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """schnetpack initialisation (see the class docstring); adaLN modules as in DiT."""
+        self.embedding.reset_parameters()
+        nn.init.normal_(self.mask_embedding)
+        xavier_linear_(self.interactions)
+        width, num_rbf, num = self.width, self.rbf.frequencies.numel(), len(self.interactions)
+        for block in self.interactions:  # Xavier bounds of schnetpack's fused layers
+            nn.init.uniform_(block.message.filter.weight, -math.sqrt(6.0 / (num_rbf + 3 * width * num)),
+                             math.sqrt(6.0 / (num_rbf + 3 * width * num)))
+            for mix in (block.update.U, block.update.V):
+                nn.init.uniform_(mix.weight, -math.sqrt(6.0 / (3 * width)), math.sqrt(6.0 / (3 * width)))
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
         envelope = cosine_cutoff(graph.length, self.cutoff)
-        s = self.embedding(data.z)
+        s = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)
         v = s.new_zeros(s.size(0), 3, self.width)
         cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):

@@ -8,10 +8,12 @@ Invariant backbone: scalar features only.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -68,10 +70,18 @@ class SchNet(Backbone):
             ``x <- x + g * interaction(x_mod)`` (:mod:`atomzoo.nn.conditioning`, ``self.conditioning``);
             ``condition=None`` uses the learned mask token.
 
+    Masking: ``data.atom_mask`` (``[N]`` bool) replaces the element embedding of masked atoms by the
+    learned ``mask_embedding`` ``[width]`` (``supports_mask = True``).
+
+    Initialisation (:meth:`reset_parameters`) follows PyG's ``SchNet.reset_parameters`` and
+    schnetpack's ``Dense``: element embedding N(0, 1) (``nn.Embedding``'s default; the mask embedding
+    too), every linear layer Xavier-uniform with zero bias.
+
     Output: scalars ``[N, width]``; no vector features.
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    supports_mask = True
 
     def __init__(
         self,
@@ -91,12 +101,20 @@ class SchNet(Backbone):
             SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
         )
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
+        self.mask_embedding = nn.Parameter(torch.empty(width))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyG / schnetpack initialisation (see the class docstring); adaLN modules as in DiT."""
+        self.embedding.reset_parameters()
+        nn.init.normal_(self.mask_embedding)
+        xavier_linear_(self.interactions)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
-        x = self.embedding(data.z)
+        x = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)
         cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):
             if cond is None:

@@ -14,7 +14,14 @@ The contract (docs/backbones.md): subclass :class:`atomzoo.backbones.Backbone`, 
 condition), and return a :class:`atomzoo.backbones.BackboneOutput` from ``forward(data, condition=None)``.
 This one is invariant, returns no vector features and takes no condition: objectives that need
 those (denoising's equivariant noise head, SCD's conditioning) fall back to generic heads built from
-its scalars and the graph's edge vectors.
+its scalars and the graph's edge vectors. It supports atom masking (JEPA's context view): two lines,
+``supports_mask = True`` and the ``apply_atom_mask`` call in ``forward``.
+
+Check it against the contract in three lines (``atomzoo.testing``)::
+
+    from atomzoo.testing import check_backbone
+    from custom_backbone import DistanceMPNN
+    check_backbone(lambda: DistanceMPNN(width=16, num_layers=2))
 """
 
 from __future__ import annotations
@@ -39,9 +46,12 @@ class DistanceMPNN(Backbone):
         cutoff: radius in Angstrom.
     """
 
+    supports_mask = True  # forward honours data.atom_mask (JEPA's masked atoms)
+
     def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0) -> None:
         super().__init__(width=width, cutoff=cutoff)  # no vector features, no conditioning
         self.embedding = nn.Embedding(101, width)  # found by objectives that freeze element embeddings
+        self.mask_embedding = nn.Parameter(torch.randn(width))  # what a masked atom looks like
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.message = nn.ModuleList(
             nn.Sequential(nn.Linear(width + num_rbf, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
@@ -55,7 +65,7 @@ class DistanceMPNN(Backbone):
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
         envelope = cosine_cutoff(graph.length, self.cutoff).unsqueeze(-1)
-        h = self.embedding(data.z)
+        h = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)  # no-op without a mask
         for message, update in zip(self.message, self.update):
             m = message(torch.cat([h[graph.src], rbf], dim=-1)) * envelope
             aggregated = scatter(m, graph.dst, dim=0, dim_size=h.size(0), reduce="sum")

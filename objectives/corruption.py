@@ -4,7 +4,7 @@ masking, and the running moments that standardise a noise target. One validation
 * :func:`check_sigma` -- the one check of a noise level option (float or list, Angstrom).
 * :func:`sample_sigma` -- one noise level per molecule.
 * :func:`gaussian_noise` -- ``sigma[batch] * N(0, I)``, optionally mean-centred per molecule.
-* :func:`mask_atoms` -- replace the atomic number of randomly chosen atoms by a mask element.
+* :func:`mask_atoms` -- choose atoms to mask (the backbone embeds them with its mask embedding).
 * :class:`RunningMoments` -- exact running per-component mean / std, synchronised across DDP ranks.
 
 Every sampler takes an optional ``torch.Generator`` (CPU) so that evaluation can be seeded; with
@@ -64,13 +64,14 @@ def gaussian_noise(
     return noise
 
 
-def mask_atoms(z: Tensor, ratio: float, mask_element: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """``(z_masked [N], masked [N] bool)``: each atom independently with probability ``ratio`` gets
-    atomic number ``mask_element``."""
+def mask_atoms(num_atoms: int, ratio: float, device=None, generator: torch.Generator | None = None) -> Tensor:
+    """``[num_atoms]`` bool: each atom masked independently with probability ``ratio`` (drawn on the CPU
+    from ``generator`` when given, so evaluation is reproducible). The objective stores it as
+    ``data.atom_mask``; backbones with ``supports_mask`` then embed masked atoms with their learned
+    mask embedding (the true element stays in ``data.z`` and must not reach the output)."""
     if ratio <= 0:
-        return z, torch.zeros_like(z, dtype=torch.bool)
-    masked = (torch.rand(z.shape, generator=generator) < ratio).to(z.device)
-    return torch.where(masked, torch.full_like(z, int(mask_element)), z), masked
+        return torch.zeros(num_atoms, dtype=torch.bool, device=device)
+    return (torch.rand(num_atoms, generator=generator) < ratio).to(device)
 
 
 def _all_reduce_sum(t: Tensor) -> Tensor:

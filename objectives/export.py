@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from atomzoo.backbones.base import OPTIONAL_PARAMETERS
+
 PREFIX = "backbone."
 META_KEY = "atomzoo"
 
@@ -143,7 +145,8 @@ def check_backbone_compatible(backbone: nn.Module, weights: dict[str, Tensor], m
             "use the same backbone class (and the same init_args) as the pretraining run"
         )
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(weights))
+    # checkpoints from before atom masking have no mask embedding: the model keeps its initial one
+    missing = sorted(k for k in set(own) - set(weights) if k not in OPTIONAL_PARAMETERS)
     unexpected = sorted(set(weights) - set(own))
     shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]

@@ -2,6 +2,12 @@
 
 Scalar heads (regression), equivariant per-atom vector heads (denoising) and pooled molecular
 projections (SCD, JEPA-EMA) and the SIGReg projector (JEPA-SIGReg). Every head takes pieces of a :class:`~atomzoo.backbones.base.BackboneOutput`.
+
+Initialisation: every linear layer of every head here is Xavier-uniform with zero bias
+(:func:`atomzoo.nn.init.xavier_linear_`), the convention of the references: PyG's SchNet readout
+(``lin1``/``lin2``), schnetpack's ``Atomwise`` (``schnetpack.nn.Dense``), torchmd-net's output
+models (``EquivariantVectorOutput``'s gated blocks, used by the denoising and SCD papers). Layer
+norms keep unit weight / zero bias.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.graph import Graph
+from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 
@@ -30,9 +37,10 @@ class AtomwiseMLP(nn.Module):
             raise ValueError(f"head_hidden={hidden} must be >= 0 (0: linear head) (--model.head_hidden)")
         if hidden == 0:
             self.net = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Linear(width, out))
-            return
-        hidden = hidden or max(1, width // 2)
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out))
+        else:
+            hidden = hidden or max(1, width // 2)
+            self.net = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, out))
+        xavier_linear_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -71,6 +79,7 @@ class EdgeVectorHead(nn.Module):
         self.edge = nn.Sequential(
             nn.Linear(2 * hidden + num_rbf + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1)
         )
+        xavier_linear_(self)
 
     def forward(self, scalars: Tensor, graph: Graph) -> Tensor:
         src, dst = graph.edge_index
@@ -100,6 +109,7 @@ class GatedVectorHead(nn.Module):
         hidden = hidden or width
         self.mix = nn.Linear(vector_width, vector_width, bias=False)
         self.gate = nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, vector_width))
+        xavier_linear_(self)
 
     def forward(self, scalars: Tensor, vectors: Tensor) -> Tensor:
         mixed = self.mix(vectors)  # [N, 3, Fv]
@@ -159,6 +169,7 @@ class PooledProjection(nn.Module):
         self.molecule = nn.Sequential(
             nn.LayerNorm(hidden), nn.Linear(hidden, hidden), nn.SiLU(), nn.LayerNorm(hidden), nn.Linear(hidden, out_dim)
         )
+        xavier_linear_(self)
 
     def forward(self, scalars: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
         pooled = scatter(self.atom(scalars), batch, dim=0, dim_size=num_graphs, reduce="sum")

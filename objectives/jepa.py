@@ -4,8 +4,8 @@ Two views of each molecule:
 
 * context view: the corrupted structure -- Gaussian position noise (``sigma`` Angstrom, constant or
   one value per molecule drawn from a list) and/or masked atoms (each atom independently with
-  probability ``mask_ratio``; a masked atom keeps its position but its atomic number becomes
-  ``mask_element``, default 0, a row of the element embedding no real element uses);
+  probability ``mask_ratio``; a masked atom keeps its position, ``data.atom_mask`` marks it and the
+  backbone replaces its element embedding by a learned mask embedding, see docs/backbones.md);
 * target view: the clean structure.
 
 Both go through an encoder = backbone + projector -> embedding ``[G, D]`` per molecule. A
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -188,8 +189,8 @@ class JEPA(Objective):
         sigma: context-view position noise in Angstrom (float, or list: one value per molecule);
             0 disables noise.
         mask_ratio: probability that an atom of the context view is masked (0 disables).
-        mask_element: atomic number given to masked atoms (must be accepted by the backbone's
-            element embedding; MACE's one-hot covers only its ``atomic_numbers``).
+        mask_element: deprecated and ignored (FutureWarning): masked atoms are marked in
+            ``data.atom_mask`` and the backbone (``supports_mask = True``) embeds them.
         embedding_dim, projection_hidden: projector sizes (defaults: ema ``PooledProjection``
             width/width; sigreg ``SIGRegProjector`` hidden 2 x width, output width).
         predictor_hidden: predictor hidden size (default 2 * embedding_dim).
@@ -201,7 +202,7 @@ class JEPA(Objective):
 
     Raises:
         ValueError: unknown ``anti_collapse``, ``mask_ratio`` outside [0, 1), negative sigma, no
-            corruption at all, or a ``mask_element`` the backbone cannot embed.
+            corruption at all, or ``mask_ratio > 0`` with a backbone without ``supports_mask``.
     """
 
     def __init__(
@@ -210,7 +211,7 @@ class JEPA(Objective):
         anti_collapse: str = "ema",
         sigma: float | list[float] = 0.1,
         mask_ratio: float = 0.15,
-        mask_element: int = 0,
+        mask_element: int | None = None,
         embedding_dim: int | None = None,
         projection_hidden: int | None = None,
         predictor_hidden: int | None = None,
@@ -237,15 +238,19 @@ class JEPA(Objective):
         sigmas = [self.sigma] if isinstance(self.sigma, float) else self.sigma
         if mask_ratio == 0 and all(s == 0 for s in sigmas):
             raise ValueError("JEPA needs a corruption: set sigma > 0 and/or mask_ratio > 0 (--model.sigma, --model.mask_ratio)")
-        known = getattr(backbone, "atomic_numbers", None)
-        if mask_ratio > 0 and isinstance(known, Tensor) and int(mask_element) not in known.tolist():
+        if mask_ratio > 0 and not getattr(backbone, "supports_mask", False):
             raise ValueError(
-                f"mask_element={mask_element} is not among {type(backbone).__name__}'s atomic_numbers {known.tolist()}: "
-                "add it to the backbone's atomic_numbers, or use --model.mask_ratio 0 (noise only)"
+                f"mask_ratio={mask_ratio} needs a backbone that supports atom masking, and {type(backbone).__name__} "
+                "does not declare it: set the class attribute `supports_mask = True` and replace the element "
+                "embedding of masked atoms (data.atom_mask) by a learned one, e.g. "
+                "`x = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)` "
+                "(docs/backbones.md, 'Atom masking'); or use --model.mask_ratio 0 (noise only)"
             )
+        if mask_element is not None:
+            warnings.warn("JEPA's mask_element is ignored since atomzoo 0.2: masked atoms are marked in data.atom_mask "
+                          "and the backbone embeds them (docs/backbones.md)", FutureWarning, stacklevel=2)
         self.anti_collapse = anti_collapse
         self.mask_ratio = float(mask_ratio)
-        self.mask_element = int(mask_element)
         self.atom_loss_weight = float(atom_loss_weight)
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
         self.projection = self.strategy.make_projection(backbone.width, projection_hidden, embedding_dim)
@@ -266,7 +271,9 @@ class JEPA(Objective):
         sig = sample_sigma(self.sigma, g, device, generator)
         pos = data.pos + gaussian_noise(data.pos, data.batch, sig, generator=generator) if bool((sig > 0).any()) else data.pos
         view = with_positions(data, pos)
-        view.z, masked = mask_atoms(data.z, self.mask_ratio, self.mask_element, generator)
+        masked = mask_atoms(data.z.numel(), self.mask_ratio, device, generator)
+        if self.mask_ratio > 0:
+            view.atom_mask = masked  # the backbone swaps these atoms' element embedding for its mask embedding
         fraction = scatter(masked.float(), data.batch, dim=0, dim_size=g, reduce="mean")
         return view, torch.stack([sig.float(), fraction], dim=-1)
 

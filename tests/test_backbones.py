@@ -21,6 +21,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
+from atomzoo import testing
 from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, num_graphs, with_positions
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.graph import build_graph
@@ -463,7 +464,8 @@ def test_mace_matches_mace_torch_scaleshiftmace(batch):
     finally:
         torch.set_default_dtype(previous)
     ref_state = ref.state_dict()
-    ours.load_state_dict({k: ref_state[k] for k in ours.state_dict()}, strict=True)
+    # every tensor but our mask embedding (mace has none) comes from mace-torch; strict still holds
+    ours.load_state_dict({k: ref_state[k] for k in ours.state_dict() if k != "mask_embedding"}, strict=True)
     graph = build_graph(batch.pos, batch.batch, CUTOFF)
     n_edges = graph.edge_index.size(1)
     data = {
@@ -526,3 +528,84 @@ def test_mace_import_is_lazy_and_restores_environment():
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         assert f"ENV-OK {value}" in out
+
+
+# ---------------------------------------------------------------------------------------- contract helper
+@pytest.mark.parametrize("name", NAMES)
+def test_contract_helper_passes_every_builtin(name):
+    """``atomzoo.testing.check_backbone`` (what users run on their own backbone) on ours, conditioned."""
+    report = testing.check_backbone(lambda: FACTORIES[name](COND))
+    expected_masking = "skipped (supports_mask = False)" if name == "custom" else "ok"
+    assert report == {"shapes": "ok", "symmetries": "ok", "forces": "ok", "conditioning": "ok",
+                      "masking": expected_masking}
+
+
+class _NotInvariant(TinyNet):
+    def forward(self, data, condition=None):
+        out = super().forward(data, condition)
+        return BackboneOutput(out.scalars + data.pos[:, :1], out.vectors, out.graph)
+
+
+class _LeaksMaskedElement(SchNet):
+    def forward(self, data, condition=None):
+        out = super().forward(data, condition)
+        return BackboneOutput(out.scalars + 1e-3 * data.z.unsqueeze(-1).to(out.scalars.dtype), None, out.graph)
+
+
+def test_contract_helper_catches_broken_backbones():
+    with pytest.raises(AssertionError, match="symmetries.*rotation"):
+        testing.check_backbone(lambda: _NotInvariant())
+    with pytest.raises(AssertionError, match="masking.*element"):
+        testing.check_backbone(lambda: _LeaksMaskedElement(width=8, num_filters=8, num_interactions=1, num_rbf=6, cutoff=CUTOFF))
+
+
+# ---------------------------------------------------------------------------------------- masking
+@pytest.mark.parametrize("name", [n for n in NAMES if (n.values[0] if hasattr(n, "values") else n) != "custom"])
+def test_masked_atoms_use_the_mask_embedding(nets, batch, name):
+    model = nets[name]
+    assert model.supports_mask and model.mask_embedding.requires_grad
+    mask = torch.zeros(batch.num_nodes, dtype=torch.bool)
+    mask[[0, 6]] = True
+    view = batch.__copy__()
+    view.atom_mask = mask
+    out = run(model, view)
+    (out.scalars.sum()).backward()
+    assert model.mask_embedding.grad is not None and model.mask_embedding.grad.abs().sum() > 0
+    model.zero_grad()
+    with pytest.raises(ValueError, match="atom_mask"):
+        bad = batch.__copy__()
+        bad.atom_mask = mask[:-1]
+        run(model, bad)
+
+
+def test_checkpoint_without_mask_embedding_still_loads():
+    """State dicts written before atom masking (no ``mask_embedding``) load strictly; the token keeps its init."""
+    old = make_schnet()
+    state = {k: v for k, v in old.state_dict().items() if k != "mask_embedding"}
+    new = make_schnet()
+    token = new.mask_embedding.detach().clone()
+    new.load_state_dict(state, strict=True)
+    assert torch.equal(new.mask_embedding, token)
+    assert torch.equal(new.embedding.weight, old.embedding.weight)
+
+
+# ---------------------------------------------------------------------------------------- initialisation
+@pytest.mark.parametrize("factory", [make_schnet, make_painn], ids=["schnet", "painn"])
+def test_linear_layers_are_xavier_uniform_with_zero_bias(factory):
+    """PyG's SchNet / schnetpack's Dense: Xavier-uniform weights, zero biases (issue 14)."""
+    torch.manual_seed(0)
+    model = factory(COND)
+    layers = [m for m in model.interactions.modules() if isinstance(m, nn.Linear)]
+    assert layers
+    fused = {id(b.message.filter): (b.message.filter.in_features, 3 * model.width * len(model.interactions))
+             for b in getattr(model, "interactions") if hasattr(b, "message")}
+    fused.update({id(m): (model.width, 2 * model.width) for b in model.interactions if hasattr(b, "update")
+                  for m in (b.update.U, b.update.V)})
+    for layer in layers:
+        fan_in, fan_out = fused.get(id(layer), (layer.in_features, layer.out_features))
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.8 * bound  # uniform on the full range, not torch's smaller default
+        assert layer.bias is None or torch.count_nonzero(layer.bias) == 0
+    for module in model.conditioning:  # DiT: Xavier hidden layer, zero final projection
+        assert torch.count_nonzero(module.mlp[0].bias) == 0 and torch.count_nonzero(module.mlp[-1].weight) == 0
