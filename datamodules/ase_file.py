@@ -15,8 +15,13 @@ the factors used. Other properties keep their units (``property_units`` only lab
 Checks (every record, before anything is stored; errors name the file, the record and the key):
 the energy must be one value per structure (a per-atom column such as ``energies`` ``[n_atoms]`` is
 refused with the shape found and the shape needed), forces ``[n_atoms, 3]``, every property one value;
-periodic structures (any ``pbc`` direction true) are refused until periodic support lands, since the
-backbones would silently treat them as free molecules.
+a periodic direction needs a cell of non-zero volume.
+
+Periodic structures: each structure's ``cell`` (lattice vectors as rows, converted to Angstrom) and
+``pbc`` (extxyz ``Lattice=`` / ``pbc=``, ASE databases, any format ASE reads them from) are stored
+and reach the model as ``batch.cell`` ``[B, 3, 3]`` and ``batch.pbc`` ``[B, 3]``; the backbones'
+neighbour list then includes the periodic images (:func:`atomzoo.nn.graph.build_graph`). A box on a
+structure with ``pbc`` all false is ignored, as ASE does.
 
 The cache fingerprint holds the file's resolved path, size and modification time, the format, index
 and all keys/factors, so editing the file or the options rebuilds the store.
@@ -188,6 +193,7 @@ class ASEFileDataModule(AtomsDataModule):
             "property_keys": self.property_keys,
             "energy_unit": self.file_energy_unit,
             "length_unit": self.file_length_unit,
+            "periodic": 1,  # stores written since cell / pbc are kept
         } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
@@ -250,13 +256,14 @@ class ASEFileDataModule(AtomsDataModule):
             raise DataFormatError(f"{where}: the structure has no atoms")
         check_atomic_numbers(z, where)
         if np.any(atoms.pbc):
-            raise DataFormatError(
-                f"{where}: the structure is periodic (pbc={[bool(p) for p in atoms.pbc]}, cell "
-                f"{np.round(np.asarray(atoms.cell), 4).tolist()}); atomzoo's backbones treat every structure as a "
-                "free molecule and would ignore the periodic images, so periodic files are refused until periodic "
-                "support lands. For a molecule or cluster written with a box, set pbc=False in the file "
-                "(extxyz: pbc=\"F F F\")"
-            )
+            cell = np.asarray(atoms.cell, dtype=np.float64)
+            periodic = np.asarray(atoms.pbc, dtype=bool)
+            if abs(np.linalg.det(cell)) < 1e-6:
+                raise DataFormatError(
+                    f"{where}: the structure is periodic (pbc={periodic.tolist()}) but its cell "
+                    f"{np.round(cell, 4).tolist()} has zero volume; give three lattice vectors (extxyz: Lattice=\"...\"), "
+                    "or set pbc=False for a free molecule (extxyz: pbc=\"F F F\")"
+                )
         pos = np.asarray(atoms.positions, dtype=np.float64) * self.length_factor
         check_finite(pos[None], "positions", str(self.path), record)
         labels = []
@@ -327,7 +334,7 @@ class ASEFileDataModule(AtomsDataModule):
         names = self.label_names()
         elements: set[int] = set()
         with StoreWriter(path, self.fingerprint()) as writer:
-            buf: dict[str, list] = {"z": [], "pos": [], "forces": [], "labels": [], "counts": []}
+            buf: dict[str, list] = {"z": [], "pos": [], "forces": [], "labels": [], "counts": [], "cell": [], "pbc": []}
 
             def flush() -> None:
                 if not buf["counts"]:
@@ -335,7 +342,9 @@ class ASEFileDataModule(AtomsDataModule):
                 atoms = {"z": np.concatenate(buf["z"]).astype(np.uint8), "pos": np.concatenate(buf["pos"]).astype(np.float32)}
                 if self.forces_key:
                     atoms["forces"] = np.concatenate(buf["forces"]).astype(np.float32)
-                molecules = {"labels": np.asarray(buf["labels"], dtype=np.float64).reshape(len(buf["counts"]), len(names))}
+                molecules = {"labels": np.asarray(buf["labels"], dtype=np.float64).reshape(len(buf["counts"]), len(names)),
+                             "cell": np.asarray(buf["cell"], dtype=np.float64).reshape(-1, 3, 3),
+                             "pbc": np.asarray(buf["pbc"], dtype=np.uint8).reshape(-1, 3)}
                 writer.append(atoms=atoms, counts=np.asarray(buf["counts"]), molecules=molecules)
                 for v in buf.values():
                     v.clear()
@@ -350,6 +359,10 @@ class ASEFileDataModule(AtomsDataModule):
                 buf["forces"].append(forces)
                 buf["labels"].append(labels)
                 buf["counts"].append(z.size)
+                periodic = np.asarray(atoms.pbc, dtype=bool)
+                buf["pbc"].append(periodic)
+                buf["cell"].append(np.asarray(atoms.cell, dtype=np.float64) * self.length_factor if periodic.any()
+                                   else np.zeros((3, 3)))
                 n += 1
                 if len(buf["counts"]) >= CHUNK:
                     flush()

@@ -70,6 +70,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.indices = np.asarray(indices, dtype=np.int64)
         self.label_columns = label_columns
         self._extra_atom_arrays = [n for n in store.atom_arrays() if n not in ("z", "pos")]
+        self._periodic = {"cell", "pbc"} <= set(store.molecule_arrays())
         self.corruption = corruption if corruption is not None and corruption.rate > 0 else None
         self._corrupted: set[int] = self.corruption.select(self.indices) if self.corruption else set()
         self._label_std = None
@@ -93,6 +94,9 @@ class StoreDataset(torch.utils.data.Dataset):
             data.y = torch.from_numpy(np.array(arrays["labels"][m, self.label_columns], dtype=np.float64))[None]
         for name in self._extra_atom_arrays:
             setattr(data, name, torch.from_numpy(np.array(arrays[name][a:b], dtype=np.float32)))
+        if self._periodic:  # [1, 3, 3] and [1, 3]: a batch stacks them to [B, 3, 3] and [B, 3]
+            data.cell = torch.from_numpy(np.array(arrays["cell"][m], dtype=np.float32))[None]
+            data.pbc = torch.from_numpy(np.array(arrays["pbc"][m], dtype=bool))[None]
         if m in self._corrupted:
             data = self.corruption.apply(data, m, self._label_std)
         return data

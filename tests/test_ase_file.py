@@ -150,15 +150,46 @@ def test_every_role_checks_its_shape(tmp_path):
     _expect(tmp_path, atoms, r"record 1: key 'gap' \(property\) holds 'high', not a number", property_keys=["gap"])
 
 
-def test_periodic_structure_is_refused(tmp_path):
-    dm = dm_for(BAD / "periodic-cell/cu_bulk.extxyz", tmp_path)
-    with pytest.raises(DataFormatError, match=r"cu_bulk.extxyz, record 0: the structure is periodic \(pbc=\[True, True, "
-                       r"True\], cell \[\[3.61.*pbc=\"F F F\""):
-        dm.prepare_data()
-    _, atoms = frames(4)  # one periodic direction is enough
+def test_periodic_structures_keep_their_cell_and_images(tmp_path):
+    """The bad-input case: a 4-atom Cu crystal must not be predicted like the free 4-atom cluster, and
+    moving one atom by a lattice vector must not change the prediction."""
+    import torch
+    from ase.io import read
+
+    from atomzoo.backbones import SchNet
+
+    crystal = read(BAD / "periodic-cell/cu_bulk.extxyz", index=0)
+    moved = crystal.copy()
+    moved.positions[1] += crystal.cell[0] - 2 * crystal.cell[2]
+    cluster = crystal.copy()
+    cluster.pbc = False
+    slab = crystal.copy()
+    slab.pbc = [True, True, False]
+    write(tmp_path / "mixed.extxyz", [crystal, moved, cluster, slab])
+    dm = dm_for(tmp_path / "mixed.extxyz", tmp_path, num_train=2, num_val=1, energy_key=None, forces_key=None)
+    dm.prepare_data()
+    dm.setup("fit")
+    from torch_geometric.data import Batch
+
+    from atomzoo.datamodules.base import StoreDataset
+
+    batch = Batch.from_data_list([StoreDataset(dm.store, np.arange(4), None)[i] for i in range(4)])
+    assert batch.pbc.tolist() == [[True] * 3, [True] * 3, [False] * 3, [True, True, False]]
+    torch.testing.assert_close(batch.cell[0], torch.tensor(np.asarray(crystal.cell), dtype=torch.float32))
+    torch.manual_seed(0)
+    model = SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=12, cutoff=4.0).eval()
+    with torch.no_grad():
+        scalars = model(batch).scalars
+    energy = torch.zeros(4).index_add_(0, batch.batch, scalars.sum(-1))
+    assert energy[1] == pytest.approx(float(energy[0]), abs=1e-4)  # lattice translation of one atom
+    assert abs(float(energy[2] - energy[0])) > 1e-3  # the crystal is not the cluster
+    assert abs(float(energy[3] - energy[0])) > 1e-3  # nor the slab
+
+
+def test_periodic_structure_without_a_cell_is_refused(tmp_path):
+    _, atoms = frames(4)  # one periodic direction and no lattice vectors
     atoms[2].pbc = [False, False, True]
-    atoms[2].cell = [10, 10, 10]
-    _expect(tmp_path, atoms, r"record 2: the structure is periodic \(pbc=\[False, False, True\]")
+    _expect(tmp_path, atoms, r"record 2: the structure is periodic \(pbc=\[False, False, True\]\) but its cell .* zero volume")
 
 
 def test_net_charge_and_spin_are_reported_not_dropped_silently(tmp_path):
