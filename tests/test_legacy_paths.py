@@ -50,6 +50,8 @@ def test_old_export_builds_the_same_backbone():
     assert type(backbone) is SchNet
     model = Regression.load_from_checkpoint(LEGACY / "schnet_homo.ckpt")
     for name, tensor in model.backbone.state_dict().items():
+        if name == "mask_embedding":  # not in 0.1 files: each load keeps its own freshly initialised token
+            continue
         assert torch.equal(backbone.state_dict()[name], tensor), name
     # and init_from with an old export into a new-path backbone
     fresh = SchNet(**json.loads((LEGACY / "schnet_homo.json").read_text())["init_args"])
