@@ -300,6 +300,16 @@ class MACE(Backbone):
         """
         return list(self.node_embedding.parameters())
 
+    def weight_decay_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that take weight decay, by mace-torch's own rule (``get_params_options``):
+        the interaction blocks' ``linear.weight`` (and ``skip_tp_full.weight``) and all product-block
+        weights; not the element embedding, the radial MLPs, ``linear_up`` or the skip tensor product.
+        (e3nn stores weight matrices flattened to 1-D, so the generic ">= 2 dimensions" rule of
+        :mod:`atomzoo.objectives.param_groups` cannot tell them apart.)
+        """
+        decay = [p for name, p in self.interactions.named_parameters() if "linear.weight" in name or "skip_tp_full.weight" in name]
+        return decay + list(self.products.parameters())
+
     def node_attrs(self, z: Tensor, dtype: torch.dtype) -> Tensor:
         """One-hot ``[N, num_elements]`` over :attr:`atomic_numbers` (raises on unknown elements)."""
         table = self.z_to_index

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.radial import SincRBF, cosine_cutoff
 
@@ -136,6 +137,7 @@ class PaiNN(Backbone):
         self.rbf = SincRBF(num_rbf, cutoff)
         self.interactions = nn.ModuleList(PaiNNInteraction(width, num_rbf) for _ in range(num_interactions))
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
+        self.drop_path = DropPath()  # per-atom stochastic depth of each layer's update; rate set by objectives
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
@@ -148,6 +150,7 @@ class PaiNN(Backbone):
             ds, dv = interaction(s, v, graph, rbf, envelope)
             if condition is not None:
                 ds = self.conditioning[i](s, ds, condition, data.batch)
+            ds, dv = self.drop_path(ds, dv)
             s = s + ds
             v = v + dv
         return BackboneOutput(scalars=s, vectors=v, graph=graph)

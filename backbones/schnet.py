@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -88,6 +89,7 @@ class SchNet(Backbone):
             SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
         )
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
+        self.drop_path = DropPath()  # per-atom stochastic depth of each layer's update; rate set by objectives
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
@@ -98,5 +100,5 @@ class SchNet(Backbone):
             update = interaction(x, graph.edge_index, graph.length, rbf)
             if condition is not None:
                 update = self.conditioning[i](x, update, condition, data.batch)
-            x = x + update
+            x = x + self.drop_path(update)
         return BackboneOutput(scalars=x, vectors=None, graph=graph)
