@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -291,6 +292,7 @@ class MACE(Backbone):
                     )
                 )
             self.conditioning = condition_modules(num_interactions, num_scalars, condition_dim)
+        self.drop_path = DropPath()  # per-atom stochastic depth of each residual update; rate set by objectives
 
     def element_embedding_parameters(self) -> list[torch.nn.Parameter]:
         """The element embedding is mace's ``LinearNodeEmbeddingBlock`` (one-hot -> C0 scalars).
@@ -350,7 +352,9 @@ class MACE(Backbone):
                 cutoff=cutoff,
                 first_layer=(i == 0),
             )
-            node_feats = product(node_feats=messages, sc=sc, node_attrs=node_attrs)
+            # product(messages, sc) is linear(...) + sc; the residual branch goes through drop-path
+            update = product(node_feats=messages, sc=None, node_attrs=node_attrs)
+            node_feats = sc + self.drop_path(update) if (product.use_sc and sc is not None) else update
             if condition is not None:
                 modulated = self.conditioning[i](x_scalars, node_feats[:, sl], condition, data.batch)
                 node_feats = torch.cat([node_feats[:, : sl.start], modulated, node_feats[:, sl.stop :]], dim=-1)

@@ -41,7 +41,7 @@ noise (``aux_denoising_sigma``, 0.005 A); that pass predicts the targets (proper
 noise (auxiliary loss), as in Zaidi et al. (arXiv 2206.00133) and SCD (arXiv 2603.17196).
 Validation, test and prediction use clean positions. ``aux_denoising_weight="auto"`` takes SCD's
 per-target weight (:func:`scd_aux_denoising_weight`); ``drop_path`` sets / schedules drop-path in
-backbones that have the hook (SchNet, PaiNN).
+backbones that have the hook (SchNet, PaiNN, MACE).
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class Regression(Objective):
         if max(rates) > 0 and not drop_path_modules(backbone):
             raise ValueError(
                 f"drop_path={option!r} but {type(backbone).__name__} has no drop-path hook "
-                "(atomzoo.nn.droppath.DropPath; SchNet and PaiNN have one); set --model.drop_path null"
+                "(atomzoo.nn.droppath.DropPath; SchNet, PaiNN and MACE have one); set --model.drop_path null"
             )
         return rates
 

@@ -148,6 +148,14 @@ def test_backbone_drop_path_hook(make):
     assert torch.equal(backbone(batch).scalars, reference)
 
 
+def test_mace_drop_path_hook_on_residual_updates():
+    pytest.importorskip("mace")
+    from atomzoo.backbones.mace import MACE
+
+    torch.manual_seed(0)
+    test_backbone_drop_path_hook(lambda: MACE(hidden_irreps="8x0e+8x1o", max_ell=1, num_interactions=2))
+
+
 def test_drop_path_schedule_and_errors():
     assert drop_path_rate(0, 0.15, 0.1, 3000) == 0.15
     assert drop_path_rate(1500, 0.15, 0.1, 3000) == pytest.approx(0.125)
