@@ -176,3 +176,16 @@ def test_drop_path_schedule_and_errors():
         Regression(NoHook(), targets=["homo"], drop_path=0.1)
     with pytest.raises(ValueError, match="--model.drop_path"):
         Regression(tiny_schnet(), targets=["homo"], drop_path=1.5)
+
+
+def test_checkpoint_without_aux_normaliser_still_loads():
+    """Fine-tuned checkpoints written before the aux normaliser existed load (it keeps noise / sigma)."""
+    torch.manual_seed(0)
+    model = Regression(tiny_schnet(), targets=["homo"], aux_denoising_weight=0.1)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_denoising.normalizer.")}
+    checkpoint = {"state_dict": state}
+    restored = Regression(tiny_schnet(), targets=["homo"], aux_denoising_weight=0.1)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert torch.equal(restored.aux_denoising.head.head.node.weight, model.aux_denoising.head.head.node.weight)
+    assert restored.aux_denoising.normalizer.scale.item() == 0.005
