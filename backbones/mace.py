@@ -309,7 +309,8 @@ class MACE(Backbone):
         (e3nn stores weight matrices flattened to 1-D, so the generic ">= 2 dimensions" rule of
         :mod:`atomzoo.objectives.param_groups` cannot tell them apart.)
         """
-        decay = [p for name, p in self.interactions.named_parameters() if "linear.weight" in name or "skip_tp_full.weight" in name]
+        decay = [p for name, p in self.interactions.named_parameters()
+                 if "linear.weight" in name or "skip_tp_full.weight" in name]
         return decay + list(self.products.parameters())
 
     def node_attrs(self, z: Tensor, dtype: torch.dtype) -> Tensor:

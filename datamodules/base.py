@@ -409,7 +409,8 @@ class AtomsDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} selects no targets: set --data.targets for a regression model")
         if targets is not None and list(targets) != list(self.targets):
             raise ValueError(
-                f"model targets {list(targets)} differ from the data's targets {self.targets}; set them with --data.targets"
+                f"model targets {list(targets)} differ from the data's targets {self.targets}; "
+                "set them with --data.targets"
             )
         stats = compute_target_statistics(
             self.targets_info(), self.training_labels(), self.training_element_counts(max_z), pooling, atomref

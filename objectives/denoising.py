@@ -129,7 +129,9 @@ class AuxDenoising(nn.Module):
     references do, so the head keeps predicting in the units it was trained in.
     """
 
-    def __init__(self, backbone: Backbone, sigma: float = 0.005, head: str = "auto", head_hidden: int | None = None) -> None:
+    def __init__(
+        self, backbone: Backbone, sigma: float = 0.005, head: str = "auto", head_hidden: int | None = None
+    ) -> None:
         super().__init__()
         _check_sigma(sigma)
         if not isinstance(sigma, (int, float)):

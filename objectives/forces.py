@@ -56,7 +56,9 @@ def energy_and_forces(
     def select(pred: Tensor) -> Tensor:
         if energy_index is None:
             if pred.dim() != 1:
-                raise ValueError(f"energy_fn returned shape {tuple(pred.shape)}: pass energy_index to pick the energy column")
+                raise ValueError(
+                    f"energy_fn returned shape {tuple(pred.shape)}: pass energy_index to pick the energy column"
+                )
             return pred
         if pred.dim() != 2 or not -pred.size(1) <= energy_index < pred.size(1):
             raise ValueError(f"energy_index={energy_index} does not fit predictions of shape {tuple(pred.shape)}")

@@ -179,7 +179,9 @@ class Regression(Objective):
         if aux_denoising_weight == "auto":
             aux_denoising_weight = scd_aux_denoising_weight(self.targets)
         elif isinstance(aux_denoising_weight, str):
-            raise ValueError(f"aux_denoising_weight={aux_denoising_weight!r}: give a number or 'auto' (--model.aux_denoising_weight)")
+            raise ValueError(
+                f"aux_denoising_weight={aux_denoising_weight!r}: give a number or 'auto' (--model.aux_denoising_weight)"
+            )
         if aux_denoising_weight < 0:
             raise ValueError(f"aux_denoising_weight={aux_denoising_weight} must be >= 0 (--model.aux_denoising_weight)")
         self.aux_denoising_weight = float(aux_denoising_weight)
@@ -210,7 +212,9 @@ class Regression(Objective):
         option = self.pooling_option
         if option is None:
             return None
-        return {t: option.get(t) for t in self.targets if t in option} if isinstance(option, dict) else {t: option for t in self.targets}
+        if isinstance(option, dict):
+            return {t: option[t] for t in self.targets if t in option}
+        return {t: option for t in self.targets}
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -248,7 +252,8 @@ class Regression(Objective):
     def fit_statistics(self, infos, labels, element_counts) -> None:
         """Set atom references, pooling and mean/std from training labels ``[n, T]`` and element counts ``[n, 101]``
         (what :meth:`setup` does with the DataModule's :meth:`target_statistics`; forces' RMS not included)."""
-        self.apply_statistics(compute_target_statistics(infos, labels, element_counts, self._pooling_map(), self.use_atomref))
+        stats = compute_target_statistics(infos, labels, element_counts, self._pooling_map(), self.use_atomref)
+        self.apply_statistics(stats)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["target_units"] = self.units
