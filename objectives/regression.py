@@ -189,7 +189,7 @@ class Regression(Objective):
         if self.aux_denoising is not None and aux_denoising_pretrained_head and self.init_from:
             self.aux_denoising.load_pretrained(backbone, self.init_from)
         # drop-path rate or schedule
-        self.drop_path = self._check_drop_path(drop_path, backbone)
+        self.drop_path_schedule = self._check_drop_path(drop_path, backbone)  # (start, end) or None
         self.drop_path_steps = int(drop_path_steps) if drop_path_steps is not None else self.warmup_steps + 2000
 
     @staticmethod
@@ -316,8 +316,8 @@ class Regression(Objective):
 
     # ----- steps --------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.drop_path is not None:
-            rate = drop_path_rate(self.global_step, *self.drop_path, self.drop_path_steps)
+        if self.drop_path_schedule is not None:
+            rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
             set_drop_path(self.backbone, rate)
             self.log("train/drop_path", rate, batch_size=batch.num_graphs)
 
