@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 
 from .base import Backbone, BackboneOutput, num_graphs
 
@@ -308,6 +309,7 @@ class MACE(Backbone):
                 )
             self.conditioning = condition_modules(num_interactions, num_scalars, condition_dim)
             self.mask_embedding = torch.nn.Parameter(torch.full((len(zs),), 1.0 / len(zs)))
+        self.drop_path = DropPath()  # per-atom stochastic depth of each residual update; rate set by objectives
 
     def element_embedding_parameters(self) -> list[torch.nn.Parameter]:
         """The element embedding is mace's ``LinearNodeEmbeddingBlock`` (one-hot -> C0 scalars).
@@ -316,6 +318,17 @@ class MACE(Backbone):
         product blocks; those are part of the network proper and are not returned here.
         """
         return list(self.node_embedding.parameters())
+
+    def weight_decay_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that take weight decay, by mace-torch's own rule (``get_params_options``):
+        the interaction blocks' ``linear.weight`` (and ``skip_tp_full.weight``) and all product-block
+        weights; not the element embedding, the radial MLPs, ``linear_up`` or the skip tensor product.
+        (e3nn stores weight matrices flattened to 1-D, so the generic ">= 2 dimensions" rule of
+        :mod:`atomzoo.objectives.param_groups` cannot tell them apart.)
+        """
+        decay = [p for name, p in self.interactions.named_parameters()
+                 if "linear.weight" in name or "skip_tp_full.weight" in name]
+        return decay + list(self.products.parameters())
 
     def node_attrs(self, z: Tensor, dtype: torch.dtype) -> Tensor:
         """One-hot ``[N, num_elements]`` over :attr:`atomic_numbers` (raises on unknown elements)."""
@@ -367,12 +380,11 @@ class MACE(Backbone):
                 cutoff=cutoff,
                 first_layer=(i == 0),
             )
-            if gate is None:
-                node_feats = product(node_feats=messages, sc=sc, node_attrs=node_attrs)
-            else:
-                update = product(node_feats=messages, sc=None, node_attrs=node_attrs)
+            # product(messages, sc) is linear(...) + sc; the residual branch goes through drop-path
+            update = product(node_feats=messages, sc=None, node_attrs=node_attrs)
+            if gate is not None:
                 update = self._replace_scalars(update, gate * update[:, sl])
-                node_feats = update if (sc is None or not product.use_sc) else update + sc
+            node_feats = sc + self.drop_path(update) if (product.use_sc and sc is not None) else update
             scalars.append(node_feats[:, sl])
         vectors = None
         if self._vector_slice is not None:

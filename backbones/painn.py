@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.radial import SincRBF, cosine_cutoff
@@ -155,6 +156,7 @@ class PaiNN(Backbone):
         self.interactions = nn.ModuleList(PaiNNInteraction(width, num_rbf) for _ in range(num_interactions))
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
         self.mask_embedding = nn.Parameter(torch.empty(width))
+        self.drop_path = DropPath()  # per-atom stochastic depth of each layer's update; rate set by objectives
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -184,6 +186,7 @@ class PaiNN(Backbone):
                 s_mod, gate = self.conditioning[i](s, cond, data.batch)
                 ds, dv = interaction(s_mod, v, graph, rbf, envelope)
                 ds = gate * ds
+            ds, dv = self.drop_path(ds, dv)
             s = s + ds
             v = v + dv
         return BackboneOutput(scalars=s, vectors=v, graph=graph)

@@ -14,6 +14,7 @@ from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.init import xavier_linear_
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
 from .base import Backbone, BackboneOutput, num_graphs
@@ -102,6 +103,7 @@ class SchNet(Backbone):
         )
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
         self.mask_embedding = nn.Parameter(torch.empty(width))
+        self.drop_path = DropPath()  # per-atom stochastic depth of each layer's update; rate set by objectives
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -118,8 +120,8 @@ class SchNet(Backbone):
         cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):
             if cond is None:
-                x = x + interaction(x, graph.edge_index, graph.length, rbf)
+                x = x + self.drop_path(interaction(x, graph.edge_index, graph.length, rbf))
             else:
                 x_mod, gate = self.conditioning[i](x, cond, data.batch)
-                x = x + gate * interaction(x_mod, graph.edge_index, graph.length, rbf)
+                x = x + self.drop_path(gate * interaction(x_mod, graph.edge_index, graph.length, rbf))
         return BackboneOutput(scalars=x, vectors=None, graph=graph)

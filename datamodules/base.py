@@ -13,6 +13,7 @@ plus any per-atom label arrays the store has (e.g. ``forces`` ``[N, 3]``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,6 +48,88 @@ class TargetInfo:
     unit: str
     pooling: str = "sum"
     atomref: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class TargetStatistics:
+    """Training-split statistics a regression model needs (from :meth:`AtomsDataModule.target_statistics`).
+
+    ``T`` targets, in ``batch.y`` column order; all tensors float64 on the CPU.
+
+    Attributes:
+        names: the target names.
+        units: each target's physical unit (``TargetInfo.unit``).
+        pooling: ``"sum"`` or ``"mean"`` per target (the option given, else the dataset's default).
+        atomref: ``[T, max_z + 1]`` per-element reference values in the target's unit (zero rows
+            where the target has none or ``atomref=False``).
+        mean: ``[T]`` mean of the residual ``y - sum_i atomref(z_i)``; per atom (residual / number of
+            atoms) for sum pooling, per molecule for mean pooling.
+        std: ``[T]`` standard deviation (``ddof=1``) of the residual after removing the mean
+            (``residual - n * mean`` for sum pooling); 1 when it is 0 or undefined (one molecule).
+        num_train: molecules in the training split.
+        force_rms: root mean square of the training force components (in ``force_unit``), ``None``
+            unless asked for with ``forces=True``; 1 for an all-zero force array.
+        force_unit: unit of the per-atom forces (e.g. ``"eV/A"``), ``None`` unless ``forces=True``.
+    """
+
+    names: tuple[str, ...]
+    units: tuple[str, ...]
+    pooling: tuple[str, ...]
+    atomref: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    num_train: int
+    force_rms: float | None = None
+    force_unit: str | None = None
+
+
+def compute_target_statistics(
+    infos: list[TargetInfo],
+    labels,
+    element_counts,
+    pooling: dict[str, str] | None = None,
+    atomref: bool = True,
+) -> TargetStatistics:
+    """:class:`TargetStatistics` from training labels ``[n, T]`` and element counts ``[n, max_z + 1]``.
+
+    The sums are done in float64 (QM9's U0 is ~1e4 eV, where float32 resolves only ~1 meV).
+    ``pooling`` maps target name -> ``"sum"``/``"mean"`` (missing names: ``TargetInfo.pooling``);
+    ``atomref=False`` ignores the datasets' atom references. Raises ``ValueError`` for another
+    pooling name or when the shapes disagree with ``infos``.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.float64)
+    counts = torch.as_tensor(element_counts, dtype=torch.float64)
+    if labels.dim() != 2 or labels.size(1) != len(infos) or counts.dim() != 2 or counts.size(0) != labels.size(0):
+        raise ValueError(
+            f"labels {tuple(labels.shape)} and element counts {tuple(counts.shape)} do not fit {len(infos)} targets"
+        )
+    n_atoms = counts.sum(1)
+    num = len(infos)
+    table = torch.zeros(num, counts.size(1), dtype=torch.float64)
+    mean = torch.zeros(num, dtype=torch.float64)
+    std = torch.ones(num, dtype=torch.float64)
+    poolings = []
+    for k, info in enumerate(infos):
+        choice = (pooling or {}).get(info.name, info.pooling)
+        if choice not in ("sum", "mean"):
+            raise ValueError(f"pooling for {info.name!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
+        poolings.append(choice)
+        if atomref and info.atomref is not None:
+            ref = torch.as_tensor(info.atomref, dtype=torch.float64)
+            table[k, : ref.numel()] = ref
+        residual = labels[:, k] - counts @ table[k]
+        if choice == "sum":
+            mean[k] = (residual / n_atoms).mean()
+            spread = residual - n_atoms * mean[k]
+        else:
+            mean[k] = residual.mean()
+            spread = residual - mean[k]
+        spread_std = spread.std() if spread.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+        std[k] = spread_std if spread_std > 0 else 1.0
+    return TargetStatistics(
+        names=tuple(i.name for i in infos), units=tuple(i.unit for i in infos), pooling=tuple(poolings),
+        atomref=table, mean=mean, std=std, num_train=int(labels.size(0)),
+    )
 
 
 def default_cache_root() -> Path:
@@ -407,3 +490,63 @@ class AtomsDataModule(L.LightningDataModule):
         z = np.asarray(self.store.arrays["z"][atom_rows], dtype=np.int64)
         mol = np.repeat(np.arange(idx.size), counts)
         return np.bincount(mol * (max_z + 1) + z, minlength=idx.size * (max_z + 1)).reshape(idx.size, max_z + 1)
+
+    def target_statistics(
+        self,
+        targets: list[str] | None = None,
+        pooling: dict[str, str] | None = None,
+        atomref: bool = True,
+        forces: bool = False,
+        max_z: int = 100,
+    ) -> TargetStatistics:
+        """Statistics of the training split that a regression model standardises with.
+
+        Args:
+            targets: the model's target names; must equal this DataModule's ``targets`` (same order),
+                ``None`` to skip the check.
+            pooling: target name -> ``"sum"`` | ``"mean"``; targets not named use their
+                :class:`TargetInfo` default.
+            atomref: subtract the per-element references where the dataset has them.
+            forces: also return the training forces' RMS and unit (needs a per-atom ``forces`` array).
+            max_z: largest atomic number of the atom-reference table.
+
+        Returns:
+            :class:`TargetStatistics` (see there for the formulas; computed by
+            :func:`compute_target_statistics`).
+
+        Raises:
+            ValueError: no targets selected, ``targets`` differ from the data's, a bad pooling name,
+                or ``forces=True`` on a dataset without per-atom forces.
+        """
+        self.setup() if self.splits is None else None
+        if not self.targets:
+            raise ValueError(f"{type(self).__name__} selects no targets: set --data.targets for a regression model")
+        if targets is not None and list(targets) != list(self.targets):
+            raise ValueError(
+                f"model targets {list(targets)} differ from the data's targets {self.targets}; "
+                "set them with --data.targets"
+            )
+        stats = compute_target_statistics(
+            self.targets_info(), self.training_labels(), self.training_element_counts(max_z), pooling, atomref
+        )
+        if not forces:
+            return stats
+        if "forces" not in self.store.atom_arrays():
+            raise ValueError(
+                f"forces=True but {type(self).__name__} has no per-atom 'forces' array; "
+                "use a dataset with forces or set --model.init_args.forces false"
+            )
+        force_unit = getattr(self, "force_unit", self.store.meta.get("units", {}).get("forces", "eV/A"))
+        return dataclasses.replace(stats, force_rms=self._training_force_rms(), force_unit=force_unit)
+
+    def _training_force_rms(self) -> float:
+        """Root mean square of the training split's force components (in the data's force unit)."""
+        store = self.store
+        idx = np.sort(self.splits["train"])
+        total, count = 0.0, 0
+        for chunk in np.array_split(idx, max(1, idx.size // 10_000)):
+            rows = np.concatenate([np.arange(store.offsets[i], store.offsets[i + 1]) for i in chunk])
+            f = np.asarray(store.arrays["forces"][rows], dtype=np.float64)
+            total, count = total + float((f * f).sum()), count + f.size
+        rms = (total / count) ** 0.5 if count else 1.0
+        return rms if rms > 0 else 1.0

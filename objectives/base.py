@@ -36,6 +36,7 @@ from torchmetrics import MeanMetric
 from atomzoo.backbones.base import Backbone
 
 from . import provenance
+from .param_groups import parameter_groups
 
 # Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
 # it); Lightning's advice to ignore nn.Module arguments does not apply to that.
@@ -48,7 +49,9 @@ class Objective(L.LightningModule):
     Args:
         backbone: the representation network (any ``atomzoo.backbones.Backbone`` subclass).
         lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay.
+        weight_decay: AdamW weight decay, applied to weight matrices only (not to biases, norms,
+            embeddings, scalars such as adaLN's alpha or a mask token), as the SCD and MACE code do;
+            see :func:`atomzoo.objectives.param_groups.parameter_groups`.
         scheduler: ``"cosine"`` (linear warmup then cosine decay to ``min_lr_ratio * lr`` over the
             run's optimizer steps), ``"plateau"`` (reduce on ``val/loss`` plateau, after warmup) or
             ``"constant"`` (after warmup).
@@ -241,7 +244,9 @@ class Objective(L.LightningModule):
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # weight decay on weight matrices only (objectives/param_groups.py: as the SCD and MACE code)
+        groups = parameter_groups(self, self.weight_decay, only=self.trainable_parameters())
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler == "plateau":
             # warmup is applied in optimizer_step; the plateau scheduler owns the lr afterwards
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -18,33 +18,72 @@ Metrics: mean absolute error per target in the target's unit, shown in meV for e
 
 Forces (``forces=True``, linked from the DataModule's ``forces`` attribute by the CLI, e.g. MD17):
 the target ``energy`` is predicted as above and the forces are its negative gradient with respect to
-the positions, ``F = -dE/dpos``, by autograd (``create_graph`` in training so the force loss trains the
-weights; inside ``torch.enable_grad()`` and outside inference mode in validation/test/predict, so it
-works with Lightning's default ``inference_mode=True``). The loss is
+the positions, ``F = -dE/dpos``, by :func:`atomzoo.objectives.forces.energy_and_forces` (autograd;
+``create_graph`` in training so the force loss trains the weights; works under Lightning's default
+``inference_mode=True`` in validation/test/predict). The loss is
 
     energy_weight * L((E_hat - E) / sigma_E) + force_weight * L((F_hat - F) / f_rms)
 
 with ``L`` the chosen L1/MSE mean, ``sigma_E`` the energy std above and ``f_rms`` the root mean square
 of the training force components (so both terms are dimensionless and O(1)). Metrics add the force MAE
 over all components, ``val/forces_mae_meV_per_A`` (meV/A for eV/A forces).
+
+The pieces, each with one job: statistics are asked from the DataModule
+(:meth:`~atomzoo.datamodules.base.AtomsDataModule.target_statistics`), forces come from
+:func:`~atomzoo.objectives.forces.energy_and_forces`, the loss terms are
+:class:`~atomzoo.objectives.losses.StandardizedLoss` / :class:`~atomzoo.objectives.losses.ForceLoss`,
+the auxiliary denoising is :class:`~atomzoo.objectives.denoising.AuxDenoising` and drop-path is
+:mod:`atomzoo.nn.droppath`.
+
+Fine-tuning as the references do it (``docs/objectives.md``, "Fine-tuning"): with
+``aux_denoising_weight > 0`` every training step runs ONE backbone pass on positions plus Gaussian
+noise (``aux_denoising_sigma``, 0.005 A); that pass predicts the targets (property loss) and the
+noise (auxiliary loss), as in Zaidi et al. (arXiv 2206.00133) and SCD (arXiv 2603.17196).
+Validation, test and prediction use clean positions. ``aux_denoising_weight="auto"`` takes SCD's
+per-target weight (:func:`scd_aux_denoising_weight`); ``drop_path`` sets / schedules drop-path in
+backbones that have the hook (SchNet, PaiNN, MACE).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 from torchmetrics import MeanAbsoluteError
 
-from atomzoo.backbones.base import Backbone, with_positions
+from atomzoo.backbones.base import Backbone
+from atomzoo.datamodules.base import TargetStatistics, compute_target_statistics
+from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 
 from .base import Objective
 from .denoising import AuxDenoising
+from .forces import energy_and_forces
 from .heads import AtomwiseMLP
+from .losses import ForceLoss, StandardizedLoss
 from .units import display_unit, metric_suffix
 
 MAX_Z = 100
+
+#: SCD's fine-tuning auxiliary-denoising weights (Perez & Gomez-Bombarelli, arXiv 2603.17196):
+#: 0.2 for alpha, ZPVE and Cv, none for the energies U0/U/H/G, 0.1 for every other target.
+SCD_AUX_WEIGHTS = {"alpha": 0.2, "zpve": 0.2, "cv": 0.2, "u0": 0.0, "u": 0.0, "h": 0.0, "g": 0.0,
+                   "u0_atom": 0.0, "u_atom": 0.0, "h_atom": 0.0, "g_atom": 0.0}
+SCD_AUX_DEFAULT = 0.1
+
+
+def scd_aux_denoising_weight(targets: list[str]) -> float:
+    """SCD's auxiliary-denoising weight for ``targets`` (QM9 names; others get 0.1).
+
+    Raises ``ValueError`` when the targets' weights differ (e.g. ``["homo", "u0"]``): set
+    ``--model.aux_denoising_weight`` to a number then.
+    """
+    weights = {t: SCD_AUX_WEIGHTS.get(t, SCD_AUX_DEFAULT) for t in targets}
+    if len(set(weights.values())) > 1:
+        raise ValueError(
+            f"aux_denoising_weight='auto': SCD's per-target weights differ for {weights}; "
+            "set --model.aux_denoising_weight to a number"
+        )
+    return next(iter(weights.values()))
 
 
 class Regression(Objective):
@@ -63,10 +102,20 @@ class Regression(Objective):
         forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
             per-atom ``forces`` in the data); linked from ``--data.forces`` by the CLI.
         energy_weight, force_weight: weights of the standardised energy and force loss terms.
-        aux_denoising_weight: weight of an auxiliary denoising loss during training (0: off; methods.md
-            fine-tuning recipe: 0.1). One extra backbone pass on positions + Gaussian noise of
-            ``aux_denoising_sigma`` Angstrom (0.005); :class:`atomzoo.objectives.denoising.AuxDenoising`'s
-            equivariant head predicts noise / sigma (MSE, logged as ``train/aux_denoising``).
+        aux_denoising_weight: weight of the auxiliary denoising loss in training (0: off; a number,
+            or ``"auto"`` for SCD's per-target weight, :func:`scd_aux_denoising_weight`). The
+            training pass then sees positions + ``N(0, aux_denoising_sigma^2)`` noise and predicts
+            both the targets and the noise (:class:`~atomzoo.objectives.denoising.AuxDenoising`,
+            logged as ``train/aux_denoising``).
+        aux_denoising_sigma: that noise in Angstrom (0.005, both references).
+        aux_denoising_pretrained_head: with ``init_from`` a Denoising / SCD checkpoint, reuse its
+            noise head and target normaliser (as the references do); ``False``: a fresh head.
+        drop_path: drop-path rate of the backbone's layers in training (:mod:`atomzoo.nn.droppath`):
+            a number (constant), ``[start, end]`` (linear from ``start`` to ``end`` over
+            ``drop_path_steps`` optimizer steps, then ``end``; SCD's fine-tuning: ``[0.15, 0.1]``),
+            or ``None`` to leave the backbone's rate alone. ``ValueError`` for a backbone without
+            the drop-path hook.
+        drop_path_steps: length of that schedule (default ``warmup_steps + 2000``, as SCD).
         Other arguments: see :class:`~atomzoo.objectives.base.Objective` (optimizer, schedule, EMA,
             ``init_from`` / ``freeze_backbone`` for fine-tuning and probing).
     """
@@ -83,24 +132,23 @@ class Regression(Objective):
         forces: bool = False,
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
-        aux_denoising_weight: float = 0.0,
+        aux_denoising_weight: float | str = 0.0,
         aux_denoising_sigma: float = 0.005,
+        aux_denoising_pretrained_head: bool = True,
+        drop_path: float | list[float] | None = None,
+        drop_path_steps: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
         self.save_hyperparameters()
-        # auxiliary denoising ("noisy nodes", fine-tuning recipe of methods.md): an extra backbone pass
-        # on positions + N(0, aux_denoising_sigma^2) noise, MSE of atomzoo.objectives.denoising's head to noise/sigma
-        self.aux_denoising_weight = float(aux_denoising_weight)
-        self.aux_denoising = AuxDenoising(backbone, aux_denoising_sigma) if aux_denoising_weight > 0 else None
         if not targets:
             raise ValueError(
                 "Regression needs targets: set --data.targets (linked to the model automatically) "
                 "or --model.targets"
             )
-        if loss not in ("l1", "mse"):
-            raise ValueError(f"loss={loss!r}: choose 'l1' or 'mse' (--model.loss)")
         self.targets = [targets] if isinstance(targets, str) else list(targets)
+        self.target_loss = StandardizedLoss(loss)
+        self.force_loss = ForceLoss(loss)
         self.pooling_option = pooling
         self.use_atomref = atomref
         self.standardize = standardize
@@ -127,87 +175,86 @@ class Regression(Objective):
             self.energy_index = self.targets.index("energy")
             self.register_buffer("force_rms", torch.ones((), dtype=torch.float64))
             self.force_metrics = nn.ModuleDict({stage: MeanAbsoluteError() for stage in ("val", "test")})
+        # auxiliary denoising: one noisy pass predicts targets and noise (module docstring)
+        if aux_denoising_weight == "auto":
+            aux_denoising_weight = scd_aux_denoising_weight(self.targets)
+        elif isinstance(aux_denoising_weight, str):
+            raise ValueError(
+                f"aux_denoising_weight={aux_denoising_weight!r}: give a number or 'auto' (--model.aux_denoising_weight)"
+            )
+        if aux_denoising_weight < 0:
+            raise ValueError(f"aux_denoising_weight={aux_denoising_weight} must be >= 0 (--model.aux_denoising_weight)")
+        self.aux_denoising_weight = float(aux_denoising_weight)
+        self.aux_denoising = AuxDenoising(backbone, aux_denoising_sigma) if self.aux_denoising_weight > 0 else None
+        if self.aux_denoising is not None and aux_denoising_pretrained_head and self.init_from:
+            self.aux_denoising.load_pretrained(backbone, self.init_from)
+        # drop-path rate or schedule
+        self.drop_path_schedule = self._check_drop_path(drop_path, backbone)  # (start, end) or None
+        self.drop_path_steps = int(drop_path_steps) if drop_path_steps is not None else self.warmup_steps + 2000
+
+    @staticmethod
+    def _check_drop_path(option, backbone) -> tuple[float, float] | None:
+        if option is None:
+            return None
+        rates = (option, option) if isinstance(option, (int, float)) else tuple(option)
+        if len(rates) != 2:
+            raise ValueError(f"drop_path={option!r}: give a rate or [start, end] (--model.drop_path)")
+        rates = (check_rate(rates[0]), check_rate(rates[1]))
+        if max(rates) > 0 and not drop_path_modules(backbone):
+            raise ValueError(
+                f"drop_path={option!r} but {type(backbone).__name__} has no drop-path hook "
+                "(atomzoo.nn.droppath.DropPath; SchNet, PaiNN and MACE have one); set --model.drop_path null"
+            )
+        return rates
 
     # ----- statistics from the data -------------------------------------------------------------
-    def _resolve_pooling(self, default: str, target: str) -> str:
+    def _pooling_map(self) -> dict[str, str] | None:
         option = self.pooling_option
-        choice = option.get(target, default) if isinstance(option, dict) else (option or default)
-        if choice not in ("sum", "mean"):
-            raise ValueError(f"pooling for {target!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
-        return choice
+        if option is None:
+            return None
+        if isinstance(option, dict):
+            return {t: option[t] for t in self.targets if t in option}
+        return {t: option for t in self.targets}
 
     def setup(self, stage: str) -> None:
         super().setup(stage)  # records what the numbers depend on (objectives/provenance.py)
         datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "targets_info"):
+        if datamodule is None or not hasattr(datamodule, "target_statistics"):
             if not bool(self.stats_ready):
                 raise RuntimeError("Regression needs an AtomsDataModule to compute target statistics")
             return
         datamodule.setup(stage)
-        infos = datamodule.targets_info()
-        names = [info.name for info in infos]
-        if names != self.targets:
-            raise ValueError(
-                f"model targets {self.targets} differ from the data's targets {names}; set them with --data.targets"
-            )
-        self.units = [info.unit for info in infos]
+        stats = datamodule.target_statistics(
+            self.targets, self._pooling_map(), atomref=self.use_atomref, forces=self.forces, max_z=MAX_Z
+        )
+        self.units = list(stats.units)
         if self.forces:
-            self._check_force_data(datamodule)
-        if bool(self.stats_ready):
-            return
-        if self.forces:
-            self.force_rms.fill_(self._training_force_rms(datamodule))
-        self.fit_statistics(infos, datamodule.training_labels(), datamodule.training_element_counts(MAX_Z))
-
-    def _check_force_data(self, datamodule) -> None:
-        store = getattr(datamodule, "store", None)
-        if store is None or "forces" not in store.atom_arrays():
-            raise ValueError(
-                f"forces=True but {type(datamodule).__name__} has no per-atom 'forces' array; "
-                "use a dataset with forces or set --model.init_args.forces false"
-            )
-        self.force_unit = getattr(datamodule, "force_unit", store.meta.get("units", {}).get("forces", "eV/A"))
-
-    @staticmethod
-    def _training_force_rms(datamodule) -> float:
-        """Root mean square of the training split's force components (in the data's force unit)."""
-        store = datamodule.store
-        idx = np.sort(datamodule.splits["train"])
-        total, count = 0.0, 0
-        for chunk in np.array_split(idx, max(1, idx.size // 10_000)):
-            rows = np.concatenate([np.arange(store.offsets[i], store.offsets[i + 1]) for i in chunk])
-            f = np.asarray(store.arrays["forces"][rows], dtype=np.float64)
-            total, count = total + float((f * f).sum()), count + f.size
-        rms = (total / count) ** 0.5 if count else 1.0
-        return rms if rms > 0 else 1.0
+            self.force_unit = stats.force_unit
+        if not bool(self.stats_ready):
+            self.apply_statistics(stats)
 
     @torch.no_grad()
-    def fit_statistics(self, infos, labels, element_counts) -> None:
-        """Set atom references, pooling and mean/std from training labels ``[n, T]`` and element counts ``[n, 101]``."""
-        labels = torch.as_tensor(labels, dtype=torch.float64)
-        counts = torch.as_tensor(element_counts, dtype=torch.float64)
-        n_atoms = counts.sum(1)
-        for k, info in enumerate(infos):
-            pooling = self._resolve_pooling(info.pooling, info.name)
-            self.sum_pooled[k] = pooling == "sum"
-            table = torch.zeros(MAX_Z + 1, dtype=torch.float64)
-            if self.use_atomref and info.atomref is not None:
-                ref = torch.as_tensor(info.atomref, dtype=torch.float64)
-                table[: ref.numel()] = ref
-            self.atomref_table[k] = table
-            residual = labels[:, k] - counts @ table
-            if not self.standardize:
-                self.mean[k], self.std[k] = 0.0, 1.0
-                continue
-            if pooling == "sum":
-                self.mean[k] = (residual / n_atoms).mean()
-                spread = residual - n_atoms * self.mean[k]
-            else:
-                self.mean[k] = residual.mean()
-                spread = residual - self.mean[k]
-            std = spread.std() if spread.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
-            self.std[k] = std if std > 0 else 1.0
+    def apply_statistics(self, stats: TargetStatistics) -> None:
+        """Copy the training statistics into the model's buffers (``standardize=False``: mean 0, std 1)."""
+        if list(stats.names) != self.targets:
+            raise ValueError(f"statistics for {list(stats.names)} but the model's targets are {self.targets}")
+        self.sum_pooled.copy_(torch.tensor([p == "sum" for p in stats.pooling]))
+        self.atomref_table.copy_(stats.atomref)
+        if self.standardize:
+            self.mean.copy_(stats.mean)
+            self.std.copy_(stats.std)
+        else:
+            self.mean.fill_(0.0)
+            self.std.fill_(1.0)
+        if self.forces and stats.force_rms is not None:
+            self.force_rms.fill_(stats.force_rms)
         self.stats_ready.fill_(True)
+
+    def fit_statistics(self, infos, labels, element_counts) -> None:
+        """Set atom references, pooling and mean/std from training labels ``[n, T]`` and element counts ``[n, 101]``
+        (what :meth:`setup` does with the DataModule's :meth:`target_statistics`; forces' RMS not included)."""
+        stats = compute_target_statistics(infos, labels, element_counts, self._pooling_map(), self.use_atomref)
+        self.apply_statistics(stats)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -218,6 +265,11 @@ class Regression(Objective):
         super().on_load_checkpoint(checkpoint)
         self.units = checkpoint.get("target_units", self.units)
         self.force_unit = checkpoint.get("force_unit", self.force_unit)
+        # checkpoints written before the auxiliary-denoising normaliser existed: keep its initial state
+        state = checkpoint.get("state_dict", {})
+        if self.aux_denoising is not None and any(k.startswith("aux_denoising.head.") for k in state):
+            for name, value in self.aux_denoising.normalizer.state_dict().items():
+                state.setdefault(f"aux_denoising.normalizer.{name}", value)
 
     # ----- forward ------------------------------------------------------------------------------
     def forward(self, data) -> Tensor:
@@ -226,6 +278,7 @@ class Regression(Objective):
         return self.predict_from_features(out.scalars, data)
 
     def predict_from_features(self, scalars: Tensor, data) -> Tensor:
+        """Heads, pooling and de-standardisation: per-atom ``scalars`` ``[N, F]`` -> ``[num_graphs, T]`` float64."""
         num_graphs = int(data.num_graphs)
         per_atom = torch.cat([head(scalars) for head in self.heads], dim=-1)  # [N, T]
         pooled_sum = scatter(per_atom, data.batch, dim=0, dim_size=num_graphs, reduce="sum").double()
@@ -236,65 +289,63 @@ class Regression(Objective):
         ref = scatter(self.atomref_table.T[data.z], data.batch, dim=0, dim_size=num_graphs, reduce="sum")
         return ref + offset + self.std * pooled
 
-    def loss_fn(self, pred: Tensor, target: Tensor) -> Tensor:
-        error = ((pred - target) / self.std).float()
-        return error.abs().mean() if self.loss_name == "l1" else error.pow(2).mean()
-
     def predict_with_forces(self, data, training: bool) -> tuple[Tensor, Tensor]:
-        """``(targets [num_graphs, T] float64, forces [N, 3])`` with ``forces = -dE/dpos``.
+        """``(targets [num_graphs, T] float64, forces [N, 3])`` with ``forces = -dE/dpos``
+        (:func:`~atomzoo.objectives.forces.energy_and_forces`; works under no_grad / inference mode)."""
+        return energy_and_forces(self, data, training, self.energy_index)
 
-        Works under ``torch.no_grad()`` and ``torch.inference_mode()`` (Lightning's evaluation loops):
-        the batch is cloned out of inference mode and gradients are enabled locally. In training the
-        graph is kept (``create_graph``) so the force loss back-propagates to the weights.
-        """
-        if training:
-            pos = data.pos.clone().requires_grad_(True) if not data.pos.requires_grad else data.pos
-            pred = self(with_positions(data, pos))
-            grad = torch.autograd.grad(pred[:, self.energy_index].sum(), pos, create_graph=True)[0]
-            return pred, -grad
-        with torch.inference_mode(False), torch.enable_grad():
-            data = data.clone()  # tensors made under inference mode cannot take part in autograd
-            pos = data.pos.detach().requires_grad_(True)
-            pred = self(with_positions(data, pos))
-            grad = torch.autograd.grad(pred[:, self.energy_index].sum(), pos)[0]
-        return pred.detach(), -grad.detach()
+    def _predict(self, data, training: bool, keep_output: bool = False):
+        """``(pred, forces or None, backbone output or None)`` of one pass on ``data``."""
+        kept = {}
 
-    def force_loss_fn(self, pred: Tensor, target: Tensor) -> Tensor:
-        error = (pred - target) / self.force_rms.float()
-        return error.abs().mean() if self.loss_name == "l1" else error.pow(2).mean()
+        def predict(batch) -> Tensor:
+            out = self.backbone(batch)
+            if keep_output:
+                kept["out"] = out
+            return self.predict_from_features(out.scalars, batch)
 
-    def combined_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
-        loss = self.loss_fn(pred, batch.y)
+        if self.forces:
+            pred, forces = energy_and_forces(predict, data, training, self.energy_index)
+        else:
+            pred, forces = predict(data), None
+        return pred, forces, kept.get("out")
+
+    def compute_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
+        """Standardised target loss, plus the weighted force loss when ``forces`` is given."""
+        loss = self.target_loss(pred, batch.y, self.std)
         if forces is None:
             return loss
-        return self.energy_weight * loss + self.force_weight * self.force_loss_fn(forces, batch.forces)
+        return self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)
 
     # ----- steps --------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.drop_path_schedule is not None:
+            rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
+            set_drop_path(self.backbone, rate)
+            self.log("train/drop_path", rate, batch_size=batch.num_graphs)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        if self.forces:
-            pred, forces = self.predict_with_forces(batch, training=True)
-            loss = self.combined_loss(pred, forces, batch)
-        else:
-            loss = self.loss_fn(self(batch), batch.y)
-        if self.aux_denoising is not None:
-            aux = self.aux_denoising.loss(self.backbone, batch)
+        if self.aux_denoising is None:
+            pred, forces, _ = self._predict(batch, training=True)
+            loss = self.compute_loss(pred, forces, batch)
+        else:  # one noisy pass predicts the targets and the noise
+            noisy, noise = self.aux_denoising.corrupt(batch)
+            pred, forces, out = self._predict(noisy, training=True, keep_output=True)
+            aux = self.aux_denoising.loss_from_output(out, noise, update=True)
             self.log("train/aux_denoising", aux, batch_size=batch.num_graphs)
-            loss = loss + self.aux_denoising_weight * aux
+            loss = self.compute_loss(pred, forces, batch) + self.aux_denoising_weight * aux
         self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
         return loss
 
     def _eval_step(self, batch, stage: str) -> None:
-        if self.forces:
-            pred, forces = self.predict_with_forces(batch, training=False)
-            loss = self.combined_loss(pred, forces, batch)
+        pred, forces, _ = self._predict(batch, training=False)
+        loss = self.compute_loss(pred, forces, batch)
+        if forces is not None:
             _, factor = display_unit(self.force_unit)
             metric = self.force_metrics[stage]
             error = (forces - batch.forces).float() * factor
             metric.update(error, torch.zeros_like(error))
             self.log(f"{stage}/forces_mae_{metric_suffix(self.force_unit)}", metric, batch_size=batch.num_graphs, prog_bar=stage == "val")
-        else:
-            pred = self(batch)
-            loss = self.loss_fn(pred, batch.y)
         self.log_mean(f"{stage}/loss", loss, batch.num_graphs, prog_bar=stage == "val")
         for k, name in enumerate(self.targets):
             _, factor = display_unit(self.units[k])
@@ -311,7 +362,10 @@ class Regression(Objective):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        if self.forces:
-            pred, forces = self.predict_with_forces(batch, training=False)
+        pred, forces, _ = self._predict(batch, training=False)
+        if forces is not None:
             return {"idx": batch.idx, "prediction": pred, "forces": forces, "batch": batch.batch, "targets": self.targets}
-        return {"idx": batch.idx, "prediction": self(batch), "targets": self.targets}
+        return {"idx": batch.idx, "prediction": pred, "targets": self.targets}
+
+
+__all__ = ["Regression", "scd_aux_denoising_weight"]

@@ -1,0 +1,77 @@
+"""Optimizer parameter groups: weight decay on weight matrices only.
+
+The references decay weight matrices and nothing else: the SCD code (``get_parameter_groups``,
+TyJPerez/SelfConditionedDenoisingAtoms) exempts biases, norms, embeddings, the adaLN ``alpha`` and the
+mask token; mace-torch (``get_params_options``) exempts the element embedding and everything of an
+interaction block but its linear weights. Decaying a LayerNorm gain pulls it towards 0 (not 1), decaying
+an embedding or a mask token shrinks learned vectors that are no weights of a map -- the SCD authors
+report that shrinking element embeddings destabilised fine-tuning.
+
+Rule (:func:`parameter_groups`), for every trainable parameter:
+
+* a submodule that defines ``weight_decay_parameters()`` decides for its own parameters (MACE:
+  mace-torch's rule, since e3nn stores weight matrices flattened to 1-D);
+* otherwise a parameter is decayed iff it has at least 2 dimensions and does not belong to an
+  ``nn.Embedding``, a normalisation layer (LayerNorm, GroupNorm, BatchNorm, ...) or a backbone's
+  ``element_embedding_parameters()``. Biases, norm gains, scalars such as ``alpha`` and vectors such as
+  a mask token are 1-D or 0-D, hence exempt.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+
+
+def no_decay_ids(module: nn.Module) -> set[int]:
+    """``id``s of parameters that must not be decayed whatever their shape: embeddings and norms."""
+    ids: set[int] = set()
+    for sub in module.modules():
+        if isinstance(sub, (nn.Embedding, *NORM_TYPES)):
+            ids.update(id(p) for p in sub.parameters(recurse=False))
+        element = getattr(sub, "element_embedding_parameters", None)
+        if callable(element):
+            ids.update(id(p) for p in element())
+    return ids
+
+
+def decayed_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module`` that take weight decay (rule in the module docstring)."""
+    exempt = no_decay_ids(module)
+    decided: dict[int, bool] = {}
+    for sub in module.modules():  # parents first: a hook on an outer module wins
+        hook = getattr(sub, "weight_decay_parameters", None)
+        if callable(hook):
+            chosen = {id(p) for p in hook()}
+            for p in sub.parameters():
+                decided.setdefault(id(p), id(p) in chosen)
+    out = []
+    for p in module.parameters():
+        decay = decided.get(id(p), p.dim() >= 2 and id(p) not in exempt)
+        if decay:
+            out.append(p)
+    return out
+
+
+def parameter_groups(module: nn.Module, weight_decay: float, only: list[nn.Parameter] | None = None) -> list[dict]:
+    """AdamW parameter groups: ``[{"name": "decay", ...}, {"name": "no_decay", weight_decay 0}]``.
+
+    Args:
+        module: the model (an objective: backbone and heads).
+        weight_decay: decay of the first group (>= 0, else ``ValueError``).
+        only: the parameters to optimise, in this order (default: those with ``requires_grad``);
+            frozen parameters are left out, as before. An empty group is dropped.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay={weight_decay} must be >= 0 (--model.weight_decay)")
+    decay_ids = {id(p) for p in decayed_parameters(module)}
+    trainable = list(only) if only is not None else [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"name": "decay", "params": [p for p in trainable if id(p) in decay_ids], "weight_decay": float(weight_decay)},
+        {"name": "no_decay", "params": [p for p in trainable if id(p) not in decay_ids], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+__all__ = ["NORM_TYPES", "decayed_parameters", "no_decay_ids", "parameter_groups"]
