@@ -124,7 +124,7 @@ class NeighborEmbedding(nn.Module):
 
     def forward(self, z: Tensor, x: Tensor, graph: Graph, edge_rbf: Tensor, envelope: Tensor) -> Tensor:
         src, dst = graph.edge_index
-        message = self.distance_proj(edge_rbf) * envelope.unsqueeze(-1) * self.embedding(z)[src]
+        message = self.distance_proj(edge_rbf) * envelope.unsqueeze(-1) * self.embedding(z).index_select(0, src)
         neighbours = scatter(message, dst, dim=0, dim_size=x.size(0), reduce="sum")
         return self.combine(torch.cat([x, neighbours], dim=-1))
 
@@ -247,13 +247,13 @@ class EquivariantAttention(nn.Module):
         vec1, vec2, vec3 = torch.split(self.vec_proj(vec), self.width, dim=-1)  # each [N, 3, F]
         vec_dot = (vec1 * vec2).sum(dim=1)  # [N, F]
 
-        src, dst = edge_index
+        src, dst = edge_index  # gathers use index_select: its backward (index_add) is cheaper than indexing's
         envelope = cosine_cutoff(length, self.cutoff).unsqueeze(-1)  # [E, 1]
-        qk = q[dst] * k[src]  # [E, H, hd]
+        qk = q.index_select(0, dst) * k.index_select(0, src)  # [E, H, hd]
         if self.dk_proj is not None:
             qk = qk * self.act(self.dk_proj(edge_rbf)).view(-1, heads, hd)
         attn = self.attn_act(qk.sum(dim=-1))  # [E, H]
-        v_src = v[src]  # [E, H, 3 hd]
+        v_src = v.index_select(0, src)  # [E, H, 3 hd]
         if self.vector_cutoff:
             v_src = v_src * envelope.unsqueeze(-1)
         else:
@@ -262,7 +262,7 @@ class EquivariantAttention(nn.Module):
             v_src = v_src * self.act(self.dv_proj(edge_rbf)).view(-1, heads, 3 * hd)
         s_msg, g_vec, g_dir = torch.split(v_src, hd, dim=-1)  # each [E, H, hd]
         s_msg = (s_msg * attn.unsqueeze(-1)).reshape(-1, self.width)  # [E, F]
-        vec_heads = vec.view(n, 3, heads, hd)[src]  # [E, 3, H, hd]
+        vec_heads = vec.view(n, 3, heads, hd).index_select(0, src)  # [E, 3, H, hd]
         v_msg = vec_heads * g_vec.unsqueeze(1) + g_dir.unsqueeze(1) * unit.view(-1, 3, 1, 1)
         y = scatter(s_msg, dst, dim=0, dim_size=n, reduce="sum")  # [N, F]
         w = scatter(v_msg.reshape(-1, 3, self.width), dst, dim=0, dim_size=n, reduce="sum")  # [N, 3, F]
