@@ -56,7 +56,7 @@ ATOM_MASK = "atom_mask"
 
 #: Parameters that may be absent from checkpoints written before atom masking existed (atomzoo <= 0.2):
 #: loading such a checkpoint keeps this module's freshly initialised value (see ``_load_from_state_dict``).
-OPTIONAL_PARAMETERS = ("mask_embedding",)
+OPTIONAL_PARAMETERS = ("mask_embedding", "neighbor_mask_embedding")
 
 
 def atom_mask(data) -> Tensor | None:

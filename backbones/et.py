@@ -61,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.radial import ShiftedSoftplus, cosine_cutoff
 
@@ -122,9 +123,13 @@ class NeighborEmbedding(nn.Module):
         nn.init.xavier_uniform_(self.combine.weight)
         nn.init.zeros_(self.combine.bias)
 
-    def forward(self, z: Tensor, x: Tensor, graph: Graph, edge_rbf: Tensor, envelope: Tensor) -> Tensor:
+    def forward(self, z: Tensor, x: Tensor, graph: Graph, edge_rbf: Tensor, envelope: Tensor,
+                neighbours: Tensor | None = None) -> Tensor:
+        """``neighbours`` ``[N, F]``: the neighbours' element embeddings if already computed (ET passes
+        them with masked atoms replaced by its mask embedding); default ``self.embedding(z)``."""
         src, dst = graph.edge_index
-        message = self.distance_proj(edge_rbf) * envelope.unsqueeze(-1) * self.embedding(z).index_select(0, src)
+        neighbours = self.embedding(z) if neighbours is None else neighbours
+        message = self.distance_proj(edge_rbf) * envelope.unsqueeze(-1) * neighbours.index_select(0, src)
         neighbours = scatter(message, dst, dim=0, dim_size=x.size(0), reduce="sum")
         return self.combine(torch.cat([x, neighbours], dim=-1))
 
@@ -301,7 +306,10 @@ class ET(Backbone):
             convention, unlike the other zoo backbones' ``max_z + 1``, so that the same
             hyperparameters give the same parameter count).
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
-        condition_dim: size of the per-molecule condition (0: none); > 0 adds SCD's adaLN to every layer.
+        condition_dim: size of the per-molecule condition (0: none); > 0 adds SCD's adaLN to every layer
+            and ``self.conditioning`` (mask token + condition layer norm, :mod:`atomzoo.nn.conditioning`):
+            ``condition=None`` then runs every molecule with the mask token, as SCD's clean pass and
+            fine-tuning do.
         modulation: adaLN modulation, ``"tanh"`` (SCD official code) or ``"affine"`` (DiT).
         drop_path: stochastic-depth probability per layer (SCD: 0.1 pretraining).
 
@@ -312,6 +320,9 @@ class ET(Backbone):
     Output: scalars ``[N, F]`` (invariant, after the final layer norm), vectors ``[N, 3, F]``
     (equivariant, x/y/z on dim 1); ``graph`` is the radius graph without self loops.
     """
+
+    periodic = True  # all geometry comes from self.graph(data), periodic images included
+    supports_mask = True  # masked atoms get mask_embedding / neighbor_mask_embedding (docs/backbones.md)
 
     def __init__(
         self,
@@ -363,6 +374,12 @@ class ET(Backbone):
             for _ in range(num_layers)
         )
         self.out_norm = nn.LayerNorm(width)
+        # the condition's mask token and layer norm (shared machinery, see atomzoo.nn.conditioning); the
+        # per-layer adaLN is each layer's own AdaLN above
+        self.conditioning = condition_modules(0, width, condition_dim)
+        # atom masking (data.atom_mask): learned embeddings replace a masked atom's element in both tables
+        self.mask_embedding = nn.Parameter(torch.randn(width))
+        self.neighbor_mask_embedding = nn.Parameter(torch.randn(width)) if neighbor_embedding else None
 
     def set_drop_path(self, p: float) -> None:
         """Change every layer's drop-path probability (e.g. SCD's 0.15 -> 0.1 decay in fine-tuning)."""
@@ -378,11 +395,13 @@ class ET(Backbone):
             raise ValueError(f"atomic number {int(z.max())} >= max_z={self.max_z} (ET's embedding rows)")
         graph = self.graph(data)
         n = z.size(0)
-        x = self.embedding(z)
+        x = self.apply_atom_mask(self.embedding(z), data, self.mask_embedding)
         edge_rbf = self.rbf(graph.length)
         if self.neighbor_embedding is not None:
             envelope = cosine_cutoff(graph.length, self.cutoff)
-            x = self.neighbor_embedding(z, x, graph, edge_rbf, envelope)
+            neighbours = self.apply_atom_mask(self.neighbor_embedding.embedding(z), data, self.neighbor_mask_embedding)
+            x = self.neighbor_embedding(z, x, graph, edge_rbf, envelope, neighbours)
+        cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         # attention runs over the graph plus self loops (distance 0, zero direction), as TorchMD-NET
         loops = torch.arange(n, device=z.device)
         edge_index = torch.cat([graph.edge_index, loops.expand(2, n)], dim=1)
@@ -391,7 +410,7 @@ class ET(Backbone):
         unit = torch.cat([graph.unit, graph.vec.new_zeros(n, 3)])
         vec = x.new_zeros(n, 3, self.width)
         for layer in self.layers:
-            dx, dvec = layer(x, vec, edge_index, length, edge_rbf, unit, condition, data.batch)
+            dx, dvec = layer(x, vec, edge_index, length, edge_rbf, unit, cond, data.batch)
             x = x + dx
             vec = vec + dvec
         return BackboneOutput(scalars=self.out_norm(x), vectors=vec, graph=graph)

@@ -187,16 +187,21 @@ def test_energy_is_smooth_at_the_cutoff_with_vector_cutoff():
     assert abs(inside[0] - outside[0]) < 1e-6 and abs(inside[1] - outside[1]) < 1e-6
 
 
-def test_condition_reaches_the_output_and_none_is_the_plain_network():
+def test_condition_reaches_the_output_and_none_is_the_mask_token():
     conditioned = tiny(condition_dim=COND).eval()
     plain = ET(width=16, num_layers=2, num_rbf=8, num_heads=4, cutoff=CUTOFF).double().eval()
     missing, unexpected = plain.load_state_dict(conditioned.state_dict(), strict=False)
-    assert not missing and unexpected and all(".adaln." in k for k in unexpected)
+    assert not missing and unexpected
+    assert all(".adaln." in k or k.startswith("conditioning.input.") for k in unexpected)
     batch = random_batch()
     c = condition_for(conditioned, batch).requires_grad_(True)
+    # condition=None runs the learned mask token through the same adaLN path (SCD's clean pass, fine-tuning)
     none_out = conditioned(batch, condition=None)
-    plain_out = plain(batch)
-    assert torch.equal(none_out.scalars, plain_out.scalars) and torch.equal(none_out.vectors, plain_out.vectors)
+    token = conditioned.conditioning.mask_token.detach().expand(int(batch.num_graphs), -1)
+    with torch.no_grad():
+        token_out = conditioned(batch, condition=token)
+    assert torch.equal(none_out.scalars, token_out.scalars)
+    assert (none_out.scalars - plain(batch).scalars).abs().max() > 1e-3  # the conditioning is not inert
     out = conditioned(batch, condition=c)
     assert (out.scalars - none_out.scalars).abs().max() > 1e-3
     # the condition of one molecule changes only that molecule's atoms
