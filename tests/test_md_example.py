@@ -32,7 +32,7 @@ def test_relaxation_and_nve_energy_conservation(example, force_checkpoint):
     assert md["steps"] == 100 and md["time_ps"] == pytest.approx(0.05)
     assert abs(md["drift_eV_per_atom_per_ps"]) < MAX_DRIFT_EV_PER_ATOM_PER_PS, report
     assert md["max_abs_deviation_eV_per_atom"] < MAX_DEVIATION_EV_PER_ATOM, report
-    assert 100 < md["mean_temperature_K"] < 600, report  # it moved (300 K start, half goes to potential energy)
+    assert 50 < md["mean_temperature_K"] < 600, report  # it moved (300 K start; ~105 K measured: 21 of 27 dof, half to potential)
     assert 1 <= md["neighbor_list_builds"] < md["steps"]  # the Verlet list was reused
 
 
