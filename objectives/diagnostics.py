@@ -40,7 +40,7 @@ DIAGNOSTIC_SLICES = 256
 def collapse_statistics(z: Tensor) -> dict[str, Tensor]:
     """``{"emb_std", "emb_erank", "emb_sigreg"}`` (float32 scalars, detached) of ``z`` ``[G, D]``.
 
-    A spread at rounding level (largest singular value below ``1e-5 * sqrt(G) * mean|z|``) counts
+    A spread at rounding level (largest singular value below ``1e-4 * sqrt(G) * mean|z|``) counts
     as a single point (``emb_erank`` 1). With fewer than 2 rows: ``emb_std`` 0, ``emb_erank`` 1, ``emb_sigreg`` 0 (nothing to measure).
     Raises ``ValueError`` if ``z`` is not 2-D.
     """
@@ -55,7 +55,7 @@ def collapse_statistics(z: Tensor) -> dict[str, Tensor]:
     total = s.sum()
     # spread at rounding level relative to the embedding's magnitude: one point, rank 1 (the
     # singular values of rounding noise would otherwise look "isotropic")
-    if float(s.max()) <= 1e-5 * math.sqrt(z.size(0)) * max(float(z.abs().mean()), 1e-12):
+    if float(s.max()) <= 1e-4 * math.sqrt(z.size(0)) * max(float(z.abs().mean()), 1e-12):
         erank = z.new_ones(())
     else:
         p = s / total
