@@ -25,6 +25,8 @@ condition's layer norm), JEPA on the context embedding (before the target normal
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,7 +40,8 @@ DIAGNOSTIC_SLICES = 256
 def collapse_statistics(z: Tensor) -> dict[str, Tensor]:
     """``{"emb_std", "emb_erank", "emb_sigreg"}`` (float32 scalars, detached) of ``z`` ``[G, D]``.
 
-    With fewer than 2 rows: ``emb_std`` 0, ``emb_erank`` 1, ``emb_sigreg`` 0 (nothing to measure).
+    A spread at rounding level (largest singular value below ``1e-4 * sqrt(G) * mean|z|``) counts
+    as a single point (``emb_erank`` 1). With fewer than 2 rows: ``emb_std`` 0, ``emb_erank`` 1, ``emb_sigreg`` 0 (nothing to measure).
     Raises ``ValueError`` if ``z`` is not 2-D.
     """
     if z.dim() != 2:
@@ -50,7 +53,9 @@ def collapse_statistics(z: Tensor) -> dict[str, Tensor]:
     centred = z - z.mean(dim=0, keepdim=True)
     s = torch.linalg.svdvals(centred)
     total = s.sum()
-    if total <= 1e-12 * max(1.0, float(z.abs().max())):
+    # spread at rounding level relative to the embedding's magnitude: one point, rank 1 (the
+    # singular values of rounding noise would otherwise look "isotropic")
+    if float(s.max()) <= 1e-4 * math.sqrt(z.size(0)) * max(float(z.abs().mean()), 1e-12):
         erank = z.new_ones(())
     else:
         p = s / total
@@ -58,7 +63,7 @@ def collapse_statistics(z: Tensor) -> dict[str, Tensor]:
     return {"emb_std": std, "emb_erank": erank, "emb_sigreg": sigreg(z, DIAGNOSTIC_SLICES, step=0)}
 
 
-def collapse_flags(stats: dict[str, Tensor], num_rows: int, std_floor: float = 1e-3,
+def collapse_flags(stats: dict[str, Tensor], num_rows: int, std_floor: float = 1e-4,
                    erank_floor: float = 1.5, sigreg_fraction: float = 0.25) -> dict[str, bool]:
     """Which diagnostics call a batch collapsed: ``emb_std < std_floor``, ``emb_erank < erank_floor``,
     ``emb_sigreg > sigreg_fraction * num_rows`` (a point mass scores at least about ``0.4 * num_rows``)."""
