@@ -12,10 +12,11 @@ This file lives outside the zoo's packages on purpose: it stands for *your* modu
 The contract (docs/backbones.md): subclass :class:`atomzoo.backbones.Backbone`, declare ``width`` and
 ``cutoff`` (and ``vector_width`` / ``condition_dim`` if you have vector features or take a
 condition), and return a :class:`atomzoo.backbones.BackboneOutput` from ``forward(data, condition=None)``.
-This one is invariant, returns no vector features and takes no condition: objectives that need
-those (denoising's equivariant noise head, SCD's conditioning) fall back to generic heads built from
-its scalars and the graph's edge vectors. It supports atom masking (JEPA's context view): two lines,
-``supports_mask = True`` and the ``apply_atom_mask`` call in ``forward``.
+This one is invariant and returns no vector features (denoising's equivariant noise head then uses
+its scalars and the graph's edge vectors). With ``condition_dim > 0`` it conditions every layer with
+the shared adaLN machinery (``atomzoo.nn.conditioning``), which self-conditioned denoising needs.
+It supports atom masking (JEPA's context view): two lines, ``supports_mask = True`` and the
+``apply_atom_mask`` call in ``forward``.
 
 Check it against the contract in three lines (``atomzoo.testing``)::
 
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
+from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 
@@ -48,8 +50,9 @@ class DistanceMPNN(Backbone):
 
     supports_mask = True  # forward honours data.atom_mask (JEPA's masked atoms)
 
-    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0) -> None:
-        super().__init__(width=width, cutoff=cutoff)  # no vector features, no conditioning
+    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0,
+                 condition_dim: int = 0) -> None:
+        super().__init__(width=width, cutoff=cutoff, condition_dim=condition_dim)  # no vector features
         self.embedding = nn.Embedding(101, width)  # found by objectives that freeze element embeddings
         self.mask_embedding = nn.Parameter(torch.randn(width))  # what a masked atom looks like
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
@@ -59,15 +62,19 @@ class DistanceMPNN(Backbone):
         self.update = nn.ModuleList(
             nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
         )
+        self.conditioning = condition_modules(num_layers, width, condition_dim)  # None when condition_dim == 0
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
-        self.check_condition(condition, num_graphs(data))  # raises: this backbone takes no condition
+        self.check_condition(condition, num_graphs(data))  # raises if condition_dim == 0
         graph = self.graph(data)
         rbf = self.rbf(graph.length)
         envelope = cosine_cutoff(graph.length, self.cutoff).unsqueeze(-1)
         h = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)  # no-op without a mask
-        for message, update in zip(self.message, self.update):
-            m = message(torch.cat([h[graph.src], rbf], dim=-1)) * envelope
+        cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
+        for i, (message, update) in enumerate(zip(self.message, self.update)):
+            # adaLN of the layer's normalised input, gate on its update (mask token when condition is None)
+            x, gate = self.conditioning[i](h, cond, data.batch) if cond is not None else (h, 1.0)
+            m = message(torch.cat([x[graph.src], rbf], dim=-1)) * envelope
             aggregated = scatter(m, graph.dst, dim=0, dim_size=h.size(0), reduce="sum")
-            h = h + update(torch.cat([h, aggregated], dim=-1))
+            h = h + gate * update(torch.cat([x, aggregated], dim=-1))
         return BackboneOutput(scalars=h, vectors=None, graph=graph)

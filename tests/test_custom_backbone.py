@@ -28,6 +28,7 @@ def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_p
         "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(objective),
         "--model.backbone.class_path", "custom_backbone.DistanceMPNN",
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_layers", "1",
+        *(["--model.backbone.init_args.condition_dim", "8"] if objective.stem == "scd" else []),
         "--data.targets", "[homo]" if supervised else "null",
         "--data.train_size", "32", "--data.batch_size", "8", "--data.eval_batch_size", "8",
         "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.logger", "false",
