@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath, set_drop_path
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.radial import ShiftedSoftplus, cosine_cutoff
 
@@ -212,7 +213,7 @@ class EquivariantAttention(nn.Module):
         self.head_dim = width // num_heads
         self.cutoff = cutoff
         self.vector_cutoff = vector_cutoff
-        self.drop_path = float(drop_path)
+        self.drop_path = DropPath(drop_path)  # per-atom stochastic depth of the layer's update
         self.act = ACTIVATIONS[activation]()
         self.attn_act = ACTIVATIONS[attn_activation]()
         self.norm = nn.LayerNorm(width)
@@ -277,12 +278,7 @@ class EquivariantAttention(nn.Module):
         dvec = vec3 * o1.unsqueeze(1) + w
         if gate is not None:
             dx = gate * dx
-        if self.training and self.drop_path > 0.0:
-            keep = 1.0 - self.drop_path
-            mask = torch.floor(keep + torch.rand(n, 1, dtype=dx.dtype, device=dx.device)) / keep
-            dx = dx * mask
-            dvec = dvec * mask.unsqueeze(1)
-        return dx, dvec
+        return self.drop_path(dx, dvec)
 
 
 class ET(Backbone):
@@ -385,8 +381,7 @@ class ET(Backbone):
         """Change every layer's drop-path probability (e.g. SCD's 0.15 -> 0.1 decay in fine-tuning)."""
         if not 0.0 <= p < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {p}")
-        for layer in self.layers:
-            layer.drop_path = float(p)
+        set_drop_path(self, p)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
