@@ -33,17 +33,18 @@ TyJPerez/SelfConditionedDenoisingAtoms, ``adaLN2`` in ``CondEquivMultiHeadAttent
 ``condition_dim > 0`` and a condition ``c`` ``[G, C]`` each layer's normalised input is modulated
 and its scalar update gated::
 
-    x_n = LN(x);  shift, scale, gate = MLP([c[batch], x_n.detach()])
+    x_n = LN(x);  shift, scale, gate = MLP([c[batch], x_n])
     x_in = tanh(a * x_n) * (1 + scale) / a + shift     (modulation="tanh", the official code's
                                                         adaDyT2; a learnable, init 0.2)
     x_in = x_n * (1 + scale) + shift                    (modulation="affine", DiT adaLN)
     dx = tanh(alpha * gate) * dx                        (alpha learnable, init 0.2)
 
 ``MLP = Linear(C+F, F) - SiLU - LayerNorm(F) - Linear(F, 3F)`` as in the official code (last layer
-xavier-initialised, zero bias). Vectors are never modulated. Because the MLP reads ``x_n.detach()``
-(stop-gradient, as in the official code), autograd gradients of a *conditioned* ET with respect to
-positions omit that path: use the unconditioned network (``condition=None``) for conservative forces. ``condition=None`` skips all of this:
-the network is then exactly TorchMD-NET's ET. Not ported from the official SCD "CT" variant:
+xavier-initialised, zero bias). Vectors are never modulated. Unlike the official code, ``x_n`` is
+not detached in the MLP input, so forces by autograd stay the exact gradient of the energy of a
+conditioned ET too. With ``condition_dim > 0``, ``condition=None`` runs every molecule with the
+learned mask token (``self.conditioning``); with ``condition_dim = 0`` the network is exactly
+TorchMD-NET's ET. Not ported from the official SCD "CT" variant:
 its per-layer post-norms, DyT pre-norm of the vectors, equivariant layer norm of the output
 vectors and the +-1000 clamps; the SCD objective's mask token and condition layer norm live in
 :mod:`atomzoo.objectives.scd`.
@@ -163,7 +164,7 @@ class AdaLN(nn.Module):
         self.squash = nn.Parameter(torch.tensor(float(alpha_init))) if modulation == "tanh" else None
 
     def forward(self, x_n: Tensor, condition: Tensor, batch: Tensor) -> tuple[Tensor, Tensor]:
-        inputs = torch.cat([condition[batch].to(x_n.dtype), x_n.detach()], dim=-1)
+        inputs = torch.cat([condition[batch].to(x_n.dtype), x_n], dim=-1)
         shift, scale, gate = self.mlp(inputs).chunk(3, dim=-1)
         if self.squash is not None:
             a = self.squash.abs().clamp_min(1e-5)

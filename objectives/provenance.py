@@ -44,6 +44,9 @@ KEY = "atomzoo_provenance"
 RESUME = ("targets", "target_units", "force_unit", "data_units", "atomref", "model", "cutoff", "backbone", "elements",
           "label_stats")  # fmt: skip
 EVALUATE = ("targets", "target_units", "force_unit", "data_units", "atomref", "model", "cutoff", "backbone")
+#: prediction on new structures: the file's own units are converted on reading (the model always sees
+#: Angstrom and answers in its training units), so only the model itself must match
+PREDICT = ("model", "cutoff", "backbone")
 MODEL_OPTIONS = ("atomref", "standardize", "pooling", "forces")
 
 
@@ -133,7 +136,8 @@ def _warn_unseen(saved: dict, datamodule, source: str, what: str) -> None:
 def check(saved: dict | None, current: dict | None, stage: str, source: str, datamodule=None) -> None:
     """Compare a checkpoint's record with the current run's; raise :class:`ProvenanceMismatch` on a difference.
 
-    ``stage``: ``"fit"`` (resume), ``"validate"``/``"test"``/``"predict"`` (evaluate), ``"init_from"``.
+    ``stage``: ``"fit"`` (resume), ``"validate"``/``"test"`` (evaluate), ``"predict"`` (new structures:
+    only the model's own settings), ``"init_from"``.
     """
     if current is None:
         return
@@ -149,7 +153,7 @@ def check(saved: dict | None, current: dict | None, stage: str, source: str, dat
         fix = ("use the pretraining run's backbone settings (--model.backbone.init_args.cutoff ...) and data in the "
                "same length unit")  # fmt: skip
     else:
-        diffs = differences(saved, current, RESUME if stage == "fit" else EVALUATE)
+        diffs = differences(saved, current, RESUME if stage == "fit" else PREDICT if stage == "predict" else EVALUATE)
         fix = (
             "to train on the current data and settings from scratch drop --ckpt_path; to start from the checkpoint's "
             f"backbone only (new heads and statistics) use --model.init_args.init_from {source}"

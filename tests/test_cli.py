@@ -4,6 +4,8 @@ quickstart fits and tests on real QM9, and the console script is installed."""
 from __future__ import annotations
 
 import shutil
+import sys
+import os
 import subprocess
 from pathlib import Path
 
@@ -111,8 +113,9 @@ def test_bad_option_names_the_key(capsys):
 
 
 def test_console_script_installed():
-    exe = shutil.which("zoo")
-    assert exe, "the `zoo` console script is not on PATH: install with pip install -e ."
+    # the environment's own script directory first (a venv that is not activated), then PATH
+    exe = shutil.which("zoo", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    assert exe, "the `zoo` console script is not installed: install with pip install -e ."
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "fit" in out.stdout and "test" in out.stdout
 

@@ -17,8 +17,8 @@ from atomzoo.objectives.regression import scd_aux_denoising_weight
 warnings.filterwarnings("ignore", message=".*self.log.*")
 
 
-def tiny_schnet():
-    return SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=4.0)
+def tiny_schnet(condition_dim: int = 0):
+    return SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=4.0, condition_dim=condition_dim)
 
 
 def batch_of_two() -> Batch:
@@ -91,10 +91,10 @@ def test_pretrained_denoising_head_and_scale_are_reused(tmp_path):
 
 def test_pretrained_scd_head_and_running_moments_are_reused(tmp_path):
     torch.manual_seed(0)
-    source = SelfConditionedDenoising(tiny_schnet())
+    source = SelfConditionedDenoising(tiny_schnet(condition_dim=8))
     source.target_stats.update(torch.randn(1000, 3) * 0.04 + 0.001)
     path = save(source, tmp_path / "scd.ckpt", sigma=0.04, head="auto", head_hidden=None)
-    model = Regression(tiny_schnet(), targets=["homo"], init_from=path, aux_denoising_weight=0.1)
+    model = Regression(tiny_schnet(condition_dim=8), targets=["homo"], init_from=path, aux_denoising_weight=0.1)
     norm = model.aux_denoising.normalizer
     assert bool(norm.running) and norm.count.item() == 1000
     noise = torch.randn(6, 3) * 0.005

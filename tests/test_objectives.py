@@ -111,9 +111,9 @@ def test_jepa_loss_falls(dm, anti_collapse):
 
 
 # ----- equivariance ---------------------------------------------------------------------------------
-def rotation(seed: int = 0) -> torch.Tensor:
+def rotation(seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
-    return (q * torch.sign(torch.det(q))).float()  # proper rotation
+    return (q * torch.sign(torch.det(q))).to(dtype)  # proper rotation
 
 
 @pytest.mark.parametrize("make", [tiny_schnet, tiny_painn, tiny_mace], ids=["schnet", "painn", "mace"])
@@ -123,7 +123,7 @@ def test_noise_heads_are_rotation_equivariant(batch, make):
     torch.manual_seed(0)
     backbone = make().double()
     heads = [NoiseHead(backbone, "edge").double()] + ([NoiseHead(backbone, "vector").double()] if backbone.has_vectors else [])
-    R = rotation().double()
+    R = rotation(dtype=torch.float64)  # orthogonal to float64 precision
     data = batch.clone()
     data.pos = batch.pos.double()
     rotated = data.clone()

@@ -25,17 +25,18 @@ def test_only_linear_weight_matrices_decay(make):
     decay, no_decay = decayed_names(model)
     linear = {f"{m}.weight" for m, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)}
     assert decay == linear  # every Linear weight matrix (backbone, adaLN MLP, heads) and nothing else
-    assert "backbone.embedding.weight" in no_decay
-    assert all(n.endswith(".bias") or n.endswith(".alpha") or n == "backbone.embedding.weight" for n in no_decay), no_decay
-    assert any(n.endswith("conditioning.0.alpha") for n in no_decay)
+    everything = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert no_decay == everything - linear
+    assert {"backbone.embedding.weight", "backbone.mask_embedding", "backbone.conditioning.input.mask_token",
+            "backbone.conditioning.layers.0.alpha", "backbone.conditioning.layers.0.x_norm.weight"} <= no_decay
 
 
 def test_scd_mask_token_norms_and_frozen_embedding():
     model = SelfConditionedDenoising(SchNet(width=16, num_filters=16, num_interactions=1, num_rbf=8, condition_dim=8), weight_decay=0.05)
     decay, no_decay = decayed_names(model)
-    assert "mask_token" in no_decay and "condition_norm.weight" in no_decay
+    assert "backbone.conditioning.input.mask_token" in no_decay and "backbone.conditioning.input.norm.weight" in no_decay
     assert "projection.atom.0.weight" in no_decay  # a LayerNorm gain: 1-D, never decayed
-    assert "projection.atom.1.weight" in decay and "condition_proj.weight" in decay
+    assert "projection.atom.1.weight" in decay and "backbone.conditioning.layers.0.mlp.0.weight" in decay
     assert "backbone.embedding.weight" not in decay | no_decay  # frozen in SCD pretraining: not optimised at all
 
 

@@ -14,7 +14,7 @@ one :class:`LayerConditioning` as ``self.conditioning``; it has two parts:
   scalars ``x`` ``[N, F]``::
 
       h = LN(x)                                    (affine layer norm)
-      shift, scale, gate = MLP([c[batch], h.detach()])
+      shift, scale, gate = MLP([c[batch], h])
       x_mod = tanh(beta * h) * (1 + scale) / beta + shift     (beta learnable, init 0.2)
       g     = tanh(alpha * gate)                              (alpha learnable, init 0.2)
 
@@ -134,8 +134,12 @@ class AdaptiveLayerNorm(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def modulation(self, h: Tensor, condition: Tensor, batch: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(shift, scale, gate)``, each ``[N, F]``, from ``[condition[batch], h.detach()]`` (``h = LN(x)``)."""
-        inputs = torch.cat([condition[batch].to(h.dtype), h.detach()], dim=-1)
+        """``(shift, scale, gate)``, each ``[N, F]``, from ``[condition[batch], h]`` (``h = LN(x)``).
+
+        Unlike the SCD reference code, ``h`` is not detached here: with a detached input the forces of
+        a conditioned backbone (``-dE/dpos`` by autograd) would not be the exact gradient of its
+        energy, which breaks force training and MD with an SCD-pretrained backbone."""
+        inputs = torch.cat([condition[batch].to(h.dtype), h], dim=-1)
         shift, scale, gate = self.mlp(inputs).chunk(3, dim=-1)
         return shift, scale, gate
 
