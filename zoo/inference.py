@@ -85,6 +85,8 @@ def spec_from_checkpoint(checkpoint: dict, source: str) -> dict:
         raise ModelFileError(f"{source}: the backbone's class or constructor arguments are not recorded ({backbone})")
     hparams.pop("backbone", None)
     hparams["init_from"] = None  # weights come from this file, not from the pretraining source
+    from atomzoo.objectives.export import _jsonable
+
     init_args = {k: v for k, v in hparams.items() if _jsonable(v)}
     targets = list(init_args.get("targets") or [])
     return {
@@ -96,14 +98,6 @@ def spec_from_checkpoint(checkpoint: dict, source: str) -> dict:
         "forces": bool(init_args.get("forces", False)),
         "cutoff_A": float(backbone.get("init_args", {}).get("cutoff", float("nan"))),
     }
-
-
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def build_objective(spec: dict, state_dict: dict[str, torch.Tensor]):
