@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_Z = 100
+MAX_Z = 100  #: largest atomic number any reader accepts (and the size of per-element tables, e.g. atom references)
 
 
 class DataFormatError(ValueError):

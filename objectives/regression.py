@@ -53,6 +53,7 @@ from torchmetrics import MeanAbsoluteError
 
 from atomzoo.backbones.base import Backbone
 from atomzoo.datamodules.base import TargetStatistics, compute_target_statistics
+from atomzoo.datamodules.checks import MAX_Z
 from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 
 from .base import Objective
@@ -62,7 +63,6 @@ from .heads import AtomwiseMLP
 from .losses import ForceLoss, StandardizedLoss
 from .units import display_unit, metric_suffix
 
-MAX_Z = 100
 
 #: SCD's fine-tuning auxiliary-denoising weights (Perez & Gomez-Bombarelli, arXiv 2603.17196):
 #: 0.2 for alpha, ZPVE and Cv, none for the energies U0/U/H/G, 0.1 for every other target.
