@@ -19,7 +19,7 @@ def _inputs(dtype=torch.float64):
 
 
 def test_matches_reference_formula():
-    """h = LN(x); [shift, scale, gate] = MLP([c, h.detach()]);
+    """h = LN(x); [shift, scale, gate] = MLP([c, h]);
     x_mod = tanh(beta h)(1 + scale)/beta + shift; g = tanh(alpha gate); alpha = beta = 0.2 at init."""
     torch.manual_seed(0)
     module = AdaptiveLayerNorm(F, C).double()
@@ -31,10 +31,21 @@ def test_matches_reference_formula():
     beta, alpha = module.modulate.beta.detach(), module.alpha.detach()
     torch.testing.assert_close(x_mod, torch.tanh(beta * h) * (1 + scale) / beta + shift, rtol=0, atol=1e-12)
     torch.testing.assert_close(gate, torch.tanh(alpha * g), rtol=0, atol=1e-12)
-    # the MLP sees h detached: the only gradient path to x is through h itself
+    # unlike the SCD code, the MLP's input h is not detached: the gradient with respect to x (and so
+    # the forces of a conditioned backbone) includes the path through the modulation, and equals
+    # finite differences of the output
     x.requires_grad_(True)
-    module.modulation(module.x_norm(x), c, batch)[0].sum().backward()
-    assert x.grad is None or torch.count_nonzero(x.grad) == 0
+    shift = module.modulation(module.x_norm(x), c, batch)[0]
+    (grad,) = torch.autograd.grad(shift.sum(), x)
+    assert torch.count_nonzero(grad) > 0
+    h = 1e-6
+    plus, minus = x.detach().clone(), x.detach().clone()
+    plus[0, 1] += h
+    minus[0, 1] -= h
+    with torch.no_grad():
+        numeric = (module.modulation(module.x_norm(plus), c, batch)[0].sum()
+                   - module.modulation(module.x_norm(minus), c, batch)[0].sum()) / (2 * h)
+    assert abs(float(numeric) - float(grad[0, 1])) < 1e-6
 
 
 def test_not_inert_at_initialisation():
