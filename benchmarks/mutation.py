@@ -19,6 +19,7 @@ import argparse
 import csv
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,10 +55,12 @@ def run_mutant(mutant: dict, timeout: int) -> tuple[str, float, str]:
     try:
         path.write_text(source.replace(mutant["find"], mutant["replace"]))
         start = time.perf_counter()
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant["tests"].split()]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *shlex.split(mutant["tests"])]
         try:
             result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-            status = "survived" if result.returncode == 0 else "killed"
+            # pytest: 0 all passed, 1 some test failed; anything else (usage error, nothing collected,
+            # interrupted) says nothing about the mutant
+            status = {0: "survived", 1: "killed"}.get(result.returncode, f"error (pytest exit {result.returncode})")
             tail = (result.stdout.strip().splitlines() or [""])[-1]
         except subprocess.TimeoutExpired:
             status, tail = "timeout", f"over {timeout} s"
