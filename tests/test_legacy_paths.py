@@ -101,3 +101,18 @@ def test_nothing_installs_the_old_top_level_names():
         for name in ("backbones", "objectives", "datamodules", "zoo"):
             spec = importlib.machinery.PathFinder.find_spec(name, [p for p in sys.path if "site-packages" in p])
             assert spec is None, f"{name} is installed as a top-level package: {spec.origin}"
+
+
+def test_old_module_names_are_the_same_modules_not_copies():
+    import importlib
+
+    import atomzoo.backbones
+    import atomzoo.nn.graph
+
+    with pytest.warns(FutureWarning, match="is now"):
+        old = importlib.import_module("backbones")
+    assert old is atomzoo.backbones and old.SchNet is SchNet  # isinstance checks keep holding
+    assert importlib.import_module("backbones.schnet").SchNet is SchNet
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert importlib.import_module("zoo.graph") is atomzoo.nn.graph
