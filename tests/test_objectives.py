@@ -284,3 +284,13 @@ def test_cli_objective_backbone(cache_dir, tmp_path, objective, backbone):
     assert cli.trainer.global_step == 2
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
     assert {"train/emb_std", "train/emb_erank", "train/emb_sigreg"} <= set(metrics)
+
+
+def test_jepa_sigreg_loss_is_prediction_plus_weighted_sigreg(batch):
+    """Exact: the total is the prediction loss plus sigreg_weight x the SIGReg statistic (a run with
+    the regulariser multiplied by zero still lowers its loss, so 'the loss falls' cannot guard this)."""
+    torch.manual_seed(0)
+    model = JEPA(tiny_schnet(), anti_collapse="sigreg", sigreg_weight=0.3, sigreg_slices=64)
+    terms = model.compute_loss(batch, torch.Generator().manual_seed(0))
+    assert float(terms["sigreg"]) > 0
+    torch.testing.assert_close(terms["loss"], terms["pred_loss"] + 0.3 * terms["sigreg"], rtol=1e-6, atol=0)
