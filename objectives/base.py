@@ -116,6 +116,31 @@ class Objective(L.LightningModule):
             self.backbone.eval()
 
     @classmethod
+    def backbone_defaults(cls, model_args: dict, backbone_args: dict) -> dict:
+        """Backbone options this objective needs and the backbone config leaves unset (``zoo`` applies them).
+
+        Called by the ``zoo`` CLI before anything is built, with the objective's and the backbone's
+        ``init_args`` as plain dicts; returns ``{option: value}`` to set on the backbone (only options
+        the backbone class accepts are applied). SCD uses it to give a shipped backbone config
+        (``condition_dim: 0``) its per-layer conditioning.
+
+        Base: with ``init_from`` a checkpoint / export whose backbone was conditioned (an SCD
+        pretraining run) and a backbone config that leaves ``condition_dim`` at 0, take the
+        checkpoint's ``condition_dim``, so that its adaLN weights have somewhere to go.
+        """
+        init_from = model_args.get("init_from")
+        if not init_from or backbone_args.get("condition_dim"):
+            return {}
+        from .export import load_backbone_weights
+
+        try:
+            _, meta = load_backbone_weights(init_from)
+        except Exception:  # noqa: BLE001 -- a missing / broken file is reported when the model loads it
+            return {}
+        dim = (meta.get("init_args") or {}).get("condition_dim")
+        return {"condition_dim": int(dim)} if dim else {}
+
+    @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """As Lightning's, and checkpoints written before the ``atomzoo`` namespace (class paths
         such as ``objectives.Regression``) load too, with a ``FutureWarning``."""

@@ -113,6 +113,22 @@ class SelfConditionedDenoising(Objective):
             for p in backbone.element_embedding_parameters():
                 p.requires_grad_(False)
 
+    #: condition size given to a backbone whose config leaves ``condition_dim`` at 0 (the SCD paper: the width)
+    DEFAULT_CONDITION_DIM = 128
+
+    @classmethod
+    def backbone_defaults(cls, model_args: dict, backbone_args: dict) -> dict:
+        """``zoo`` with a backbone config of ``condition_dim: 0`` (every shipped one): build it with
+        ``condition_dim`` = that of ``init_from``'s backbone, else ``embedding_dim`` if given, else the
+        backbone's ``width``, else 128."""
+        if backbone_args.get("condition_dim"):
+            return {}
+        inherited = super().backbone_defaults(model_args, backbone_args)
+        if inherited:
+            return inherited
+        dim = model_args.get("embedding_dim") or backbone_args.get("width") or cls.DEFAULT_CONDITION_DIM
+        return {"condition_dim": int(dim)}
+
     @property
     def conditioning(self) -> LayerConditioning:
         """The backbone's condition machinery (mask token, condition norm, per-layer adaLN)."""

@@ -118,24 +118,3 @@ def test_console_script_installed():
     assert exe, "the `zoo` console script is not installed: install with pip install -e ."
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "fit" in out.stdout and "test" in out.stdout
-
-
-TINY_BACKBONES = {
-    "schnet.yaml": TINY_SCHNET,
-    "painn.yaml": ["--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_interactions", "1"],
-    "mace.yaml": ["--model.backbone.init_args.hidden_irreps", "8x0e+8x1o", "--model.backbone.init_args.max_ell", "1",
-                  "--model.backbone.init_args.correlation", "2", "--model.backbone.init_args.num_interactions", "1",
-                  "--model.backbone.init_args.radial_MLP", "[8]"],
-}
-
-
-@pytest.mark.parametrize("backbone", sorted(TINY_BACKBONES))
-def test_each_backbone_file_trains_with_regression(backbone, cache_dir, tmp_path):
-    """The issue's composition form with every shipped backbone file (shrunk by overrides)."""
-    cli = run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", str(ROOT / "configs/backbones" / backbone),
-               *TINY_BACKBONES[backbone], "--data.train_size", "32", "--data.batch_size", "8",
-               "--data.eval_batch_size", "16", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2",
-               *common(tmp_path)])
-    assert cli.trainer.global_step == 4
-    assert type(cli.model.backbone).__name__.lower() == backbone.removesuffix(".yaml")
-    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])

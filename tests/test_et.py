@@ -393,32 +393,3 @@ def test_unsupported_torchmd_models_raise():
     with pytest.raises(FileNotFoundError):
         load_torchmd_et("/nonexistent/file.ckpt")
     assert math.isclose(et_kwargs_from_torchmd({})["cutoff"], 5.0)
-
-
-# --------------------------------------------------------------- every objective x ET from the configs
-OBJECTIVES = sorted(p.name for p in (ROOT / "configs/objectives").glob("*.yaml"))
-TINY_ET = ["--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_layers", "1",
-           "--model.backbone.init_args.num_rbf", "8", "--model.backbone.init_args.num_heads", "4"]
-
-
-@pytest.mark.parametrize("objective", OBJECTIVES)
-def test_every_objective_trains_with_the_et_config(objective, cache_dir, tmp_path):
-    """configs/objectives/<objective> + configs/backbones/et.yaml (shrunk; SCD with per-layer adaLN)."""
-    from atomzoo.cli import run
-
-    extra = []
-    if objective in ("scd.yaml",):
-        extra = ["--model.backbone.init_args.condition_dim", "8", "--model.backbone.init_args.drop_path", "0.1"]
-    if objective not in ("regression.yaml", "finetune.yaml"):
-        extra += ["--data.targets", "null"]
-    cli = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives" / objective),
-               "--model.backbone", str(ROOT / "configs/backbones/et.yaml"), *TINY_ET, *extra,
-               "--data.train_size", "16", "--data.batch_size", "8", "--data.eval_batch_size", "8",
-               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0",
-               "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
-               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
-    assert cli.trainer.global_step == 2
-    assert isinstance(cli.model.backbone, ET)
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-    if objective == "scd.yaml":
-        assert cli.model.backbone.conditioning is not None and cli.model.backbone.layers[0].adaln is not None

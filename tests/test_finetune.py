@@ -153,3 +153,35 @@ def test_aux_denoising_reuses_the_denoising_head(dm):
     aux.backward()
     assert model.aux_denoising.head.head.edge[0].weight.grad is not None
     assert Regression(tiny_schnet(), targets=["homo"]).aux_denoising is None
+
+
+def test_scd_pretraining_then_finetuning_from_the_shipped_backbone_config(cache_dir, tmp_path, capsys):
+    """The README's two commands with the shipped backbone config and no condition_dim anywhere: SCD
+    gets its conditioning from the CLI (the backbone's width), fine-tuning takes the checkpoint's
+    condition_dim, and every pretrained tensor -- mask token and adaLN included -- arrives."""
+    from atomzoo.cli import run
+
+    backbone = ["--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+                "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+                "--model.backbone.init_args.num_interactions", "1", "--model.backbone.init_args.num_rbf", "8"]
+    common = ["--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
+              "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
+              "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1"]
+    scd = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/scd.yaml"),
+               *backbone, *common, "--data.targets", "null", "--trainer.enable_checkpointing", "true"])
+    assert scd.model.backbone.condition_dim == 16
+    ckpt = tmp_path / "scd.ckpt"
+    scd.trainer.save_checkpoint(ckpt)
+    capsys.readouterr()
+    fine = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/finetune.yaml"),
+                *backbone, *common, "--model.init_from", str(ckpt), "--trainer.max_steps", "0",
+                "--trainer.enable_checkpointing", "false"])
+    assert "condition_dim is unset" in capsys.readouterr().err
+    assert fine.model.backbone.condition_dim == 16
+    pretrained = scd.model.backbone.state_dict()
+    loaded = fine.model.backbone.state_dict()
+    assert set(loaded) == set(pretrained) and any("conditioning" in k for k in loaded)
+    for name, tensor in pretrained.items():
+        assert torch.equal(loaded[name], tensor), name

@@ -9,7 +9,6 @@ import math
 import lightning as L
 import pytest
 import torch
-
 from atomzoo.backbones import SchNet
 from atomzoo.objectives import Regression
 

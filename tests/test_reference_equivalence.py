@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from atomzoo.backbones import SchNet
 from atomzoo.backbones.base import Backbone, BackboneOutput
+from torch import nn
 
 pyg_schnet = pytest.importorskip("torch_geometric.nn.models.schnet")
 

@@ -30,12 +30,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from jsonargparse import Namespace
-
-from lightning.pytorch.cli import LightningCLI
-
 from atomzoo.datamodules.base import AtomsDataModule
 from atomzoo.objectives.base import Objective
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
 
 TRAINER_DEFAULTS = {
     "default_root_dir": "runs",
@@ -113,6 +111,48 @@ def _configure_prediction_output(subcommand: str | None, config) -> None:
     if data is not None and str(data.get("class_path", "")).endswith("ASEFileDataModule"):
         if data["init_args"].get("allow_missing_labels") is None:
             data["init_args"]["allow_missing_labels"] = True
+
+
+def _import_class(class_path: str):
+    """The class named by a config's ``class_path`` (None when it cannot be imported: the CLI reports that)."""
+    import importlib
+
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _apply_backbone_defaults(config) -> None:
+    """Give the backbone the options its objective needs and its config leaves unset
+    (:meth:`atomzoo.objectives.base.Objective.backbone_defaults`; SCD: ``condition_dim``), with a notice."""
+    import inspect
+
+    model = config.get("model") if config is not None else None
+    if model is None or not model.get("class_path"):
+        return
+    objective = _import_class(model["class_path"])
+    backbone = (model.get("init_args") or {}).get("backbone")
+    if not (isinstance(objective, type) and issubclass(objective, Objective)) or backbone is None:
+        return
+    if not hasattr(backbone, "get") or not backbone.get("class_path"):
+        return
+    backbone_cls = _import_class(backbone["class_path"])
+    if backbone_cls is None:
+        return
+    as_dict = lambda ns: dict(ns.as_dict() if hasattr(ns, "as_dict") else (ns or {}))
+    model_args, backbone_args = as_dict(model.get("init_args")), as_dict(backbone.get("init_args"))
+    model_args.pop("backbone", None)
+    accepted = inspect.signature(backbone_cls.__init__).parameters
+    for key, value in objective.backbone_defaults(model_args, backbone_args).items():
+        if key not in accepted:
+            continue  # the objective's own check explains what the backbone lacks
+        if backbone.get("init_args") is None:
+            backbone["init_args"] = Namespace()
+        backbone["init_args"][key] = value
+        print(f"zoo: --model.backbone.init_args.{key} is unset in the backbone config; {objective.__name__} "
+              f"uses {value} (see its backbone_defaults; set the option to override)", file=sys.stderr)
 
 
 def _model_from_checkpoint(argv: list[str]) -> list[str]:
@@ -204,6 +244,7 @@ class ZooCLI(LightningCLI):
         # drop the default callbacks that need them instead of letting Lightning refuse the combination.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         _configure_prediction_output(self.subcommand, config)
+        _apply_backbone_defaults(config)
         trainer = config.get("trainer") if config is not None else None
         if trainer is None or not trainer.get("callbacks"):
             return
