@@ -15,7 +15,8 @@ Every run also logs the collapse diagnostics (``emb_std``, ``emb_erank``, ``emb_
 
 Resumable: a run's rows go to ``<out>/results.csv`` (run, step, metric, value; rewritten atomically)
 when the run finishes; a finished run is never repeated; an unfinished run continues from its newest
-checkpoint (``--ckpt_path last``: the CLI writes ``last-step.ckpt`` every 500 optimizer steps).
+checkpoint (the CLI writes ``last-step.ckpt`` every 500 optimizer steps; a resumed run logs to a new
+``log<k>`` folder and the metrics of all of them are merged).
 
     python benchmarks/objective_study.py                # all runs, 3,000 steps each
     python benchmarks/objective_study.py --runs scd --steps 3000
@@ -52,7 +53,7 @@ def run_name(run: str, steps: int, width: int, seed: int) -> str:
     return f"{run}-painn{width}-n{steps}-s{seed}"
 
 
-def command(run: str, steps: int, width: int, seed: int, val_every: int, folder: Path, resume: bool,
+def command(run: str, steps: int, width: int, seed: int, val_every: int, folder: Path, resume: str | None,
             version: str) -> list[str]:
     spec = RUNS[run]
     args = [sys.executable, "-m", "atomzoo.cli", "fit", "-c", "configs/data/qm9.yaml", "-c", spec["config"],
@@ -69,7 +70,7 @@ def command(run: str, steps: int, width: int, seed: int, val_every: int, folder:
             "--trainer.logger.init_args.name", folder.name, "--trainer.logger.init_args.version", version,
             "--trainer.default_root_dir", str(folder)]
     if resume:
-        args += ["--ckpt_path", "last"]
+        args += ["--ckpt_path", resume]
     return args
 
 
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[study] done already: {name}", flush=True)
             continue
         folder = out / "runs" / name
-        resume = any((folder / "checkpoints").glob("*.ckpt")) if (folder / "checkpoints").exists() else False
+        saved = sorted(folder.glob("log*/checkpoints/last*.ckpt"), key=lambda f: f.stat().st_mtime)
+        resume = str(saved[-1]) if saved else None  # the newest last / last-step checkpoint
         folder.mkdir(parents=True, exist_ok=True)
         version = f"log{len(list(folder.glob('log*/')))}"  # a resumed run logs to a new folder
         cmd = command(run, args.steps, args.width, args.seed, args.val_every, folder, resume, version)

@@ -22,6 +22,8 @@ backbone into a fixed feature extractor (linear / MLP probe). See ``docs/objecti
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import io
 import math
 import os
@@ -143,18 +145,27 @@ class Objective(L.LightningModule):
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
         """As Lightning's, and checkpoints written before the ``atomzoo`` namespace (class paths
-        such as ``objectives.Regression``) load too, with a ``FutureWarning``."""
+        such as ``objectives.Regression``) load too, with a ``FutureWarning``.
+
+        Options the ``zoo`` CLI links from the data into every objective (``targets``, ``forces``)
+        are recorded in the checkpoint even for objectives that do not take them (the
+        self-supervised ones); they are dropped here instead of failing the load."""
         if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
             from atomzoo._legacy import upgrade_class_paths
 
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            if upgrade_class_paths(checkpoint.get("hyper_parameters")):
+            hparams = checkpoint.get("hyper_parameters")
+            changed = False
+            if upgrade_class_paths(hparams):
+                changed = True
                 warnings.warn(
                     f"{checkpoint_path} records module paths from before atomzoo 0.2 (e.g. 'objectives.Regression'); "
                     "loading it with the new paths. Save it again to update the file.",
                     FutureWarning,
                     stacklevel=2,
                 )
+            changed = _drop_linked_options(hparams, cls) or changed
+            if changed:
                 buffer = io.BytesIO()
                 torch.save(checkpoint, buffer)
                 buffer.seek(0)
@@ -296,6 +307,46 @@ class Objective(L.LightningModule):
         if self.ema_decay is None:
             return []
         return [EMAWeightAveraging(decay=self.ema_decay)]
+
+
+#: options ``zoo`` links from the DataModule into the objective (``zoo/cli.py``)
+LINKED_OPTIONS = ("targets", "forces")
+
+
+def _init_parameters(cls) -> set[str] | None:
+    """Names ``cls(...)`` accepts, following ``**kwargs`` up the MRO (None: accepts anything)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names
+        if klass is Objective:
+            return names
+    return None
+
+
+def _drop_linked_options(hparams: dict | None, cls) -> bool:
+    """Remove :data:`LINKED_OPTIONS` the checkpoint's objective class does not accept; True if any was."""
+    if not hparams:
+        return False
+    target = cls
+    class_path = hparams.get("_class_path")
+    if class_path:
+        module, _, name = str(class_path).rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return False  # Lightning reports the class path itself
+    accepted = _init_parameters(target)
+    if accepted is None:
+        return False
+    dropped = [k for k in LINKED_OPTIONS if k in hparams and k not in accepted]
+    for key in dropped:
+        del hparams[key]
+    return bool(dropped)
 
 
 def _batch_size(batch) -> int:

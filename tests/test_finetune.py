@@ -11,7 +11,7 @@ import torch
 
 from atomzoo.backbones import PaiNN, SchNet
 from atomzoo.datamodules import QM9DataModule
-from atomzoo.objectives import JEPA, Denoising, Regression
+from atomzoo.objectives import JEPA, Denoising, Regression, SelfConditionedDenoising
 from atomzoo.objectives.export import build_backbone, export_backbone, load_backbone_weights, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +174,12 @@ def test_scd_pretraining_then_finetuning_from_the_shipped_backbone_config(cache_
     assert scd.model.backbone.condition_dim == 16
     ckpt = tmp_path / "scd.ckpt"
     scd.trainer.save_checkpoint(ckpt)
+    # the checkpoint records the options zoo links from the data (targets, forces), which SCD does not
+    # take; loading it in Python must still work
+    assert {"targets", "forces"} <= set(torch.load(ckpt, weights_only=False)["hyper_parameters"])
+    reloaded = SelfConditionedDenoising.load_from_checkpoint(ckpt, weights_only=False)
+    for name, tensor in scd.model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
     capsys.readouterr()
     fine = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/finetune.yaml"),
                 *backbone, *common, "--model.init_from", str(ckpt), "--trainer.max_steps", "0",
