@@ -21,6 +21,9 @@ checkpoint (the CLI writes ``last-step.ckpt`` every 500 optimizer steps; a resum
     python benchmarks/objective_study.py                # all runs, 3,000 steps each
     python benchmarks/objective_study.py --runs scd --steps 3000
     python benchmarks/objective_study.py --report       # <out>/results.md from results.csv
+    python benchmarks/objective_study.py --export \
+        benchmarks/results/objective_study/runs/scd-painn64-n3000-s0/log0/checkpoints/last.ckpt \
+        tests/data/scd_painn64_qm9_3000steps.safetensors  # the trained SCD model the tests evaluate
 """
 
 from __future__ import annotations
@@ -141,6 +144,24 @@ def report(out: Path) -> str:
     return text
 
 
+def export_state(checkpoint: Path, out: Path) -> int:
+    """Write the whole objective's state dict (backbone, heads, running noise moments) of a study
+    checkpoint to ``out`` (safetensors); returns the number of values. ``tests/data`` keeps one (SCD)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from atomzoo.objectives.base import Objective
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    module, _, name = ckpt["hyper_parameters"]["_class_path"].rpartition(".")
+    cls = getattr(__import__(module, fromlist=[name]), name)
+    assert issubclass(cls, Objective)
+    model = cls.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=False)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out), metadata={"source": f"benchmarks/objective_study.py, {checkpoint}"})
+    return sum(v.numel() for v in state.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
@@ -151,8 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--report", action="store_true")
+    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT"),
+                   help="write a run's objective state dict to OUT (.safetensors) and exit")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.export:
+        print(f"{export_state(Path(args.export[0]), Path(args.export[1]))} values -> {args.export[1]}")
+        return 0
     if args.report:
         print(report(out))
         return 0
