@@ -69,7 +69,7 @@ def record(module, datamodule) -> dict[str, Any] | None:
             stats[info.name] = [float(column.mean()), float(column.std())] if column.size else [math.nan, math.nan]
     hparams = dict(getattr(module, "hparams", {}) or {})
     backbone = getattr(module, "backbone", None)
-    return {
+    return _plain({
         "dataset": type(datamodule).__name__,
         "targets": [info.name for info in infos],
         "target_units": [info.unit for info in infos],
@@ -81,7 +81,20 @@ def record(module, datamodule) -> dict[str, Any] | None:
         "cutoff": float(backbone.cutoff) if backbone is not None and hasattr(backbone, "cutoff") else None,
         "backbone": f"{type(backbone).__module__}.{type(backbone).__qualname__}" if backbone is not None else None,
         "model": {k: hparams[k] for k in MODEL_OPTIONS if k in hparams},
-    }
+    })
+
+
+def _plain(value):
+    """``value`` with numpy scalars / arrays turned into Python numbers / lists, recursively: the record
+    goes into checkpoints, which Lightning's ``zoo test`` / ``--test_after_fit`` reopen with
+    ``torch.load(weights_only=True)``, and that refuses numpy objects."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def _same(a, b) -> bool:

@@ -70,3 +70,21 @@ def test_same_settings_resume_and_test_work_and_finetuning_from_it_works(trained
     assert float(tuned.model.mean[0]) == pytest.approx(1017, rel=0.1)  # propB's own statistics
     with pytest.raises(ProvenanceMismatch, match=r"init_from=.*cutoff: checkpoint 5.0, now 4.0"):
         run(["fit", *args(tmp_path / "ft2", "propB", "--model.init_args.init_from", str(ckpt), cutoff="4.0")])
+
+
+def test_checkpoints_with_atom_references_open_with_weights_only(qm9, tmp_path):
+    """QM9 U0 (atom reference energies) through `--test_after_fit`: Lightning reopens the best checkpoint
+    with torch.load(weights_only=True), which refuses numpy objects; the record holds plain numbers."""
+    cli = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/regression.yaml"),
+               "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+               "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+               "--model.backbone.init_args.num_interactions", "1", "--data.targets", "[u0]",
+               "--data.cache_dir", str(qm9.cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
+               "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
+               "--trainer.limit_test_batches", "2", "--test_after_fit", "true", "--trainer.enable_progress_bar", "false",
+               "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert "test/u0_mae_meV" in cli.trainer.callback_metrics
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    record = torch.load(ckpt, map_location="cpu", weights_only=True)[KEY]
+    assert len(record["atomref"]["u0"]) > 9 and all(type(v) is float for v in record["atomref"]["u0"])
