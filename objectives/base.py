@@ -36,6 +36,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from atomzoo.backbones.base import Backbone
+from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 
 from . import provenance
 from .param_groups import parameter_groups
@@ -71,6 +72,12 @@ class Objective(L.LightningModule):
             file has moved (the checkpoint's own weights are loaded afterwards anyway).
         freeze_backbone: probing: the backbone's parameters get ``requires_grad=False`` (so the
             optimizer skips them) and the backbone stays in eval mode during training.
+        drop_path: drop-path rate of the backbone's layers in training (:mod:`atomzoo.nn.droppath`):
+            a number (constant), ``[start, end]`` (linear from ``start`` to ``end`` over
+            ``drop_path_steps`` optimizer steps, then ``end``; SCD: 0.1 in pretraining,
+            ``[0.15, 0.1]`` in fine-tuning), or ``None`` to leave the backbone's rate alone. Logged
+            as ``train/drop_path``. ``ValueError`` for a backbone without the drop-path hook.
+        drop_path_steps: length of that schedule (default ``warmup_steps + 2000``, as SCD).
     """
 
     def __init__(
@@ -86,6 +93,8 @@ class Objective(L.LightningModule):
         ema_decay: float | None = None,
         init_from: str | None = None,
         freeze_backbone: bool = False,
+        drop_path: float | list[float] | None = None,
+        drop_path_steps: int | None = None,
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "plateau", "constant"):
@@ -106,6 +115,8 @@ class Objective(L.LightningModule):
         self.ema_decay = ema_decay
         self.init_from = init_from
         self.freeze_backbone = bool(freeze_backbone)
+        self.drop_path_schedule = self._check_drop_path(drop_path, backbone)  # (start, end) or None
+        self.drop_path_steps = int(drop_path_steps) if drop_path_steps is not None else warmup_steps + 2000
         #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
         self.epoch_means = nn.ModuleDict()
         if init_from:
@@ -116,6 +127,28 @@ class Objective(L.LightningModule):
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
+
+    @staticmethod
+    def _check_drop_path(option, backbone) -> tuple[float, float] | None:
+        if option is None:
+            return None
+        rates = (option, option) if isinstance(option, (int, float)) else tuple(option)
+        if len(rates) != 2:
+            raise ValueError(f"drop_path={option!r}: give a rate or [start, end] (--model.drop_path)")
+        rates = (check_rate(rates[0]), check_rate(rates[1]))
+        if max(rates) > 0 and not drop_path_modules(backbone):
+            raise ValueError(
+                f"drop_path={option!r} but {type(backbone).__name__} has no drop-path hook "
+                "(atomzoo.nn.droppath.DropPath; SchNet, PaiNN, MACE and ET have one); set --model.drop_path null"
+            )
+        return rates
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Set the scheduled drop-path rate of the backbone (when ``drop_path`` is given)."""
+        if self.drop_path_schedule is not None:
+            rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
+            set_drop_path(self.backbone, rate)
+            self.log("train/drop_path", rate, batch_size=_batch_size(batch))
 
     @classmethod
     def backbone_defaults(cls, model_args: dict, backbone_args: dict) -> dict:

@@ -54,7 +54,6 @@ from torchmetrics import MeanAbsoluteError
 from atomzoo.backbones.base import Backbone
 from atomzoo.datamodules.base import TargetStatistics, compute_target_statistics
 from atomzoo.datamodules.checks import MAX_Z
-from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 
 from .base import Objective
 from .denoising import AuxDenoising
@@ -110,12 +109,6 @@ class Regression(Objective):
         aux_denoising_sigma: that noise in Angstrom (0.005, both references).
         aux_denoising_pretrained_head: with ``init_from`` a Denoising / SCD checkpoint, reuse its
             noise head and target normaliser (as the references do); ``False``: a fresh head.
-        drop_path: drop-path rate of the backbone's layers in training (:mod:`atomzoo.nn.droppath`):
-            a number (constant), ``[start, end]`` (linear from ``start`` to ``end`` over
-            ``drop_path_steps`` optimizer steps, then ``end``; SCD's fine-tuning: ``[0.15, 0.1]``),
-            or ``None`` to leave the backbone's rate alone. ``ValueError`` for a backbone without
-            the drop-path hook.
-        drop_path_steps: length of that schedule (default ``warmup_steps + 2000``, as SCD).
         Other arguments: see :class:`~atomzoo.objectives.base.Objective` (optimizer, schedule, EMA,
             ``init_from`` / ``freeze_backbone`` for fine-tuning and probing).
     """
@@ -135,8 +128,6 @@ class Regression(Objective):
         aux_denoising_weight: float | str = 0.0,
         aux_denoising_sigma: float = 0.005,
         aux_denoising_pretrained_head: bool = True,
-        drop_path: float | list[float] | None = None,
-        drop_path_steps: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
@@ -188,24 +179,6 @@ class Regression(Objective):
         self.aux_denoising = AuxDenoising(backbone, aux_denoising_sigma) if self.aux_denoising_weight > 0 else None
         if self.aux_denoising is not None and aux_denoising_pretrained_head and self.init_from:
             self.aux_denoising.load_pretrained(backbone, self.init_from)
-        # drop-path rate or schedule
-        self.drop_path_schedule = self._check_drop_path(drop_path, backbone)  # (start, end) or None
-        self.drop_path_steps = int(drop_path_steps) if drop_path_steps is not None else self.warmup_steps + 2000
-
-    @staticmethod
-    def _check_drop_path(option, backbone) -> tuple[float, float] | None:
-        if option is None:
-            return None
-        rates = (option, option) if isinstance(option, (int, float)) else tuple(option)
-        if len(rates) != 2:
-            raise ValueError(f"drop_path={option!r}: give a rate or [start, end] (--model.drop_path)")
-        rates = (check_rate(rates[0]), check_rate(rates[1]))
-        if max(rates) > 0 and not drop_path_modules(backbone):
-            raise ValueError(
-                f"drop_path={option!r} but {type(backbone).__name__} has no drop-path hook "
-                "(atomzoo.nn.droppath.DropPath; SchNet, PaiNN and MACE have one); set --model.drop_path null"
-            )
-        return rates
 
     # ----- statistics from the data -------------------------------------------------------------
     def _pooling_map(self) -> dict[str, str] | None:
@@ -318,12 +291,6 @@ class Regression(Objective):
         return self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)
 
     # ----- steps --------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.drop_path_schedule is not None:
-            rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
-            set_drop_path(self.backbone, rate)
-            self.log("train/drop_path", rate, batch_size=batch.num_graphs)
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
         if self.aux_denoising is None:
             pred, forces, _ = self._predict(batch, training=True)

@@ -5,7 +5,7 @@ objective's own terms, not only that a loss came out:
 
 * denoising: the collapse diagnostics of the pooled backbone features are logged;
 * SCD: the backbone got its per-layer conditioning from the CLI (shipped backbone configs say
-  ``condition_dim: 0``), ``val/loss_masked`` (mask token only) differs from ``val/loss``;
+  ``condition_dim: 0``), ``val/loss_masked`` (mask token only) differs from ``val/loss``, drop-path 0.1;
 * JEPA-EMA: EMA momentum on its cosine schedule from 0.996, the target encoder is not the online
   encoder, the masked context view (``mask_ratio`` 0.15 as shipped) works with this backbone;
 * JEPA-SIGReg: the logged total is prediction + 0.1 x SIGReg;
@@ -60,6 +60,7 @@ def test_shipped_objective_with_shipped_backbone(objective, backbone, cache_dir,
         assert model.backbone.condition_dim > 0 and model.backbone.conditioning is not None
         assert "--model.backbone.init_args.condition_dim is unset" in capsys.readouterr().err
         assert m["val/loss_masked"] != m["val/loss"]
+        assert m["train/drop_path"] == pytest.approx(0.1)  # the paper's pretraining drop-path
         if backbone == "et":
             assert all(layer.adaln is not None for layer in model.backbone.layers)
     if objective == "jepa":
