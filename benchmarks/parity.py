@@ -8,7 +8,8 @@ number of optimizer steps, batch size, width/depth, radial basis size, cutoff an
 adapters use our radius graph), and the same seeds. Every run is an ordinary ``zoo fit`` process
 that tests its best-validation checkpoint at the end.
 
-Pairs: ``schnet`` (ours vs PyG's SchNet blocks), ``painn`` (ours vs schnetpack 2.x PaiNN), ``mace``
+Pairs: ``schnet`` (ours vs PyG's SchNet blocks), ``painn`` (ours vs schnetpack 2.x PaiNN), ``et``
+(ours vs torchmd-net 3.1's ``TorchMD_ET``; torchmd-net on ``PYTHONPATH``, see the adapter), ``mace``
 (ours vs mace-torch's ``MACE`` model). Tasks: ``qm9_homo``, ``qm9_u0`` (QM9 standard split, training on
 the first ``--train-size`` molecules of the training permutation, tested on the first 2,048 test
 molecules), ``md_forces`` (energy + forces on the committed rMD17-format ethanol fixture, 300 / 50 /
@@ -53,6 +54,11 @@ PAIRS: dict[str, dict[str, tuple[str, dict]]] = {
         "ours": ("atomzoo.backbones.PaiNN", {"width": 64, "num_interactions": 3, "num_rbf": 20, "cutoff": 5.0}),
         "ref": ("parity_adapters.SchnetpackPaiNN", {"width": 64, "num_interactions": 3, "num_rbf": 20, "cutoff": 5.0}),
     },
+    "et": {  # configs/backbones/et.yaml's CPU preset: 64 x 3 layers, 32 expnorm functions, 8 heads
+        "ours": ("atomzoo.backbones.ET", {"width": 64, "num_layers": 3, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0}),
+        "ref": ("parity_adapters.TorchmdET", {"width": 64, "num_layers": 3, "num_rbf": 32, "num_heads": 8,
+                                              "cutoff": 5.0}),
+    },
     "mace": {  # a CPU-sized MACE: 32 channels, l <= 2, correlation 2
         "ours": ("atomzoo.backbones.MACE", {"r_max": 5.0, "num_bessel": 8, "max_ell": 2, "correlation": 2,
                                             "num_interactions": 2, "hidden_irreps": "32x0e+32x1o",
@@ -69,14 +75,14 @@ QM9_COMMON = ["--data.eval_batch_size", "256", "--trainer.limit_val_batches", "4
 #: extra backbone args for mace, fixed batch size (None: --batch-size)
 TASKS: dict[str, dict] = {
     "qm9_homo": {"data": "configs/data/qm9.yaml", "args": [*QM9_COMMON, "--data.targets", "[homo]"], "metric": "test/homo_mae_meV",
-                 "pairs": ("schnet", "painn", "mace"), "mace": {"avg_num_neighbors": 15.6}},
+                 "pairs": ("schnet", "painn", "et", "mace"), "mace": {"avg_num_neighbors": 15.6}},
     "qm9_u0": {"data": "configs/data/qm9.yaml", "args": [*QM9_COMMON, "--data.targets", "[u0]"], "metric": "test/u0_mae_meV",
-               "pairs": ("schnet", "painn", "mace"), "mace": {"avg_num_neighbors": 15.6}},
+               "pairs": ("schnet", "painn", "et", "mace"), "mace": {"avg_num_neighbors": 15.6}},
     "md_forces": {"data": "configs/data/rmd17.yaml", "batch_size": 10, "args": ["--data.root", "tests/data/md17_fixture",
                            "--data.molecule", "ethanol", "--data.official_split", "null", "--data.num_train", "300",
                            "--data.num_val", "50", "--data.eval_batch_size", "50", "--model.energy_weight", "1.0",
                            "--model.force_weight", "100.0", "--model.lr", "2.0e-3"],
-                  "metric": "test/forces_mae_meV_per_A", "pairs": ("painn", "mace"),
+                  "metric": "test/forces_mae_meV_per_A", "pairs": ("painn", "et", "mace"),
                   "mace": {"avg_num_neighbors": 8.0}},  # ethanol: every other atom is within 5 A
 }
 

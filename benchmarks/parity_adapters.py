@@ -14,6 +14,7 @@ of a parity row see the same neighbour list; heads, loss, optimiser and schedule
 * :class:`MaceTorch` -- mace-torch's ``mace.modules.MACE`` model (the whole model, readouts
   unused), ``keep_last_layer_irreps=True``; its ``node_feats`` output gives the same features as
   our wrapper (0e channels of every layer, 1o of the last).
+* :class:`TorchmdET` -- torchmd-net 3.1's ``TorchMD_ET`` representation (its own neighbour list).
 
 None of them supports atom masking or conditioning (``supports_mask = False``, ``condition_dim=0``):
 the parity benchmark uses supervised regression only.
@@ -168,3 +169,46 @@ class MaceTorch(Backbone):
         scalars = torch.cat([layer[:, : self.c0] for layer in layers], dim=-1)
         vectors = layers[-1][:, self.c0 : self.c0 + 3 * self.c1].reshape(-1, self.c1, 3).transpose(1, 2)
         return BackboneOutput(scalars=scalars, vectors=vectors, graph=graph)
+
+
+class TorchmdET(Backbone):
+    """torchmd-net 3.1's equivariant transformer representation (``TorchMD_ET``, built by its own
+    ``create_model``). Arguments as :class:`atomzoo.backbones.ET` (the subset the benchmark uses).
+
+    Unlike the other adapters it builds its own neighbour list (torchmd-net's ``OptimizedDistance``,
+    every pair closer than the cutoff, as ours; ``max_num_neighbors`` 64 is above any QM9 atom's
+    count within 5 A). Install outside the project environment (``torchmd-net-cpu`` would pin another
+    torch): ``pip install --no-deps --target /tmp/tmdnet torchmd-net==3.1.0 warp-lang`` and put
+    ``/tmp/tmdnet`` on ``PYTHONPATH``.
+
+    Output: scalars ``[N, F]``, vectors ``[N, 3, F]``.
+    """
+
+    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 32, num_heads: int = 8,
+                 cutoff: float = 5.0) -> None:
+        super().__init__(width=width, cutoff=cutoff, vector_width=width)
+        try:
+            from torchmdnet.models.model import create_model
+        except ImportError as err:
+            raise ImportError("torchmd-net is not importable: pip install --no-deps --target /tmp/tmdnet "
+                              "torchmd-net==3.1.0 warp-lang, then PYTHONPATH=/tmp/tmdnet") from err
+        hparams = {
+            "model": "equivariant-transformer", "embedding_dimension": width, "num_layers": num_layers,
+            "num_rbf": num_rbf, "rbf_type": "expnorm", "trainable_rbf": False, "activation": "silu",
+            "attn_activation": "silu", "neighbor_embedding": True, "num_heads": num_heads,
+            "distance_influence": "both", "cutoff_lower": 0.0, "cutoff_upper": cutoff, "max_z": 100,
+            "max_num_neighbors": 64, "reduce_op": "add", "output_model": "Scalar", "prior_model": None,
+            "derivative": False, "atom_filter": -1, "precision": 32, "equivariance_invariance_group": "O(3)",
+            "static_shapes": False, "check_errors": True, "box_vecs": None, "vector_cutoff": False,
+            "charge": False, "spin": False,
+        }  # the papers' ET settings (configs/backbones/et.yaml), torchmd-net's argument names
+        self.et = create_model(hparams).representation_model
+
+    def element_embedding_parameters(self) -> list[nn.Parameter]:
+        return list(self.et.embedding.parameters())
+
+    def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        self.check_condition(condition, num_graphs(data))
+        graph = self.graph(data)  # for the heads (edge-based noise heads); the ET uses its own list
+        x, vec, *_ = self.et(data.z, data.pos, data.batch)
+        return BackboneOutput(scalars=x, vectors=vec, graph=graph)
