@@ -61,7 +61,8 @@ def test_forces_need_energy_target():
 
 @pytest.mark.slow
 def test_energy_force_training_learns_forces(cache_dir):
-    """About 40 s on 2 CPU cores; measured force MAE 314 meV/A = 0.26 x the force std (see docs/datasets.md)."""
+    """150 steps: 26 s on the 2-core VM at load average 4.5 (marked slow: the longest test of this file);
+    measured force MAE 314 meV/A = 0.26 x the force std (see docs/datasets.md)."""
     dm = make_dm(cache_dir)
     model = small_model()
     trainer = L.Trainer(
