@@ -33,6 +33,7 @@ from torch_geometric.utils import scatter
 
 from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
 from atomzoo.nn.conditioning import condition_modules
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 
 
@@ -63,6 +64,7 @@ class DistanceMPNN(Backbone):
             nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
         )
         self.conditioning = condition_modules(num_layers, width, condition_dim)  # None when condition_dim == 0
+        self.drop_path = DropPath()  # stochastic depth of each layer's update; objectives set its rate (SCD: 0.1)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))  # raises if condition_dim == 0
@@ -76,5 +78,5 @@ class DistanceMPNN(Backbone):
             x, gate = self.conditioning[i](h, cond, data.batch) if cond is not None else (h, 1.0)
             m = message(torch.cat([x[graph.src], rbf], dim=-1)) * envelope
             aggregated = scatter(m, graph.dst, dim=0, dim_size=h.size(0), reduce="sum")
-            h = h + gate * update(torch.cat([x, aggregated], dim=-1))
+            h = h + self.drop_path(gate * update(torch.cat([x, aggregated], dim=-1)))
         return BackboneOutput(scalars=h, vectors=None, graph=graph)

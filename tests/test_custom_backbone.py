@@ -28,7 +28,6 @@ def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_p
         "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(objective),
         "--model.backbone.class_path", "custom_backbone.DistanceMPNN",
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_layers", "1",
-        *(["--model.backbone.init_args.condition_dim", "8"] if objective.stem == "scd" else []),
         "--data.targets", "[homo]" if supervised else "null",
         "--data.train_size", "32", "--data.batch_size", "8", "--data.eval_batch_size", "8",
         "--trainer.max_steps", "3", "--trainer.limit_val_batches", "2", "--trainer.logger", "false",
@@ -36,6 +35,8 @@ def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_p
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
     ])
     assert type(cli.model.backbone).__name__ == "DistanceMPNN"
+    if objective.stem == "scd":  # the CLI gave it conditioning (its width) and scd.yaml's drop-path reached it
+        assert cli.model.backbone.condition_dim == 16 and cli.model.backbone.drop_path.p == pytest.approx(0.1)
     assert cli.trainer.global_step == 3
     loss = cli.trainer.callback_metrics.get("train/loss")
     assert loss is not None and torch.isfinite(loss)
