@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase.units import kcal, mol
+from ase.units import create_units, kcal, mol
 
 from atomzoo.datamodules import MD17DataModule, RMD17DataModule
 from atomzoo.datamodules.checks import DataFormatError
@@ -141,3 +141,19 @@ def test_atomic_numbers_out_of_range_and_empty(tmp_path):
     z[4] = 0
     _bad(tmp_path, r"atomic number 0 outside 1..100", z=z)
     _bad(tmp_path / "e", "non-empty", z=np.zeros(0, np.int64), R=raw["R"][:, :0], F=raw["F"][:, :0])
+
+
+def test_rmd17_converts_kcal_per_mol_to_ev(tmp_path):
+    """rMD17 stores kcal/mol and kcal/mol/A (Christensen & von Lilienfeld 2020); the store holds eV and
+    eV/A by ASE's constants (kcal/mol = 0.0433641 eV), the same factor as MD17 and recorded in meta."""
+    dm = RMD17DataModule(root=str(FIXTURE), molecule="ethanol", cache_dir=str(tmp_path), num_train=100, num_val=20)
+    dm.setup()
+    raw = np.load(FIXTURE / "rmd17" / "npz_data" / "rmd17_ethanol.npz")
+    store = dm.store
+    assert store.meta["units"]["energy"] == "eV" and store.meta["units"]["forces"] == "eV/A"
+    codata = create_units("2018")  # the store's constants (ASE's current default CODATA set differs by 1e-8)
+    factor = codata["kcal"] / codata["mol"]
+    assert abs(factor - 0.0433641) < 1e-6
+    assert np.allclose(store.arrays["labels"][:, 0], raw["energies"] * factor, rtol=1e-12, atol=0)
+    assert np.allclose(store.arrays["forces"][:9], raw["forces"][0] * factor, atol=1e-5)
+    assert np.allclose(store.arrays["pos"][9:18], raw["coords"][1], atol=1e-6)
