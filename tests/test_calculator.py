@@ -99,3 +99,47 @@ def test_calculator_refuses_a_model_without_energy(force_checkpoint):
     model.targets = ["homo"]
     with pytest.raises(ValueError, match="target 'energy'"):
         AtomzooCalculator(model)
+
+
+def test_periodic_structures_are_computed_with_their_images(model64):
+    """Ethanol in a 6.5 A periodic box: its images within the cutoff change the energy; translating an
+    atom by a lattice vector changes nothing; forces are -FD gradient; predict() agrees."""
+    atoms = ethanol(2)
+    atoms.set_cell([6.5, 6.5, 6.5])
+    atoms.center()
+    atoms.pbc = True
+    atoms.calc = AtomzooCalculator(model64)
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    free = atoms.copy()
+    free.pbc = False
+    free.calc = AtomzooCalculator(model64)
+    assert abs(energy - free.get_potential_energy()) > 1e-3  # the images are seen
+    moved = atoms.copy()
+    moved.positions[3] += atoms.cell[0] - 2 * atoms.cell[2]
+    moved.calc = AtomzooCalculator(model64)
+    assert moved.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+    np.testing.assert_allclose(moved.get_forces(), forces, atol=1e-9)
+    h = 1e-4
+    for i, d in [(0, 0), (4, 2), (8, 1)]:
+        energies = []
+        for sign in (1, -1):
+            shifted = atoms.copy()
+            shifted.positions[i, d] += sign * h
+            shifted.calc = AtomzooCalculator(model64)
+            energies.append(shifted.get_potential_energy())
+        assert forces[i, d] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
+    out = model64.predict(atoms)
+    assert out["energy"] == pytest.approx(energy, abs=1e-9)
+    np.testing.assert_allclose(out["forces"], forces, atol=1e-9)
+    assert model64.periodic
+
+
+def test_periodic_input_is_refused_when_the_backbone_cannot_build_images():
+    from atomzoo.inference import InputError, check_atoms
+
+    atoms = ethanol(0)
+    atoms.set_cell([8.0, 8.0, 8.0])
+    atoms.pbc = True
+    check_atoms(atoms, [1, 6, 8], periodic_ok=True)
+    with pytest.raises(InputError, match="builds molecular graphs only"):
+        check_atoms(atoms, [1, 6, 8], periodic_ok=False)

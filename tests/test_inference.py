@@ -46,7 +46,7 @@ def test_export_writes_a_card_that_describes_the_model(export):
     assert card["model_format"] == "atomzoo-full-model/1" and card["weights"] == "ethanol.safetensors"
     assert card["sha256"] == sha256_file(export)
     assert card["targets"] == [{"name": "energy", "unit": "eV"}] and card["force_unit"] == "eV/A"
-    assert card["elements"] == [1, 6, 8] and card["periodic"] is False
+    assert card["elements"] == [1, 6, 8] and card["periodic"] is True  # SchNet builds periodic images
     assert card["objective"].endswith("Regression") and card["backbone"]["class_path"].endswith("SchNet")
     assert card["training_data"]["class_path"].endswith("RMD17DataModule")
     assert card["test_metrics"]["test/forces_mae_meV_per_A"] > 0  # from the run's test_metrics.json
@@ -107,7 +107,7 @@ def test_load_refuses_modified_unknown_and_backbone_only_files(force_checkpoint,
         (lambda a: a.positions.__setitem__((2, 1), np.nan) or a, "atom 2 is NaN"),
         (lambda a: a.numbers.__setitem__(4, 17) or a, r"element\(s\) \['Cl'\] not in the training data"),
         (lambda a: a.positions.__setitem__(5, a.positions[4] + [0.05, 0, 0]) or a, "atoms 4 and 5 are 0.05 A apart"),
-        (lambda a: a.set_cell([10, 10, 10]) or a.set_pbc(True) or a, "periodic boundary conditions"),
+        (lambda a: a.set_cell([10, 10, 0]) or a.set_pbc(True) or a, "lattice vectors of the periodic directions"),
     ],
 )
 def test_bad_input_is_refused_with_a_clear_error(export, change, message):

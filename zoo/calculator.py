@@ -20,7 +20,10 @@ moved more than ``skin / 2`` since the build (Verlet list); each call keeps only
 counts the builds.
 
 Inputs are checked first (:func:`atomzoo.inference.check_atoms`): no atoms, NaN positions, unknown
-elements, atoms closer than 0.1 A and periodic cells raise :class:`atomzoo.inference.InputError`.
+elements, atoms closer than 0.1 A and degenerate periodic cells raise
+:class:`atomzoo.inference.InputError`. Periodic structures (``atoms.pbc``) are computed with their
+periodic images (every built-in backbone builds them); their neighbour list is rebuilt on every call
+(the skin reuse below is for molecules). No stress yet.
 
 References: ASE calculator interface (``ase.calculators.calculator.Calculator``), Larsen et al.,
 J. Phys.: Condens. Matter 29, 273002 (2017); Verlet neighbour lists, Allen & Tildesley, *Computer
@@ -122,11 +125,16 @@ class AtomzooCalculator(Calculator):
         backbone = objective.backbone
         batch = atoms_to_batch([atoms], self.model.dtype, self.model.device)
         z, pos_np = np.asarray(atoms.numbers), np.asarray(atoms.positions, dtype=np.float64)
-        if self._needs_rebuild(z, pos_np):
+        periodic = bool(np.asarray(atoms.pbc).any())
+        if periodic:  # the backbone's own graph, periodic images included, rebuilt every call
+            self._nl_key = None
+            self.neighbor_list_builds += 1
+        elif self._needs_rebuild(z, pos_np):
             self._nl_candidates = radius_graph(batch.pos, batch.batch, backbone.cutoff + self.skin, None)
             self._nl_key = (z.copy(), pos_np.copy())
             self.neighbor_list_builds += 1
-        backbone.graph = self._graph_fn(backbone)  # instance attribute, removed below
+        if not periodic:
+            backbone.graph = self._graph_fn(backbone)  # instance attribute, removed below
         try:
             with torch.inference_mode(False), torch.enable_grad():
                 pos = batch.pos.detach().clone().requires_grad_(True)
@@ -136,7 +144,8 @@ class AtomzooCalculator(Calculator):
                 forces = -torch.autograd.grad(energy, pos)[0]
                 per_atom = self._per_atom_energies(out.scalars.detach(), batch)
         finally:
-            del backbone.graph
+            if not periodic:
+                del backbone.graph
         self.results["energy"] = float(energy.detach()) * self.to_eV
         self.results["free_energy"] = self.results["energy"]
         self.results["forces"] = forces.detach().double().cpu().numpy() * self.to_eV

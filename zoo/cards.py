@@ -7,13 +7,14 @@
      "weights": "<name>.safetensors", "sha256": "<hex digest of the weights file>",
      "objective": "atomzoo.objectives.regression.Regression", "backbone": {class_path, init_args},
      "targets": [{"name": "energy", "unit": "eV"}], "force_unit": "eV/A" | null,
-     "elements": [1, 6, 8] | null, "periodic": false, "cutoff_A": 5.0,
+     "elements": [1, 6, 8] | null, "periodic": true, "cutoff_A": 5.0,
      "training_data": {class_path, init_args} | null, "config": {... the run's config.yaml ...} | null,
      "test_metrics": {"test/energy_mae_meV": ...} | null, "source_checkpoint": "...",
      "versions": {"atomzoo": ..., "torch": ..., "lightning": ..., "ase": ..., "python": ...},
      "created_utc": "..."}
 
-``config``, ``training_data`` and ``test_metrics`` are read from the run directory of the checkpoint
+``periodic``: the backbone builds periodic images (``Backbone.periodic``), so periodic structures are
+predicted with them. ``config``, ``training_data`` and ``test_metrics`` are read from the run directory of the checkpoint
 (``config.yaml`` and ``test_metrics.json`` that ``zoo fit``/``zoo test`` write next to
 ``checkpoints/``); they are ``null`` when that directory is not there -- a card never guesses.
 

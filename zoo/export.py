@@ -59,7 +59,7 @@ def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | 
     # build once to prove the weights fit the description before writing anything
     from .inference import build_objective
 
-    build_objective(spec, ckpt["state_dict"])
+    objective = build_objective(spec, ckpt["state_dict"])
     out = _out_path(out)
     header = {"model_format": FULL_FORMAT, **spec}
     tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["state_dict"].items()}
@@ -70,10 +70,22 @@ def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | 
     return write_card(out, {
         "model_format": FULL_FORMAT, "objective": spec["objective"]["class_path"], "backbone": spec["backbone"],
         "targets": [{"name": t, "unit": u} for t, u in zip(spec["targets"], spec["units"])],
-        "force_unit": spec["force_unit"], "elements": elements, "periodic": False, "cutoff_A": spec["cutoff_A"],
+        "force_unit": spec["force_unit"], "elements": elements,
+        "periodic": bool(getattr(objective.backbone, "periodic", False)), "cutoff_A": spec["cutoff_A"],
         "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
         "source_checkpoint": str(checkpoint),
     })  # fmt: skip
+
+
+def _backbone_is_periodic(class_path: str | None) -> bool:
+    """``Backbone.periodic`` of the class named by ``class_path`` (False when it cannot be imported)."""
+    import importlib
+
+    module, _, name = str(class_path or "").rpartition(".")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module), name), "periodic", False))
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def export_backbone_with_card(checkpoint: str | Path, out: str | Path) -> Path:
@@ -87,7 +99,7 @@ def export_backbone_with_card(checkpoint: str | Path, out: str | Path) -> Path:
         "model_format": BACKBONE_FORMAT, "objective": meta.get("objective"),
         "backbone": {"class_path": meta.get("class_path"), "init_args": meta.get("init_args")},
         "targets": None, "force_unit": None, "elements": elements_of_training_data(run["training_data"]),
-        "periodic": False, "cutoff_A": (meta.get("init_args") or {}).get("cutoff"),
+        "periodic": _backbone_is_periodic(meta.get("class_path")), "cutoff_A": (meta.get("init_args") or {}).get("cutoff"),
         "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
         "source_checkpoint": str(checkpoint),
     })  # fmt: skip

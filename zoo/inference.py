@@ -13,7 +13,7 @@ mode, with the targets' units and the elements it was trained on.
 
 Inputs are checked before any number is produced (:func:`check_atoms`): structures with no atoms,
 non-finite positions, elements the model never saw, atoms closer than ``MIN_DISTANCE`` (0.1 A) and
-periodic cells (the backbones build molecular radius graphs without periodic images) raise
+periodic cells for a backbone that cannot build periodic images (``Backbone.periodic`` False) raise
 :class:`InputError` naming the structure and the problem.
 
 Checkpoints are unpickled (``torch.load(weights_only=False)``): load only checkpoints you trust.
@@ -137,17 +137,20 @@ def elements_of_training_data(training_data: dict | None) -> list[int] | None:
 
 
 # ----- input checks -----------------------------------------------------------------------------
-def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure") -> None:
+def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure", periodic_ok: bool = False) -> None:
     """Raise :class:`InputError` for anything the model cannot predict meaningfully.
 
     Args:
         atoms: an ``ase.Atoms``.
         elements: atomic numbers the model was trained on (``None``: not checked).
         where: how the structure is named in the message (e.g. ``"my.xyz, structure 3"``).
+        periodic_ok: the model's backbone builds periodic images (``Backbone.periodic``; every
+            built-in one does). Periodic structures are then predicted with their images.
 
     Raises:
-        InputError: no atoms; NaN/inf positions; an element not in ``elements``; two atoms closer than
-            :data:`MIN_DISTANCE` Angstrom; any periodic direction (``atoms.pbc``).
+        InputError: no atoms; NaN/inf positions; an element not in ``elements``; two atoms (or an atom
+            and an image, minimum-image convention) closer than :data:`MIN_DISTANCE` Angstrom; a
+            periodic direction when ``periodic_ok`` is False, or whose lattice vectors are degenerate.
     """
     n = len(atoms)
     if n == 0:
@@ -156,11 +159,19 @@ def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure")
     if not np.isfinite(pos).all():
         atom = int(np.flatnonzero(~np.isfinite(pos).all(axis=1))[0])
         raise InputError(f"{where}: position of atom {atom} is NaN or infinite")
-    if np.asarray(atoms.pbc).any():
-        raise InputError(
-            f"{where}: periodic boundary conditions pbc={atoms.pbc.tolist()}, but this model was trained on isolated "
-            "molecules (radius graphs without periodic images). If the cell is only a box, set atoms.pbc = False"
-        )
+    periodic = np.asarray(atoms.pbc, dtype=bool)
+    if periodic.any():
+        if not periodic_ok:
+            raise InputError(
+                f"{where}: periodic boundary conditions pbc={periodic.tolist()}, but this model's backbone builds "
+                "molecular graphs only (Backbone.periodic is False). If the cell is only a box, set atoms.pbc = False"
+            )
+        vectors = np.asarray(atoms.cell, dtype=np.float64)[periodic]
+        if np.linalg.matrix_rank(vectors, tol=1e-6) < len(vectors) or np.linalg.norm(vectors, axis=1).min() < MIN_DISTANCE:
+            raise InputError(
+                f"{where}: periodic (pbc={periodic.tolist()}) but the lattice vectors of the periodic directions "
+                f"{vectors.tolist()} are degenerate or shorter than {MIN_DISTANCE} A; give the cell in Angstrom"
+            )
     z = np.asarray(atoms.numbers)
     if elements is not None:
         unknown = sorted(set(int(v) for v in z) - set(int(e) for e in elements))
@@ -171,8 +182,11 @@ def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure")
             known = [chemical_symbols[e] for e in elements]
             raise InputError(f"{where}: element(s) {names} not in the training data (model knows {known})")
     if n > 1:
-        diff = pos[:, None, :] - pos[None, :, :]
-        dist = np.sqrt((diff * diff).sum(-1))
+        if periodic.any():
+            dist = np.asarray(atoms.get_all_distances(mic=True), dtype=np.float64)
+        else:
+            diff = pos[:, None, :] - pos[None, :, :]
+            dist = np.sqrt((diff * diff).sum(-1))
         np.fill_diagonal(dist, np.inf)
         i, j = np.unravel_index(int(np.argmin(dist)), dist.shape)
         if dist[i, j] < MIN_DISTANCE:
@@ -183,14 +197,24 @@ def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure")
 
 
 def atoms_to_batch(atoms_list, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A PyG ``Batch`` (``z`` [N] long, ``pos`` [N, 3] ``dtype`` Angstrom, ``batch``, ``idx``) of ASE structures."""
+    """A PyG ``Batch`` (``z`` [N] long, ``pos`` [N, 3] ``dtype`` Angstrom, ``batch``, ``idx``) of ASE structures.
+
+    When any structure is periodic, every structure also gets ``cell`` ``[1, 3, 3]`` (lattice vectors as
+    rows, Angstrom) and ``pbc`` ``[1, 3]`` bool, as the DataModules give them: the backbones' radius
+    graph then adds the periodic images (:func:`atomzoo.nn.graph.build_graph`)."""
     from torch_geometric.data import Batch, Data
 
-    items = [
-        Data(z=torch.as_tensor(np.asarray(a.numbers), dtype=torch.long),
-             pos=torch.as_tensor(np.asarray(a.positions), dtype=dtype), idx=torch.tensor([k]))  # fmt: skip
-        for k, a in enumerate(atoms_list)
-    ]
+    periodic = any(np.asarray(a.pbc, dtype=bool).any() for a in atoms_list)
+    items = []
+    for k, a in enumerate(atoms_list):
+        item = Data(z=torch.as_tensor(np.asarray(a.numbers), dtype=torch.long),
+                    pos=torch.as_tensor(np.asarray(a.positions), dtype=dtype), idx=torch.tensor([k]))  # fmt: skip
+        if periodic:
+            pbc = np.asarray(a.pbc, dtype=bool)
+            cell = np.asarray(a.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+            item.cell = torch.as_tensor(cell, dtype=dtype)[None]
+            item.pbc = torch.as_tensor(pbc)[None]
+        items.append(item)
     return Batch.from_data_list(items).to(device)
 
 
@@ -230,8 +254,14 @@ class AtomzooModel(nn.Module):
         return next(self.objective.parameters()).dtype
 
     def check(self, atoms, where: str = "structure") -> None:
-        """:func:`check_atoms` against this model's training elements."""
-        check_atoms(atoms, self.elements, where)
+        """:func:`check_atoms` against this model's training elements (periodic structures when the
+        backbone builds periodic images)."""
+        check_atoms(atoms, self.elements, where, periodic_ok=self.periodic)
+
+    @property
+    def periodic(self) -> bool:
+        """The backbone builds periodic images (``Backbone.periodic``): periodic structures can be predicted."""
+        return bool(getattr(self.objective.backbone, "periodic", False))
 
     def predict_batch(self, batch) -> dict[str, torch.Tensor]:
         """Raw predictions of a PyG batch: ``{target: [num_graphs] float64}`` plus ``forces`` ``[N, 3]``.
@@ -338,7 +368,8 @@ def _load_checkpoint(path: Path):
     run = run_directory_info(path)
     card = {"model_format": "lightning-checkpoint", **spec, "source_checkpoint": str(path),
             "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
-            "elements": elements_of_training_data(run["training_data"]), "periodic": False}  # fmt: skip
+            "elements": elements_of_training_data(run["training_data"]),
+            "periodic": bool(getattr(objective.backbone, "periodic", False))}  # fmt: skip
     return objective, card
 
 
