@@ -172,7 +172,9 @@ def load_torchmd_et(source, **overrides) -> ET:
         source: checkpoint path, loaded checkpoint dict or TorchMD-NET module (see module docstring).
         **overrides: extra :class:`ET` arguments that do not change the weights' shapes, e.g.
             ``max_num_neighbors``, ``drop_path``, or ``condition_dim`` (the adaLN modules are then
-            new and keep their initialisation; everything else is loaded).
+            new and keep their initialisation; everything else is loaded). The atom-masking
+            embeddings (``mask_embedding``, ``neighbor_mask_embedding``) are the zoo's additions and
+            keep their initialisation too.
 
     Returns:
         the ET in the floating dtype of the TorchMD-NET weights (float64 weights give a float64 ET),
@@ -192,7 +194,11 @@ def load_torchmd_et(source, **overrides) -> ET:
     if len(dtypes) == 1:
         model = model.to(dtypes.pop())
     own = model.state_dict()
-    new_ok = {k for k in own if ".adaln." in k} if kwargs.get("condition_dim", 0) else set()
+    # the zoo's additions keep their initialisation: atom-masking embeddings (one per element table)
+    # and, with condition_dim, the conditioning (mask token, condition norm, per-layer adaLN)
+    new_ok = {k for k in own if k.endswith("mask_embedding")}
+    if kwargs.get("condition_dim", 0):
+        new_ok |= {k for k in own if ".adaln." in k or k.startswith("conditioning.")}
     missing = sorted(set(own) - set(mapped) - new_ok)
     unexpected = sorted(set(mapped) - set(own))
     wrong_shape = sorted(

@@ -55,7 +55,8 @@ PAIRS: dict[str, dict[str, tuple[str, dict]]] = {
         "ref": ("parity_adapters.SchnetpackPaiNN", {"width": 64, "num_interactions": 3, "num_rbf": 20, "cutoff": 5.0}),
     },
     "et": {  # configs/backbones/et.yaml's CPU preset: 64 x 3 layers, 32 expnorm functions, 8 heads
-        "ours": ("atomzoo.backbones.ET", {"width": 64, "num_layers": 3, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0}),
+        "ours": ("atomzoo.backbones.ET", {"width": 64, "num_layers": 3, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0,
+                                          "trainable_rbf": False}),  # the papers' (and the adapter's) setting
         "ref": ("parity_adapters.TorchmdET", {"width": 64, "num_layers": 3, "num_rbf": 32, "num_heads": 8,
                                               "cutoff": 5.0}),
     },

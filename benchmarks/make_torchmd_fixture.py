@@ -1,0 +1,82 @@
+"""Write a small TorchMD-NET 3.1 equivariant-transformer checkpoint and its outputs on real QM9 molecules.
+
+The zoo's TorchMD-NET weight loader (``atomzoo.backbones.et_torchmd.load_torchmd_et``) is tested against
+these files in every test run, also where torchmd-net is not installed (it is not a dependency: its
+``torchmd-net-cpu`` wheel pins another torch). Needs torchmd-net importable, e.g.
+``pip install --no-deps --target /tmp/tmdnet torchmd-net==3.1.0 warp-lang`` and ``PYTHONPATH=/tmp/tmdnet``.
+
+Writes, under ``--out``:
+
+- ``et_32x2.ckpt``: ``{"hyper_parameters": <TorchMD-NET args>, "state_dict": {"model.<key>": tensor}}``,
+  the layout of a TorchMD-NET training checkpoint (its ``LNNP`` holds the network as ``model``), float64,
+  weights perturbed from the initialisation so that every tensor matters;
+- ``outputs.npz``: the representation's per-atom scalars ``x`` [N, 32] and vectors ``vec`` [N, 3, 32]
+  for QM9 molecules 0, 20000, ..., 100000 of qm9pack's CSVs (float64).
+
+    PYTHONPATH=/tmp/tmdnet python benchmarks/make_torchmd_fixture.py --out tests/data/torchmd_et
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+HPARAMS = dict(model="equivariant-transformer", embedding_dimension=32, num_layers=2, num_rbf=16,
+               rbf_type="expnorm", trainable_rbf=True, activation="silu", attn_activation="silu",
+               neighbor_embedding=True, num_heads=4, distance_influence="both", cutoff_lower=0.0,
+               cutoff_upper=5.0, max_z=100, max_num_neighbors=64, vector_cutoff=False, reduce_op="add",
+               output_model="Scalar", prior_model=None, derivative=False, atom_filter=-1, precision=64)
+
+
+def qm9_molecules(num: int = 6, stride: int = 20000) -> list[tuple[list[int], list[list[float]]]]:
+    """``(z, positions in Angstrom)`` of every ``stride``-th molecule of qm9pack's CSVs."""
+    dist = importlib.metadata.distribution("qm9pack")
+    csv.field_size_limit(1 << 24)
+    out, row_index = [], 0
+    for part in (1, 2, 3):
+        with open(dist.locate_file(f"qm9pack/data/qm9_part{part}.csv"), newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row_index % stride == 0:
+                    out.append(([SYMBOLS[s] for s in ast.literal_eval(row["Elements"])],
+                                ast.literal_eval(row["XYZ_Ang"])))
+                    if len(out) == num:
+                        return out
+                row_index += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="tests/data/torchmd_et")
+    args = parser.parse_args()
+    from torchmdnet.models.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model(dict(HPARAMS))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    mols = qm9_molecules()
+    z = torch.tensor([a for zs, _ in mols for a in zs])
+    pos = torch.tensor([p for _, ps in mols for p in ps], dtype=torch.float64)
+    batch = torch.repeat_interleave(torch.arange(len(mols)), torch.tensor([len(zs) for zs, _ in mols]))
+    with torch.no_grad():
+        x, vec, *_ = model.representation_model(z, pos, batch)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"hyper_parameters": dict(HPARAMS),
+                "state_dict": {f"model.{k}": v.clone() for k, v in model.state_dict().items()}}, out / "et_32x2.ckpt")
+    np.savez(out / "outputs.npz", x=x.numpy(), vec=vec.numpy(), z=z.numpy(), pos=pos.numpy(), batch=batch.numpy())
+    print(f"wrote {out}: {sum(p.numel() for p in model.parameters())} parameters, {z.numel()} atoms")
+
+
+if __name__ == "__main__":
+    main()
