@@ -8,7 +8,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from atomzoo.backbones import PaiNN, SchNet
-from atomzoo.backbones.base import Backbone, BackboneOutput
+from atomzoo.backbones.base import Backbone
 from atomzoo.datamodules.base import TargetInfo
 from atomzoo.nn.droppath import DropPath, drop_path_rate, set_drop_path
 from atomzoo.objectives import JEPA, Denoising, Regression, SelfConditionedDenoising

@@ -114,9 +114,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="atomic numbers the model accepts (default: from the run's training data)")
     args = parser.parse_args(argv)
     if args.backbone_only:
-        card = export_backbone_with_card(args.checkpoint, args.out)
+        export_backbone_with_card(args.checkpoint, args.out)
     else:
-        card = export_model(args.checkpoint, args.out, args.elements)
+        export_model(args.checkpoint, args.out, args.elements)
     print(f"wrote {_out_path(args.out)} and {card_path(_out_path(args.out))}")
 
 
