@@ -19,37 +19,16 @@ Writes, under ``--out``:
 from __future__ import annotations
 
 import argparse
-import ast
-import csv
-import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 import torch
-
-SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
+from backbone_speed import read_qm9
 HPARAMS = dict(model="equivariant-transformer", embedding_dimension=32, num_layers=2, num_rbf=16,
                rbf_type="expnorm", trainable_rbf=True, activation="silu", attn_activation="silu",
                neighbor_embedding=True, num_heads=4, distance_influence="both", cutoff_lower=0.0,
                cutoff_upper=5.0, max_z=100, max_num_neighbors=64, vector_cutoff=False, reduce_op="add",
                output_model="Scalar", prior_model=None, derivative=False, atom_filter=-1, precision=64)
-
-
-def qm9_molecules(num: int = 6, stride: int = 20000) -> list[tuple[list[int], list[list[float]]]]:
-    """``(z, positions in Angstrom)`` of every ``stride``-th molecule of qm9pack's CSVs."""
-    dist = importlib.metadata.distribution("qm9pack")
-    csv.field_size_limit(1 << 24)
-    out, row_index = [], 0
-    for part in (1, 2, 3):
-        with open(dist.locate_file(f"qm9pack/data/qm9_part{part}.csv"), newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row_index % stride == 0:
-                    out.append(([SYMBOLS[s] for s in ast.literal_eval(row["Elements"])],
-                                ast.literal_eval(row["XYZ_Ang"])))
-                    if len(out) == num:
-                        return out
-                row_index += 1
-    return out
 
 
 def main() -> None:
@@ -64,7 +43,7 @@ def main() -> None:
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     model.eval()
-    mols = qm9_molecules()
+    mols = read_qm9(6, 20000)  # QM9 molecules 0, 20000, ..., 100000 (benchmarks/backbone_speed.py)
     z = torch.tensor([a for zs, _ in mols for a in zs])
     pos = torch.tensor([p for _, ps in mols for p in ps], dtype=torch.float64)
     batch = torch.repeat_interleave(torch.arange(len(mols)), torch.tensor([len(zs) for zs, _ in mols]))
