@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from backbone_speed import read_qm9
+
 HPARAMS = dict(model="equivariant-transformer", embedding_dimension=32, num_layers=2, num_rbf=16,
                rbf_type="expnorm", trainable_rbf=True, activation="silu", attn_activation="silu",
                neighbor_embedding=True, num_heads=4, distance_influence="both", cutoff_lower=0.0,
