@@ -17,6 +17,17 @@ def ethanol(frame: int = 0) -> Atoms:
     return Atoms(numbers=data["nuclear_charges"], positions=data["coords"][frame])
 
 
+def fd_force(model, atoms: Atoms, i: int, d: int, h: float = 1e-4) -> float:
+    """``-dE/dx`` of atom ``i`` along ``d`` by central differences, a fresh calculator per energy."""
+    energies = []
+    for sign in (1, -1):
+        moved = atoms.copy()
+        moved.positions[i, d] += sign * h
+        moved.calc = AtomzooCalculator(model)
+        energies.append(moved.get_potential_energy())
+    return -(energies[0] - energies[1]) / (2 * h)
+
+
 @pytest.fixture(scope="module")
 def model64(force_checkpoint):
     return atomzoo.load(force_checkpoint, dtype="float64")
@@ -26,16 +37,7 @@ def test_forces_are_negative_finite_difference_gradient(model64):
     atoms = ethanol(3)
     atoms.calc = AtomzooCalculator(model64)
     forces = atoms.get_forces()
-    h, fd = 1e-4, np.zeros_like(forces)
-    for i in range(len(atoms)):
-        for d in range(3):
-            energies = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[i, d] += sign * h
-                moved.calc = AtomzooCalculator(model64)
-                energies.append(moved.get_potential_energy())
-            fd[i, d] = -(energies[0] - energies[1]) / (2 * h)
+    fd = np.array([[fd_force(model64, atoms, i, d) for d in range(3)] for i in range(len(atoms))])
     assert np.abs(forces).max() > 0.05  # a real force field, not zeros
     np.testing.assert_allclose(forces, fd, atol=1e-6, rtol=1e-5)
 
@@ -119,15 +121,8 @@ def test_periodic_structures_are_computed_with_their_images(model64):
     moved.calc = AtomzooCalculator(model64)
     assert moved.get_potential_energy() == pytest.approx(energy, abs=1e-9)
     np.testing.assert_allclose(moved.get_forces(), forces, atol=1e-9)
-    h = 1e-4
     for i, d in [(0, 0), (4, 2), (8, 1)]:
-        energies = []
-        for sign in (1, -1):
-            shifted = atoms.copy()
-            shifted.positions[i, d] += sign * h
-            shifted.calc = AtomzooCalculator(model64)
-            energies.append(shifted.get_potential_energy())
-        assert forces[i, d] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), abs=1e-6)
+        assert forces[i, d] == pytest.approx(fd_force(model64, atoms, i, d), abs=1e-6)
     out = model64.predict(atoms)
     assert out["energy"] == pytest.approx(energy, abs=1e-9)
     np.testing.assert_allclose(out["forces"], forces, atol=1e-9)
