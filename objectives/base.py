@@ -22,7 +22,6 @@ backbone into a fixed feature extractor (linear / MLP probe). See ``docs/objecti
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
 import math
@@ -31,12 +30,11 @@ import warnings
 
 import lightning as L
 import torch
+from atomzoo.backbones.base import Backbone
+from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torchmetrics import MeanMetric
-
-from atomzoo.backbones.base import Backbone
-from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
 
 from . import provenance
 from .param_groups import parameter_groups
@@ -365,14 +363,12 @@ def _drop_linked_options(hparams: dict | None, cls) -> bool:
     """Remove :data:`LINKED_OPTIONS` the checkpoint's objective class does not accept; True if any was."""
     if not hparams:
         return False
-    target = cls
+    from .export import resolve_class
+
     class_path = hparams.get("_class_path")
-    if class_path:
-        module, _, name = str(class_path).rpartition(".")
-        try:
-            target = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError):
-            return False  # Lightning reports the class path itself
+    target = resolve_class(class_path) if class_path else cls
+    if target is None:
+        return False  # Lightning reports the class path itself
     accepted = _init_parameters(target)
     if accepted is None:
         return False

@@ -32,9 +32,8 @@ import json
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
-
 from atomzoo.backbones.base import OPTIONAL_PARAMETERS
+from torch import Tensor, nn
 
 PREFIX = "backbone."
 META_KEY = "atomzoo"
@@ -45,13 +44,15 @@ def class_path_of(obj) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _resolve(class_path: str | None):
-    if not class_path or "." not in class_path:
+def resolve_class(class_path: str | None):
+    """The object a config's or checkpoint's ``class_path`` names, or None when it cannot be imported
+    (callers report that in their own terms)."""
+    if not class_path or "." not in str(class_path):
         return None
-    module, _, name = class_path.rpartition(".")
+    module, _, name = str(class_path).rpartition(".")
     try:
         return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError):
         return None
 
 
@@ -138,7 +139,7 @@ def check_backbone_compatible(backbone: nn.Module, weights: dict[str, Tensor], m
     """Raise ``ValueError`` naming both backbones if the class or any tensor name / shape differs."""
     ours = class_path_of(backbone)
     theirs = meta.get("class_path")
-    their_cls = _resolve(theirs)
+    their_cls = resolve_class(theirs)
     if theirs and (their_cls is not type(backbone)) and theirs.rpartition(".")[2] != type(backbone).__qualname__:
         raise ValueError(
             f"init_from={source}: the checkpoint's backbone is {theirs} but this model's backbone is {ours}; "
@@ -190,7 +191,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict:
 def build_backbone(path: str | Path) -> nn.Module:
     """Instantiate the backbone described by an exported file's metadata and load its weights."""
     weights, meta = load_backbone_weights(path)
-    cls = _resolve(meta.get("class_path"))
+    cls = resolve_class(meta.get("class_path"))
     if cls is None:
         raise ValueError(f"{path}: cannot import backbone class {meta.get('class_path')!r}")
     if not meta.get("init_args_complete", False):

@@ -32,6 +32,7 @@ from typing import Optional
 
 from atomzoo.datamodules.base import AtomsDataModule
 from atomzoo.objectives.base import Objective
+from atomzoo.objectives.export import resolve_class
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
@@ -113,17 +114,6 @@ def _configure_prediction_output(subcommand: str | None, config) -> None:
             data["init_args"]["allow_missing_labels"] = True
 
 
-def _import_class(class_path: str):
-    """The class named by a config's ``class_path`` (None when it cannot be imported: the CLI reports that)."""
-    import importlib
-
-    module, _, name = str(class_path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
 def _apply_backbone_defaults(config) -> None:
     """Give the backbone the options its objective needs and its config leaves unset
     (:meth:`atomzoo.objectives.base.Objective.backbone_defaults`; SCD: ``condition_dim``), with a notice."""
@@ -132,13 +122,13 @@ def _apply_backbone_defaults(config) -> None:
     model = config.get("model") if config is not None else None
     if model is None or not model.get("class_path"):
         return
-    objective = _import_class(model["class_path"])
+    objective = resolve_class(model["class_path"])
     backbone = (model.get("init_args") or {}).get("backbone")
     if not (isinstance(objective, type) and issubclass(objective, Objective)) or backbone is None:
         return
     if not hasattr(backbone, "get") or not backbone.get("class_path"):
         return
-    backbone_cls = _import_class(backbone["class_path"])
+    backbone_cls = resolve_class(backbone["class_path"])
     if backbone_cls is None:
         return
     as_dict = lambda ns: dict(ns.as_dict() if hasattr(ns, "as_dict") else (ns or {}))

@@ -48,9 +48,8 @@ def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | 
     Raises:
         atomzoo.cards.ModelFileError: not a regression checkpoint (see :func:`atomzoo.inference.spec_from_checkpoint`).
     """
-    from safetensors.torch import save_file
-
     from atomzoo._legacy import upgrade_class_paths
+    from safetensors.torch import save_file
 
     checkpoint = Path(checkpoint)
     ckpt = torch.load(str(checkpoint), map_location="cpu", weights_only=False)
@@ -77,20 +76,9 @@ def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | 
     })  # fmt: skip
 
 
-def _backbone_is_periodic(class_path: str | None) -> bool:
-    """``Backbone.periodic`` of the class named by ``class_path`` (False when it cannot be imported)."""
-    import importlib
-
-    module, _, name = str(class_path or "").rpartition(".")
-    try:
-        return bool(getattr(getattr(importlib.import_module(module), name), "periodic", False))
-    except (ImportError, AttributeError, ValueError):
-        return False
-
-
 def export_backbone_with_card(checkpoint: str | Path, out: str | Path) -> Path:
     """:func:`atomzoo.objectives.export.export_backbone` plus a model card; returns the card's path."""
-    from atomzoo.objectives.export import export_backbone
+    from atomzoo.objectives.export import export_backbone, resolve_class
 
     out = _out_path(out)
     meta = export_backbone(checkpoint, out)
@@ -99,7 +87,7 @@ def export_backbone_with_card(checkpoint: str | Path, out: str | Path) -> Path:
         "model_format": BACKBONE_FORMAT, "objective": meta.get("objective"),
         "backbone": {"class_path": meta.get("class_path"), "init_args": meta.get("init_args")},
         "targets": None, "force_unit": None, "elements": elements_of_training_data(run["training_data"]),
-        "periodic": _backbone_is_periodic(meta.get("class_path")), "cutoff_A": (meta.get("init_args") or {}).get("cutoff"),
+        "periodic": bool(getattr(resolve_class(meta.get("class_path")), "periodic", False)), "cutoff_A": (meta.get("init_args") or {}).get("cutoff"),
         "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
         "source_checkpoint": str(checkpoint),
     })  # fmt: skip
