@@ -282,6 +282,12 @@ class EquivariantAttention(nn.Module):
         return self.drop_path(dx, dvec)
 
 
+@torch.compiler.disable  # reads a value on the host: kept out of the compiled graph
+def _check_max_z(z: Tensor, max_z: int) -> None:
+    if z.numel() and int(z.max()) >= max_z:
+        raise ValueError(f"atomic number {int(z.max())} >= max_z={max_z} (ET's embedding rows)")
+
+
 class ET(Backbone):
     """Equivariant transformer backbone (TorchMD-NET's ``TorchMD_ET``, see the module docstring).
 
@@ -387,8 +393,7 @@ class ET(Backbone):
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         z = data.z
-        if z.numel() and int(z.max()) >= self.max_z:
-            raise ValueError(f"atomic number {int(z.max())} >= max_z={self.max_z} (ET's embedding rows)")
+        _check_max_z(z, self.max_z)
         graph = self.graph(data)
         n = z.size(0)
         x = self.apply_atom_mask(self.embedding(z), data, self.mask_embedding)

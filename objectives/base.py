@@ -76,6 +76,10 @@ class Objective(L.LightningModule):
             ``[0.15, 0.1]`` in fine-tuning), or ``None`` to leave the backbone's rate alone. Logged
             as ``train/drop_path``. ``ValueError`` for a backbone without the drop-path hook.
         drop_path_steps: length of that schedule (default ``warmup_steps + 2000``, as SCD).
+        compile: compile the backbone with ``torch.compile`` (dynamic shapes, neighbour list eager;
+            :mod:`atomzoo.nn.compile`) when a Trainer sets the model up. Where the platform cannot
+            compile, or training differentiates through forces (double backward, unsupported by
+            ``torch.compile``), it warns and runs eager.
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class Objective(L.LightningModule):
         freeze_backbone: bool = False,
         drop_path: float | list[float] | None = None,
         drop_path_steps: int | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "plateau", "constant"):
@@ -115,6 +120,7 @@ class Objective(L.LightningModule):
         self.freeze_backbone = bool(freeze_backbone)
         self.drop_path_schedule = self._check_drop_path(drop_path, backbone)  # (start, end) or None
         self.drop_path_steps = int(drop_path_steps) if drop_path_steps is not None else warmup_steps + 2000
+        self.compile_backbone = bool(compile)
         #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
         self.epoch_means = nn.ModuleDict()
         if init_from:
@@ -218,6 +224,30 @@ class Objective(L.LightningModule):
         metric.update(value.detach().float(), torch.full_like(value.detach().float(), float(num_samples)))
         self.log(name, metric, batch_size=num_samples, on_step=False, on_epoch=True,
                  metric_attribute=f"epoch_means.{key}", **kwargs)  # fmt: skip
+
+    # ----- torch.compile (atomzoo.nn.compile) --------------------------------------------------------
+    def trains_through_forces(self) -> bool:
+        """Whether training differentiates through position gradients (double backward); such runs
+        cannot be compiled. Objectives with a force loss override this."""
+        return False
+
+    def configure_model(self) -> None:
+        """Compile the backbone when ``compile=True`` (Lightning calls this once the Trainer runs)."""
+        if not self.compile_backbone:
+            return
+        from atomzoo.nn.compile import compile_backbone
+
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and self.trains_through_forces():
+            warnings.warn(
+                f"--model.compile true: {type(self).__name__} trains on forces, i.e. differentiates the "
+                "backbone's position gradients (double backward), which torch.compile does not support "
+                "(torch: 'aot_autograd does not currently support double backward'); training runs eager. "
+                "Compile for evaluation and prediction with `zoo test|predict --model.compile true`.",
+                stacklevel=2,
+            )
+            return
+        compile_backbone(self.backbone, self.device)
 
     # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
     def setup(self, stage: str) -> None:

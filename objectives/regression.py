@@ -180,6 +180,10 @@ class Regression(Objective):
         if self.aux_denoising is not None and aux_denoising_pretrained_head and self.init_from:
             self.aux_denoising.load_pretrained(backbone, self.init_from)
 
+    def trains_through_forces(self) -> bool:
+        """A force loss differentiates the position gradient: no torch.compile in training."""
+        return self.forces and self.force_weight > 0
+
     # ----- statistics from the data -------------------------------------------------------------
     def _pooling_map(self) -> dict[str, str] | None:
         option = self.pooling_option

@@ -73,6 +73,30 @@ def test_images_match_ase_neighbor_list(name):
     assert ours == {(int(a), int(b), *np.round(v, 6)) for a, b, v in zip(i, j, dvec)}
 
 
+@pytest.mark.parametrize("name", list(CELLS) + ["molecules"])
+def test_pair_mask_selects_exactly_one_direction_of_every_pair(name):
+    """SchNet computes each filter once per pair (Graph.pair_mask): the selected edges and their
+    reverses (dst, src, -shift) must be the whole graph, each edge exactly once, also for an atom's
+    own images in a cell smaller than twice the cutoff."""
+    if name == "molecules":
+        rng = np.random.default_rng(1)
+        batch = as_batch([Atoms(numbers=[6] * n, positions=rng.random((n, 3)) * 4.0) for n in (1, 5, 12)])
+        graph = build_graph(batch.pos, batch.batch, CUTOFF)
+    else:
+        cell, pbc = CELLS[name]
+        batch = as_batch([random_crystal(cell, 6, pbc, seed=len(name))])
+        graph = build_graph(batch.pos, batch.batch, CUTOFF, cell=batch.cell, pbc=batch.pbc)
+    everything = sorted(triples(graph))
+    mask = graph.pair_mask()
+    assert int(mask.sum()) * 2 == len(everything) > 0
+    selected = [t for t, keep in zip(
+        [(int(d), int(s), *map(int, sh)) for s, d, sh in zip(*graph.edge_index, graph.shifts if graph.shifts is not None
+                                                             else torch.zeros(mask.numel(), 3, dtype=torch.long))],
+        mask.tolist()) if keep]
+    reverses = [(s, d, -a, -b, -c) for d, s, a, b, c in selected]
+    assert sorted(selected + reverses) == everything
+
+
 def test_batch_of_periodic_structures_and_a_molecule():
     crystal = random_crystal(CELLS["skewed"][0], 5, True, seed=3)
     molecule = random_crystal(np.eye(3) * 4.0, 7, False, seed=4)

@@ -65,6 +65,23 @@ class Graph:
         """``[E, 3]`` unit edge vectors (zero-length edges cannot occur: self pairs are excluded)."""
         return self.vec / self.length.clamp_min(1e-9).unsqueeze(-1)
 
+    def pair_mask(self) -> Tensor:
+        """``[E]`` bool selecting one direction of every pair: ``P = E / 2`` edges.
+
+        Both directions of every pair are in the graph (``(src, dst, shift)`` and ``(dst, src, -shift)``
+        have the same length), so anything that depends on the distance alone (radial basis, filter
+        networks, cutoff envelopes) needs computing on one direction only; the opposite message then
+        reuses it. Selected: ``src < dst``, and for an atom's own periodic images (``src == dst``) the
+        image whose shift is lexicographically positive.
+        """
+        src, dst = self.edge_index
+        keep = src < dst
+        if self.shifts is not None:
+            s = self.shifts
+            positive = (s[:, 0] > 0) | ((s[:, 0] == 0) & ((s[:, 1] > 0) | ((s[:, 1] == 0) & (s[:, 2] > 0))))
+            keep = keep | ((src == dst) & positive)
+        return keep
+
 
 def radius_graph(
     pos: Tensor,
@@ -197,6 +214,7 @@ def cell_list_graph(
     return edge_index, shifts.to(device)
 
 
+@torch.compiler.disable  # data-dependent sizes: runs eager under --model.compile (atomzoo.nn.compile)
 def build_graph(
     pos: Tensor,
     batch: Tensor,
