@@ -50,6 +50,12 @@ PAIRS: dict[str, dict[str, tuple[str, dict]]] = {
         "ref": ("parity_adapters.PygSchNet", {"width": 64, "num_filters": 64, "num_interactions": 3, "num_rbf": 25,
                                               "cutoff": 5.0}),
     },
+    "schnet_same_init": {  # as "schnet", but PyG's blocks start from the very weights ours draws (same seed)
+        "ours": ("atomzoo.backbones.SchNet", {"width": 64, "num_filters": 64, "num_interactions": 3, "num_rbf": 25,
+                                              "cutoff": 5.0}),
+        "ref": ("parity_adapters.PygSchNet", {"width": 64, "num_filters": 64, "num_interactions": 3, "num_rbf": 25,
+                                              "cutoff": 5.0, "same_init_as_ours": True}),
+    },
     "painn": {
         "ours": ("atomzoo.backbones.PaiNN", {"width": 64, "num_interactions": 3, "num_rbf": 20, "cutoff": 5.0}),
         "ref": ("parity_adapters.SchnetpackPaiNN", {"width": 64, "num_interactions": 3, "num_rbf": 20, "cutoff": 5.0}),
@@ -76,7 +82,7 @@ QM9_COMMON = ["--data.eval_batch_size", "256", "--trainer.limit_val_batches", "4
 #: extra backbone args for mace, fixed batch size (None: --batch-size)
 TASKS: dict[str, dict] = {
     "qm9_homo": {"data": "configs/data/qm9.yaml", "args": [*QM9_COMMON, "--data.targets", "[homo]"], "metric": "test/homo_mae_meV",
-                 "pairs": ("schnet", "painn", "et", "mace"), "mace": {"avg_num_neighbors": 15.6}},
+                 "pairs": ("schnet", "schnet_same_init", "painn", "et", "mace"), "mace": {"avg_num_neighbors": 15.6}},
     "qm9_u0": {"data": "configs/data/qm9.yaml", "args": [*QM9_COMMON, "--data.targets", "[u0]"], "metric": "test/u0_mae_meV",
                "pairs": ("schnet", "painn", "et", "mace"), "mace": {"avg_num_neighbors": 15.6}},
     "md_forces": {"data": "configs/data/rmd17.yaml", "batch_size": 10, "args": ["--data.root", "tests/data/md17_fixture",

@@ -40,20 +40,45 @@ from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
 class PygSchNet(Backbone):
     """PyG's SchNet interaction blocks on our graph. Arguments as :class:`atomzoo.backbones.SchNet`.
 
+    ``same_init_as_ours=True``: start from exactly the weights :class:`atomzoo.backbones.SchNet` would
+    draw at this point of the random stream (a twin is built first, its weights copied into PyG's
+    blocks), and leave the global random state where building ours leaves it, so that the heads,
+    the data order and every later draw are those of the ``ours`` run with the same seed. The two
+    runs then differ only in the code that computes the same function (summation order).
+
     Output: scalars ``[N, width]``, no vectors.
     """
 
     def __init__(self, width: int = 128, num_filters: int = 128, num_interactions: int = 6, num_rbf: int = 50,
-                 cutoff: float = 10.0) -> None:
+                 cutoff: float = 10.0, same_init_as_ours: bool = False) -> None:
         super().__init__(width=width, cutoff=cutoff)
         from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock
 
+        twin = None
+        if same_init_as_ours:
+            from atomzoo.backbones import SchNet
+
+            twin = SchNet(width=width, num_filters=num_filters, num_interactions=num_interactions, num_rbf=num_rbf,
+                          cutoff=cutoff)
+            rng_after_ours = torch.get_rng_state()
         self.embedding = nn.Embedding(100, width, padding_idx=0)  # as torch_geometric's SchNet
         self.distance_expansion = GaussianSmearing(0.0, cutoff, num_rbf)
         self.interactions = nn.ModuleList(
             InteractionBlock(width, num_rbf, num_filters, cutoff) for _ in range(num_interactions)
         )
         self.embedding.reset_parameters()  # PyG's SchNet.reset_parameters; blocks reset themselves
+        if twin is not None:
+            names = {"mlp.0": "conv.filter_net.0", "mlp.2": "conv.filter_net.2", "conv.lin1": "conv.in_proj",
+                     "conv.nn.0": "conv.filter_net.0", "conv.nn.2": "conv.filter_net.2",  # conv.nn is mlp
+                     "conv.lin2": "conv.out_proj", "lin": "out"}
+            theirs = twin.state_dict()
+            with torch.no_grad():
+                self.embedding.weight.copy_(theirs["embedding.weight"][:100])
+                for key, param in self.interactions.state_dict().items():
+                    block, rest = key.split(".", 1)
+                    module, kind = rest.rsplit(".", 1)
+                    param.copy_(theirs[f"interactions.{block}.{names[module]}.{kind}"])
+            torch.set_rng_state(rng_after_ours)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
