@@ -1,5 +1,6 @@
 """PCQM4Mv2 3D loader on small files in the exact OGB layout, generated here with RDKit from QM9 SMILES."""
 
+import io
 import logging
 import zipfile
 from importlib.metadata import distribution
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 from atomzoo.datamodules import PCQM4Mv2DataModule
+from atomzoo.datamodules import pcqm4mv2 as pcqm
 from atomzoo.datamodules.checks import DataFormatError
+from atomzoo.datamodules.storage import Store
 
 N_TRAIN, N_VALID, N_TEST = 24, 4, 4
 
@@ -164,3 +167,150 @@ def test_bad_xyz_record_and_nan(ogb_root, tmp_path):
     dm = make(ogb_root, tmp_path / "c2", structures="xyz", xyz_path=str(tmp_path / "xyz"), on_bad_record="error")
     with pytest.raises(DataFormatError, match="record 1 .*NaN"):
         dm.prepare_data()
+
+
+# ----- the numpy SDF parser gives what RDKit gives ----------------------------------------------------
+def _variant_sdf(src: Path, dst: Path) -> set[int]:
+    """The fixture's SDF with records edited in ways RDKit reads (or rejects) differently; returns the
+    records the numpy parser should read itself (the others go to RDKit). Ends with a stray empty line,
+    which RDKit reads as one more, unparsable, record."""
+    blocks = src.read_text().split("$$$$\n")[:-1]
+    edits = {
+        1: lambda ls: ls[:-1] + ["M  CHG  1   1   1", ls[-1]],  # charge line (numpy)
+        2: lambda ls: ls + [">  <homolumogap>  (1) ", "3.1", ""],  # data section (numpy)
+        3: lambda ls: ls[:4] + ["       nan" + ls[4][10:]] + ls[5:],  # RDKit rejects the coordinate
+        4: lambda ls: ls[:4] + [ls[4][:31] + "D  " + ls[4][34:]] + ls[5:],  # deuterium: RDKit, Z = 1
+        5: lambda ls: ls[:3] + ["  x  y  0  0  0  0  0  0  0  0999 V2000"] + ls[4:],  # garbage counts line
+        6: lambda ls: ls[:4] + [ls[4][:31] + "Md " + ls[4][34:]] + ls[5:],  # Z = 101 (numpy), left out by the Z check
+        8: lambda ls: ls[:4] + [ls[4][:34] + " 1" + ls[4][36:]] + ls[5:],  # mass difference: RDKit
+        9: lambda ls: ls[:4] + [f"{float(ls[4][:10]) + 1e-5:10.5f}" + ls[4][10:]] + ls[5:],  # 5 decimals: RDKit
+        10: lambda ls: ls[:4] + ["   -0.0000    0.0000   -0.0000" + ls[4][30:]] + ls[5:],  # signed zeros (numpy)
+        11: lambda ls: ls[:-1] + ["M  ISO  1   1  13", ls[-1]],  # isotope line: RDKit
+        12: lambda ls: ls[:3] + [ls[3][:12] + "  1" + ls[3][15:]] + ls[4:],  # chiral flag (numpy)
+    }
+    numpy_read = set(range(len(blocks))) - {3, 4, 5, 7, 8, 9, 11}
+    for k, edit in edits.items():
+        blocks[k] = "\n".join(edit(blocks[k].splitlines())) + "\n"
+    lines = blocks[7].splitlines()
+    n_atoms = int(lines[3][:3])
+    lines[4 + n_atoms] += "  0  0  0"  # 21-column bond line: RDKit
+    blocks[7] = "\n".join(lines) + "\n"
+    dst.write_text("".join(b + "$$$$\n" for b in blocks) + "\n")
+    return numpy_read
+
+
+def _reference(sdf: Path, train: np.ndarray, gaps: np.ndarray, add_hydrogens: bool, labelled: bool) -> dict:
+    """What the loader stored before the numpy parser (RDKit's ForwardSDMolSupplier over the whole file,
+    the same checks), as plain arrays."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    z_all, pos_all, counts, idxs, labels, skipped, reasons = [], [], [], [], [], [], []
+    with open(sdf, "rb") as handle:
+        for record, mol in enumerate(Chem.ForwardSDMolSupplier(handle, removeHs=False, sanitize=add_hydrogens)):
+            reason = None
+            if mol is None:
+                reason = "RDKit cannot parse it"
+            else:
+                if add_hydrogens:
+                    mol = Chem.AddHs(mol, addCoords=True)
+                z = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+                pos = mol.GetConformer().GetPositions()
+                idx = int(train[record]) if record < train.size else record
+                if z.min() < 1 or z.max() > 100:
+                    reason = f"atomic number {int(z[(z < 1) | (z > 100)][0])} outside 1..100"
+                elif labelled and not np.isfinite(gaps[idx]):
+                    reason = f"no finite homolumogap for idx {idx}"
+            if reason is not None:
+                skipped.append(record)
+                reasons.append(f"{record}: {reason}")
+                continue
+            z_all.append(z)
+            pos_all.append(pos)
+            counts.append(z.size)
+            idxs.append(idx)
+            labels.append(gaps[idx])
+    return {"z": np.concatenate(z_all).astype(np.uint8), "pos": np.concatenate(pos_all).astype(np.float32),
+            "offsets": np.concatenate([[0], np.cumsum(counts)]), "idx_in_dataset": np.array(idxs, np.int64),
+            "labels": np.array(labels, np.float64)[:, None], "skipped": skipped, "reasons": reasons[:5],
+            "num_records": record + 1}  # fmt: skip
+
+
+@pytest.mark.parametrize("read_bytes", [None, 700])
+@pytest.mark.parametrize("add_hydrogens", [False, True])
+def test_sdf_store_equals_rdkit_reference(ogb_root, tmp_path, monkeypatch, add_hydrogens, read_bytes):
+    """Store built by the numpy parser (plus RDKit for odd records) == the store RDKit alone gave:
+    atomic numbers, float32 positions (bit for bit, signed zeros included), offsets, dataset idx,
+    labels, skipped records and reasons. ``read_bytes=700`` reads less than a record at a time."""
+    if read_bytes:
+        monkeypatch.setattr(pcqm, "SDF_READ_BYTES", read_bytes)
+    sdf = tmp_path / "variants.sdf"
+    numpy_read = _variant_sdf(ogb_root["root"] / "pcqm4m-v2-train.sdf", sdf)
+    train, gaps = ogb_root["train"], ogb_root["gaps"]
+    labelled = add_hydrogens
+    dm = make(ogb_root, tmp_path / "c", sdf_path=str(sdf), add_hydrogens=add_hydrogens,
+              targets=["homolumogap"] if labelled else None, num_train=10, num_val=2)  # fmt: skip
+    dm.prepare_data()
+    store = Store(dm.store_path())
+    ref = _reference(sdf, train, gaps, add_hydrogens, labelled)
+    assert ref["num_records"] == train.size + 1 and ref["skipped"][-1] == train.size  # the stray last line
+    for name in ("z", "pos", "idx_in_dataset", "labels"):
+        assert store.arrays[name].dtype == ref[name].dtype, name
+        assert np.asarray(store.arrays[name]).tobytes() == ref[name].tobytes(), name
+    assert np.array_equal(store.offsets, ref["offsets"])
+    assert store.meta["skipped_records"] == ref["skipped"]
+    if not add_hydrogens:  # nan coordinate, garbage counts line, Z = 101, the stray last line
+        assert ref["skipped"] == [3, 5, 6, train.size]
+    assert [r.split(" in ")[0] for r in store.meta["skip_reasons"]] == ref["reasons"]
+    assert store.meta["num_records"] == ref["num_records"]
+    assert dm.num_parsed_by_numpy == store.meta["num_parsed_by_numpy"] == (0 if add_hydrogens else len(numpy_read))
+    dm = make(ogb_root, tmp_path / "e", sdf_path=str(sdf), on_bad_record="error", add_hydrogens=add_hydrogens)
+    with pytest.raises(DataFormatError, match=r"variants.sdf: record 3 \(0-based\) is unusable: RDKit cannot parse it"):
+        dm.prepare_data()
+    assert not list((tmp_path / "e").rglob("meta.json"))
+
+
+def test_sdf_records_end_at_dollar_lines(ogb_root, tmp_path):
+    """A record emptied to nothing (two "$$$$" lines in a row) is one unusable record, and every later
+    record keeps its place in split_dict's train order. (RDKit's supplier, reading the whole file, took
+    the next record's lines as the empty one's and so paired each later structure with the previous
+    train molecule's idx and label; records are now cut at "$$$$" lines before parsing.)"""
+    from rdkit import Chem
+
+    blocks = (ogb_root["root"] / "pcqm4m-v2-train.sdf").read_text().split("$$$$\n")[:-1]
+    sdf = tmp_path / "empty_record.sdf"
+    sdf.write_text("".join(b + "$$$$\n" for b in blocks[:3] + [""] + blocks[4:]))
+    dm = make(ogb_root, tmp_path / "c", sdf_path=str(sdf), num_train=10, num_val=2)
+    dm.setup()
+    train = ogb_root["train"]
+    assert dm.store.meta["skipped_records"] == [3] and dm.store.meta["num_records"] == train.size
+    assert np.array_equal(dm.store.arrays["idx_in_dataset"], np.delete(train, 3))
+    for row, idx in enumerate(dm.store.arrays["idx_in_dataset"]):  # each structure is its idx's molecule
+        mol = Chem.RemoveHs(ogb_root["mols"][idx][1])
+        a, b = dm.store.offsets[row], dm.store.offsets[row + 1]
+        assert dm.store.arrays["z"][a:b].tolist() == [x.GetAtomicNum() for x in mol.GetAtoms()]
+        assert np.allclose(dm.store.arrays["pos"][a:b], mol.GetConformer().GetPositions(), atol=1e-4)
+
+
+def test_element_symbols_read_like_rdkit():
+    """The numpy parser's symbol table gives RDKit's atomic number for every element symbol, and has no
+    entry for what RDKit reads otherwise (D, T, query atoms, upper-case two-letter symbols)."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    from ase.data import chemical_symbols
+
+    block = "\n     RDKit          3D\n\n  1  0  0  0  0  0  0  0  0  0999 V2000\n" \
+            "    0.0000    0.0000    0.0000 {:<3} 0  0  0  0  0  0  0  0  0  0  0  0\nM  END\n$$$$\n"  # fmt: skip
+    for z in range(1, 119):
+        symbol = chemical_symbols[z]
+        (mol,) = Chem.ForwardSDMolSupplier(io.BytesIO(block.format(symbol).encode()), removeHs=False, sanitize=False)
+        key = (ord(symbol[0]), ord(symbol[1]) if len(symbol) > 1 else 32)
+        assert mol.GetAtomWithIdx(0).GetAtomicNum() == z == pcqm._SYMBOLS[key], symbol
+    for symbol in ["D", "T", "R", "A", "Q", "L", "X", "M", "G", "CL", "AH", "LP"]:
+        key = (ord(symbol[0]), ord(symbol[1]) if len(symbol) > 1 else 32)
+        assert pcqm._SYMBOLS[key] == -1, symbol
+    # and the whole chunk parser on that one-atom record: numpy-read, same as RDKit
+    text = block.format("Cl").encode()
+    chunk = pcqm.parse_sdf_chunk(text, len(text), 0, add_hydrogens=False)
+    assert chunk.fast == 1 and chunk.z.tolist() == [17] and chunk.pos.tolist() == [[0.0, 0.0, 0.0]]
