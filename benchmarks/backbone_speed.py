@@ -62,10 +62,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for folder in (REPO, REPO / "benchmarks"):  # benchmarks/: the peers' adapters (parity_adapters.py)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
-ALL = ["schnet", "pyg_schnet", "painn", "mace", "mace_torch", "mace_torch_default", "torchmd_et", "et", "et_128x6",
+ALL = ["schnet", "pyg_schnet", "painn", "schnetpack_painn", "mace", "mace_torch", "mace_torch_default", "torchmd_et", "et", "et_128x6",
        "torchmd_et_128x6"]
 MODES = ["energy", "forces"]
 SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
@@ -165,6 +166,9 @@ def readout(width: int):
     return nn.Sequential(nn.Linear(width, width // 2), ShiftedSoftplus(), nn.Linear(width // 2, 1))
 
 
+FORCES_MODE = [False]  # set by the workers: compiled variants refuse forces training (double backward)
+
+
 def make_step(name: str, device, batches):
     """``(step(batch, forces) -> None, module, prepared batches)`` for one backbone."""
     import torch
@@ -211,13 +215,36 @@ def make_step(name: str, device, batches):
 
         return step, module, batches
 
-    if name in ("schnet", "painn", "mace", "et"):
+    compiled = name.endswith("+compile")
+    base = name.removesuffix("+compile")
+    if base in ("schnet", "painn", "mace", "et"):
         import yaml
 
-        config = yaml.safe_load((REPO / "configs" / "backbones" / f"{name}.yaml").read_text())
+        config = yaml.safe_load((REPO / "configs" / "backbones" / f"{base}.yaml").read_text())
         from atomzoo import backbones
 
         model = getattr(backbones, config["class_path"].split(".")[-1])(**config["init_args"])
+        head = readout(model.width)
+        module = torch.nn.ModuleDict({"backbone": model, "head": head}).to(device)
+        if compiled:
+            from atomzoo.nn.compile import compile_backbone
+
+            if FORCES_MODE[0]:
+                raise RuntimeError("not run: forces training needs double backward, which torch.compile does not support")
+
+            if not compile_backbone(model, device):
+                raise RuntimeError("torch.compile is not available on this platform")
+        return zoo_step(model, head), module, batches
+    if compiled:
+        raise ValueError(f"{name}: +compile applies to the zoo's own backbones only")
+
+    if name == "schnetpack_painn":  # the parity benchmark's adapter, at configs/backbones/painn.yaml's sizes
+        import yaml
+
+        from parity_adapters import SchnetpackPaiNN
+
+        init = yaml.safe_load((REPO / "configs" / "backbones" / "painn.yaml").read_text())["init_args"]
+        model = SchnetpackPaiNN(**{k: init[k] for k in ("width", "num_interactions", "num_rbf", "cutoff")})
         head = readout(model.width)
         module = torch.nn.ModuleDict({"backbone": model, "head": head}).to(device)
         return zoo_step(model, head), module, batches
@@ -366,9 +393,11 @@ def worker(name: str, mode: str, args) -> dict:
     torch.manual_seed(0)
     molecules = read_qm9(args.batch_size * args.num_batches, args.stride)
     batches = make_batches(molecules, args.batch_size, args.num_batches, device)
+    FORCES_MODE[0] = mode == "forces"
     t0 = time.perf_counter()
     step, module, batches = make_step(name, device, batches)
     build_s = time.perf_counter() - t0
+    from atomzoo.nn.compile import compiled_graphs
     module.train()
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
     forces = mode == "forces"
@@ -380,9 +409,12 @@ def worker(name: str, mode: str, args) -> dict:
         loss.backward()
         optimizer.step()
 
+    t_warm = time.perf_counter()
     for i in range(args.warmup):
         train_step(i)
     sync()
+    warmup_s = time.perf_counter() - t_warm
+    graphs_warmup = compiled_graphs()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -411,6 +443,9 @@ def worker(name: str, mode: str, args) -> dict:
         "molecules_per_s": args.batch_size * args.steps / elapsed,
         "peak_step_memory_mb": peak_mb,
         "build_s": build_s,
+        "warmup_s": warmup_s,
+        "graphs_compiled_in_warmup": graphs_warmup,
+        "graphs_compiled_in_timed_steps": compiled_graphs() - graphs_warmup,
         "parameters": sum(p.numel() for p in module.parameters()),
         "atoms_per_batch": atoms,
         "threads": torch.get_num_threads(),
@@ -433,6 +468,7 @@ def paired_worker(first: str, second: str, mode: str, args) -> dict:
     molecules = read_qm9(args.batch_size * args.num_batches, args.stride)
     batches = make_batches(molecules, args.batch_size, args.num_batches, device)
     forces = mode == "forces"
+    FORCES_MODE[0] = forces
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     runners = []
     for name in (first, second):
@@ -446,8 +482,13 @@ def paired_worker(first: str, second: str, mode: str, args) -> dict:
             optimizer.step()
 
         runners.append(run)
+    from atomzoo.nn.compile import compiled_graphs
+
     times, cpu_times = ([], []), ([], [])
+    graphs_warmup = None
     for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            graphs_warmup = compiled_graphs()
         for k, run in enumerate(runners):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -469,6 +510,7 @@ def paired_worker(first: str, second: str, mode: str, args) -> dict:
         "cpu_ratios": cpu_ratios,
         "seconds_per_step": [statistics.median(t) for t in times],
         "cpu_seconds_per_step": [statistics.median(t) for t in cpu_times],
+        "graphs_compiled_in_timed_steps": compiled_graphs() - graphs_warmup,
     }
 
 
@@ -512,6 +554,10 @@ def add_ratios(results: list[dict]) -> None:
     for (name, mode), r in by.items():
         if name == "schnet" and ("pyg_schnet", mode) in by:
             r["vs_peer"] = f"{r['molecules_per_s'] / by[('pyg_schnet', mode)]['molecules_per_s']:.2f}x PyG throughput"
+        if name.removesuffix("+compile") == "schnet" and ("pyg_schnet", mode) in by and name != "schnet":
+            r["vs_peer"] = f"{r['molecules_per_s'] / by[('pyg_schnet', mode)]['molecules_per_s']:.2f}x PyG throughput"
+        if name.removesuffix("+compile") == "painn" and ("schnetpack_painn", mode) in by:
+            r["vs_peer"] = f"{r['molecules_per_s'] / by[('schnetpack_painn', mode)]['molecules_per_s']:.2f}x schnetpack throughput"
         if name == "mace" and ("mace_torch", mode) in by:
             overhead = r["seconds_per_step"] / by[("mace_torch", mode)]["seconds_per_step"] - 1
             r["vs_peer"] = f"{100 * overhead:+.0f}% time vs bare mace-torch"
@@ -529,34 +575,40 @@ def markdown(report: dict) -> str:
             f"{s['steps']} timed steps, every {s['stride']}th QM9 molecule, Adam, float32."
         ),
         "",
-        "| backbone | mode | molecules/s | s/step | CPU s/step | peak step memory (MB) | params | atoms/batch | vs peer |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| backbone | mode | molecules/s | s/step | CPU s/step | peak step memory (MB) | kB/atom | params | atoms/batch "
+        "| compiled graphs (warm-up / timed) | vs peer |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in report["results"]:
         if "error" in r:
-            lines.append(f"| {r['backbone']} | {r['mode']} | n/a | | | | | | {r['error']} |")
+            lines.append(f"| {r['backbone']} | {r['mode']} | n/a | | | | | | | | {r['error']} |")
             continue
+        graphs = (f"{r['graphs_compiled_in_warmup']} / {r['graphs_compiled_in_timed_steps']}"
+                  if r.get("graphs_compiled_in_warmup") else "")
         lines.append(
             f"| {r['backbone']} | {r['mode']} | {r['molecules_per_s']:.1f} | {r['seconds_per_step']:.3f} | "
             f"{r.get('cpu_seconds_per_step', float('nan')):.3f} | "
-            f"{r['peak_step_memory_mb']:.0f} | {r['parameters']:,} | {r['atoms_per_batch']:.0f} | {r.get('vs_peer', '')} |"
+            f"{r['peak_step_memory_mb']:.0f} | {1024 * r['peak_step_memory_mb'] / r['atoms_per_batch']:.0f} | "
+            f"{r['parameters']:,} | {r['atoms_per_batch']:.0f} | {graphs} | {r.get('vs_peer', '')} |"
         )
     if report.get("paired"):
         lines += [
             "",
             "Paired (steps of the two models alternate in one process; median of per-step time ratios):",
             "",
-            "| pair | mode | threads | median wall-time ratio | median CPU-time ratio | CPU s/step (each) |",
-            "| --- | --- | ---: | ---: | ---: | --- |",
+            "| pair | mode | threads | median wall-time ratio | median CPU-time ratio | CPU s/step (each) "
+            "| speed-up (peer / ours, CPU time) | graphs compiled in timed steps |",
+            "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
         for r in report["paired"]:
             if "error" in r:
-                lines.append(f"| {r['pair']} | {r['mode']} | n/a | {r['error']} |")
+                lines.append(f"| {r['pair']} | {r['mode']} | n/a | | | | | {r['error']} |")
                 continue
             each = " / ".join(f"{t:.3f}" for t in r["cpu_seconds_per_step"])
             lines.append(
                 f"| {r['pair']} | {r['mode']} | {r['threads']} | {r['median_time_ratio']:.2f} | "
-                f"{r['median_cpu_time_ratio']:.2f} | {each} |"
+                f"{r['median_cpu_time_ratio']:.2f} | {each} | {1 / r['median_cpu_time_ratio']:.2f}x | "
+                f"{r.get('graphs_compiled_in_timed_steps', '')} |"
             )
     return "\n".join(lines) + "\n"
 

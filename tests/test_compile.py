@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from atomzoo.backbones import ET, PaiNN, SchNet
+from atomzoo.backbones import ET, MACE, PaiNN, SchNet
 from atomzoo.nn.compile import _EagerFallback, compile_backbone, compile_unavailable, compiled_graphs
 
 pytestmark = pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="no C++ compiler for inductor")
@@ -21,7 +21,11 @@ FACTORIES = {
     "schnet": lambda: SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=5.0),
     "painn": lambda: PaiNN(width=16, num_interactions=1, num_rbf=8, cutoff=5.0),
     "et": lambda: ET(width=16, num_layers=1, num_rbf=8, num_heads=2, cutoff=5.0),
+    "mace": lambda: MACE(r_max=5.0, num_bessel=4, max_ell=1, correlation=2, num_interactions=2,
+                         hidden_irreps="8x0e+8x1o", radial_MLP=[8], atomic_numbers=[1, 6, 7, 8, 9]),
 }
+#: compiling e3nn's tensor products takes about 2 minutes even for this tiny MACE
+PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name == "mace" else name for name in FACTORIES]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def energy_and_grads(model, batch):
     return out.scalars.detach(), grads
 
 
-@pytest.mark.parametrize("name", list(FACTORIES))
+@pytest.mark.parametrize("name", PARAMS)
 def test_compiled_backbone_equals_eager_and_compiles_once(name, batches):
     """Features, position gradients and parameter gradients of the compiled backbone equal eager within
     float32 round-off on three batches of different sizes, and the 2nd and 3rd batch compile no new graph
