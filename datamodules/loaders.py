@@ -12,15 +12,25 @@ validation/test metrics (torchmetrics, synced over ranks) see every molecule exa
 ``DistributedSampler`` would repeat molecules to even out the ranks and bias the MAE.
 
 Both samplers subclass ``DistributedSampler``, so Lightning keeps them instead of injecting its own.
+
+Batches are read whole: the samplers stay per-molecule (so DDP sharding, resuming and any sampler
+Lightning injects work unchanged), torch's DataLoader groups their indices into batches and hands
+each list to the dataset's ``__getitems__``, which returns :class:`BatchItems`; the loaders'
+:class:`BatchCollater` turns that into one PyG ``Batch`` with a single vectorised read of the store
+(:meth:`~atomzoo.datamodules.base.StoreDataset.collate`) instead of one ``Data`` object per molecule
+and PyG's per-molecule collation. Any other collate function (e.g. a plain PyG ``DataLoader``)
+still sees a sequence of ``Data`` objects and gives the same batches, only slower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 from torch_geometric.loader import DataLoader
+from torch_geometric.loader.dataloader import Collater
 
 
 def _world() -> tuple[int, int]:
@@ -59,8 +69,64 @@ class ExactDistributedSampler(DistributedSampler):
         return iter(range(self.rank, self.total_size, self.num_replicas))
 
 
-class ResumableDataLoader(DataLoader):
-    """PyG DataLoader over a :class:`ResumableSampler` whose position is saved in checkpoints.
+class BatchItems(Sequence):
+    """The samples of one batch, as a batched dataset's ``__getitems__`` returns them.
+
+    A sequence of ``len(positions)`` samples, ``items[k] = dataset[positions[k]]``, built only when
+    accessed (torch's contract for ``__getitems__``: a list of samples, e.g. for ``Subset``, or for a
+    collate function that expects ``Data`` objects); :meth:`collate` builds the whole collated batch
+    at once with ``dataset.collate(positions)``, which :class:`BatchCollater` calls.
+    """
+
+    __slots__ = ("dataset", "positions")
+
+    def __init__(self, dataset: Any, positions: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return BatchItems(self.dataset, self.positions[k])
+        return self.dataset[self.positions[k]]
+
+    def collate(self):
+        """The collated batch of these samples (``dataset.collate(positions)``)."""
+        return self.dataset.collate(self.positions)
+
+
+class BatchCollater(Collater):
+    """PyG's ``Collater`` that lets :class:`BatchItems` collate themselves (one vectorised read per batch).
+
+    With ``follow_batch`` or ``exclude_keys``, or for anything but :class:`BatchItems` (a list of
+    ``Data`` objects), it collates exactly like PyG's ``Collater``.
+    """
+
+    def __call__(self, batch: Any) -> Any:
+        if isinstance(batch, BatchItems) and not self.follow_batch and not self.exclude_keys:
+            return batch.collate()
+        return super().__call__(list(batch) if isinstance(batch, BatchItems) else batch)
+
+
+class StoreDataLoader(DataLoader):
+    """PyG ``DataLoader`` whose collate function is a :class:`BatchCollater`.
+
+    Same arguments as ``torch_geometric.loader.DataLoader``. Over a
+    :class:`~atomzoo.datamodules.base.StoreDataset` each batch is read from the store at once; the
+    batches (molecules, order, tensors, dtypes, attributes) are those PyG's collation of the
+    per-molecule ``Data`` objects gives.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1, shuffle: bool = False, follow_batch=None,
+                 exclude_keys=None, **kwargs) -> None:  # fmt: skip
+        super().__init__(dataset, batch_size, shuffle, follow_batch=follow_batch, exclude_keys=exclude_keys, **kwargs)
+        self.collate_fn = BatchCollater(dataset, follow_batch, exclude_keys)
+
+
+class ResumableDataLoader(StoreDataLoader):
+    """:class:`StoreDataLoader` over a :class:`ResumableSampler` whose position is saved in checkpoints.
 
     Args:
         batches_done: callable returning how many batches of the current epoch have been trained on
@@ -81,4 +147,11 @@ class ResumableDataLoader(DataLoader):
         self.resumable_sampler.skip = state["batches_done"] * self.batch_size
 
 
-__all__ = ["ExactDistributedSampler", "ResumableDataLoader", "ResumableSampler"]
+__all__ = [
+    "BatchCollater",
+    "BatchItems",
+    "ExactDistributedSampler",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "StoreDataLoader",
+]
