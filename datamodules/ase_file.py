@@ -414,15 +414,13 @@ class ASEFileDataModule(AtomsDataModule):
     # ----- prediction: the whole file, labels optional -----------------------------------------
     def predict_dataloader(self):
         """Every structure of the file in file order (not the test split), labelled or not."""
-        from torch_geometric.loader import DataLoader
-
         from .base import StoreDataset
-        from .loaders import ExactDistributedSampler
+        from .loaders import ExactDistributedSampler, StoreDataLoader
 
         if self.store is None:
             self.setup("predict")
         dataset = StoreDataset(self.store, np.arange(len(self.store)), self.label_columns)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset),
+        return StoreDataLoader(dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset),
                           **self._loader_options())  # fmt: skip
 
     def molecule_ids(self, index) -> list[str]:

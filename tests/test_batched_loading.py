@@ -198,9 +198,9 @@ def test_periodic_ase_file_cell_pbc_forces_and_predict(tmp_path):
     assert batch.forces.shape == batch.pos.shape
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         assert_loader_matches(loader)
-    # ASEFileDataModule's own predict loader is a plain PyG DataLoader: PyG's collation of the items still works
+    # the whole-file predict loader reads batches from the store too, equal to PyG's collation
     predict = dm.predict_dataloader()
-    assert not isinstance(predict.collate_fn, BatchCollater)
+    assert isinstance(predict.collate_fn, BatchCollater)
     assert assert_loader_matches(predict) == 8
 
 
