@@ -255,6 +255,12 @@ class Objective(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         provenance.on_save_checkpoint(self, checkpoint)
+        # `compile` is how this run executed, not part of the model: leave it out of the checkpoint so that
+        # `zoo test|predict --ckpt_path ... --model.compile true` is not overridden by the saved value
+        # (Lightning's CLI applies a checkpoint's hyperparameters over the command line)
+        hparams = checkpoint.get("hyper_parameters")
+        if hparams is not None and "compile" in hparams:
+            checkpoint["hyper_parameters"] = {k: v for k, v in hparams.items() if k != "compile"}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         provenance.on_load_checkpoint(self, checkpoint)

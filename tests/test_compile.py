@@ -128,3 +128,49 @@ def test_force_training_stays_eager_with_a_clear_warning():
     denoiser._trainer = force_model._trainer
     denoiser.configure_model()
     assert isinstance(denoiser.backbone._compiled_call_impl, _EagerFallback)
+
+
+def test_zoo_fit_and_test_with_compile(cache_dir, tmp_path):
+    """Through the CLI: `--model.compile true` compiles the backbone of a denoising run (its training
+    loss falls like eager's, the checkpoint keeps eager parameter names) and `zoo test` of a force
+    model compiles for evaluation."""
+    from atomzoo.cli import run
+
+    args = [
+        "-c", "configs/data/qm9.yaml", "-c", "configs/objectives/denoising.yaml",
+        "--model.backbone", "configs/backbones/schnet.yaml", "--data.targets", "null",
+        "--data.cache_dir", str(cache_dir), "--data.train_size", "256", "--data.batch_size", "32",
+        "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+        "--model.backbone.init_args.num_interactions", "2", "--model.backbone.init_args.num_rbf", "8",
+        "--trainer.max_steps", "4", "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    compiled = run(["fit", *args, "--model.compile", "true"])
+    eager = run(["fit", *args])
+    assert isinstance(compiled.model.backbone._compiled_call_impl, _EagerFallback)
+    assert not compiled.model.backbone._compiled_call_impl.failed
+    assert eager.model.backbone._compiled_call_impl is None
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
+    assert "compile" in compiled.model.hparams  # the run's own record; checkpoints leave it out (next test)
+    # same seed, same batches, same weights: the same training trajectory up to float32 round-off
+    got, want = compiled.trainer.callback_metrics["train/loss"], eager.trainer.callback_metrics["train/loss"]
+    assert abs(float(got) - float(want)) <= 1e-3 * abs(float(want))
+
+
+def test_zoo_test_of_a_force_model_compiles_and_matches_eager(force_checkpoint):
+    """Forces at evaluation are a single backward: `zoo test --model.compile true` compiles and reports
+    the eager run's energy and force errors (the checkpoint does not carry `compile`, which Lightning's
+    CLI would otherwise apply over the command line)."""
+    from atomzoo.cli import run
+
+    run_dir = force_checkpoint.parent.parent
+    common = ["test", "-c", str(run_dir / "config.yaml"), "--ckpt_path", str(force_checkpoint),
+              "--trainer.limit_test_batches", "2", "--trainer.logger", "false"]  # fmt: skip
+    compiled = run([*common, "--model.compile", "true"])
+    eager = run(common)
+    assert isinstance(compiled.model.backbone._compiled_call_impl, _EagerFallback)
+    assert not compiled.model.backbone._compiled_call_impl.failed
+    for key in ("test/forces_mae_meV_per_A", "test/energy_mae_meV"):
+        got, want = float(compiled.trainer.callback_metrics[key]), float(eager.trainer.callback_metrics[key])
+        assert abs(got - want) <= 1e-3 * want, key
