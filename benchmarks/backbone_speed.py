@@ -9,7 +9,12 @@ summed per molecule), MSE loss, backward, Adam step. Two modes:
 
 Backbones (``--backbones``, comma separated):
 
-* ``schnet``, ``painn``, ``mace``: ours, at the default sizes of ``configs/backbones/*.yaml``;
+* ``schnet``, ``painn``, ``mace``, ``et``: ours, at the default sizes of ``configs/backbones/*.yaml``;
+  ``<name>+compile``: the same compiled (``atomzoo.nn.compile.compile_backbone``, as ``--model.compile
+  true``; energy mode only: double backward cannot be compiled). Rows report the graphs compiled in
+  the warm-up and in the timed steps (0 = no recompilation across batches of different sizes);
+* ``schnetpack_painn``: schnetpack 2.1.1's ``PaiNN`` through the parity benchmark's adapter
+  (``benchmarks/parity_adapters.py``), at ``configs/backbones/painn.yaml``'s sizes, on our graph;
 * ``pyg_schnet``: PyTorch Geometric's ``SchNet`` at identical hyperparameters (its own readout, which
   has the same shape as ours). torch-cluster is not installed here, so PyG is given our radius graph
   through ``interaction_graph``; both therefore build the same graph with the same code;
