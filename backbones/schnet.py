@@ -28,9 +28,8 @@ class CFConv(nn.Module):
     against one gather and one scatter), and changes nothing in the result but the summation order.
     """
 
-    def __init__(self, width: int, num_filters: int, num_basis: int, cutoff: float) -> None:
+    def __init__(self, width: int, num_filters: int, num_basis: int) -> None:
         super().__init__()
-        self.cutoff = cutoff
         self.filter_net = nn.Sequential(
             nn.Linear(num_basis, num_filters), ShiftedSoftplus(), nn.Linear(num_filters, num_filters)
         )
@@ -41,9 +40,8 @@ class CFConv(nn.Module):
         """``x`` ``[N, F]`` -> ``[N, F]``; ``pairs`` as built by :meth:`PairGraph.of`."""
         filters = self.filter_net(pairs.rbf) * pairs.envelope  # [P, num_filters]
         h = self.in_proj(x)
-        num_pairs = filters.size(0)
+        num_pairs, width = filters.shape
         # messages to dst from src, then to src from dst, both with the pair's filter: [2, P, filters]
-        width = h.size(-1)
         messages = h.index_select(0, pairs.sender).view(2, num_pairs, width) * filters
         out = h.new_zeros(x.size(0), width).index_add_(0, pairs.receiver, messages.view(2 * num_pairs, width))
         return self.out_proj(out)
@@ -74,9 +72,9 @@ class PairGraph:
 class SchNetInteraction(nn.Module):
     """Interaction block: cfconv -> shifted softplus -> linear; the caller adds it residually."""
 
-    def __init__(self, width: int, num_filters: int, num_basis: int, cutoff: float) -> None:
+    def __init__(self, width: int, num_filters: int, num_basis: int) -> None:
         super().__init__()
-        self.conv = CFConv(width, num_filters, num_basis, cutoff)
+        self.conv = CFConv(width, num_filters, num_basis)
         self.act = ShiftedSoftplus()
         self.out = nn.Linear(width, width)
 
@@ -131,7 +129,7 @@ class SchNet(Backbone):
         self.embedding = nn.Embedding(max_z + 1, width)
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.interactions = nn.ModuleList(
-            SchNetInteraction(width, num_filters, num_rbf, cutoff) for _ in range(num_interactions)
+            SchNetInteraction(width, num_filters, num_rbf) for _ in range(num_interactions)
         )
         self.conditioning = condition_modules(num_interactions, width, condition_dim)
         self.mask_embedding = nn.Parameter(torch.empty(width))

@@ -171,9 +171,6 @@ def readout(width: int):
     return nn.Sequential(nn.Linear(width, width // 2), ShiftedSoftplus(), nn.Linear(width // 2, 1))
 
 
-FORCES_MODE = [False]  # set by the workers: compiled variants refuse forces training (double backward)
-
-
 def make_step(name: str, device, batches):
     """``(step(batch, forces) -> None, module, prepared batches)`` for one backbone."""
     import torch
@@ -231,15 +228,20 @@ def make_step(name: str, device, batches):
         model = getattr(backbones, config["class_path"].split(".")[-1])(**config["init_args"])
         head = readout(model.width)
         module = torch.nn.ModuleDict({"backbone": model, "head": head}).to(device)
+        step = zoo_step(model, head)
         if compiled:
             from atomzoo.nn.compile import compile_backbone
 
-            if FORCES_MODE[0]:
-                raise RuntimeError("not run: forces training needs double backward, which torch.compile does not support")
-
             if not compile_backbone(model, device):
                 raise RuntimeError("torch.compile is not available on this platform")
-        return zoo_step(model, head), module, batches
+
+            def compiled_step(batch, forces, eager_step=step):
+                if forces:
+                    raise RuntimeError("not run: forces training needs double backward, which torch.compile does not support")
+                return eager_step(batch, forces)
+
+            step = compiled_step
+        return step, module, batches
     if compiled:
         raise ValueError(f"{name}: +compile applies to the zoo's own backbones only")
 
@@ -398,7 +400,6 @@ def worker(name: str, mode: str, args) -> dict:
     torch.manual_seed(0)
     molecules = read_qm9(args.batch_size * args.num_batches, args.stride)
     batches = make_batches(molecules, args.batch_size, args.num_batches, device)
-    FORCES_MODE[0] = mode == "forces"
     t0 = time.perf_counter()
     step, module, batches = make_step(name, device, batches)
     build_s = time.perf_counter() - t0
@@ -473,7 +474,6 @@ def paired_worker(first: str, second: str, mode: str, args) -> dict:
     molecules = read_qm9(args.batch_size * args.num_batches, args.stride)
     batches = make_batches(molecules, args.batch_size, args.num_batches, device)
     forces = mode == "forces"
-    FORCES_MODE[0] = forces
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     runners = []
     for name in (first, second):

@@ -64,7 +64,6 @@ def profile(backbone: str, mode: str, steps: int, batch_size: int, threads: int)
     torch.manual_seed(0)
     molecules = bs.read_qm9(batch_size * 4, max(1, 130_831 // (batch_size * 4)))
     batches = bs.make_batches(molecules, batch_size, 4, "cpu")
-    bs.FORCES_MODE[0] = mode == "forces"
     step, module, prepared = bs.make_step(backbone, "cpu", batches)
     optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
 

@@ -237,7 +237,8 @@ class Objective(L.LightningModule):
             return
         from atomzoo.nn.compile import compile_backbone
 
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        trainer = self._trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
         if fitting and self.trains_through_forces():
             warnings.warn(
                 f"--model.compile true: {type(self).__name__} trains on forces, i.e. differentiates the "
@@ -247,7 +248,8 @@ class Objective(L.LightningModule):
                 stacklevel=2,
             )
             return
-        compile_backbone(self.backbone, self.device)
+        # the device the strategy will run on: Lightning calls this hook before moving the model there
+        compile_backbone(self.backbone, trainer.strategy.root_device if trainer is not None else self.device)
 
     # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
     def setup(self, stage: str) -> None:

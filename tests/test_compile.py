@@ -7,6 +7,7 @@ Compiling takes 10-40 s per model on this project's 2-core CI machine, so the mo
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -119,7 +120,8 @@ def test_force_training_stays_eager_with_a_clear_warning():
 
     force_model = Regression(FACTORIES["schnet"](), targets=["energy"], forces=True, compile=True)
     assert force_model.trains_through_forces()
-    force_model._trainer = type("T", (), {"state": type("S", (), {"fn": "fit"})()})()
+    force_model._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"),
+                                           strategy=SimpleNamespace(root_device=torch.device("cpu")))
     with pytest.warns(UserWarning, match="double backward"):
         force_model.configure_model()
     assert force_model.backbone._compiled_call_impl is None
@@ -174,3 +176,20 @@ def test_zoo_test_of_a_force_model_compiles_and_matches_eager(force_checkpoint):
     for key in ("test/forces_mae_meV_per_A", "test/energy_mae_meV"):
         got, want = float(compiled.trainer.callback_metrics[key]), float(eager.trainer.callback_metrics[key])
         assert abs(got - want) <= 1e-3 * want, key
+
+
+def test_compile_checks_the_device_the_strategy_runs_on():
+    """Lightning calls configure_model before moving the model: the platform check must look at the
+    strategy's device (here a CUDA device without Triton), not at the CPU the weights still sit on."""
+    import importlib.util
+
+    from atomzoo.objectives import Denoising
+
+    if importlib.util.find_spec("triton") is not None:
+        pytest.skip("Triton is installed: a CUDA target would compile")
+    model = Denoising(FACTORIES["schnet"](), compile=True)
+    model._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"),
+                                     strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    with pytest.warns(UserWarning, match="Triton"):
+        model.configure_model()
+    assert model.backbone._compiled_call_impl is None

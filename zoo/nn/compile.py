@@ -34,8 +34,6 @@ from torch import nn
 def compile_unavailable(device: torch.device | str) -> str | None:
     """Why ``torch.compile``'s default backend (inductor) cannot run on ``device``, or ``None``."""
     device = torch.device(device)
-    if not hasattr(torch, "compile"):
-        return f"torch {torch.__version__} has no torch.compile (needs torch >= 2.0)"
     if device.type == "cpu":
         compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
         if not any(c and shutil.which(c) for c in compilers):
