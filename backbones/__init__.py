@@ -6,11 +6,10 @@ Built in: :class:`SchNet`, :class:`PaiNN`, :class:`ET` (TorchMD-NET's equivarian
 mace-torch or e3nn: :class:`MACE` imports them when the first MACE backbone is built.
 """
 
-from .base import ATOM_MASK, Backbone, BackboneOutput, atom_mask, num_graphs, periodic_cell, with_positions
+from .base import ATOM_MASK, Backbone, BackboneOutput, atom_mask, periodic_cell
 from .et import ET
 from .mace import MACE
 from .painn import PaiNN
 from .schnet import SchNet
 
-__all__ = ["ATOM_MASK", "ET", "MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "atom_mask", "num_graphs",
-           "periodic_cell", "with_positions"]
+__all__ = ["ATOM_MASK", "ET", "MACE", "Backbone", "BackboneOutput", "PaiNN", "SchNet", "atom_mask", "periodic_cell"]

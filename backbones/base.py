@@ -215,20 +215,4 @@ def _refuse_periodic_unless_supported(module: Backbone, args, kwargs=None):
         )
 
 
-def num_graphs(data) -> int:
-    """Number of molecules in a PyG ``Batch`` or single ``Data``."""
-    n = getattr(data, "num_graphs", None)
-    if n is not None:
-        return int(n)
-    return int(data.batch.max()) + 1 if data.batch.numel() else 0
-
-
-def with_positions(data, pos: Tensor):
-    """A shallow copy of ``data`` whose ``pos`` is replaced (other tensors are shared, not copied)."""
-    out = data.__copy__()
-    out.pos = pos
-    return out
-
-
-__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "num_graphs", "periodic_cell",
-           "with_positions"]
+__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "periodic_cell"]

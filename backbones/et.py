@@ -62,12 +62,13 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.droppath import DropPath, set_drop_path
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.radial import ShiftedSoftplus, cosine_cutoff
 
-from .base import Backbone, BackboneOutput, num_graphs
+from .base import Backbone, BackboneOutput
 
 ACTIVATIONS = {"silu": nn.SiLU, "ssp": ShiftedSoftplus, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 DISTANCE_INFLUENCE = ("keys", "values", "both", "none")

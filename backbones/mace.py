@@ -50,10 +50,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.droppath import DropPath
 
-from .base import Backbone, BackboneOutput, num_graphs
+from .base import Backbone, BackboneOutput
 
 log = logging.getLogger(__name__)
 

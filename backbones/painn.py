@@ -21,13 +21,14 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
+from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.radial import SincRBF, cosine_cutoff
 
-from .base import Backbone, BackboneOutput, num_graphs
+from .base import Backbone, BackboneOutput
 
 
 def enveloped_basis(rbf: Tensor, envelope: Tensor) -> Tensor:

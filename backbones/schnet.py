@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.init import xavier_linear_
 from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.radial import GaussianRBF, ShiftedSoftplus, cosine_cutoff
 
-from .base import Backbone, BackboneOutput, num_graphs
+from .base import Backbone, BackboneOutput
 
 
 class CFConv(nn.Module):

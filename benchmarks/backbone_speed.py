@@ -176,7 +176,7 @@ def make_step(name: str, device, batches):
     import torch
     from torch_geometric.utils import scatter
 
-    from atomzoo.backbones import with_positions
+    from atomzoo.nn.batch import with_positions
 
     def zoo_step(model, head):
         def step(batch, forces):

@@ -34,7 +34,8 @@ import types
 import torch
 from torch import Tensor, nn
 
-from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
+from atomzoo.backbones import Backbone, BackboneOutput
+from atomzoo.nn.batch import num_graphs
 
 
 class PygSchNet(Backbone):

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from atomzoo.backbones import Backbone, BackboneOutput, num_graphs
+from atomzoo.backbones import Backbone, BackboneOutput
+from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.radial import GaussianRBF, cosine_cutoff

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from atomzoo.backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone
+from atomzoo.nn.batch import num_graphs, with_positions
 
 from .base import Objective
 from .corruption import check_sigma, gaussian_noise, sample_sigma

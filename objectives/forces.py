@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from atomzoo.backbones.base import with_positions
+from atomzoo.nn.batch import with_positions
 
 
 def energy_and_forces(

@@ -49,7 +49,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
-from atomzoo.backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone
+from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.radial import GaussianRBF
 
 from .base import Objective

@@ -40,7 +40,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from atomzoo.backbones.base import Backbone, num_graphs, with_positions
+from atomzoo.backbones.base import Backbone
+from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.conditioning import LayerConditioning
 
 from .base import Objective

@@ -22,7 +22,8 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
 from atomzoo import testing
-from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, num_graphs, with_positions
+from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet
+from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.graph import build_graph
 from atomzoo.nn.radial import GaussianRBF, cosine_cutoff

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
-from atomzoo.backbones.base import ATOM_MASK, Backbone, BackboneOutput, with_positions
+from atomzoo.backbones.base import ATOM_MASK, Backbone, BackboneOutput
+from atomzoo.nn.batch import with_positions
 
 __all__ = [
     "check_backbone",

@@ -1,5 +1,6 @@
 """Building blocks shared by backbones and heads.
 
+- :mod:`atomzoo.nn.batch` -- helpers for PyG batches of structures (``num_graphs``, ``with_positions``).
 - :mod:`atomzoo.nn.graph` -- batched radius graph built inside a model's forward from current positions.
 - :mod:`atomzoo.nn.radial` -- radial basis functions and cutoff envelopes (distances in Angstrom).
 - :mod:`atomzoo.nn.conditioning` -- adaptive layer norm (adaLN) conditioning of scalar features.
