@@ -1,36 +1,42 @@
 """The backbone contract shared by every representation network in the zoo.
 
-A backbone turns a batch of molecules into per-atom features. Objectives (``objectives/``) put heads
-on top; they never look inside a backbone. To add your own, subclass :class:`Backbone` (in any
-module, inside this repository or not) and point the CLI at it:
-``--model.backbone.class_path mypkg.MyNet``. See ``docs/backbones.md``.
+A backbone turns a batch of molecules (or periodic structures) into per-atom features. Objectives
+(``objectives/``) put heads on top; they never look inside a backbone, they read what it declares.
+To add your own, subclass :class:`Backbone` (in any module, inside this repository or not) and point
+the CLI at it: ``--model.backbone.class_path mypkg.MyNet``. Check it with
+:func:`atomzoo.backbones.contract.check_backbone`.
 
 Input: a PyG ``Batch`` (or ``Data``) with
     ``z``     ``[N]`` long, atomic numbers;
     ``pos``   ``[N, 3]`` float, positions in Angstrom (may require grad: forces by autograd);
-    ``batch`` ``[N]`` long, molecule index of each atom (sorted), ``num_graphs`` molecules.
-and optionally ``condition`` ``[num_graphs, condition_dim]``, a per-molecule conditioning vector
-(self-conditioned denoising). A backbone with ``condition_dim > 0`` holds
-``self.conditioning = atomzoo.nn.conditioning.condition_modules(...)`` and runs adaLN in every layer;
-``condition=None`` then means "the learned mask token for every molecule" (the same network, see
-:mod:`atomzoo.nn.conditioning`). With ``condition_dim == 0`` it is the plain network.
-
-Atom masking (JEPA's context view): the batch may carry ``atom_mask`` ``[N]`` bool (True = masked).
-A backbone that declares ``supports_mask = True`` must then hide the masked atoms' elements: the
-built-ins replace the element embedding of a masked atom by a learned ``mask_embedding`` (use
-:meth:`Backbone.apply_atom_mask`); positions stay. ``z`` of masked atoms keeps the true element and
-must not influence the output. Objectives that mask refuse backbones without ``supports_mask``.
+    ``batch`` ``[N]`` long, molecule index of each atom (sorted), ``num_graphs`` molecules;
+optionally ``cell`` ``[B, 3, 3]`` / ``pbc`` ``[B, 3]`` (periodic structures), ``atom_mask`` ``[N]``
+bool (masked atoms) and, as the second argument of ``forward``, ``condition``
+``[num_graphs, condition_dim]`` (a per-molecule conditioning vector).
 
 Output: :class:`BackboneOutput`.
+
+Capabilities: everything an objective or a feature may ask of a backbone is declared on
+:class:`Backbone` with its default -- the constructor's sizes (``width``, ``cutoff``,
+``vector_width``, ``condition_dim``, ``max_num_neighbors``), the class attributes ``periodic``,
+``supports_mask`` and ``renamed_arguments``, the attribute ``conditioning``, the property
+``supports_drop_path`` with :meth:`Backbone.set_drop_path`, and the methods
+:meth:`Backbone.element_embedding_parameters` and :meth:`Backbone.weight_decay_parameters`. The
+table in ``docs/backbones.md`` lists each one with what it promises, who uses it and how
+:func:`~atomzoo.backbones.contract.check_backbone` checks it.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from atomzoo.nn.droppath import drop_path_modules, set_drop_path
 from atomzoo.nn.graph import Graph, build_graph
 
 
@@ -73,33 +79,53 @@ def atom_mask(data) -> Tensor | None:
 
 
 class Backbone(nn.Module):
-    """Base class of all backbones.
+    """Base class of all backbones: the contract, every capability declared with its default.
 
     Subclasses call ``super().__init__(width=..., cutoff=..., vector_width=..., condition_dim=...)``
-    and implement :meth:`forward`.
-
-    Atom masking: set the class attribute ``supports_mask = True`` when ``forward`` honours
-    ``data.atom_mask`` (see :meth:`apply_atom_mask`); the default ``False`` makes masking objectives
-    (JEPA with ``mask_ratio > 0``) raise a ``ValueError`` saying what to add.
+    and implement :meth:`forward`. ``docs/backbones.md`` has the capability table (what each
+    declaration promises, which objectives use it, how
+    :func:`atomzoo.backbones.contract.check_backbone` checks it).
 
     Args:
-        width: number of per-atom scalar features F.
-        cutoff: interaction radius in Angstrom.
-        vector_width: number of per-atom vector channels (0: the backbone has no vector features).
-        condition_dim: size C of the per-molecule condition the backbone accepts (0: conditioning
-            not supported; self-conditioned denoising then refuses the backbone).
-        max_num_neighbors: optional neighbour cap; exceeding it raises (never a silent drop).
+        width: number of per-atom scalar features F (``scalars`` is ``[N, width]``).
+        cutoff: interaction radius in Angstrom (the radius of :meth:`graph`); atoms farther apart
+            than this do not see each other.
+        vector_width: number of per-atom vector channels (``vectors`` is ``[N, 3, vector_width]``;
+            0: the backbone has no vector features and returns ``vectors=None``).
+        condition_dim: size C of the per-molecule condition ``forward`` accepts (0: it accepts
+            none). With C > 0 the backbone holds :attr:`conditioning`.
+        max_num_neighbors: optional neighbour cap of :meth:`graph`; exceeding it raises (never a
+            silent drop).
 
-    Periodic structures (batches with ``cell`` ``[B, 3, 3]`` and ``pbc`` ``[B, 3]``) are handled by
-    :meth:`graph`, which adds the periodic images. A backbone declares that all its geometry comes
-    from :meth:`graph` by setting the class attribute ``periodic = True`` (every built-in one does);
-    one that leaves it False is refused a periodic batch with a ``ValueError`` instead of silently
-    treating the crystal as a molecule.
+    Raises:
+        ValueError: ``width <= 0`` or ``cutoff <= 0``.
+        TypeError: (on construction) an argument listed in :attr:`renamed_arguments`, naming its
+            new name.
+
+    Attributes:
+        conditioning: the per-layer condition machinery
+            (:class:`atomzoo.nn.conditioning.LayerConditioning`: mask token, condition layer norm,
+            one adaLN per layer), or ``None`` (the default; ``condition_dim == 0``). Build it with
+            ``condition_modules(num_layers, width, condition_dim)``. ``condition=None`` then runs
+            every molecule with the learned mask token: a conditioned backbone is one network.
     """
 
-    #: True when every distance and direction the backbone uses comes from :meth:`graph`.
+    #: Every distance and direction the backbone uses comes from :meth:`graph`, which adds the
+    #: periodic images of structures with ``cell`` / ``pbc``. False (the default): a periodic batch
+    #: raises ``ValueError`` instead of being treated as a molecule.
     periodic: bool = False
+    #: ``forward`` honours ``data.atom_mask`` (``[N]`` bool, True = masked): a masked atom's element
+    #: cannot influence any output (use :meth:`apply_atom_mask` with a learned ``mask_embedding``).
+    #: False (the default): objectives that mask atoms (JEPA, ``mask_ratio > 0``) refuse the backbone.
     supports_mask: bool = False
+    #: Constructor arguments that were renamed, ``{old name: new name}``: passing an old name raises
+    #: a one-line ``TypeError`` naming the new one; :func:`rename_init_args` translates the
+    #: ``init_args`` of model files written before the rename. Default: none.
+    renamed_arguments: dict[str, str] = {}
+
+    def __new__(cls, *args, **kwargs):
+        _refuse_renamed_arguments(cls, kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -119,23 +145,50 @@ class Backbone(nn.Module):
         self.vector_width = int(vector_width)
         self.condition_dim = int(condition_dim)
         self.max_num_neighbors = max_num_neighbors
+        self.conditioning = None  # a subclass with condition_dim > 0 sets its LayerConditioning
         self.register_forward_pre_hook(_refuse_periodic_unless_supported)
 
     @property
     def supports_condition(self) -> bool:
+        """``condition_dim > 0``: ``forward`` accepts a condition ``[num_graphs, condition_dim]``."""
         return self.condition_dim > 0
 
     @property
     def has_vectors(self) -> bool:
+        """``vector_width > 0``: ``forward`` returns equivariant vector features."""
         return self.vector_width > 0
 
-    def element_embedding_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the element (atomic-number) embedding, for objectives that freeze it.
+    @property
+    def supports_drop_path(self) -> bool:
+        """The backbone holds at least one :class:`atomzoo.nn.droppath.DropPath` on its residual
+        updates, so objectives' ``drop_path`` option (stochastic depth) can reach it."""
+        return bool(drop_path_modules(self))
 
-        The default looks for an ``embedding`` attribute; override if yours is named otherwise.
+    def set_drop_path(self, rate: float) -> int:
+        """Set the rate of every :class:`~atomzoo.nn.droppath.DropPath` inside the backbone.
+
+        Objectives call it each training step with their scheduled rate (``--model.drop_path``).
+        Returns how many were set; raises ``ValueError`` for a rate outside ``[0, 1)``.
+        """
+        return set_drop_path(self, rate)
+
+    def element_embedding_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the element (atomic-number) embedding, for objectives that freeze it (SCD)
+        and for the optimizer's parameter groups (no weight decay).
+
+        The default returns the parameters of an attribute named ``embedding`` (empty if there is
+        none); override it if yours is named otherwise (MACE returns its ``node_embedding``).
         """
         module = getattr(self, "embedding", None)
         return list(module.parameters()) if isinstance(module, nn.Module) else []
+
+    def weight_decay_parameters(self) -> list[nn.Parameter] | None:
+        """The backbone's parameters that take weight decay, or ``None`` (the default) for the
+        generic rule of :mod:`atomzoo.objectives.param_groups` (weight matrices of 2 or more
+        dimensions, not embeddings or norms). Override it when that rule cannot tell your weights
+        apart (MACE: e3nn stores weight matrices flattened to 1-D). Every parameter of the backbone
+        not returned is not decayed."""
+        return None
 
     @staticmethod
     def apply_atom_mask(features: Tensor, data, token: Tensor) -> Tensor:
@@ -191,6 +244,17 @@ class Backbone(nn.Module):
             )
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:  # pragma: no cover
+        """Per-atom features of ``data`` (module docstring for the fields).
+
+        Args:
+            data: the batch; take every distance and direction from ``self.graph(data)``.
+            condition: ``None`` or ``[num_graphs, condition_dim]``; call :meth:`check_condition`
+                first. With ``condition_dim > 0``, ``None`` means the mask token for every molecule.
+
+        Returns :class:`BackboneOutput`: scalars invariant under rotations, reflections and
+        translations (and lattice translations), vectors rotating as ``v -> R v``, both equivariant
+        under permutations of the atoms.
+        """
         raise NotImplementedError
 
 
@@ -205,6 +269,33 @@ def periodic_cell(data) -> tuple[Tensor | None, Tensor | None]:
     return cell.reshape(-1, 3, 3), pbc.reshape(-1, 3).bool()
 
 
+def rename_init_args(backbone_class: type, init_args: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_args`` with every old argument name of ``backbone_class.renamed_arguments`` replaced by
+    its new name (values unchanged), for reading configs and model files written before a rename.
+
+    ``backbone_class`` may be any class (one without ``renamed_arguments`` gets ``init_args`` back as
+    a dict). Raises ``TypeError`` when both the old and the new name are given.
+    """
+    renamed = getattr(backbone_class, "renamed_arguments", None) or {}
+    out = dict(init_args)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"{backbone_class.__name__}: init_args give both {old!r} and its new name {new!r}; keep {new!r}")
+            out[new] = out.pop(old)
+    return out
+
+
+def _refuse_renamed_arguments(cls: type, kwargs: Mapping[str, Any]) -> None:
+    """Raise a one-line ``TypeError`` for a renamed constructor argument (``cls.renamed_arguments``),
+    unless ``cls`` itself still accepts that name."""
+    renamed = cls.renamed_arguments
+    for old in kwargs:
+        if old in renamed and old not in inspect.signature(cls.__init__).parameters:
+            raise TypeError(f"{cls.__name__}: the argument {old!r} is now called {renamed[old]!r} "
+                            f"(init_args.{renamed[old]}, same value and meaning)")
+
+
 def _refuse_periodic_unless_supported(module: Backbone, args, kwargs=None):
     data = args[0] if args else None
     if data is not None and not module.periodic and periodic_cell(data)[1] is not None:
@@ -215,4 +306,5 @@ def _refuse_periodic_unless_supported(module: Backbone, args, kwargs=None):
         )
 
 
-__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "periodic_cell"]
+__all__ = ["ATOM_MASK", "OPTIONAL_PARAMETERS", "Backbone", "BackboneOutput", "atom_mask", "periodic_cell",
+           "rename_init_args"]

@@ -64,7 +64,7 @@ from torch_geometric.utils import scatter
 
 from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
-from atomzoo.nn.droppath import DropPath, set_drop_path
+from atomzoo.nn.droppath import DropPath
 from atomzoo.nn.graph import Graph
 from atomzoo.nn.radial import ShiftedSoftplus, cosine_cutoff
 
@@ -116,9 +116,9 @@ class NeighborEmbedding(nn.Module):
     Shapes: ``z`` ``[N]``, ``x`` ``[N, F]``, ``edge_rbf`` ``[E, R]``, ``envelope`` ``[E]`` -> ``[N, F]``.
     """
 
-    def __init__(self, width: int, num_rbf: int, max_z: int) -> None:
+    def __init__(self, width: int, num_rbf: int, num_embeddings: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(max_z, width)
+        self.embedding = nn.Embedding(num_embeddings, width)
         self.distance_proj = nn.Linear(num_rbf, width)
         self.combine = nn.Linear(2 * width, width)
         nn.init.xavier_uniform_(self.distance_proj.weight)
@@ -284,9 +284,10 @@ class EquivariantAttention(nn.Module):
 
 
 @torch.compiler.disable  # reads a value on the host: kept out of the compiled graph
-def _check_max_z(z: Tensor, max_z: int) -> None:
-    if z.numel() and int(z.max()) >= max_z:
-        raise ValueError(f"atomic number {int(z.max())} >= max_z={max_z} (ET's embedding rows)")
+def _check_num_embeddings(z: Tensor, num_embeddings: int) -> None:
+    if z.numel() and int(z.max()) >= num_embeddings:
+        raise ValueError(f"atomic number {int(z.max())} >= num_embeddings={num_embeddings} (ET's embedding rows): "
+                         "raise --model.backbone.init_args.num_embeddings")
 
 
 class ET(Backbone):
@@ -297,7 +298,7 @@ class ET(Backbone):
 
     Args:
         width: feature size F (TorchMD-NET ``embedding_dimension`` / ``hidden_channels``).
-        num_layers: attention layers.
+        num_interactions: attention layers (TorchMD-NET ``num_layers``; formerly ``num_layers`` here too).
         num_rbf: exponential-normal radial functions.
         num_heads: attention heads; must divide ``width``.
         cutoff: upper cutoff in Angstrom (TorchMD-NET ``cutoff_upper``; ``cutoff_lower`` is 0).
@@ -306,16 +307,18 @@ class ET(Backbone):
         distance_influence: ``"keys"``, ``"values"``, ``"both"`` or ``"none"``.
         activation, attn_activation: ``"silu"``, ``"ssp"``, ``"tanh"`` or ``"sigmoid"``.
         vector_cutoff: cutoff on the values instead of the attention weights (smooth at the cutoff).
-        max_z: rows of the element embedding tables, i.e. atomic numbers ``< max_z`` (TorchMD-NET's
-            convention, unlike the other zoo backbones' ``max_z + 1``, so that the same
-            hyperparameters give the same parameter count).
+        num_embeddings: rows of the element embedding tables, i.e. atomic numbers
+            ``0 .. num_embeddings - 1`` (TorchMD-NET's ``max_z``, and formerly ours; SchNet and PaiNN
+            take the largest atomic number, ``max_atomic_number``, instead). Kept as rows so that
+            TorchMD-NET's hyperparameters give the same parameter count.
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         condition_dim: size of the per-molecule condition (0: none); > 0 adds SCD's adaLN to every layer
             and ``self.conditioning`` (mask token + condition layer norm, :mod:`atomzoo.nn.conditioning`):
             ``condition=None`` then runs every molecule with the mask token, as SCD's clean pass and
             fine-tuning do.
         modulation: adaLN modulation, ``"tanh"`` (SCD official code) or ``"affine"`` (DiT).
-        drop_path: stochastic-depth probability per layer (SCD: 0.1 pretraining).
+        drop_path: stochastic-depth probability per layer (SCD: 0.1 pretraining); objectives change it
+            with :meth:`~atomzoo.backbones.base.Backbone.set_drop_path` (SCD fine-tuning: 0.15 -> 0.1).
 
     Raises:
         ValueError: for ``width`` not divisible by ``num_heads``, an unknown activation,
@@ -327,11 +330,12 @@ class ET(Backbone):
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
     supports_mask = True  # masked atoms get mask_embedding / neighbor_mask_embedding (docs/backbones.md)
+    renamed_arguments = {"num_layers": "num_interactions", "max_z": "num_embeddings"}  # one name per meaning
 
     def __init__(
         self,
         width: int = 128,
-        num_layers: int = 6,
+        num_interactions: int = 6,
         num_rbf: int = 50,
         num_heads: int = 8,
         cutoff: float = 5.0,
@@ -341,7 +345,7 @@ class ET(Backbone):
         activation: str = "silu",
         attn_activation: str = "silu",
         vector_cutoff: bool = False,
-        max_z: int = 100,
+        num_embeddings: int = 100,
         max_num_neighbors: int | None = None,
         condition_dim: int = 0,
         modulation: str = "tanh",
@@ -365,17 +369,17 @@ class ET(Backbone):
             raise ValueError(f"modulation must be one of {MODULATIONS}, got {modulation!r}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-        self.num_layers = int(num_layers)
-        self.max_z = int(max_z)
-        self.embedding = nn.Embedding(self.max_z, width)
+        self.num_interactions = int(num_interactions)
+        self.num_embeddings = int(num_embeddings)
+        self.embedding = nn.Embedding(self.num_embeddings, width)
         self.rbf = ExpNormalRBF(num_rbf, cutoff, trainable_rbf)
-        self.neighbor_embedding = NeighborEmbedding(width, num_rbf, self.max_z) if neighbor_embedding else None
+        self.neighbor_embedding = NeighborEmbedding(width, num_rbf, self.num_embeddings) if neighbor_embedding else None
         self.layers = nn.ModuleList(
             EquivariantAttention(
                 width, num_rbf, num_heads, distance_influence, activation, attn_activation, cutoff,
                 vector_cutoff, condition_dim, modulation, drop_path,
             )
-            for _ in range(num_layers)
+            for _ in range(num_interactions)
         )
         self.out_norm = nn.LayerNorm(width)
         # the condition's mask token and layer norm (shared machinery, see atomzoo.nn.conditioning); the
@@ -385,16 +389,10 @@ class ET(Backbone):
         self.mask_embedding = nn.Parameter(torch.randn(width))
         self.neighbor_mask_embedding = nn.Parameter(torch.randn(width)) if neighbor_embedding else None
 
-    def set_drop_path(self, p: float) -> None:
-        """Change every layer's drop-path probability (e.g. SCD's 0.15 -> 0.1 decay in fine-tuning)."""
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop_path must be in [0, 1), got {p}")
-        set_drop_path(self, p)
-
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         z = data.z
-        _check_max_z(z, self.max_z)
+        _check_num_embeddings(z, self.num_embeddings)
         graph = self.graph(data)
         n = z.size(0)
         x = self.apply_atom_mask(self.embedding(z), data, self.mask_embedding)

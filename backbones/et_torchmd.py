@@ -73,7 +73,7 @@ def et_kwargs_from_torchmd(hparams: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError("TorchMD-NET model uses features ET does not implement: " + "; ".join(unsupported))
     return {
         "width": int(hp.get("embedding_dimension", 256)),
-        "num_layers": int(hp.get("num_layers", 6)),
+        "num_interactions": int(hp.get("num_layers", 6)),
         "num_rbf": int(hp.get("num_rbf", 64)),
         "num_heads": int(hp.get("num_heads", 8)),
         "cutoff": float(hp.get("cutoff_upper", 5.0)),
@@ -83,7 +83,7 @@ def et_kwargs_from_torchmd(hparams: Mapping[str, Any]) -> dict[str, Any]:
         "activation": str(hp.get("activation", "silu")),
         "attn_activation": str(hp.get("attn_activation", "silu")),
         "vector_cutoff": bool(hp.get("vector_cutoff", False)),
-        "max_z": int(hp.get("max_z", 100)),
+        "num_embeddings": int(hp.get("max_z", 100)),
     }
 
 

@@ -139,7 +139,7 @@ def _irrep_slice(irreps, irrep) -> slice | None:
 class MACE(Backbone):
     """MACE backbone built from mace-torch modules.
 
-    Defaults are mace-torch's command-line defaults (``mace_run_train --model MACE``): ``r_max`` 5 A,
+    Defaults are mace-torch's command-line defaults (``mace_run_train --model MACE``): cutoff 5 A,
     8 Bessel functions, polynomial envelope p=5, spherical harmonics up to ``max_ell=3``, correlation
     order 3 (4-body messages), 2 interactions, hidden irreps ``128x0e+128x1o``, radial MLP
     ``[64, 64, 64]``, a non-residual first interaction (``RealAgnosticInteractionBlock``) followed by
@@ -150,7 +150,7 @@ class MACE(Backbone):
     unless changed; mace's own trainer defaults to float64) or in ``dtype``.
 
     Args:
-        r_max: cutoff radius in Angstrom (also this backbone's ``cutoff``).
+        cutoff: cutoff radius in Angstrom (mace-torch's ``r_max``; formerly ``r_max`` here too).
         num_bessel: number of Bessel radial basis functions.
         num_polynomial_cutoff: exponent p of the polynomial cutoff envelope.
         max_ell: highest degree of the edge spherical harmonics.
@@ -196,11 +196,12 @@ class MACE(Backbone):
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    renamed_arguments = {"r_max": "cutoff"}  # one name for the cutoff across backbones
     supports_mask = True
 
     def __init__(
         self,
-        r_max: float = 5.0,
+        cutoff: float = 5.0,
         num_bessel: int = 8,
         num_polynomial_cutoff: int = 5,
         max_ell: int = 3,
@@ -232,7 +233,7 @@ class MACE(Backbone):
         num_vectors = hidden.count(o3.Irrep("1o"))
         super().__init__(
             width=num_interactions * num_scalars,
-            cutoff=r_max,
+            cutoff=cutoff,
             vector_width=num_vectors,
             condition_dim=condition_dim,
             max_num_neighbors=max_num_neighbors,
@@ -269,7 +270,7 @@ class MACE(Backbone):
                 irreps_in=node_attr_irreps, irreps_out=node_feats_irreps
             )
             self.radial_embedding = mace_modules.RadialEmbeddingBlock(
-                r_max=r_max, num_bessel=num_bessel, num_polynomial_cutoff=num_polynomial_cutoff
+                r_max=cutoff, num_bessel=num_bessel, num_polynomial_cutoff=num_polynomial_cutoff
             )
             edge_feats_irreps = o3.Irreps(f"{self.radial_embedding.out_dim}x0e")
             sh_irreps = o3.Irreps.spherical_harmonics(max_ell)

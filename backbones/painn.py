@@ -124,7 +124,8 @@ class PaiNN(Backbone):
         num_interactions: number of message + update blocks.
         num_rbf: number of sinc radial basis functions ``sin(k pi d / rc) / d``.
         cutoff: interaction radius in Angstrom.
-        max_z: largest atomic number the embedding table covers.
+        max_atomic_number: largest atomic number the element embedding covers (its rows are
+            ``0 .. max_atomic_number``; formerly ``max_z``).
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         condition_dim: size of the per-molecule condition (0: none: plain PaiNN). When > 0 the
             message block reads the adaLN-modulated, normalised scalars ``s_mod`` (``phi(s_mod)``), the
@@ -146,6 +147,7 @@ class PaiNN(Backbone):
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    renamed_arguments = {"max_z": "max_atomic_number"}  # one name per meaning (ET's old max_z counted rows)
     supports_mask = True
 
     def __init__(
@@ -154,7 +156,7 @@ class PaiNN(Backbone):
         num_interactions: int = 3,
         num_rbf: int = 20,
         cutoff: float = 5.0,
-        max_z: int = 100,
+        max_atomic_number: int = 100,
         max_num_neighbors: int | None = None,
         condition_dim: int = 0,
     ) -> None:
@@ -165,7 +167,7 @@ class PaiNN(Backbone):
             condition_dim=condition_dim,
             max_num_neighbors=max_num_neighbors,
         )
-        self.embedding = nn.Embedding(max_z + 1, width)
+        self.embedding = nn.Embedding(max_atomic_number + 1, width)
         self.rbf = SincRBF(num_rbf, cutoff)
         self.interactions = nn.ModuleList(PaiNNInteraction(width, num_rbf) for _ in range(num_interactions))
         self.conditioning = condition_modules(num_interactions, width, condition_dim)

@@ -95,7 +95,8 @@ class SchNet(Backbone):
         num_interactions: number of interaction blocks.
         num_rbf: number of Gaussian radial basis functions on ``[0, cutoff]``.
         cutoff: interaction radius in Angstrom.
-        max_z: largest atomic number the embedding table covers.
+        max_atomic_number: largest atomic number the element embedding covers (its rows are
+            ``0 .. max_atomic_number``; formerly ``max_z``).
         max_num_neighbors: optional neighbour cap (exceeding it raises; see :mod:`atomzoo.nn.graph`).
         condition_dim: size of the per-molecule condition (0: none: plain SchNet). When > 0 every
             interaction reads the adaLN-modulated, normalised input ``x_mod`` and its output is gated,
@@ -113,6 +114,7 @@ class SchNet(Backbone):
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
+    renamed_arguments = {"max_z": "max_atomic_number"}  # one name per meaning (ET's old max_z counted rows)
     supports_mask = True
 
     def __init__(
@@ -122,12 +124,12 @@ class SchNet(Backbone):
         num_interactions: int = 6,
         num_rbf: int = 50,
         cutoff: float = 10.0,
-        max_z: int = 100,
+        max_atomic_number: int = 100,
         max_num_neighbors: int | None = None,
         condition_dim: int = 0,
     ) -> None:
         super().__init__(width=width, cutoff=cutoff, condition_dim=condition_dim, max_num_neighbors=max_num_neighbors)
-        self.embedding = nn.Embedding(max_z + 1, width)
+        self.embedding = nn.Embedding(max_atomic_number + 1, width)
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.interactions = nn.ModuleList(
             SchNetInteraction(width, num_filters, num_rbf) for _ in range(num_interactions)

@@ -121,11 +121,11 @@ TORCHMD_ET = {
 }
 
 # the same network in both codes (ET argument names; TorchMD-NET's in torchmd_128x6_hparams)
-ET_128X6 = {"width": 128, "num_layers": 6, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0, "trainable_rbf": False}
+ET_128X6 = {"width": 128, "num_interactions": 6, "num_rbf": 32, "num_heads": 8, "cutoff": 5.0, "trainable_rbf": False}
 
 
 def torchmd_128x6_hparams() -> dict:
-    return dict(TORCHMD_ET, embedding_dimension=ET_128X6["width"], num_layers=ET_128X6["num_layers"],
+    return dict(TORCHMD_ET, embedding_dimension=ET_128X6["width"], num_layers=ET_128X6["num_interactions"],
                 num_rbf=ET_128X6["num_rbf"], num_heads=ET_128X6["num_heads"], cutoff_upper=ET_128X6["cutoff"],
                 trainable_rbf=ET_128X6["trainable_rbf"])
 

@@ -147,7 +147,9 @@ class MaceTorch(Backbone):
     ``1o`` component order is x, y, z, checked in ``tests/test_backbones.py``).
     """
 
-    def __init__(self, r_max: float = 5.0, num_bessel: int = 8, num_polynomial_cutoff: int = 5, max_ell: int = 3,
+    renamed_arguments = {"r_max": "cutoff"}  # as atomzoo.backbones.MACE
+
+    def __init__(self, cutoff: float = 5.0, num_bessel: int = 8, num_polynomial_cutoff: int = 5, max_ell: int = 3,
                  correlation: int = 3, num_interactions: int = 2, hidden_irreps: str = "128x0e+128x1o",
                  radial_MLP: list[int] = (64, 64, 64), avg_num_neighbors: float = 15.6,
                  atomic_numbers: list[int] = (1, 6, 7, 8, 9)) -> None:
@@ -156,12 +158,12 @@ class MaceTorch(Backbone):
         modules, o3 = import_mace()
         hidden = o3.Irreps(hidden_irreps)
         self.c0, self.c1 = hidden.count(o3.Irrep("0e")), hidden.count(o3.Irrep("1o"))
-        super().__init__(width=num_interactions * self.c0, cutoff=r_max, vector_width=self.c1)
+        super().__init__(width=num_interactions * self.c0, cutoff=cutoff, vector_width=self.c1)
         import numpy as np
 
         zs = sorted(int(z) for z in atomic_numbers)
         self.mace = modules.MACE(
-            r_max=r_max, num_bessel=num_bessel, num_polynomial_cutoff=num_polynomial_cutoff, max_ell=max_ell,
+            r_max=cutoff, num_bessel=num_bessel, num_polynomial_cutoff=num_polynomial_cutoff, max_ell=max_ell,
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
             num_interactions=num_interactions, num_elements=len(zs), hidden_irreps=hidden,
@@ -210,7 +212,9 @@ class TorchmdET(Backbone):
     Output: scalars ``[N, F]``, vectors ``[N, 3, F]``.
     """
 
-    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 32, num_heads: int = 8,
+    renamed_arguments = {"num_layers": "num_interactions"}  # as atomzoo.backbones.ET
+
+    def __init__(self, width: int = 64, num_interactions: int = 3, num_rbf: int = 32, num_heads: int = 8,
                  cutoff: float = 5.0) -> None:
         super().__init__(width=width, cutoff=cutoff, vector_width=width)
         try:
@@ -219,7 +223,7 @@ class TorchmdET(Backbone):
             raise ImportError("torchmd-net is not importable: pip install --no-deps --target /tmp/tmdnet "
                               "torchmd-net==3.1.0 warp-lang, then PYTHONPATH=/tmp/tmdnet") from err
         hparams = {
-            "model": "equivariant-transformer", "embedding_dimension": width, "num_layers": num_layers,
+            "model": "equivariant-transformer", "embedding_dimension": width, "num_layers": num_interactions,
             "num_rbf": num_rbf, "rbf_type": "expnorm", "trainable_rbf": False, "activation": "silu",
             "attn_activation": "silu", "neighbor_embedding": True, "num_heads": num_heads,
             "distance_influence": "both", "cutoff_lower": 0.0, "cutoff_upper": cutoff, "max_z": 100,

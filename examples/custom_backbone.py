@@ -16,13 +16,15 @@ This one is invariant and returns no vector features (denoising's equivariant no
 its scalars and the graph's edge vectors). With ``condition_dim > 0`` it conditions every layer with
 the shared adaLN machinery (``atomzoo.nn.conditioning``), which self-conditioned denoising needs.
 It supports atom masking (JEPA's context view): two lines, ``supports_mask = True`` and the
-``apply_atom_mask`` call in ``forward``.
+``apply_atom_mask`` call in ``forward``. Every distance it uses comes from ``self.graph(data)``, which
+adds the periodic images of crystals, so it declares ``periodic = True`` and trains on periodic
+structures too (ASE files with a cell). Its ``DropPath`` lets objectives' ``drop_path`` option reach it.
 
-Check it against the contract in three lines (``atomzoo.testing``)::
+Check it against the contract in three lines (``atomzoo.backbones.contract``)::
 
-    from atomzoo.testing import check_backbone
+    from atomzoo.backbones.contract import check_backbone
     from custom_backbone import DistanceMPNN
-    check_backbone(lambda: DistanceMPNN(width=16, num_layers=2))
+    check_backbone(lambda: DistanceMPNN(width=16, num_interactions=2))
 """
 
 from __future__ import annotations
@@ -41,30 +43,34 @@ from atomzoo.nn.radial import GaussianRBF, cosine_cutoff
 class DistanceMPNN(Backbone):
     """A small distance-based message-passing network (invariant).
 
-    ``h_i <- h_i + MLP([h_i, sum_j MLP_e(h_j, rbf(d_ij)) * fcut(d_ij)])`` for ``num_layers`` layers.
+    ``h_i <- h_i + MLP([h_i, sum_j MLP_e(h_j, rbf(d_ij)) * fcut(d_ij)])`` for ``num_interactions`` layers.
 
     Args:
         width: feature size F.
-        num_layers: message-passing layers.
+        num_interactions: message-passing layers.
         num_rbf: Gaussians on ``[0, cutoff]``.
         cutoff: radius in Angstrom.
+        condition_dim: size of the per-molecule condition (0: none); > 0 adds adaLN to every layer.
     """
 
+    periodic = True  # every distance comes from self.graph(data), periodic images included
     supports_mask = True  # forward honours data.atom_mask (JEPA's masked atoms)
 
-    def __init__(self, width: int = 64, num_layers: int = 3, num_rbf: int = 16, cutoff: float = 5.0,
+    def __init__(self, width: int = 64, num_interactions: int = 3, num_rbf: int = 16, cutoff: float = 5.0,
                  condition_dim: int = 0) -> None:
         super().__init__(width=width, cutoff=cutoff, condition_dim=condition_dim)  # no vector features
         self.embedding = nn.Embedding(101, width)  # found by objectives that freeze element embeddings
         self.mask_embedding = nn.Parameter(torch.randn(width))  # what a masked atom looks like
         self.rbf = GaussianRBF(num_rbf, 0.0, cutoff)
         self.message = nn.ModuleList(
-            nn.Sequential(nn.Linear(width + num_rbf, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
+            nn.Sequential(nn.Linear(width + num_rbf, width), nn.SiLU(), nn.Linear(width, width))
+            for _ in range(num_interactions)
         )
         self.update = nn.ModuleList(
-            nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width)) for _ in range(num_layers)
+            nn.Sequential(nn.Linear(2 * width, width), nn.SiLU(), nn.Linear(width, width))
+            for _ in range(num_interactions)
         )
-        self.conditioning = condition_modules(num_layers, width, condition_dim)  # None when condition_dim == 0
+        self.conditioning = condition_modules(num_interactions, width, condition_dim)  # None when condition_dim == 0
         self.drop_path = DropPath()  # stochastic depth of each layer's update; objectives set its rate (SCD: 0.1)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:

@@ -31,7 +31,7 @@ import warnings
 import lightning as L
 import torch
 from atomzoo.backbones.base import Backbone
-from atomzoo.nn.droppath import check_rate, drop_path_modules, drop_path_rate, set_drop_path
+from atomzoo.nn.droppath import check_rate, drop_path_rate
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torchmetrics import MeanMetric
@@ -140,7 +140,7 @@ class Objective(L.LightningModule):
         if len(rates) != 2:
             raise ValueError(f"drop_path={option!r}: give a rate or [start, end] (--model.drop_path)")
         rates = (check_rate(rates[0]), check_rate(rates[1]))
-        if max(rates) > 0 and not drop_path_modules(backbone):
+        if max(rates) > 0 and not backbone.supports_drop_path:
             raise ValueError(
                 f"drop_path={option!r} but {type(backbone).__name__} has no drop-path hook "
                 "(atomzoo.nn.droppath.DropPath; SchNet, PaiNN, MACE and ET have one); set --model.drop_path null"
@@ -151,7 +151,7 @@ class Objective(L.LightningModule):
         """Set the scheduled drop-path rate of the backbone (when ``drop_path`` is given)."""
         if self.drop_path_schedule is not None:
             rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
-            set_drop_path(self.backbone, rate)
+            self.backbone.set_drop_path(rate)
             self.log("train/drop_path", rate, batch_size=_batch_size(batch))
 
     @classmethod

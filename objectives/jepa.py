@@ -239,7 +239,7 @@ class JEPA(Objective):
         sigmas = [self.sigma] if isinstance(self.sigma, float) else self.sigma
         if mask_ratio == 0 and all(s == 0 for s in sigmas):
             raise ValueError("JEPA needs a corruption: set sigma > 0 and/or mask_ratio > 0 (--model.sigma, --model.mask_ratio)")
-        if mask_ratio > 0 and not getattr(backbone, "supports_mask", False):
+        if mask_ratio > 0 and not backbone.supports_mask:
             raise ValueError(
                 f"mask_ratio={mask_ratio} needs a backbone that supports atom masking, and {type(backbone).__name__} "
                 "does not declare it: set the class attribute `supports_mask = True` and replace the element "

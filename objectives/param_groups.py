@@ -9,7 +9,8 @@ report that shrinking element embeddings destabilised fine-tuning.
 
 Rule (:func:`parameter_groups`), for every trainable parameter:
 
-* a submodule that defines ``weight_decay_parameters()`` decides for its own parameters (MACE:
+* a submodule whose ``weight_decay_parameters()`` returns a list (``Backbone``'s default returns
+  ``None``: no opinion) decides for its own parameters (MACE:
   mace-torch's rule, since e3nn stores weight matrices flattened to 1-D);
 * otherwise a parameter is decayed iff it has at least 2 dimensions and does not belong to an
   ``nn.Embedding``, a normalisation layer (LayerNorm, GroupNorm, BatchNorm, ...) or a backbone's
@@ -42,8 +43,9 @@ def decayed_parameters(module: nn.Module) -> list[nn.Parameter]:
     decided: dict[int, bool] = {}
     for sub in module.modules():  # parents first: a hook on an outer module wins
         hook = getattr(sub, "weight_decay_parameters", None)
-        if callable(hook):
-            chosen = {id(p) for p in hook()}
+        chosen = hook() if callable(hook) else None  # None: no opinion (Backbone's default), the rule below
+        if chosen is not None:
+            chosen = {id(p) for p in chosen}
             for p in sub.parameters():
                 decided.setdefault(id(p), id(p) in chosen)
     out = []

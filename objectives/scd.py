@@ -88,7 +88,7 @@ class SelfConditionedDenoising(Objective):
     ) -> None:
         super().__init__(backbone, weight_decay=weight_decay, **kwargs)
         self.save_hyperparameters()
-        if not isinstance(getattr(backbone, "conditioning", None), LayerConditioning):
+        if not isinstance(backbone.conditioning, LayerConditioning):
             raise ValueError(
                 f"SelfConditionedDenoising conditions every backbone layer, but {type(backbone).__name__} was built "
                 f"with condition_dim={backbone.condition_dim} (no backbone.conditioning): set "

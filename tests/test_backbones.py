@@ -21,8 +21,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
-from atomzoo import testing
-from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet
+from atomzoo.backbones import MACE, Backbone, BackboneOutput, PaiNN, SchNet, contract
 from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.nn.graph import build_graph
@@ -70,7 +69,7 @@ def make_painn(condition_dim=0):
 
 
 MACE_KW = {
-    "r_max": CUTOFF,
+    "cutoff": CUTOFF,
     "num_bessel": 6,
     "num_polynomial_cutoff": 5,
     "max_ell": 2,
@@ -246,34 +245,12 @@ def test_permutation_equivariance(nets, batch, name):
 
 
 # ---------------------------------------------------------------------------------------- forces
-def energy(model, data, readout):
-    return (run(model, data).scalars @ readout).sum()
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_forces_match_finite_differences(nets, name):
-    model = nets[name]
-    gen = torch.Generator().manual_seed(4)
-    data = Batch.from_data_list([random_molecule(4, gen)])
-    readout = torch.randn(model.width, generator=gen, dtype=torch.float64)
-    pos = data.pos.clone().requires_grad_(True)
-    e = energy(model, with_positions(data, pos), readout)
-    (grad,) = torch.autograd.grad(e, pos)
-    forces = -grad
-    h = 1e-5
-    fd = torch.zeros_like(forces)
-    with torch.no_grad():
-        for i in range(pos.size(0)):
-            for k in range(3):
-                plus, minus = data.pos.clone(), data.pos.clone()
-                plus[i, k] += h
-                minus[i, k] -= h
-                fd[i, k] = -(
-                    energy(model, with_positions(data, plus), readout)
-                    - energy(model, with_positions(data, minus), readout)
-                ) / (2 * h)
+    """The contract's finite-difference check (one random 4-atom molecule, a random readout of the
+    scalars) at tight float64 tolerances: |F - F_fd| <= 1e-8 + 1e-6 |F_fd|."""
+    forces = contract.check_forces(nets[name], seed=4, atol=1e-8, rtol=1e-6)
     assert forces.abs().max() > 1e-4
-    torch.testing.assert_close(forces, fd, rtol=1e-6, atol=1e-8)
     # Newton's third law: an isolated molecule feels no net force
     torch.testing.assert_close(forces.sum(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-10)
 
@@ -537,11 +514,33 @@ def test_mace_import_is_lazy_and_restores_environment():
 # ---------------------------------------------------------------------------------------- contract helper
 @pytest.mark.parametrize("name", NAMES)
 def test_contract_helper_passes_every_builtin(name):
-    """``atomzoo.testing.check_backbone`` (what users run on their own backbone) on ours, conditioned."""
-    report = testing.check_backbone(lambda: FACTORIES[name](COND))
-    expected_masking = "skipped (supports_mask = False)" if name == "custom" else "ok"
-    assert report == {"shapes": "ok", "symmetries": "ok", "forces": "ok", "conditioning": "ok",
-                      "masking": expected_masking}
+    """``atomzoo.backbones.contract.check_backbone`` (what users run on their own backbone) on ours,
+    conditioned: one entry per row of the capability table (docs/backbones.md)."""
+    report = contract.check_backbone(lambda: FACTORIES[name](COND))
+    custom = name == "custom"
+    assert report == {
+        "shapes": "ok", "symmetries": "ok", "locality": "ok", "max_num_neighbors": "ok", "forces": "ok",
+        "periodic": "refused (periodic = False)" if custom else "ok", "conditioning": "ok",
+        "masking": "skipped (supports_mask = False)" if custom else "ok",
+        "drop_path": "none (no DropPath: objectives refuse a drop_path rate > 0)" if custom else "ok",
+        "element_embedding": "ok", "weight_decay": "ok" if name == "mace" else "generic rule",
+        "renamed_arguments": "none" if custom else "ok",
+    }
+
+
+def test_contract_table_rows_are_the_checks():
+    """docs/backbones.md's capability table names every check of check_backbone, and nothing else."""
+    text = (REPO / "docs" / "backbones.md").read_text()
+    rows = text.split("<!-- capability-table -->")[1].strip().split("\n\n")[0].splitlines()
+    header = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert header == ["name", "type", "default", "what it promises", "used by", "check", "how it is checked"]
+    named = set()
+    for row in rows[2:]:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert len(cells) == len(header), row
+        named |= {name.strip().strip("`") for name in cells[5].split(",")}
+    report = contract.check_backbone(lambda: make_tiny())
+    assert named == set(report)
 
 
 class _NotInvariant(TinyNet):
@@ -556,11 +555,123 @@ class _LeaksMaskedElement(SchNet):
         return BackboneOutput(out.scalars + 1e-3 * data.z.unsqueeze(-1).to(out.scalars.dtype), None, out.graph)
 
 
-def test_contract_helper_catches_broken_backbones():
-    with pytest.raises(AssertionError, match="symmetries.*rotation"):
-        testing.check_backbone(lambda: _NotInvariant())
-    with pytest.raises(AssertionError, match="masking.*element"):
-        testing.check_backbone(lambda: _LeaksMaskedElement(width=8, num_filters=8, num_interactions=1, num_rbf=6, cutoff=CUTOFF))
+class _SeesOtherMolecules(TinyNet):
+    def forward(self, data, condition=None):
+        out = super().forward(data, condition)
+        return BackboneOutput(out.scalars + out.scalars.mean(0), out.vectors, out.graph)
+
+
+class _IgnoresTheCap(TinyNet):
+    def graph(self, data):
+        return build_graph(data.pos, data.batch, self.cutoff)
+
+
+class _DetachedGeometry(TinyNet):
+    def forward(self, data, condition=None):
+        out = super().forward(data, condition)
+        g = out.graph
+        extra = scatter(torch.cos(g.length.detach()) * cosine_cutoff(g.length, self.cutoff).detach(), g.dst, dim=0,
+                        dim_size=data.z.numel(), reduce="sum")
+        return BackboneOutput(out.scalars + extra.unsqueeze(-1), out.vectors, g)
+
+
+class _IgnoresImages(TinyNet):
+    periodic = True  # a false declaration: the extra term computes its distances without the cell
+
+    def forward(self, data, condition=None):
+        out = super().forward(data, condition)
+        own = build_graph(data.pos, data.batch, self.cutoff)
+        extra = scatter(torch.exp(-own.length), own.dst, dim=0, dim_size=data.z.numel(), reduce="sum")
+        return BackboneOutput(out.scalars + extra.unsqueeze(-1), out.vectors, out.graph)
+
+
+class _DeadDropPath(TinyNet):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        from atomzoo.nn.droppath import DropPath
+
+        self.drop_path = DropPath()  # held (so objectives accept a rate) but never applied
+
+
+class _NoneIsZeros(TinyNet):
+    def forward(self, data, condition=None):
+        if condition is None and self.conditioning is not None:  # not the mask token: breaks the contract
+            condition = torch.zeros(num_graphs(data), self.condition_dim, dtype=data.pos.dtype)
+        return super().forward(data, condition)
+
+
+class _UnusedEmbedding(TinyNet):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.spare = nn.Embedding(10, 4)
+
+    def element_embedding_parameters(self):
+        return list(self.spare.parameters())
+
+
+class _ForeignDecay(TinyNet):
+    def weight_decay_parameters(self):
+        return [nn.Parameter(torch.zeros(2, 2))]
+
+
+@pytest.mark.parametrize("broken, match", [
+    (lambda: _NotInvariant(), "symmetries.*rotation"),
+    (lambda: _LeaksMaskedElement(width=8, num_filters=8, num_interactions=1, num_rbf=6, cutoff=CUTOFF), "masking.*element"),
+    (lambda: _SeesOtherMolecules(), "locality.*molecule 0 alone"),
+    (lambda: _IgnoresTheCap(), "max_num_neighbors.*without an error"),
+    (lambda: _DetachedGeometry(), "forces.*finite differences"),
+    (lambda: _IgnoresImages(), "periodic.*lattice vector"),
+    (lambda: _DeadDropPath(), "drop_path.*changed no training output"),
+    (lambda: _NoneIsZeros(condition_dim=COND), "conditioning.*mask token"),
+    (lambda: _UnusedEmbedding(), "element_embedding.*influence"),
+    (lambda: _ForeignDecay(), "weight_decay.*parameters of the backbone"),
+], ids=["symmetry", "mask-leak", "locality", "cap", "forces", "periodic", "drop-path", "condition-none",
+        "element-embedding", "weight-decay"])
+def test_contract_helper_catches_broken_backbones(broken, match):
+    """Each row of the capability table: a backbone that breaks it fails check_backbone there."""
+    with pytest.raises(AssertionError, match=match):
+        contract.check_backbone(broken)
+
+
+def test_a_periodic_batch_is_refused_unless_declared():
+    """periodic = False (the default, TinyNet): the check confirms the refusal; the crystal check runs
+    when the class declares periodic = True."""
+    assert contract.check_periodic(build("custom")) == "refused (periodic = False)"
+
+    class PeriodicTiny(TinyNet):
+        periodic = True
+
+    torch.manual_seed(0)
+    assert contract.check_periodic(PeriodicTiny().double().eval()) == "ok"
+
+
+# ---------------------------------------------------------------------------------------- renamed arguments
+RENAMED = {SchNet: {"max_z": "max_atomic_number"}, PaiNN: {"max_z": "max_atomic_number"},
+           MACE: {"r_max": "cutoff"}}
+
+
+@pytest.mark.parametrize("cls", list(RENAMED), ids=lambda c: c.__name__)
+def test_old_argument_names_are_refused_naming_the_new_one(cls):
+    assert cls.renamed_arguments == RENAMED[cls]
+    for old, new in RENAMED[cls].items():
+        with pytest.raises(TypeError, match=f"'{old}' is now called '{new}'") as info:
+            cls(**{old: 5})
+        assert "\n" not in str(info.value)
+
+
+def test_old_init_args_translate_to_the_same_network():
+    """What the model-file reader does with a checkpoint written before the renames: same weights."""
+    from atomzoo.backbones.base import rename_init_args
+
+    old = {"width": 8, "num_filters": 8, "num_interactions": 1, "num_rbf": 6, "cutoff": CUTOFF, "max_z": 20}
+    new = rename_init_args(SchNet, old)
+    assert new == {**{k: v for k, v in old.items() if k != "max_z"}, "max_atomic_number": 20}
+    torch.manual_seed(0)
+    a = SchNet(**new)
+    assert a.embedding.num_embeddings == 21
+    assert rename_init_args(nn.Linear, {"in_features": 2}) == {"in_features": 2}  # any class: nothing to rename
+    with pytest.raises(TypeError, match="both"):
+        rename_init_args(SchNet, {"max_z": 20, "max_atomic_number": 20})
 
 
 # ---------------------------------------------------------------------------------------- masking

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="
 FACTORIES = {
     "schnet": lambda: SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=5.0),
     "painn": lambda: PaiNN(width=16, num_interactions=1, num_rbf=8, cutoff=5.0),
-    "et": lambda: ET(width=16, num_layers=1, num_rbf=8, num_heads=2, cutoff=5.0),
-    "mace": lambda: MACE(r_max=5.0, num_bessel=4, max_ell=1, correlation=2, num_interactions=2,
+    "et": lambda: ET(width=16, num_interactions=1, num_rbf=8, num_heads=2, cutoff=5.0),
+    "mace": lambda: MACE(cutoff=5.0, num_bessel=4, max_ell=1, correlation=2, num_interactions=2,
                          hidden_irreps="8x0e+8x1o", radial_MLP=[8], atomic_numbers=[1, 6, 7, 8, 9]),
 }
 #: compiling e3nn's tensor products takes about 2 minutes even for this tiny MACE

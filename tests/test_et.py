@@ -20,6 +20,7 @@ import yaml
 from torch_geometric.data import Batch, Data
 
 from atomzoo.backbones import ET
+from atomzoo.backbones.contract import check_backbone, check_forces
 from atomzoo.backbones.et_torchmd import (
     TorchMDWeightsMismatch,
     convert_state_dict,
@@ -34,7 +35,7 @@ SYMBOLS = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9}
 
 
 def tiny(**kw) -> ET:
-    args = dict(width=16, num_layers=2, num_rbf=8, num_heads=4, cutoff=CUTOFF, trainable_rbf=True)
+    args = dict(width=16, num_interactions=2, num_rbf=8, num_heads=4, cutoff=CUTOFF, trainable_rbf=True)
     args.update(kw)
     torch.manual_seed(0)
     model = ET(**args).double()
@@ -148,31 +149,34 @@ def test_molecules_do_not_interact_and_single_atom_is_finite():
 
 @pytest.mark.parametrize("variant", ["plain", "vector_cutoff", "no_neighbor_embedding"])
 def test_forces_match_finite_differences(variant):
-    """Autograd forces equal central differences (unconditioned: the adaLN MLP reads ``LN(x).detach()``
-    as in SCD's code, so a *conditioned* ET's autograd gradient deliberately omits that path)."""
+    """Autograd forces equal central differences (the contract's check, atomzoo.backbones.contract), with
+    scalars and vector norms both in the energy, ``|F - F_fd| <= 1e-6 + 1e-6 |F_fd|``; conditioned ET:
+    ``test_contract_checks_pass`` (the adaLN MLP reads ``LN(x)`` without a stop-gradient)."""
     model = tiny(**VARIANTS[variant]).eval()
     batch = random_batch(sizes=(6, 4))
     c = condition_for(model, batch)
-    readout = torch.randn(16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    forces = check_forces(model, batch, c, seed=7, vector_weight=0.1, atol=1e-6, rtol=1e-6)
+    assert forces.abs().max() > 1e-2
 
-    def energy(pos):
-        out = model(moved(batch, pos), condition=c)
-        # scalars and vector norms both enter the energy
-        return (out.scalars @ readout).sum() + (out.vectors**2).sum() * 0.1
 
-    pos = batch.pos.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(energy(pos), pos)
-    h = 1e-5
-    fd = torch.zeros_like(grad)
-    with torch.no_grad():
-        for i in range(pos.size(0)):
-            for k in range(3):
-                plus, minus = batch.pos.clone(), batch.pos.clone()
-                plus[i, k] += h
-                minus[i, k] -= h
-                fd[i, k] = (energy(plus) - energy(minus)) / (2 * h)
-    assert grad.abs().max() > 1e-2
-    torch.testing.assert_close(grad, fd, atol=1e-6, rtol=1e-6)
+@pytest.mark.parametrize("variant", ["plain", "adaln_tanh", "adaln_affine"])
+def test_contract_checks_pass(variant):
+    """Every row of the capability table (docs/backbones.md), ET with drop-path as SCD pretrains it."""
+    report = check_backbone(lambda: ET(**{**dict(width=16, num_interactions=2, num_rbf=8, num_heads=4, cutoff=CUTOFF,
+                                                 drop_path=0.1), **VARIANTS[variant]}))
+    assert report == {
+        "shapes": "ok", "symmetries": "ok", "locality": "ok", "max_num_neighbors": "ok", "forces": "ok", "periodic": "ok",
+        "conditioning": "no condition (condition_dim=0)" if variant == "plain" else "ok", "masking": "ok",
+        "drop_path": "ok", "element_embedding": "ok", "weight_decay": "generic rule", "renamed_arguments": "ok",
+    }
+
+
+def test_old_argument_names_are_refused_naming_the_new_one():
+    assert ET.renamed_arguments == {"num_layers": "num_interactions", "max_z": "num_embeddings"}
+    with pytest.raises(TypeError, match="'num_layers' is now called 'num_interactions'"):
+        ET(num_layers=2)
+    with pytest.raises(TypeError, match="'max_z' is now called 'num_embeddings'"):
+        ET(max_z=10)
 
 
 def test_energy_is_smooth_at_the_cutoff_with_vector_cutoff():
@@ -190,7 +194,7 @@ def test_energy_is_smooth_at_the_cutoff_with_vector_cutoff():
 
 def test_condition_reaches_the_output_and_none_is_the_mask_token():
     conditioned = tiny(condition_dim=COND).eval()
-    plain = ET(width=16, num_layers=2, num_rbf=8, num_heads=4, cutoff=CUTOFF).double().eval()
+    plain = ET(width=16, num_interactions=2, num_rbf=8, num_heads=4, cutoff=CUTOFF).double().eval()
     missing, unexpected = plain.load_state_dict(conditioned.state_dict(), strict=False)
     assert not missing and unexpected
     assert all(".adaln." in k or k.startswith("conditioning.input.") for k in unexpected)
@@ -221,7 +225,7 @@ def test_condition_reaches_the_output_and_none_is_the_mask_token():
 
 def test_adaln_init_and_gate():
     layer = tiny(condition_dim=COND).layers[0].adaln
-    fresh = ET(width=16, num_layers=1, num_heads=4, condition_dim=COND).layers[0].adaln
+    fresh = ET(width=16, num_interactions=1, num_heads=4, condition_dim=COND).layers[0].adaln
     assert fresh.alpha.item() == pytest.approx(0.2) and fresh.squash.item() == pytest.approx(0.2)
     assert torch.all(fresh.mlp[-1].bias == 0)
     x_n = torch.nn.functional.layer_norm(torch.randn(4, 16, dtype=torch.float64), (16,))
@@ -263,8 +267,8 @@ def test_bad_arguments_raise():
         ET(distance_influence="queries")
     with pytest.raises(ValueError, match="modulation"):
         ET(condition_dim=2, modulation="film")
-    model = ET(width=16, num_layers=1, num_heads=4, max_z=10)
-    with pytest.raises(ValueError, match="max_z"):
+    model = ET(width=16, num_interactions=1, num_heads=4, num_embeddings=10)
+    with pytest.raises(ValueError, match="num_embeddings"):
         model(Batch.from_data_list([Data(z=torch.tensor([6, 11]), pos=torch.randn(2, 3))]))
     with pytest.raises(ValueError, match="condition"):
         model(random_batch(), condition=torch.zeros(3, 2))
@@ -274,9 +278,9 @@ def test_shipped_config_builds_and_documents_paper_presets():
     config = yaml.safe_load((ROOT / "configs/backbones/et.yaml").read_text())
     assert config["class_path"] == "atomzoo.backbones.ET"
     model = ET(**config["init_args"])
-    assert model.width == 64 and model.num_layers == 3
+    assert model.width == 64 and model.num_interactions == 3
     text = (ROOT / "configs/backbones/et.yaml").read_text()
-    assert "width 256, num_layers 8, num_rbf 64" in text  # ET-QM9 preset documented
+    assert "width 256, num_interactions 8, num_rbf 64" in text  # ET-QM9 preset documented
 
 
 # ------------------------------------------------------------------- parity with torchmd-net 3.1
@@ -401,7 +405,7 @@ def test_unsupported_torchmd_models_raise():
 
 def test_loads_a_torchmd_net_checkpoint_file_without_torchmd_net():
     """A TorchMD-NET 3.1 checkpoint in its own layout (tests/data/torchmd_et, written with torchmd-net by
-    benchmarks/make_torchmd_fixture.py): the loaded ET reproduces torchmd-net's per-atom scalars and
+    tests/data/generators/make_torchmd_fixture.py): the loaded ET reproduces torchmd-net's per-atom scalars and
     vectors on real QM9 molecules, here where torchmd-net itself is not installed."""
     folder = ROOT / "tests" / "data" / "torchmd_et"
     ours = load_torchmd_et(folder / "et_32x2.ckpt").eval()

@@ -156,7 +156,7 @@ def backbones():
     try:
         from atomzoo.backbones import MACE
 
-        out.append(MACE(hidden_irreps="8x0e+8x1o", max_ell=1, correlation=2, radial_MLP=[8], r_max=CUTOFF,
+        out.append(MACE(hidden_irreps="8x0e+8x1o", max_ell=1, correlation=2, radial_MLP=[8], cutoff=CUTOFF,
                         atomic_numbers=[1, 6, 8], dtype="float64"))
     except ImportError:
         pass
