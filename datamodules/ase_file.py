@@ -6,11 +6,15 @@ and the attached calculator's results (``atoms.calc.results[key]``, e.g. extxyz 
 written by a SinglePointCalculator, or ASE db rows). The file is streamed (``ase.io.iread``) into the
 store in chunks, so RAM stays bounded.
 
-Units: the file's units are *declared* by name (``energy_unit``: eV, meV, Hartree, kcal/mol, kJ/mol,
-Rydberg; ``length_unit``: Angstrom, Bohr, nm) and converted with ASE's constants: energies to eV,
-positions to Angstrom, forces by energy/length to eV/A (a Hartree/Bohr force is multiplied by
-Hartree/Bohr = 51.42 eV/A, not by the energy factor alone). The store records the file's units and
-the factors used. Other properties keep their units (``property_units`` only labels them).
+Units: the file's units are *declared* by name (``energy_unit``: eV, meV, Hartree/Ha, Rydberg,
+kcal/mol, kJ/mol; ``length_unit``: Angstrom/A, Bohr, nm) and converted with the zoo's one unit table
+(:mod:`atomzoo.units`, ASE's constants): energies to eV, positions to Angstrom, forces by
+energy/length to eV/A (a Hartree/Bohr force is multiplied by Hartree/Bohr = 51.42 eV/A, not by the
+energy factor alone). The store records the file's units and the factors used. Other properties keep
+their units (``property_units`` only labels them).
+
+Structures are read from ASE by :func:`atomzoo.nn.batch.structure_arrays`, the same reader the
+prediction API and the ASE calculator batch structures with (:func:`atomzoo.nn.batch.atoms_to_batch`).
 
 Checks (every record, before anything is stored; errors name the file, the record and the key):
 the energy must be one value per structure (a per-atom column such as ``energies`` ``[n_atoms]`` is
@@ -37,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from atomzoo.nn.batch import structure_arrays
+from atomzoo.units import conversion_factor, unit_table
+
 from .base import AtomsDataModule, TargetInfo
 from .checks import DataFormatError, check_atomic_numbers, check_finite
 from .storage import StoreWriter
@@ -48,31 +55,16 @@ IGNORED_INFO = ("charge", "total_charge", "spin", "spin_multiplicity", "multipli
 IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
 
 
-def _energy_units() -> dict[str, float]:
-    from ase import units
-
-    return {"eV": 1.0, "meV": 1e-3, "Hartree": units.Hartree, "Rydberg": units.Rydberg,
-            "kcal/mol": units.kcal / units.mol, "kJ/mol": units.kJ / units.mol}  # fmt: skip
-
-
-def _length_units() -> dict[str, float]:
-    from ase import units
-
-    return {"Angstrom": 1.0, "Bohr": units.Bohr, "nm": 10.0}
-
-
 def unit_factor(name: str, kind: str) -> float:
-    """Factor converting a value in unit ``name`` to eV (``kind="energy"``) or Angstrom (``"length"``).
+    """Factor converting a value in unit ``name`` to eV (``kind="energy"``) or Angstrom (``"length"``),
+    from :func:`atomzoo.units.conversion_factor`.
 
-    Raises ``ValueError`` naming the option and the unit names ASE knows.
+    Raises ``ValueError`` naming the option and the unit names known.
     """
-    table = _energy_units() if kind == "energy" else _length_units()
-    if name not in table:
-        raise ValueError(
-            f"{kind}_unit={name!r} is not a known {kind} unit; choose one of {', '.join(table)} "
-            f"(--data.init_args.{kind}_unit)"
-        )
-    return float(table[name])
+    try:
+        return float(conversion_factor(name, kind))
+    except ValueError as err:
+        raise ValueError(f"{kind}_unit={err} (--data.init_args.{kind}_unit)") from None
 
 
 def _lookup(atoms, key: str, per_atom: bool):
@@ -102,9 +94,10 @@ class ASEFileDataModule(AtomsDataModule):
         property_keys: further per-structure scalar properties (labels named by their key).
         property_units: optional unit per property key (metadata only).
         property_pooling: ``"sum"`` or ``"mean"`` per property key (default ``"mean"``).
-        energy_unit: the file's energy unit (``eV``, ``meV``, ``Hartree``, ``Rydberg``, ``kcal/mol``,
-            ``kJ/mol``); energies are stored in eV, forces in eV/A (metrics show meV, meV/A).
-        length_unit: the file's length unit (``Angstrom``, ``Bohr``, ``nm``) of positions and of
+        energy_unit: the file's energy unit (``eV``, ``meV``, ``Hartree`` or ``Ha``, ``Rydberg``,
+            ``kcal/mol``, ``kJ/mol``: :mod:`atomzoo.units`); energies are stored in eV, forces in eV/A
+            (metrics show meV, meV/A).
+        length_unit: the file's length unit (``Angstrom`` or ``A``, ``Bohr``, ``nm``) of positions and of
             forces' denominator; positions are stored in Angstrom.
         energy_factor: removed (one factor for energies and forces was ambiguous: Hartree/Bohr
             forces came out 0.529x too small); giving it raises a ``ValueError`` pointing to
@@ -161,13 +154,13 @@ class ASEFileDataModule(AtomsDataModule):
                 f"energy_factor={energy_factor} is no longer accepted: it scaled energies and forces alike, which is "
                 "wrong for forces in e.g. Hartree/Bohr. Declare the file's units instead: "
                 "--data.init_args.energy_unit Hartree --data.init_args.length_unit Bohr "
-                f"(energy units: {', '.join(_energy_units())}; length units: {', '.join(_length_units())})"
+                f"(energy units: {', '.join(unit_table('energy'))}; length units: {', '.join(unit_table('length'))})"
             )
         #: the file's units and the factors to the stored eV / Angstrom / eV/A
         self.file_energy_unit, self.file_length_unit = energy_unit, length_unit
         self.energy_factor = unit_factor(energy_unit, "energy")
         self.length_factor = unit_factor(length_unit, "length")
-        self.force_factor = self.energy_factor / self.length_factor
+        self.force_factor = conversion_factor(f"{energy_unit}/{length_unit}", "force")
         self.energy_unit = "eV"
         self.force_unit = "eV/A"
         #: read by the CLI: the regression objective trains on forces when this is True
@@ -249,22 +242,22 @@ class ASEFileDataModule(AtomsDataModule):
             atoms.info.update({k: v for k, v in (row.get("data") or {}).items() if k not in atoms.info})
             yield atoms
 
-    def _convert(self, record: int, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[float]]:
+    def _convert(self, record: int, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
+                                                    list[float]]:
+        """``(z, pos, cell, pbc, forces, labels)`` of one structure in eV / Angstrom / eV/A, checked."""
         where = f"{self.path}, record {record}"
-        z = atoms.numbers.astype(np.int64)
+        z, pos, cell, periodic = structure_arrays(atoms, self.length_factor)
         if z.size == 0:
             raise DataFormatError(f"{where}: the structure has no atoms")
         check_atomic_numbers(z, where)
-        if np.any(atoms.pbc):
-            cell = np.asarray(atoms.cell, dtype=np.float64)
-            periodic = np.asarray(atoms.pbc, dtype=bool)
-            if abs(np.linalg.det(cell)) < 1e-6:
+        if periodic.any():
+            box = np.asarray(atoms.cell, dtype=np.float64)  # as written in the file
+            if abs(np.linalg.det(box)) < 1e-6:
                 raise DataFormatError(
                     f"{where}: the structure is periodic (pbc={periodic.tolist()}) but its cell "
-                    f"{np.round(cell, 4).tolist()} has zero volume; give three lattice vectors (extxyz: Lattice=\"...\"), "
+                    f"{np.round(box, 4).tolist()} has zero volume; give three lattice vectors (extxyz: Lattice=\"...\"), "
                     "or set pbc=False for a free molecule (extxyz: pbc=\"F F F\")"
                 )
-        pos = np.asarray(atoms.positions, dtype=np.float64) * self.length_factor
         check_finite(pos[None], "positions", str(self.path), record)
         labels = []
         if self.energy_key:
@@ -293,7 +286,7 @@ class ASEFileDataModule(AtomsDataModule):
             if not (self.allow_missing_labels and np.isnan(forces).all()):
                 check_finite(forces[None], "forces", str(self.path), record)
             forces = forces * self.force_factor
-        return z, pos, forces, labels
+        return z, pos, cell, periodic, forces, labels
 
     def _note_ignored(self, atoms) -> None:
         """Count structures carrying physics the models do not use (net charge, spin, initial charges/moments)."""
@@ -352,17 +345,15 @@ class ASEFileDataModule(AtomsDataModule):
             n = 0
             self._ignored: dict[str, int] = {}
             for record, atoms in self._iter_structures():
-                z, pos, forces, labels = self._convert(record, atoms)
+                z, pos, cell, periodic, forces, labels = self._convert(record, atoms)
                 elements.update(int(v) for v in np.unique(z))
                 buf["z"].append(z)
                 buf["pos"].append(pos)
                 buf["forces"].append(forces)
                 buf["labels"].append(labels)
                 buf["counts"].append(z.size)
-                periodic = np.asarray(atoms.pbc, dtype=bool)
                 buf["pbc"].append(periodic)
-                buf["cell"].append(np.asarray(atoms.cell, dtype=np.float64) * self.length_factor if periodic.any()
-                                   else np.zeros((3, 3)))
+                buf["cell"].append(cell)
                 n += 1
                 if len(buf["counts"]) >= CHUNK:
                     flush()

@@ -1,8 +1,10 @@
 """Shared machinery of every molecular DataModule: store, splits, datasets, loaders, target metadata.
 
 A concrete DataModule (QM9, MD17, ...) says where its store lives, how to build it from the raw
-files, and what its labels mean (:class:`TargetInfo`). Everything else -- splits, low-data subsets,
-saving the split next to the run, DataLoaders -- is here.
+files, and what its labels mean (:class:`~atomzoo.nn.statistics.TargetInfo`). Everything else --
+splits, low-data subsets, saving the split next to the run, DataLoaders, and the one summary a model
+is handed at ``setup`` (:meth:`AtomsDataModule.data_summary`: label metadata, units, elements and
+training statistics, as :class:`~atomzoo.nn.statistics.DataSummary`) -- is here.
 
 A batch is a PyG ``Batch`` with
     ``z`` ``[N]`` long, ``pos`` ``[N, 3]`` float32 (Angstrom), ``batch`` ``[N]`` long, ``ptr``
@@ -20,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -29,111 +30,13 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
-from .checks import MAX_Z
-from .corruption import Corruption
+from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, TargetInfo, TargetStatistics,
+                                   compute_target_statistics)  # fmt: skip
+
+from .artifacts import Corruption
 from .loaders import BatchItems, ExactDistributedSampler, ResumableDataLoader, StoreDataLoader
 from .splits import load_splits, random_split, save_splits
 from .storage import Store, open_or_build
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    """What a label means.
-
-    Attributes:
-        name: the label's name (e.g. ``"homo"``).
-        unit: its physical unit (e.g. ``"eV"``); metrics are reported in it (meV for eV).
-        pooling: ``"sum"`` for extensive quantities, ``"mean"`` for intensive ones (the default the
-            regression objective uses).
-        atomref: per-element reference values indexed by atomic number (in ``unit``), or ``None``.
-    """
-
-    name: str
-    unit: str
-    pooling: str = "sum"
-    atomref: tuple[float, ...] | None = None
-
-
-@dataclass(frozen=True)
-class TargetStatistics:
-    """Training-split statistics a regression model needs (from :meth:`AtomsDataModule.target_statistics`).
-
-    ``T`` targets, in ``batch.y`` column order; all tensors float64 on the CPU.
-
-    Attributes:
-        names: the target names.
-        units: each target's physical unit (``TargetInfo.unit``).
-        pooling: ``"sum"`` or ``"mean"`` per target (the option given, else the dataset's default).
-        atomref: ``[T, max_z + 1]`` per-element reference values in the target's unit (zero rows
-            where the target has none or ``atomref=False``).
-        mean: ``[T]`` mean of the residual ``y - sum_i atomref(z_i)``; per atom (residual / number of
-            atoms) for sum pooling, per molecule for mean pooling.
-        std: ``[T]`` standard deviation (``ddof=1``) of the residual after removing the mean
-            (``residual - n * mean`` for sum pooling); 1 when it is 0 or undefined (one molecule).
-        num_train: molecules in the training split.
-        force_rms: root mean square of the training force components (in ``force_unit``), ``None``
-            unless asked for with ``forces=True``; 1 for an all-zero force array.
-        force_unit: unit of the per-atom forces (e.g. ``"eV/A"``), ``None`` unless ``forces=True``.
-    """
-
-    names: tuple[str, ...]
-    units: tuple[str, ...]
-    pooling: tuple[str, ...]
-    atomref: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    num_train: int
-    force_rms: float | None = None
-    force_unit: str | None = None
-
-
-def compute_target_statistics(
-    infos: list[TargetInfo],
-    labels,
-    element_counts,
-    pooling: dict[str, str] | None = None,
-    atomref: bool = True,
-) -> TargetStatistics:
-    """:class:`TargetStatistics` from training labels ``[n, T]`` and element counts ``[n, max_z + 1]``.
-
-    The sums are done in float64 (QM9's U0 is ~1e4 eV, where float32 resolves only ~1 meV).
-    ``pooling`` maps target name -> ``"sum"``/``"mean"`` (missing names: ``TargetInfo.pooling``);
-    ``atomref=False`` ignores the datasets' atom references. Raises ``ValueError`` for another
-    pooling name or when the shapes disagree with ``infos``.
-    """
-    labels = torch.as_tensor(labels, dtype=torch.float64)
-    counts = torch.as_tensor(element_counts, dtype=torch.float64)
-    if labels.dim() != 2 or labels.size(1) != len(infos) or counts.dim() != 2 or counts.size(0) != labels.size(0):
-        raise ValueError(
-            f"labels {tuple(labels.shape)} and element counts {tuple(counts.shape)} do not fit {len(infos)} targets"
-        )
-    n_atoms = counts.sum(1)
-    num = len(infos)
-    table = torch.zeros(num, counts.size(1), dtype=torch.float64)
-    mean = torch.zeros(num, dtype=torch.float64)
-    std = torch.ones(num, dtype=torch.float64)
-    poolings = []
-    for k, info in enumerate(infos):
-        choice = (pooling or {}).get(info.name, info.pooling)
-        if choice not in ("sum", "mean"):
-            raise ValueError(f"pooling for {info.name!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
-        poolings.append(choice)
-        if atomref and info.atomref is not None:
-            ref = torch.as_tensor(info.atomref, dtype=torch.float64)
-            table[k, : ref.numel()] = ref
-        residual = labels[:, k] - counts @ table[k]
-        if choice == "sum":
-            mean[k] = (residual / n_atoms).mean()
-            spread = residual - n_atoms * mean[k]
-        else:
-            mean[k] = residual.mean()
-            spread = residual - mean[k]
-        spread_std = spread.std() if spread.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
-        std[k] = spread_std if spread_std > 0 else 1.0
-    return TargetStatistics(
-        names=tuple(i.name for i in infos), units=tuple(i.unit for i in infos), pooling=tuple(poolings),
-        atomref=table, mean=mean, std=std, num_train=int(labels.size(0)),
-    )
 
 
 def default_cache_root() -> Path:
@@ -323,7 +226,7 @@ class AtomsDataModule(L.LightningDataModule):
         pin_memory: pin host memory in the loaders (GPU training).
         corruption: corrupt part of the training split on purpose (noise-robustness studies):
             ``displacement``, ``duplicate_atoms`` or ``label_noise`` (see
-            :mod:`atomzoo.datamodules.corruption`); ``None`` for clean data.
+            :mod:`atomzoo.datamodules.artifacts`); ``None`` for clean data.
         corruption_rate: fraction of training molecules corrupted.
         corruption_scale: size of the corruption (Angstrom, or label standard deviations).
         corruption_seed: which molecules are corrupted and how.
@@ -335,7 +238,8 @@ class AtomsDataModule(L.LightningDataModule):
     :meth:`store_path`, :meth:`fingerprint`, :meth:`label_names`, :meth:`build_store` (which must call
     :meth:`~atomzoo.datamodules.storage.StoreWriter.describe` with label names, units, atomic
     numbers and the force unit), :meth:`target_info`, and the attributes :attr:`forces` /
-    :attr:`force_unit` when the store has per-atom forces.
+    :attr:`force_unit` when the store has per-atom forces. From these the base class hands a model
+    everything it takes from the data in one call, :meth:`data_summary`.
     """
 
     name = "atoms"
@@ -472,9 +376,13 @@ class AtomsDataModule(L.LightningDataModule):
 
     def element_presence(self, split: str) -> np.ndarray:
         """``[MAX_Z + 1]`` int64: number of structures of ``split`` that contain each element
-        (``"train_pool"``: the training split before the ``train_size`` cut)."""
+        (``"train_pool"``: the training split before the ``train_size`` cut). Computed once per split."""
         self.setup() if self.splits is None else None
-        idx = np.sort(self._train_pool if split == "train_pool" else self.splits[split])
+        indices = self._train_pool if split == "train_pool" else self.splits[split]
+        cache = self.__dict__.setdefault("_element_presence", {})
+        if split in cache and cache[split][0] is indices:  # the same split array: the same answer
+            return cache[split][1].copy()
+        idx = np.sort(indices)
         out = np.zeros(MAX_Z + 1, dtype=np.int64)
         for chunk in np.array_split(idx, max(1, idx.size // 50_000)):
             counts = self.store.counts[chunk]
@@ -485,7 +393,8 @@ class AtomsDataModule(L.LightningDataModule):
             z = np.asarray(self.store.arrays["z"][rows], dtype=np.int64)
             pairs = np.unique(np.repeat(np.arange(chunk.size), counts) * (MAX_Z + 1) + z)
             out += np.bincount(pairs % (MAX_Z + 1), minlength=MAX_Z + 1)
-        return out
+        cache[split] = (indices, out)
+        return out.copy()
 
     def _resolve_targets(self) -> list[int] | None:
         if self.targets is None:
@@ -584,7 +493,7 @@ class AtomsDataModule(L.LightningDataModule):
                     batch[key] = value.to(dtype)
         return batch
 
-    # ----- information objectives use ---------------------------------------------------------
+    # ----- what the model is handed (data_summary) and the pieces it is computed from ----------
     def targets_info(self) -> list[TargetInfo]:
         """:class:`TargetInfo` of each selected target, in ``batch.y`` column order."""
         return [self.target_info(t) for t in (self.targets or [])]
@@ -611,45 +520,63 @@ class AtomsDataModule(L.LightningDataModule):
         mol = np.repeat(np.arange(idx.size), counts)
         return np.bincount(mol * (max_z + 1) + z, minlength=idx.size * (max_z + 1)).reshape(idx.size, max_z + 1)
 
-    def target_statistics(
-        self,
-        targets: list[str] | None = None,
-        pooling: dict[str, str] | None = None,
-        atomref: bool = True,
-        forces: bool = False,
-        max_z: int = 100,
-    ) -> TargetStatistics:
-        """Statistics of the training split that a regression model standardises with.
+    def data_summary(self, request: StatisticsRequest | None = None) -> DataSummary:
+        """What a model takes from this data, in one :class:`~atomzoo.nn.statistics.DataSummary`.
+
+        The one hand-off between data and model: every objective calls it once at ``setup`` (after
+        Lightning has set this DataModule up for the stage) with its
+        :class:`~atomzoo.nn.statistics.StatisticsRequest`, and records / standardises with the answer
+        (``docs/datasets.md``, "What a DataModule hands the model").
 
         Args:
-            targets: the model's target names; must equal this DataModule's ``targets`` (same order),
-                ``None`` to skip the check.
-            pooling: target name -> ``"sum"`` | ``"mean"``; targets not named use their
-                :class:`TargetInfo` default.
-            atomref: subtract the per-element references where the dataset has them.
-            forces: also return the training forces' RMS and unit (needs a per-atom ``forces`` array).
-            max_z: largest atomic number of the atom-reference table.
+            request: the training statistics to compute (a regression model's targets, pooling, atom
+                references, forces); ``None``: metadata only (``statistics`` is then ``None``).
 
         Returns:
-            :class:`TargetStatistics` (see there for the formulas; computed by
-            :func:`compute_target_statistics`).
+            the dataset's name, the selected targets' :class:`~atomzoo.nn.statistics.TargetInfo`,
+            the force unit it trains with, the store's unit record, the raw training labels' mean and
+            std, the elements of the training split and of all splits, and the statistics asked for
+            (:func:`~atomzoo.nn.statistics.compute_target_statistics`; with ``forces``, the training
+            forces' RMS and unit).
 
         Raises:
-            ValueError: no targets selected, ``targets`` differ from the data's, a bad pooling name,
-                or ``forces=True`` on a dataset without per-atom forces.
+            ValueError: statistics asked of data that selects no targets, or for targets that
+                differ from the data's; a bad pooling name; ``forces=True`` on a dataset without
+                per-atom forces.
         """
         self.setup() if self.splits is None else None
+        infos = self.targets_info()
+        labels = np.asarray(self.training_labels(), dtype=np.float64) if infos else np.zeros((0, 0))
+        label_stats = {}
+        for k, info in enumerate(infos):
+            column = labels[:, k] if labels.size else np.zeros(0)
+            label_stats[info.name] = (float(column.mean()), float(column.std())) if column.size else (np.nan, np.nan)
+        train = self.element_presence("train")
+        present = train + self.element_presence("val") + self.element_presence("test")
+        return DataSummary(
+            dataset=type(self).__name__,
+            targets=tuple(infos),
+            force_unit=self.force_unit if self.forces else None,
+            data_units=dict(self.store.meta.get("units") or {"positions": "A"}),
+            label_stats=label_stats,
+            elements=tuple(int(z) for z in np.flatnonzero(train)),
+            data_elements=tuple(int(z) for z in np.flatnonzero(present)),
+            statistics=None if request is None else self._target_statistics(request, labels),
+        )
+
+    def _target_statistics(self, request: StatisticsRequest, labels: np.ndarray) -> TargetStatistics:
+        """The :class:`~atomzoo.nn.statistics.TargetStatistics` of ``request`` (``labels``: the training labels)."""
         if not self.targets:
             raise ValueError(f"{type(self).__name__} selects no targets: set --data.targets for a regression model")
-        if targets is not None and list(targets) != list(self.targets):
+        if request.targets is not None and list(request.targets) != list(self.targets):
             raise ValueError(
-                f"model targets {list(targets)} differ from the data's targets {self.targets}; "
+                f"model targets {list(request.targets)} differ from the data's targets {self.targets}; "
                 "set them with --data.targets"
             )
         stats = compute_target_statistics(
-            self.targets_info(), self.training_labels(), self.training_element_counts(max_z), pooling, atomref
+            self.targets_info(), labels, self.training_element_counts(MAX_Z), request.pooling, request.atomref
         )
-        if not forces:
+        if not request.forces:
             return stats
         if "forces" not in self.store.atom_arrays():
             raise ValueError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MAX_Z = 100  #: largest atomic number any reader accepts (and the size of per-element tables, e.g. atom references)
+from atomzoo.nn.statistics import MAX_Z  # largest atomic number any reader accepts (shared with the models' tables)
 
 
 class DataFormatError(ValueError):

@@ -12,8 +12,9 @@ is downloaded: place the files and point ``root`` at the folder.
   each). ``root`` may also be the ``rmd17`` folder itself.
 
 Units: energies and forces are converted to eV and eV/A by default (``units="eV"``; 1 kcal/mol =
-ase.units.kcal / ase.units.mol = 0.0433641 eV), or kept in kcal/mol (``units="kcal/mol"``). The units
-and the factor used are recorded in the store's ``meta.json`` (``"units"``).
+0.0433641 eV from the zoo's unit table, :mod:`atomzoo.units`, with ASE's CODATA 2018 constants), or
+kept in kcal/mol (``units="kcal/mol"``). The units and the factor used are recorded in the store's
+``meta.json`` (``"units"``).
 
 Labels: ``"energy"`` (per-molecule, pooling sum) and the per-atom ``forces`` array, which every
 batch carries as ``batch.forces`` [N, 3]; ``forces=True`` (the default) asks the linked regression
@@ -33,7 +34,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from ase.units import create_units
+from atomzoo.units import conversion_factor
 
 from .base import AtomsDataModule, TargetInfo
 from .checks import DataFormatError, check_atomic_numbers, check_finite
@@ -41,8 +42,8 @@ from .storage import StoreWriter
 
 log = logging.getLogger(__name__)
 
-_U = create_units("2018")
-KCALMOL_EV = _U["kcal"] / _U["mol"]
+#: kcal/mol -> eV with CODATA 2018 (what the MD17 stores have always used; ASE's default set differs by 1e-8)
+KCALMOL_EV = conversion_factor("kcal/mol", "energy", codata="2018")
 
 #: MD17 molecule name -> file name in the quantum-machine.org release.
 MD17_FILES = {

@@ -5,8 +5,8 @@
 
 ``L`` is the mean absolute error (``"l1"``) or the mean squared error (``"mse"``) over every
 element. The statistics (``sigma_y``, ``f_rms``) come from the training split
-(:meth:`atomzoo.datamodules.base.AtomsDataModule.target_statistics`) and are passed in, so the
-modules hold no state.
+(:class:`atomzoo.nn.statistics.TargetStatistics`, handed over by the DataModule's ``data_summary``)
+and are passed in, so the modules hold no state.
 """
 
 from __future__ import annotations

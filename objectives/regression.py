@@ -28,12 +28,21 @@ with ``L`` the chosen L1/MSE mean, ``sigma_E`` the energy std above and ``f_rms`
 of the training force components (so both terms are dimensionless and O(1)). Metrics add the force MAE
 over all components, ``val/forces_mae_meV_per_A`` (meV/A for eV/A forces).
 
-The pieces, each with one job: statistics are asked from the DataModule
-(:meth:`~atomzoo.datamodules.base.AtomsDataModule.target_statistics`), forces come from
-:func:`~atomzoo.objectives.forces.energy_and_forces`, the loss terms are
-:class:`~atomzoo.objectives.losses.StandardizedLoss` / :class:`~atomzoo.objectives.losses.ForceLoss`,
-the auxiliary denoising is :class:`~atomzoo.objectives.denoising.AuxDenoising` and drop-path is
-:mod:`atomzoo.nn.droppath`.
+The pieces, each with one job: statistics come from the DataModule's one hand-off at ``setup``
+(:meth:`statistics_request` -> ``datamodule.data_summary`` -> :meth:`on_data_summary`, values of
+:mod:`atomzoo.nn.statistics`), forces come from :func:`~atomzoo.objectives.forces.energy_and_forces`,
+the loss terms are :class:`~atomzoo.objectives.losses.StandardizedLoss` /
+:class:`~atomzoo.objectives.losses.ForceLoss`, the auxiliary denoising is
+:class:`~atomzoo.objectives.denoising.AuxDenoising` and drop-path is :mod:`atomzoo.nn.droppath`.
+
+Steps: the objective contract of :class:`~atomzoo.objectives.base.Objective` --
+:meth:`Regression.compute_loss` returns ``{"loss"}`` (plus ``"aux_denoising"`` in training), the base
+class's training / validation / test steps log it, and :meth:`Regression.log_terms` adds the MAE
+metrics in validation and test.
+
+Prediction: :meth:`Regression.predict_properties` is the one prediction path -- targets, forces
+``-dE/dpos`` and per-atom energies of one pass. ``zoo predict`` (:meth:`predict_step`),
+``atomzoo.load(...).predict`` and the ASE calculator (:mod:`atomzoo.calculator`) only read its output.
 
 Fine-tuning as the references do it (``docs/objectives.md``, "Fine-tuning"): with
 ``aux_denoising_weight > 0`` every training step runs ONE backbone pass on positions plus Gaussian
@@ -52,15 +61,14 @@ from torch_geometric.utils import scatter
 from torchmetrics import MeanAbsoluteError
 
 from atomzoo.backbones.base import Backbone
-from atomzoo.datamodules.base import TargetStatistics, compute_target_statistics
-from atomzoo.datamodules.checks import MAX_Z
+from atomzoo.nn.statistics import MAX_Z, DataSummary, StatisticsRequest, TargetStatistics, compute_target_statistics
+from atomzoo.units import display_unit, metric_suffix
 
 from .base import Objective
 from .denoising import AuxDenoising
 from .forces import energy_and_forces
 from .heads import AtomwiseMLP
 from .losses import ForceLoss, StandardizedLoss
-from .units import display_unit, metric_suffix
 
 
 #: SCD's fine-tuning auxiliary-denoising weights (Perez & Gomez-Bombarelli, arXiv 2603.17196):
@@ -161,9 +169,7 @@ class Regression(Objective):
         self.force_weight = float(force_weight)
         self.force_unit = "eV/A"
         if self.forces:
-            if "energy" not in self.targets:
-                raise ValueError(f"forces=True needs the target 'energy' (forces are -dE/dpos); targets are {self.targets}")
-            self.energy_index = self.targets.index("energy")
+            self.energy_column()  # forces=True needs the target 'energy'
             self.register_buffer("force_rms", torch.ones((), dtype=torch.float64))
             self.force_metrics = nn.ModuleDict({stage: MeanAbsoluteError() for stage in ("val", "test")})
         # auxiliary denoising: one noisy pass predicts targets and noise (module docstring)
@@ -193,17 +199,22 @@ class Regression(Objective):
             return {t: option[t] for t in self.targets if t in option}
         return {t: option for t in self.targets}
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)  # records what the numbers depend on (objectives/provenance.py)
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "target_statistics"):
+    def statistics_request(self) -> StatisticsRequest:
+        """The training statistics this model standardises with: its targets, pooling, atom references, forces."""
+        return StatisticsRequest(
+            targets=tuple(self.targets), pooling=self._pooling_map(), atomref=self.use_atomref, forces=self.forces
+        )
+
+    def on_data_summary(self, summary: DataSummary | None) -> None:
+        """Take units and (unless restored from a checkpoint) the training statistics from ``summary``.
+
+        Raises ``RuntimeError`` when there is no summary (the data is not an AtomsDataModule) and the
+        statistics were never set."""
+        if summary is None:
             if not bool(self.stats_ready):
                 raise RuntimeError("Regression needs an AtomsDataModule to compute target statistics")
             return
-        datamodule.setup(stage)
-        stats = datamodule.target_statistics(
-            self.targets, self._pooling_map(), atomref=self.use_atomref, forces=self.forces, max_z=MAX_Z
-        )
+        stats = summary.statistics
         self.units = list(stats.units)
         if self.forces:
             self.force_unit = stats.force_unit
@@ -229,7 +240,7 @@ class Regression(Objective):
 
     def fit_statistics(self, infos, labels, element_counts) -> None:
         """Set atom references, pooling and mean/std from training labels ``[n, T]`` and element counts ``[n, 101]``
-        (what :meth:`setup` does with the DataModule's :meth:`target_statistics`; forces' RMS not included)."""
+        (what :meth:`setup` does with the DataModule's summary; forces' RMS not included)."""
         stats = compute_target_statistics(infos, labels, element_counts, self._pooling_map(), self.use_atomref)
         self.apply_statistics(stats)
 
@@ -254,10 +265,13 @@ class Regression(Objective):
         out = self.backbone(data)
         return self.predict_from_features(out.scalars, data)
 
-    def predict_from_features(self, scalars: Tensor, data) -> Tensor:
-        """Heads, pooling and de-standardisation: per-atom ``scalars`` ``[N, F]`` -> ``[num_graphs, T]`` float64."""
+    def atomwise_outputs(self, scalars: Tensor) -> Tensor:
+        """The heads' standardised per-atom outputs ``o_i``: ``[N, F]`` scalars -> ``[N, T]``."""
+        return torch.cat([head(scalars) for head in self.heads], dim=-1)
+
+    def pool(self, per_atom: Tensor, data) -> Tensor:
+        """Pooling and de-standardisation (module docstring): ``[N, T]`` outputs -> ``[num_graphs, T]`` float64."""
         num_graphs = int(data.num_graphs)
-        per_atom = torch.cat([head(scalars) for head in self.heads], dim=-1)  # [N, T]
         pooled_sum = scatter(per_atom, data.batch, dim=0, dim_size=num_graphs, reduce="sum").double()
         n_atoms = scatter(torch.ones_like(data.batch, dtype=torch.float64), data.batch, dim=0, dim_size=num_graphs)
         n = n_atoms.unsqueeze(-1)
@@ -266,77 +280,153 @@ class Regression(Objective):
         ref = scatter(self.atomref_table.T[data.z], data.batch, dim=0, dim_size=num_graphs, reduce="sum")
         return ref + offset + self.std * pooled
 
-    def predict_with_forces(self, data, training: bool) -> tuple[Tensor, Tensor]:
-        """``(targets [num_graphs, T] float64, forces [N, 3])`` with ``forces = -dE/dpos``
-        (:func:`~atomzoo.objectives.forces.energy_and_forces`; works under no_grad / inference mode)."""
-        return energy_and_forces(self, data, training, self.energy_index)
+    def predict_from_features(self, scalars: Tensor, data) -> Tensor:
+        """Heads, pooling and de-standardisation: per-atom ``scalars`` ``[N, F]`` -> ``[num_graphs, T]`` float64."""
+        return self.pool(self.atomwise_outputs(scalars), data)
 
-    def _predict(self, data, training: bool, keep_output: bool = False):
-        """``(pred, forces or None, backbone output or None)`` of one pass on ``data``."""
+    def energy_column(self) -> int:
+        """Column of the target ``energy`` (what forces and per-atom energies are of).
+
+        Raises ``ValueError`` when the model does not predict ``energy``."""
+        if "energy" not in self.targets:
+            raise ValueError(
+                f"forces and per-atom energies need the target 'energy' (forces are -dE/dpos); targets are {self.targets}"
+            )
+        return self.targets.index("energy")
+
+    @property
+    def has_atomic_energies(self) -> bool:
+        """The model predicts ``energy`` with sum pooling, so the energy splits into per-atom energies."""
+        return "energy" in self.targets and bool(self.sum_pooled[self.targets.index("energy")])
+
+    def _forward(self, data, training: bool, forces: bool) -> tuple[Tensor, Tensor | None, dict]:
+        """One pass: ``(targets [G, T] float64, forces [N, 3] or None, {"output", "atomwise"})`` -- the
+        last holds that pass's backbone output and the heads' per-atom outputs ``[N, T]``.
+        ``training``: keep the autograd graph of the forces (:func:`energy_and_forces`)."""
         kept = {}
 
         def predict(batch) -> Tensor:
             out = self.backbone(batch)
-            if keep_output:
-                kept["out"] = out
-            return self.predict_from_features(out.scalars, batch)
+            kept["output"] = out
+            kept["atomwise"] = self.atomwise_outputs(out.scalars)
+            return self.pool(kept["atomwise"], batch)
 
-        if self.forces:
-            pred, forces = energy_and_forces(predict, data, training, self.energy_index)
+        if forces:
+            pred, force = energy_and_forces(predict, data, training, self.energy_column())
         else:
-            pred, forces = predict(data), None
-        return pred, forces, kept.get("out")
+            pred, force = predict(data), None
+        return pred, force, kept
 
-    def compute_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
-        """Standardised target loss, plus the weighted force loss when ``forces`` is given."""
+    def predict_properties(self, batch, forces: bool | None = None, atomic_energies: bool = False) -> dict[str, Tensor]:
+        """The model's predictions for a batch, from one backbone pass: what every prediction path reads.
+
+        Args:
+            batch: a PyG batch: ``z`` ``[N]``, ``pos`` ``[N, 3]`` Angstrom, ``batch`` ``[N]``; ``cell`` /
+                ``pbc`` for periodic structures; optionally ``candidate_edge_index`` (a reused
+                neighbour list, :mod:`atomzoo.nn.graph`).
+            forces: also the forces ``-dE/dpos`` of the target ``energy`` (autograd); ``None``: when
+                the model was trained on forces (``self.forces``).
+            atomic_energies: also the per-atom energies of the sum-pooled energy head.
+
+        Returns:
+            ``{"targets": [G, T] float64}`` in :attr:`units` (column order :attr:`targets`), plus
+            ``"forces"`` ``[N, 3]`` (energy unit per Angstrom, e.g. eV/A; dtype of ``pos``) and
+            ``"atomic_energies"`` ``[N]`` float64 (energy unit) when asked:
+            ``e_i = ref(z_i) + mu + sigma * o_i``, which add up to each structure's energy. Every
+            tensor is detached; works under ``no_grad`` and ``inference_mode``.
+
+        Raises:
+            ValueError: forces or per-atom energies of a model without the target ``energy``, or
+                per-atom energies of a mean-pooled energy.
+        """
+        forces = self.forces if forces is None else bool(forces)
+        if atomic_energies and not self.has_atomic_energies:
+            self.energy_column()  # names the missing target
+            raise ValueError("per-atom energies need a sum-pooled energy head; this model averages its energy")
+        if forces:
+            pred, force, kept = self._forward(batch, training=False, forces=True)
+        else:
+            with torch.no_grad():
+                pred, force, kept = self._forward(batch, training=False, forces=False)
+        out = {"targets": pred.detach()}
+        if force is not None:
+            out["forces"] = force
+        if atomic_energies:
+            k = self.energy_column()
+            with torch.no_grad():
+                o = kept["atomwise"].detach()[:, k].double()
+                out["atomic_energies"] = self.atomref_table[k][batch.z] + self.mean[k] + self.std[k] * o
+        return out
+
+    # ----- the loss (the objective contract) and the steps ------------------------------------------
+    def supervised_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
+        """Standardised target loss, plus the weighted force loss when ``forces`` is given (module docstring)."""
         loss = self.target_loss(pred, batch.y, self.std)
         if forces is None:
             return loss
         return self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)
 
-    # ----- steps --------------------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        if self.aux_denoising is None:
-            pred, forces, _ = self._predict(batch, training=True)
-            loss = self.compute_loss(pred, forces, batch)
-        else:  # one noisy pass predicts the targets and the noise
-            noisy, noise = self.aux_denoising.corrupt(batch)
-            pred, forces, out = self._predict(noisy, training=True, keep_output=True)
-            aux = self.aux_denoising.loss_from_output(out, noise, update=True)
-            self.log("train/aux_denoising", aux, batch_size=batch.num_graphs)
-            loss = self.compute_loss(pred, forces, batch) + self.aux_denoising_weight * aux
-        self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True)
-        return loss
+    def _loss_terms(self, batch, generator: torch.Generator | None) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+        """``(terms, pred, forces)``: in training with auxiliary denoising one noisy pass predicts the
+        targets and the noise; otherwise one pass on clean positions."""
+        if self.training and self.aux_denoising is not None:
+            noisy, noise = self.aux_denoising.corrupt(batch, generator)
+            pred, forces, kept = self._forward(noisy, training=True, forces=self.forces)
+            aux = self.aux_denoising.loss_from_output(kept["output"], noise, update=True)
+            loss = self.supervised_loss(pred, forces, batch) + self.aux_denoising_weight * aux
+            return {"loss": loss, "aux_denoising": aux}, pred, forces
+        pred, forces, _ = self._forward(batch, training=self.training, forces=self.forces)
+        return {"loss": self.supervised_loss(pred, forces, batch)}, pred, forces
 
-    def _eval_step(self, batch, stage: str) -> None:
-        pred, forces, _ = self._predict(batch, training=False)
-        loss = self.compute_loss(pred, forces, batch)
+    def compute_loss(self, batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """The objective contract: ``{"loss": total}`` and, in training with auxiliary denoising,
+        ``"aux_denoising"`` (the unweighted noise loss; logged as ``train/aux_denoising``).
+
+        In training mode (``self.training``) the force loss keeps its graph and the auxiliary pass
+        sees noisy positions (noise from ``generator`` when given); in evaluation mode positions are
+        clean and the loss is the supervised one (logged as ``val/loss``, ``test/loss``)."""
+        return self._loss_terms(batch, generator)[0]
+
+    def evaluation_terms(self, batch, generator: torch.Generator) -> dict[str, Tensor]:
+        """:meth:`compute_loss` plus the errors the MAE metrics average (not scalars, so not logged
+        as terms): ``"target_error"`` ``[G, T]`` float64 (prediction - label) and, with forces,
+        ``"force_error"`` ``[N, 3]``."""
+        terms, pred, forces = self._loss_terms(batch, generator)
+        terms["target_error"] = pred - batch.y
         if forces is not None:
+            terms["force_error"] = forces - batch.forces
+        return terms
+
+    def log_terms(self, stage: str, terms: dict[str, Tensor], batch_size: int) -> None:
+        """As the base class, plus the mean absolute errors of validation and test in display units:
+        ``{stage}/<target>_mae_<unit>`` and ``{stage}/forces_mae_<unit>`` (meV, meV/A for eV, eV/A)."""
+        if "force_error" in terms:
             _, factor = display_unit(self.force_unit)
             metric = self.force_metrics[stage]
-            error = (forces - batch.forces).float() * factor
+            error = terms["force_error"].float() * factor
             metric.update(error, torch.zeros_like(error))
-            self.log(f"{stage}/forces_mae_{metric_suffix(self.force_unit)}", metric, batch_size=batch.num_graphs, prog_bar=stage == "val")
-        self.log_mean(f"{stage}/loss", loss, batch.num_graphs, prog_bar=stage == "val")
-        for k, name in enumerate(self.targets):
-            _, factor = display_unit(self.units[k])
-            metric = self.metrics[f"{stage}_{name}"]
-            # the error is formed in float64 (large absolute energies), then scaled to display units
-            error = ((pred[:, k] - batch.y[:, k]) * factor).float()
-            metric.update(error, torch.zeros_like(error))
-            self.log(f"{stage}/{name}_mae_{metric_suffix(self.units[k])}", metric, batch_size=batch.num_graphs, prog_bar=stage == "val")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+            self.log(f"{stage}/forces_mae_{metric_suffix(self.force_unit)}", metric, batch_size=batch_size,
+                     prog_bar=stage == "val")  # fmt: skip
+        super().log_terms(stage, terms, batch_size)
+        if "target_error" in terms:
+            for k, name in enumerate(self.targets):
+                _, factor = display_unit(self.units[k])
+                metric = self.metrics[f"{stage}_{name}"]
+                # the error is formed in float64 (large absolute energies), then scaled to display units
+                error = (terms["target_error"][:, k] * factor).float()
+                metric.update(error, torch.zeros_like(error))
+                self.log(f"{stage}/{name}_mae_{metric_suffix(self.units[k])}", metric, batch_size=batch_size,
+                         prog_bar=stage == "val")  # fmt: skip
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        pred, forces, _ = self._predict(batch, training=False)
-        if forces is not None:
-            return {"idx": batch.idx, "prediction": pred, "forces": forces, "batch": batch.batch, "targets": self.targets}
-        return {"idx": batch.idx, "prediction": pred, "targets": self.targets}
+        """``zoo predict``: :meth:`predict_properties` as ``{"idx", "prediction" [G, T], "targets"}`` and,
+        for a force model, ``"forces"`` ``[N, 3]`` and ``"batch"`` ``[N]`` (read by
+        :class:`atomzoo.prediction_writer.PredictionWriter`)."""
+        out = self.predict_properties(batch)
+        if "forces" in out:
+            return {"idx": batch.idx, "prediction": out["targets"], "forces": out["forces"], "batch": batch.batch,
+                    "targets": self.targets}  # fmt: skip
+        return {"idx": batch.idx, "prediction": out["targets"], "targets": self.targets}
 
 
 __all__ = ["Regression", "scd_aux_denoising_weight"]

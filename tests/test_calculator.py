@@ -138,3 +138,53 @@ def test_periodic_input_is_refused_when_the_backbone_cannot_build_images():
     check_atoms(atoms, [1, 6, 8], periodic_ok=True)
     with pytest.raises(InputError, match="builds molecular graphs only"):
         check_atoms(atoms, [1, 6, 8], periodic_ok=False)
+
+
+def test_the_calculator_only_reads_the_model(model64):
+    """No patched backbone, no torch in the calculator: energies, forces and per-atom energies are
+    exactly what the model's one prediction path (AtomzooModel.predict_batch) returns."""
+    import ast
+    import re
+
+    from atomzoo.nn.batch import atoms_to_batch
+
+    atoms = ethanol(9)
+    atoms.calc = AtomzooCalculator(model64)
+    energy, forces, energies = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_potential_energies()
+    assert "graph" not in vars(model64.objective.backbone)  # Backbone.graph is never replaced
+    out = model64.predict_batch(atoms_to_batch([atoms], model64.dtype), forces=True, atomic_energies=True)
+    assert energy == float(out["energy"][0]) and np.array_equal(forces, out["forces"].numpy())
+    assert np.array_equal(energies, out["atomic_energies"].numpy())
+    source = Path(atomzoo.calculator.__file__).read_text()
+    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {m for m in imported if m.split(".")[0] == "torch"}, "the calculator computes nothing itself"
+    tree = ast.parse(source)
+    for node in ast.walk(tree):  # the code without docstrings and comments (they may name the model's parts)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body.pop(0)
+    assert not re.search(r"\.objective\b|autograd|atomref|\.heads\b|\.mean\b|\.std\b", ast.unparse(tree))
+
+
+def test_candidate_pairs_give_exactly_the_fresh_graph():
+    """A batch's candidate_edge_index (a Verlet list at cutoff + skin) yields the fresh graph: same edges,
+    same order, same vectors; periodic batches and neighbour caps are refused as for a fresh build."""
+    import torch
+
+    from atomzoo.nn.graph import build_graph, radius_graph
+
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.rand(13, 3, generator=gen, dtype=torch.float64) * 4.0
+    batch = torch.tensor([0] * 6 + [1] * 7)
+    candidates = radius_graph(pos, batch, 3.0 + 1.0)
+    moved = pos + (torch.rand(13, 3, generator=gen, dtype=torch.float64) - 0.5) * 0.4  # < skin / 2 per atom
+    fresh, reused = build_graph(moved, batch, 3.0), build_graph(moved, batch, 3.0, candidates=candidates)
+    assert candidates.size(1) > fresh.edge_index.size(1) > 0
+    assert torch.equal(reused.edge_index, fresh.edge_index)
+    assert torch.equal(reused.vec, fresh.vec) and torch.equal(reused.length, fresh.length)
+    with pytest.raises(RuntimeError, match="max_num_neighbors=1"):
+        build_graph(moved, batch, 3.0, max_num_neighbors=1, candidates=candidates)
+    cell, pbc = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1) * 6.0, torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="candidate_edge_index is for molecules"):
+        build_graph(moved, batch, 3.0, cell=cell, pbc=pbc, candidates=candidates)

@@ -57,7 +57,7 @@ def test_one_noisy_pass_predicts_property_and_noise_exactly():
     seen.clear()
     with torch.no_grad():
         model.eval()
-        model._eval_step(batch, "val")
+        model.validation_step(batch, 0)
     assert torch.equal(seen[0], batch.pos)
 
 

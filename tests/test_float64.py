@@ -39,5 +39,6 @@ def test_backbone_trains_and_evaluates_in_float64(name, tmp_path):
     assert torch.isfinite(torch.tensor(metrics["test/loss"])) and metrics["test/forces_mae_meV_per_A"] > 0
     batch = next(iter(data.test_dataloader()))
     batch = data.on_after_batch_transfer(batch, 0)
-    energy, forces = model.predict_with_forces(batch, training=False)
+    out = model.predict_properties(batch)
+    energy, forces = out["targets"], out["forces"]
     assert energy.dtype == torch.float64 and forces.dtype == torch.float64 and batch.y.dtype == torch.float64

@@ -36,14 +36,14 @@ def test_forces_are_minus_energy_gradient(cache_dir):
     model.fit_statistics(dm.targets_info(), dm.training_labels(), dm.training_element_counts(100))
     # under inference mode (Lightning's default evaluation), forces still come out
     with torch.inference_mode():
-        pred, forces = model.predict_with_forces(batch, training=False)
+        forces = model.predict_properties(batch)["forces"]
     assert forces.shape == batch.pos.shape and torch.isfinite(forces).all()
     # finite-difference check of one component: F = -dE/dx
     atom, axis, h = 3, 1, 1e-3
     model = model.double()
     b = batch.clone()
     b.pos = b.pos.double()
-    _, f64 = model.predict_with_forces(b, training=False)
+    f64 = model.predict_properties(b)["forces"]
     e = []
     for sign in (1, -1):
         c = b.clone()

@@ -8,7 +8,7 @@ from torch_geometric.data import Batch, Data
 
 from atomzoo.backbones import SchNet
 from atomzoo.datamodules import QM9DataModule
-from atomzoo.datamodules.base import TargetInfo
+from atomzoo.nn.statistics import TargetInfo
 from atomzoo.objectives import Regression
 
 

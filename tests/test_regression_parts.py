@@ -10,7 +10,7 @@ from torch_geometric.data import Batch, Data
 
 from atomzoo.backbones import PaiNN, SchNet
 from atomzoo.datamodules import RMD17DataModule
-from atomzoo.datamodules.base import TargetInfo, compute_target_statistics
+from atomzoo.nn.statistics import StatisticsRequest, TargetInfo, compute_target_statistics
 from atomzoo.objectives import Regression
 from atomzoo.objectives.forces import energy_and_forces
 from atomzoo.objectives.losses import ForceLoss, StandardizedLoss
@@ -71,13 +71,32 @@ def test_prediction_forces_and_loss_equal_a_hand_computation_bit_for_bit(make):
     f_term = ((hand_forces - batch.forces) / torch.tensor(0.75, dtype=torch.float64).float()).abs().mean()
     hand_loss = 1.0 * e_term + 100.0 * f_term
 
+    # per-atom energies of the sum-pooled energy head: ref(z_i) + mu + sigma * o_i
+    hand_atomic = (model.atomref_table[0][batch.z] + model.mean[0] + model.std[0] * per_atom[:, 0].double()).detach()
+
     with torch.inference_mode():  # what Lightning's evaluation loops do
-        pred, forces = model.predict_with_forces(batch, training=False)
+        out = model.predict_properties(batch, atomic_energies=True)  # forces: the model trains on them
+    pred, forces = out["targets"], out["forces"]
     assert pred.dtype == torch.float64 and torch.equal(pred, hand.detach())
     assert torch.equal(forces, hand_forces)
-    assert torch.equal(model.compute_loss(pred, forces, batch), hand_loss.detach())
+    assert torch.equal(out["atomic_energies"], hand_atomic)
+    per_molecule = torch.zeros(2, dtype=torch.float64).index_add(0, batch.batch, out["atomic_energies"])
+    # they add up to the energy (which sums the float32 head outputs in float32: agreement to float32 rounding)
+    torch.testing.assert_close(per_molecule, pred[:, 0], rtol=1e-7, atol=0)
+    with torch.inference_mode():
+        terms = model.compute_loss(batch)  # the objective contract; eval mode: clean positions, no aux term
+    assert set(terms) == {"loss"} and torch.equal(terms["loss"], hand_loss.detach())
+    with torch.inference_mode():
+        terms = model.evaluation_terms(batch, model.evaluation_generator(0))
+    assert torch.equal(terms["loss"], hand_loss.detach()) and torch.equal(terms["target_error"], hand.detach() - batch.y)
+    assert torch.equal(terms["force_error"], hand_forces - batch.forces)
     with torch.no_grad():
         assert torch.equal(model(batch), hand.detach())
+    assert set(model.predict_properties(batch, forces=False)) == {"targets"}
+    model.sum_pooled[0] = False  # a mean-pooled energy has no per-atom split
+    assert not model.has_atomic_energies
+    with pytest.raises(ValueError, match="sum-pooled energy head"):
+        model.predict_properties(batch, atomic_energies=True)
     # statistics by hand: energy per atom after atom references; gap per molecule
     residual = np.array([-1000.0 + 150.0, -1490.0 + 150.0, -1200.0 + 100.0])  # atomref(z) = -10 z
     per_atom_mean = (residual / np.array([3, 4, 5])).mean()
@@ -120,10 +139,11 @@ def test_loss_modules():
         StandardizedLoss("huber")
 
 
-def test_datamodule_target_statistics(cache_dir):
+def test_datamodule_hands_the_model_one_summary(cache_dir):
     dm = RMD17DataModule(root=str(FIXTURE), molecule="ethanol", cache_dir=str(cache_dir), num_train=300, num_val=50)
     dm.setup()
-    stats = dm.target_statistics(["energy"], forces=True)
+    summary = dm.data_summary(StatisticsRequest(targets=("energy",), forces=True))
+    stats = summary.statistics
     train = [dm.dataset("train")[i] for i in range(len(dm.dataset("train")))]
     energy = np.array([d.y[0, 0].item() for d in train])
     forces = np.concatenate([d.forces.numpy() for d in train]).astype(np.float64)
@@ -132,14 +152,20 @@ def test_datamodule_target_statistics(cache_dir):
     assert stats.mean[0].item() == pytest.approx(energy.mean() / 9, rel=1e-12)  # ethanol: 9 atoms
     assert stats.std[0].item() == pytest.approx(energy.std(ddof=1), rel=1e-9)
     assert stats.force_rms == pytest.approx(np.sqrt((forces ** 2).mean()), rel=1e-9)
-    assert dm.target_statistics(["energy"], pooling={"energy": "mean"}).pooling == ("mean",)
+    # the metadata every objective records (objectives/provenance.py)
+    assert summary.dataset == "RMD17DataModule" and [t.name for t in summary.targets] == ["energy"]
+    assert summary.force_unit == "eV/A" and summary.data_units["energy"] == "eV"
+    np.testing.assert_allclose(summary.label_stats["energy"], (energy.mean(), energy.std()), rtol=1e-12)
+    assert summary.elements == (1, 6, 8) and summary.data_elements == (1, 6, 8)
+    assert dm.data_summary().statistics is None  # metadata only (self-supervised objectives)
+    assert dm.data_summary(StatisticsRequest(("energy",), pooling={"energy": "mean"})).statistics.pooling == ("mean",)
     with pytest.raises(ValueError, match="--data.targets"):
-        dm.target_statistics(["homo"])
+        dm.data_summary(StatisticsRequest(targets=("homo",)))
     with pytest.raises(ValueError, match="--model.pooling"):
-        dm.target_statistics(pooling={"energy": "max"})
+        dm.data_summary(StatisticsRequest(pooling={"energy": "max"}))
     dm.store.atom_arrays = lambda: ["z", "pos"]  # a dataset without forces
     with pytest.raises(ValueError, match="forces false"):
-        dm.target_statistics(forces=True)
+        dm.data_summary(StatisticsRequest(forces=True))
 
 
 def test_compute_target_statistics_checks_shapes():

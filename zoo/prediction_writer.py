@@ -1,11 +1,12 @@
 """``zoo predict --out preds.csv``: predictions of any DataModule's predict split written to a file.
 
 A Lightning ``BasePredictionWriter`` callback on the outputs of the objective's ``predict_step``
-(``{"idx", "prediction", "forces", "batch", "targets"}`` for :class:`~atomzoo.objectives.Regression`),
-batch by batch (the CSV rows are written as they come; memory stays bounded for CSV).
+(``{"idx", "prediction", "forces", "batch", "targets"}`` for :class:`~atomzoo.objectives.Regression`:
+its one prediction path, ``Regression.predict_properties``), batch by batch (the CSV rows are written
+as they come; memory stays bounded for CSV). The writer only reads those outputs.
 
 Files, with units in every column name (``energy_eV``, ``fx_eV_per_A``; the suffix is the unit with
-``/`` written ``_per_``):
+``/`` written ``_per_``, :func:`atomzoo.units.unit_suffix`):
 
 - ``.csv``: ``preds.csv``, one row per molecule: ``id`` (the DataModule's name for it: ``file.xyz:3``
   for ASE files -- the 0-based structure number in the file -- or the store row), ``index`` (store
@@ -27,11 +28,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-
-def unit_suffix(unit: str) -> str:
-    """``"eV/A"`` -> ``"eV_per_A"``; empty unit -> ``"unitless"``."""
-    return unit.replace("/", "_per_") if unit else "unitless"
-
+from atomzoo.units import unit_suffix
 
 class PredictionWriter(BasePredictionWriter):
     """Write ``zoo predict`` outputs to ``out`` (``.csv`` or ``.npz``).
@@ -143,4 +140,4 @@ class PredictionWriter(BasePredictionWriter):
             self._npz = {}
 
 
-__all__ = ["PredictionWriter", "unit_suffix"]
+__all__ = ["PredictionWriter"]

@@ -23,6 +23,12 @@ Two ways to enumerate pairs, chosen automatically (``method="auto"``):
 
 Connectivity is computed without gradient; ``vec`` and ``length`` are differentiable in ``pos`` and,
 for periodic structures, in ``cell`` (for stress).
+
+Reusing a neighbour list (Verlet list; Allen & Tildesley, *Computer Simulation of Liquids*, 2017,
+sec. 5.3): a batch may carry ``candidate_edge_index`` ``[2, C]``, pairs found once at ``cutoff + skin``
+(:func:`radius_graph`) and valid while no atom has moved more than ``skin / 2``. The graph is then
+those candidates closer than ``cutoff``, in their order -- the same edges in the same order as a fresh
+build (the ASE calculator, :mod:`atomzoo.calculator`, reuses its list this way across MD steps).
 """
 
 from __future__ import annotations
@@ -224,6 +230,7 @@ def build_graph(
     cell: Tensor | None = None,
     pbc: Tensor | None = None,
     method: str = "auto",
+    candidates: Tensor | None = None,
 ) -> Graph:
     """Radius graph plus differentiable edge vectors and lengths.
 
@@ -234,16 +241,26 @@ def build_graph(
             gets its periodic images; ``cell`` is then required.
         method: ``"auto"`` (all pairs for batches of small non-periodic structures, the cell list
             otherwise), ``"all_pairs"`` or ``"cell_list"``.
+        candidates: ``[2, C]`` long pairs ``[src, dst]`` to choose from instead of searching
+            (a batch's ``candidate_edge_index``: a Verlet list, see the module docstring); the
+            graph keeps those closer than ``cutoff``, in their order. Molecules only.
 
     Raises:
-        ValueError: ``pbc`` without ``cell``, ``method="all_pairs"`` for a periodic batch, or an
-            unknown ``method``.
+        ValueError: ``pbc`` without ``cell``, ``method="all_pairs"`` for a periodic batch,
+            ``candidates`` for a periodic batch, or an unknown ``method``.
+        RuntimeError: more than ``max_num_neighbors`` neighbours (``on_overflow="error"``).
     """
     if method not in ("auto", "all_pairs", "cell_list"):
         raise ValueError(f"method={method!r}: choose 'auto', 'all_pairs' or 'cell_list'")
     periodic = pbc is not None and bool(pbc.any())
     if periodic and cell is None:
         raise ValueError("pbc is set but no cell was given: periodic structures need their lattice vectors")
+    if candidates is not None:
+        if periodic:
+            raise ValueError(
+                "candidate_edge_index is for molecules: a periodic batch needs its images searched on every call"
+            )
+        return _graph_from_candidates(pos, candidates, cutoff, max_num_neighbors, on_overflow)
     if method == "auto":
         largest = int(torch.bincount(batch).max()) if batch.numel() else 0
         method = "cell_list" if periodic or largest > ALL_PAIRS_MAX_ATOMS else "all_pairs"
@@ -262,3 +279,14 @@ def build_graph(
     else:
         shifts = None
     return Graph(edge_index=edge_index, vec=vec, length=torch.linalg.vector_norm(vec, dim=-1), shifts=shifts)
+
+
+def _graph_from_candidates(pos: Tensor, candidates: Tensor, cutoff: float, max_num_neighbors, on_overflow: str) -> Graph:
+    """The candidate pairs closer than ``cutoff``, in their order, with differentiable vectors and lengths."""
+    src, dst = candidates
+    vec = pos[src] - pos[dst]
+    length = torch.linalg.vector_norm(vec, dim=-1)
+    keep = length.detach() < cutoff
+    edge_index = candidates[:, keep]
+    _check_overflow(edge_index, pos.size(0), cutoff, max_num_neighbors, on_overflow)
+    return Graph(edge_index=edge_index, vec=vec[keep], length=length[keep])
