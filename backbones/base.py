@@ -226,7 +226,8 @@ class Backbone(nn.Module):
         for periodic structures, ``data.cell`` / ``data.pbc``: images included, see
         :func:`atomzoo.nn.graph.build_graph`)."""
         cell, pbc = periodic_cell(data)
-        return build_graph(data.pos, data.batch, self.cutoff, self.max_num_neighbors, cell=cell, pbc=pbc)
+        return build_graph(data.pos, data.batch, self.cutoff, self.max_num_neighbors, cell=cell, pbc=pbc,
+                           candidates=getattr(data, "candidate_edge_index", None))  # a reused neighbour list
 
     def check_condition(self, condition: Tensor | None, num_graphs: int) -> None:
         """Raise a clear error for a condition this backbone cannot take."""
