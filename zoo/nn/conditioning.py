@@ -3,7 +3,9 @@
 Self-conditioned denoising (SCD; Perez & Gomez-Bombarelli, arXiv 2603.17196; reference code
 TyJPerez/SelfConditionedDenoisingAtoms, ``models/modules/conditioning.py``) feeds a per-molecule
 embedding ``c`` into every layer of the backbone. A backbone built with ``condition_dim > 0`` holds
-one :class:`LayerConditioning` as ``self.conditioning``; it has two parts:
+one :class:`LayerConditioning` as ``self.conditioning`` (declared on ``atomzoo.backbones.Backbone``,
+``None`` without a condition; ``atomzoo.backbones.contract.check_conditioning`` checks the promises
+below); it has two parts:
 
 * :class:`ConditionInput` (the reference's ``DropCond``): a learned mask token ``[C]`` and a layer
   norm. ``condition=None`` means "no condition": every molecule gets the mask token, which then goes
@@ -39,6 +41,8 @@ Where each backbone applies it (the "normalised input" of a layer):
 * MACE: the ``0e`` channels of the layer's input irreps (read by the interaction's ``linear_up``
   and skip tensor product); the ``0e`` channels of the product block's output (the message part,
   without the self-connection ``sc``) are gated, ``sc`` is added ungated.
+* ET: its own per-layer ``AdaLN`` on the attention's pre-norm (``atomzoo.backbones.et``), with this
+  module's :class:`ConditionInput` (``condition_modules(0, ...)``: mask token and condition norm only).
 """
 
 from __future__ import annotations

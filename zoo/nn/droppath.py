@@ -9,9 +9,11 @@ unchanged. Off in evaluation mode and at ``p = 0`` (then the input is returned a
 
 Hook for backbones: hold one ``self.drop_path = DropPath()`` and pass each layer's residual update
 through it before adding it, ``x = x + self.drop_path(dx)`` or ``s, v = s + ds, v + dv`` with
-``ds, dv = self.drop_path(ds, dv)``. The rate is set from outside, by an objective, with
-:func:`set_drop_path` (and scheduled with :func:`drop_path_rate`); it is not a parameter and not
-saved in the state dict, so adding the hook changes no checkpoint.
+``ds, dv = self.drop_path(ds, dv)``. A backbone holding one declares the capability
+(``Backbone.supports_drop_path``); the rate is set from outside, by an objective, with
+``Backbone.set_drop_path`` (:func:`set_drop_path` on every :class:`DropPath` inside; scheduled with
+:func:`drop_path_rate`). It is not a parameter and not saved in the state dict, so adding the hook
+changes no checkpoint.
 """
 
 from __future__ import annotations
