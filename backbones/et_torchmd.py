@@ -151,7 +151,9 @@ def _unpack(source) -> tuple[dict[str, Any], Mapping[str, Tensor]]:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"TorchMD-NET checkpoint {path} does not exist")
-        source = torch.load(path, map_location="cpu", weights_only=False)
+        from atomzoo.model_files import load_checkpoint_dict
+
+        source = load_checkpoint_dict(path)  # unpickled as TorchMD-NET saved it (atomzoo's one torch.load)
     if isinstance(source, nn.Module):
         rep = getattr(source, "representation_model", source)
         if not hasattr(rep, "attention_layers"):

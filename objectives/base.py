@@ -15,9 +15,10 @@ and schedule, and the hook :meth:`Objective.on_after_optimizer_step` (once per o
 under gradient accumulation). Objectives that need something else (Regression) override the steps.
 
 Fine-tuning and probing (every objective): ``init_from`` loads only the ``backbone.*`` weights of a
-checkpoint of ANY objective (or of a safetensors file written by ``python -m atomzoo.objectives.export``)
-into this objective's backbone at construction; heads are ignored. ``freeze_backbone`` turns the
-backbone into a fixed feature extractor (linear / MLP probe). See ``docs/objectives.md``.
+checkpoint of ANY objective (or of a safetensors file written by ``python -m atomzoo.export``; every
+model file is read by :mod:`atomzoo.model_files`) into this objective's backbone at construction;
+heads are ignored. ``freeze_backbone`` turns the backbone into a fixed feature extractor (linear /
+MLP probe). See ``docs/objectives.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import warnings
 
 import lightning as L
 import torch
+from atomzoo import model_files
 from atomzoo.backbones.base import Backbone
 from atomzoo.nn.droppath import check_rate, drop_path_rate
 from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -124,9 +126,7 @@ class Objective(L.LightningModule):
         #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
         self.epoch_means = nn.ModuleDict()
         if init_from:
-            from .export import load_into_backbone
-
-            load_into_backbone(self.backbone, init_from)
+            model_files.load_into_backbone(self.backbone, init_from)
         if self.freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
@@ -170,13 +170,11 @@ class Objective(L.LightningModule):
         init_from = model_args.get("init_from")
         if not init_from or backbone_args.get("condition_dim"):
             return {}
-        from .export import load_backbone_weights
-
         try:
-            _, meta = load_backbone_weights(init_from)
-        except Exception:  # noqa: BLE001 -- a missing / broken file is reported when the model loads it
+            spec = model_files.read(init_from).backbone
+        except (OSError, ValueError):  # a missing / broken file is reported when the model loads it
             return {}
-        dim = (meta.get("init_args") or {}).get("condition_dim")
+        dim = (spec.get("init_args") or {}).get("condition_dim")
         return {"condition_dim": int(dim)} if dim else {}
 
     @classmethod
@@ -188,23 +186,13 @@ class Objective(L.LightningModule):
         are recorded in the checkpoint even for objectives that do not take them (the
         self-supervised ones); they are dropped here instead of failing the load."""
         if isinstance(checkpoint_path, (str, os.PathLike)) and os.path.isfile(checkpoint_path):
-            from atomzoo._legacy import upgrade_class_paths
-
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-            hparams = checkpoint.get("hyper_parameters")
-            changed = False
-            if upgrade_class_paths(hparams):
-                changed = True
-                warnings.warn(
-                    f"{checkpoint_path} records module paths from before atomzoo 0.2 (e.g. 'objectives.Regression'); "
-                    "loading it with the new paths. Save it again to update the file.",
-                    FutureWarning,
-                    stacklevel=2,
-                )
-            changed = _drop_linked_options(hparams, cls) or changed
+            # the one reader translates old class paths (with a FutureWarning naming the new ones)
+            record = model_files.read_checkpoint(checkpoint_path, f"{cls.__name__}.load_from_checkpoint")
+            hparams = dict(record.hyperparameters)  # a copy: the record is shared
+            changed = _drop_linked_options(hparams, cls) or bool(record.renamed)
             if changed:
                 buffer = io.BytesIO()
-                torch.save(checkpoint, buffer)
+                torch.save({**record.checkpoint, "hyper_parameters": hparams}, buffer)
                 buffer.seek(0)
                 checkpoint_path = buffer
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
@@ -401,11 +389,10 @@ def _drop_linked_options(hparams: dict | None, cls) -> bool:
     """Remove :data:`LINKED_OPTIONS` the checkpoint's objective class does not accept; True if any was."""
     if not hparams:
         return False
-    from .export import resolve_class
-
     class_path = hparams.get("_class_path")
-    target = resolve_class(class_path) if class_path else cls
-    if target is None:
+    try:
+        target = model_files.resolve_class(class_path) if class_path else cls
+    except model_files.ModelFileError:
         return False  # Lightning reports the class path itself
     accepted = _init_parameters(target)
     if accepted is None:

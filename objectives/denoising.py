@@ -139,16 +139,20 @@ class AuxDenoising(nn.Module):
         a Denoising / SCD ``head.*`` (or a fine-tuned Regression's ``aux_denoising.head.*``), the
         head options from the checkpoint's hyperparameters, the fixed normalising scale (Denoising's
         ``sigma``; ``None`` for a sigma list) and SCD's running moments (``target_stats.*``) if any.
-        ``.safetensors`` exports hold the backbone only: ``None``.
+        ``.safetensors`` exports hold no noise head: ``None``. The file is read by
+        :func:`atomzoo.model_files.read` (once per run, shared with ``init_from``'s other readers).
         """
         from pathlib import Path
 
-        path = Path(path)
-        if path.suffix == ".safetensors" or not path.exists():
+        from atomzoo import model_files
+
+        if not Path(path).exists():
             return None
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
-        state = checkpoint.get("state_dict") or {}
-        hparams = checkpoint.get("hyper_parameters") or {}
+        record = model_files.read(path)
+        if record.kind != model_files.CHECKPOINT:
+            return None
+        state = record.state_dict
+        hparams = record.hyperparameters
         for prefix in ("head.", "aux_denoising.head."):
             head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             if head:

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from atomzoo import model_files
 
-KEY = "atomzoo_provenance"
+KEY = model_files.PROVENANCE_KEY
 #: entries compared per kind of restore
 RESUME = ("targets", "target_units", "force_unit", "data_units", "atomref", "model", "cutoff", "backbone", "elements",
           "label_stats")  # fmt: skip
@@ -198,11 +198,7 @@ def on_setup(module, stage: str) -> None:
     init_from = getattr(module, "init_from", None)
     if init_from and stage == "fit" and not getattr(module, "_atomzoo_init_checked", False):
         module._atomzoo_init_checked = True
-        saved = None
-        if Path(init_from).suffix != ".safetensors":
-            import torch
-
-            saved = torch.load(init_from, map_location="cpu", weights_only=False).get(KEY)
+        saved = model_files.read(init_from).provenance  # exports carry none; the read is shared with init_from
         if saved is not None:
             check(saved, module._atomzoo_provenance, "init_from", f"init_from={init_from}", datamodule)
 

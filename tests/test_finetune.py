@@ -1,5 +1,6 @@
 """Fine-tuning and probing: init_from loads exactly the pretrained backbone, mismatches fail clearly,
-safetensors export round-trips (Python and CLI-entry), freeze_backbone, auxiliary denoising."""
+safetensors export round-trips (Python and CLI-entry), freeze_backbone, auxiliary denoising, and a
+fit with init_from reads its file once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch
 from atomzoo.backbones import PaiNN, SchNet
 from atomzoo.datamodules import QM9DataModule
 from atomzoo.objectives import JEPA, Denoising, Regression, SelfConditionedDenoising
-from atomzoo.objectives.export import build_backbone, export_backbone, load_backbone_weights, main
+from atomzoo import model_files
+from atomzoo.cards import card_path
+from atomzoo.export import export_backbone, main
+from atomzoo.model_files import build_backbone, read
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +82,11 @@ def test_mismatched_backbone_gives_clear_error(pretrained):
 def test_safetensors_export_round_trip(pretrained, tmp_path):
     path, source = pretrained
     out = tmp_path / "backbone.safetensors"
-    main([str(path), str(out)])  # the `python -m atomzoo.objectives.export CKPT OUT` entry
-    assert out.exists() and out.with_suffix(".json").exists()
-    weights, meta = load_backbone_weights(out)  # safetensors: no unpickling
-    assert meta["class_path"] == "atomzoo.backbones.schnet.SchNet"
+    main([str(path), str(out), "--backbone-only"])  # the `python -m atomzoo.export CKPT OUT --backbone-only` entry
+    assert out.exists() and card_path(out).exists() and not out.with_suffix(".json").exists()  # one sidecar: the card
+    exported = read(out)  # safetensors: no unpickling
+    weights = exported.backbone_weights
+    assert exported.kind == "backbone" and exported.backbone["class_path"] == "atomzoo.backbones.schnet.SchNet"
     assert set(weights) == set(source.backbone.state_dict())
     model = Regression(tiny_schnet(), targets=["homo"], init_from=str(out))
     for name, tensor in source.backbone.state_dict().items():
@@ -109,7 +114,8 @@ def test_cli_pretrain_export_build_and_finetune(cache_dir, tmp_path):
                "--trainer.callbacks", "[]"])
     ckpt = tmp_path / "pretrained.ckpt"
     cli.trainer.save_checkpoint(ckpt)
-    meta = export_backbone(ckpt, tmp_path / "schnet.safetensors")
+    export_backbone(ckpt, tmp_path / "schnet.safetensors")
+    meta = read(tmp_path / "schnet.safetensors").backbone
     assert meta["init_args_complete"] and meta["init_args"]["width"] == 16
     rebuilt = build_backbone(tmp_path / "schnet.safetensors")
     for name, tensor in cli.model.backbone.state_dict().items():
@@ -176,7 +182,7 @@ def test_scd_pretraining_then_finetuning_from_the_shipped_backbone_config(cache_
     scd.trainer.save_checkpoint(ckpt)
     # the checkpoint records the options zoo links from the data (targets, forces), which SCD does not
     # take; loading it in Python must still work
-    assert {"targets", "forces"} <= set(torch.load(ckpt, weights_only=False)["hyper_parameters"])
+    assert {"targets", "forces"} <= set(read(ckpt).hyperparameters)
     reloaded = SelfConditionedDenoising.load_from_checkpoint(ckpt, weights_only=False)
     for name, tensor in scd.model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
@@ -191,3 +197,36 @@ def test_scd_pretraining_then_finetuning_from_the_shipped_backbone_config(cache_
     assert set(loaded) == set(pretrained) and any("conditioning" in k for k in loaded)
     for name, tensor in pretrained.items():
         assert torch.equal(loaded[name], tensor), name
+
+
+def test_a_fit_with_init_from_reads_the_file_once(pretrained, cache_dir, tmp_path, monkeypatch):
+    """`zoo fit --model.init_from X` has four readers of X (the backbone defaults, the backbone weights,
+    the auxiliary noise head, the provenance check); atomzoo.model_files unpickles X once for all."""
+    from atomzoo.cli import run
+
+    path, source = pretrained
+    model_files.clear_cache()
+    loads = []
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, Path)) and Path(f).resolve() == path.resolve():
+            loads.append(f)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    fine = run(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/finetune.yaml"),
+                "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+                "--model.backbone.init_args.width", "32", "--model.backbone.init_args.num_filters", "32",
+                "--model.backbone.init_args.num_interactions", "2", "--model.backbone.init_args.num_rbf", "16",
+                "--model.backbone.init_args.cutoff", "5.0", "--model.init_from", str(path),
+                "--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
+                "--trainer.max_steps", "0", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    # every reader ran: weights, the pretrained noise head, the provenance check
+    for name, tensor in source.backbone.state_dict().items():
+        assert torch.equal(fine.model.backbone.state_dict()[name], tensor), name
+    assert fine.model.aux_denoising.pretrained_from == str(path)
+    assert fine.model._atomzoo_init_checked
+    assert len(loads) == 1, loads

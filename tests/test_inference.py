@@ -14,7 +14,7 @@ from ase.io import write
 import atomzoo
 from atomzoo.calculator import AtomzooCalculator
 from atomzoo.cards import ModelFileError, card_path, sha256_file
-from atomzoo.export import export_backbone_with_card, export_model
+from atomzoo.export import export_backbone, export_model
 from atomzoo.inference import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +90,12 @@ def test_load_refuses_modified_unknown_and_backbone_only_files(force_checkpoint,
     with pytest.raises(ModelFileError, match="unknown model file type '.pt'"):
         atomzoo.load(weird)
     backbone = tmp_path / "backbone.safetensors"
-    export_backbone_with_card(force_checkpoint, backbone)
+    export_backbone(force_checkpoint, backbone)
     assert json.loads(card_path(backbone).read_text())["model_format"] == "atomzoo-backbone/1"
     with pytest.raises(ModelFileError, match="backbone-only export"):
         atomzoo.load(backbone)
     # the backbone export still serves init_from
-    from atomzoo.objectives.export import build_backbone
+    from atomzoo.model_files import build_backbone
 
     assert type(build_backbone(backbone)).__name__ == "SchNet"
 

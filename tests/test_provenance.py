@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from atomzoo.cli import run
+from atomzoo.model_files import read
 from atomzoo.objectives.provenance import KEY, ProvenanceMismatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,8 @@ def trained(tmp_path_factory):
 def test_checkpoint_records_targets_units_statistics_elements_cutoff(trained):
     _, ckpt = trained
     rec = torch.load(ckpt, map_location="cpu", weights_only=False)[KEY]
+    assert read(ckpt).provenance == rec  # the one reader's record is the checkpoint's
+    assert read(ckpt).elements == [1, 6, 7, 8]  # what a model card's `elements` is taken from
     assert rec["targets"] == ["propA"] and rec["cutoff"] == 5.0 and rec["elements"] == [1, 6, 7, 8]
     mean, std = rec["label_stats"]["propA"]
     assert mean == pytest.approx(1.0, abs=0.1) and 0.01 < std < 0.5

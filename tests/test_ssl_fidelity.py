@@ -71,7 +71,8 @@ def test_scd_pretrained_backbone_fine_tunes_with_the_mask_token(batch, tmp_path)
     """Mask token, condition norm and every adaLN are backbone weights: the checkpoint, the
     safetensors export and init_from carry them, and Regression's backbone(data) is exactly SCD's
     clean-pass network."""
-    from atomzoo.objectives.export import export_backbone, load_backbone_weights
+    from atomzoo.export import export_backbone
+    from atomzoo.model_files import read
 
     torch.manual_seed(0)
     scd = SelfConditionedDenoising(tiny_schnet(condition_dim=8))
@@ -80,8 +81,9 @@ def test_scd_pretrained_backbone_fine_tunes_with_the_mask_token(batch, tmp_path)
             p.add_(0.01 * torch.randn_like(p))  # "pretrained": differs from any fresh initialisation
     path = tmp_path / "scd.ckpt"
     torch.save({"state_dict": scd.state_dict(), "hyper_parameters": {"backbone": scd.backbone}}, path)
-    meta = export_backbone(path, tmp_path / "scd.safetensors")
-    weights, _ = load_backbone_weights(tmp_path / "scd.safetensors")
+    export_backbone(path, tmp_path / "scd.safetensors")
+    exported = read(tmp_path / "scd.safetensors")
+    weights, meta = exported.backbone_weights, exported.backbone
     assert {"conditioning.input.mask_token", "conditioning.input.norm.weight", "conditioning.layers.1.mlp.3.weight",
             "conditioning.layers.0.alpha", "conditioning.layers.0.modulate.beta"} <= set(weights)
     assert meta["class_path"].endswith("SchNet")

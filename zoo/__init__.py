@@ -7,18 +7,17 @@ Where things live (repository folder -> import name):
 - ``datamodules/`` -> :mod:`atomzoo.datamodules`: datasets as memory-mapped stores with seeded splits.
 - ``zoo/nn/``      -> :mod:`atomzoo.nn`: building blocks shared by backbones and heads (radius graph,
   radial bases and cutoffs, adaLN conditioning). Imports nothing above it.
+- ``zoo/model_files.py`` -> :mod:`atomzoo.model_files`: the one reader of checkpoints and exports
+  and the one class-path resolver (beside :mod:`atomzoo.cards`, the model cards).
 - ``zoo/cli.py``   -> :mod:`atomzoo.cli`: the ``zoo`` LightningCLI; ``zoo/bench/`` -> :mod:`atomzoo.bench`:
   the benchmark runner (``zoo-bench``). The application layer: nothing below imports it.
 
-Module paths from before version 0.2 (``backbones.SchNet``, ``zoo.graph``, ...) keep working with a
-``FutureWarning``, so old configs, checkpoints and exports load (:mod:`atomzoo._legacy`).
+Class paths from before version 0.2 (``backbones.SchNet``, ``zoo.graph.Graph``, ...) inside configs,
+checkpoints and exports are translated to their ``atomzoo`` paths with a ``FutureWarning``
+(:data:`atomzoo.model_files.RENAMED`), so old files load; no old module name is importable.
 """
 
-from ._legacy import install as _install_legacy_names
-
 __version__ = "0.2.0"
-
-_install_legacy_names()
 
 
 def __getattr__(name: str):

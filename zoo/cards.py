@@ -14,9 +14,12 @@
      "created_utc": "..."}
 
 ``periodic``: the backbone builds periodic images (``Backbone.periodic``), so periodic structures are
-predicted with them. ``config``, ``training_data`` and ``test_metrics`` are read from the run directory of the checkpoint
+predicted with them. ``elements``: the atomic numbers of the training split, from the checkpoint's
+provenance record (``null`` for a checkpoint written before the record existed: no element check).
+``config``, ``training_data`` and ``test_metrics`` are read from the run directory of the checkpoint
 (``config.yaml`` and ``test_metrics.json`` that ``zoo fit``/``zoo test`` write next to
-``checkpoints/``); they are ``null`` when that directory is not there -- a card never guesses.
+``checkpoints/``); they are ``null`` when that directory is not there -- a card never guesses, and
+writing one never opens a dataset.
 
 :func:`verify_weights` recomputes the SHA-256 of the weights and refuses a file that does not match
 its card (:class:`ModelFileError`), so a corrupted or swapped file is never loaded silently.
@@ -37,7 +40,9 @@ KNOWN_MODEL_FORMATS = (FULL_FORMAT, BACKBONE_FORMAT)
 
 
 class ModelFileError(ValueError):
-    """A model file is missing its card, does not match its card's hash, or has an unknown format."""
+    """A model file cannot be used: not an atomzoo file, a missing card or one that does not match the
+    weights' hash, an unknown format, the wrong kind of file for the task, or a class it names that
+    cannot be imported. The message names the file and the fix."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

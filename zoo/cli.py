@@ -30,10 +30,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import yaml
+from atomzoo import model_files
 from atomzoo.datamodules.base import AtomsDataModule
 from atomzoo.objectives.base import Objective
-from atomzoo.objectives.export import resolve_class
-from jsonargparse import Namespace
+from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
 TRAINER_DEFAULTS = {
@@ -69,6 +70,31 @@ TRAINER_DEFAULTS = {
         },
     ],
 }
+
+
+#: jsonargparse parser mode of the ``zoo`` command: YAML with old class paths translated (:func:`_load_config`)
+CONFIG_MODE = "atomzoo-yaml"
+_load_yaml = get_loader("yaml")
+
+
+def _load_config(text: str, path: str = ""):
+    """jsonargparse's YAML loader, then old class paths (``class_path: backbones.SchNet``, atomzoo 0.1)
+    translated by :func:`atomzoo.model_files.translate_class_paths`, with a ``FutureWarning`` naming
+    each new path. Every value the ``zoo`` command parses passes through here: ``-c`` files (``path``),
+    ``--model.backbone file.yaml``, inline YAML/JSON."""
+    value, renamed = model_files.translate_class_paths(_load_yaml(text))
+    model_files.warn_renamed(renamed, f"config {path}" if path else "a config", "update its class_path entries")
+    return value
+
+
+set_loader(CONFIG_MODE, _load_config, exceptions=(yaml.YAMLError,))
+
+
+def _class_or_none(class_path: str):
+    try:
+        return model_files.resolve_class(class_path)
+    except model_files.ModelFileError:
+        return None
 
 
 def _data_has_forces(datamodule: AtomsDataModule) -> bool:
@@ -122,13 +148,13 @@ def _apply_backbone_defaults(config) -> None:
     model = config.get("model") if config is not None else None
     if model is None or not model.get("class_path"):
         return
-    objective = resolve_class(model["class_path"])
+    objective = _class_or_none(model["class_path"])
     backbone = (model.get("init_args") or {}).get("backbone")
     if not (isinstance(objective, type) and issubclass(objective, Objective)) or backbone is None:
         return
     if not hasattr(backbone, "get") or not backbone.get("class_path"):
         return
-    backbone_cls = resolve_class(backbone["class_path"])
+    backbone_cls = _class_or_none(backbone["class_path"])
     if backbone_cls is None:
         return
     as_dict = lambda ns: dict(ns.as_dict() if hasattr(ns, "as_dict") else (ns or {}))
@@ -165,15 +191,11 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
             return argv
     if not ckpt or not Path(ckpt).is_file():
         return argv
-    import yaml
-
     for config in configs:
         path = Path(config)
         if path.is_file() and "model" in (yaml.safe_load(path.read_text()) or {}):
             return argv
-    import torch
-
-    hparams = dict(torch.load(ckpt, weights_only=False, map_location="cpu").get("hyper_parameters") or {})
+    hparams = dict(model_files.read_checkpoint(ckpt, f"zoo {argv[0]} --ckpt_path").hyperparameters)
     hparams.pop("_instantiator", None)
     class_path = hparams.pop("_class_path", None)
     if not class_path:
@@ -203,6 +225,11 @@ class ZooCLI(LightningCLI):
             help="zoo predict only: write the predictions to this .csv or .npz file (atomzoo.prediction_writer).",
         )
 
+    def init_parser(self, **kwargs):
+        """Lightning's parser, reading config values with :func:`_load_config` (old class paths translated)."""
+        kwargs.setdefault("parser_mode", CONFIG_MODE)
+        return super().init_parser(**kwargs)
+
     def parse_arguments(self, parser, args) -> None:
         if args is None:  # the console script: complete sys.argv itself (passing args too would warn)
             sys.argv[1:] = _model_from_checkpoint(sys.argv[1:])
@@ -216,7 +243,7 @@ class ZooCLI(LightningCLI):
         arguments, e.g. its cutoff, or the objective's atomref/standardize/pooling/loss) differs."""
         subcommand = self.config.get("subcommand")
         before = _model_settings(self.config, subcommand)
-        super()._parse_ckpt_path()
+        self._apply_checkpoint_hyperparameters()
         after = _model_settings(self.config, subcommand)
         diffs = [f"--model.{k} is {before[k]!r} but the checkpoint's is {after[k]!r}"
                  for k in sorted(set(before) & set(after)) if before[k] != after[k]]  # fmt: skip
@@ -228,6 +255,25 @@ class ZooCLI(LightningCLI):
                 "values, see its run's config.yaml); to train with the new settings start without --ckpt_path "
                 "(--model.init_args.init_from keeps the backbone weights)"
             )
+
+    def _apply_checkpoint_hyperparameters(self) -> None:
+        """Lightning's ``_parse_ckpt_path``, reading the checkpoint with :mod:`atomzoo.model_files`: the
+        model's configuration becomes the checkpoint's hyperparameters, old class paths translated."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # none, or Lightning's "last" / "best" / "hpc"
+        hparams = dict(model_files.read_checkpoint(ckpt_path, f"zoo {subcommand} --ckpt_path").hyperparameters)
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:

@@ -16,14 +16,14 @@ non-finite positions, elements the model never saw, atoms closer than ``MIN_DIST
 periodic cells for a backbone that cannot build periodic images (``Backbone.periodic`` False) raise
 :class:`InputError` naming the structure and the problem.
 
-Checkpoints are unpickled (``torch.load(weights_only=False)``): load only checkpoints you trust.
-Exports are safetensors and never unpickled; their SHA-256 is checked against the card.
+Files are read by :mod:`atomzoo.model_files`. Checkpoints are unpickled: load only checkpoints you
+trust. Exports are safetensors and never unpickled; their SHA-256 is checked against the card.
+Loading never opens a dataset: the elements a model accepts come from its checkpoint's provenance
+record or its export's card.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,108 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cards import BACKBONE_FORMAT, FULL_FORMAT, ModelFileError, read_card, run_directory_info, verify_weights
+from .cards import ModelFileError, run_directory_info
+from .model_files import CHECKPOINT, ModelFile, build_objective, model_spec, read
 
 #: atoms closer than this (Angstrom) are refused as unphysical (overlapping atoms, unit mistakes)
 MIN_DISTANCE = 0.1
-META_KEY = "atomzoo"
 
 
 class InputError(ValueError):
     """A structure given to a model cannot be predicted (empty, NaN, unknown element, overlap, periodic)."""
-
-
-def _resolve_class(class_path: str):
-    from ._legacy import new_class_path
-
-    module, _, name = new_class_path(class_path).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ModelFileError(f"cannot import {class_path!r} ({err}); is the package that defines it installed?") from err
-
-
-# ----- model description ------------------------------------------------------------------------
-def spec_from_checkpoint(checkpoint: dict, source: str) -> dict:
-    """The JSON description of a Regression checkpoint that rebuilds the module without unpickling.
-
-    Returns ``{"objective": {"class_path", "init_args"}, "backbone": {"class_path", "init_args"},
-    "targets", "units", "force_unit", "forces", "cutoff_A"}``.
-
-    Raises:
-        ModelFileError: the checkpoint is not of a regression objective (nothing to predict with), or
-            its backbone's constructor arguments are unknown.
-    """
-    from atomzoo._legacy import upgrade_class_paths
-    from atomzoo.objectives.export import _metadata_from_checkpoint
-
-    hparams = dict(checkpoint.get("hyper_parameters") or {})
-    upgrade_class_paths(hparams)
-    objective_path = hparams.pop("_class_path", None) or "atomzoo.objectives.regression.Regression"
-    hparams.pop("_instantiator", None)
-    objective_cls = _resolve_class(objective_path)
-    from atomzoo.objectives.regression import Regression
-
-    if not (isinstance(objective_cls, type) and issubclass(objective_cls, Regression)):
-        raise ModelFileError(
-            f"{source}: a {objective_path} checkpoint has no property heads (it is a pretraining objective); "
-            "atomzoo.load needs a Regression run. For its backbone alone use python -m atomzoo.export --backbone-only "
-            "and fine-tune with --model.init_args.init_from"
-        )
-    backbone = _metadata_from_checkpoint(checkpoint, source)
-    if not backbone.get("class_path") or not backbone.get("init_args_complete", False):
-        raise ModelFileError(f"{source}: the backbone's class or constructor arguments are not recorded ({backbone})")
-    hparams.pop("backbone", None)
-    hparams["init_from"] = None  # weights come from this file, not from the pretraining source
-    from atomzoo.objectives.export import _jsonable
-
-    init_args = {k: v for k, v in hparams.items() if _jsonable(v)}
-    targets = list(init_args.get("targets") or [])
-    return {
-        "objective": {"class_path": f"{objective_cls.__module__}.{objective_cls.__qualname__}", "init_args": init_args},
-        "backbone": {"class_path": backbone["class_path"], "init_args": backbone.get("init_args", {})},
-        "targets": targets,
-        "units": list(checkpoint.get("target_units") or ["" for _ in targets]),
-        "force_unit": checkpoint.get("force_unit") if init_args.get("forces") else None,
-        "forces": bool(init_args.get("forces", False)),
-        "cutoff_A": float(backbone.get("init_args", {}).get("cutoff", float("nan"))),
-    }
-
-
-def build_objective(spec: dict, state_dict: dict[str, torch.Tensor]):
-    """Instantiate the objective described by ``spec`` and load ``state_dict`` strictly."""
-    backbone = _resolve_class(spec["backbone"]["class_path"])(**spec["backbone"]["init_args"])
-    objective = _resolve_class(spec["objective"]["class_path"])(backbone=backbone, **spec["objective"]["init_args"])
-    missing, unexpected = objective.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ModelFileError(
-            f"weights do not fit the described model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-        )
-    objective.units = list(spec.get("units") or objective.units)
-    if spec.get("force_unit"):
-        objective.force_unit = spec["force_unit"]
-    if not bool(objective.stats_ready):
-        raise ModelFileError("the model's target statistics (mean/std) were never fitted: it was not trained")
-    return objective.eval()
-
-
-def elements_of_training_data(training_data: dict | None) -> list[int] | None:
-    """Atomic numbers of a run's training data (from its ``data`` config), or ``None`` when unavailable.
-
-    Instantiates the DataModule from ``{"class_path", "init_args"}`` and reads its store's element list
-    (the processed store is usually cached already). Any failure (moved files, relative paths) gives
-    ``None`` with a warning, never a guess.
-    """
-    if not training_data or "class_path" not in training_data:
-        return None
-    try:
-        cls = _resolve_class(training_data["class_path"])
-        dm = cls(**dict(training_data.get("init_args") or {}))
-        return [int(z) for z in dm.atomic_numbers]
-    except Exception as err:  # noqa: BLE001 -- best effort; reported, not hidden
-        warnings.warn(f"could not read the training data's elements ({type(err).__name__}: {err}); "
-                      "unknown elements will not be refused", stacklevel=2)  # fmt: skip
-        return None
 
 
 # ----- input checks -----------------------------------------------------------------------------
@@ -324,7 +231,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
         path: checkpoint of a ``zoo fit`` Regression run, or ``python -m atomzoo.export`` output.
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``"float32"`` or ``"float64"`` (weights and positions; targets are pooled in float64 anyway).
-        elements: override the atomic numbers the model accepts (default: from the card / the run's data).
+        elements: override the atomic numbers the model accepts (default: the checkpoint's provenance
+            record, or the export's card; ``None`` there: not checked, with a warning).
         verify: check the export's SHA-256 against its card (exports only; leave on).
 
     Raises:
@@ -333,19 +241,22 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
             checkpoint of a pretraining objective.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"atomzoo.load: {path} does not exist")
-    if path.suffix == ".safetensors":
-        objective, card = _load_export(path, verify)
-    elif path.suffix == ".ckpt":
-        objective, card = _load_checkpoint(path)
-    else:
+    if path.is_file() and path.suffix not in (".ckpt", ".safetensors"):
         raise ModelFileError(
             f"{path}: unknown model file type {path.suffix!r}; atomzoo.load reads .ckpt (zoo fit) or .safetensors "
             "(python -m atomzoo.export)"
         )
+    model_file = read(path, verify=verify)
+    objective = build_objective(model_file)
+    card = _checkpoint_card(model_file, objective) if model_file.kind == CHECKPOINT else model_file.card
     if elements is None:
-        elements = card.get("elements")
+        elements = model_file.elements
+        if elements is None:
+            warnings.warn(f"{path} does not record the elements it was trained on (written before atomzoo recorded "
+                          "them, or not by a Trainer run on an atomzoo DataModule): unknown elements will not be "
+                          "refused; pass elements=[...] to check them", stacklevel=2)  # fmt: skip
     model = AtomzooModel(objective, card, elements)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if torch_dtype not in (torch.float32, torch.float64):
@@ -356,42 +267,13 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     return model
 
 
-def _load_checkpoint(path: Path):
-    from atomzoo._legacy import upgrade_class_paths
-
-    checkpoint = torch.load(str(path), map_location="cpu", weights_only=False)
-    if "state_dict" not in checkpoint:
-        raise ModelFileError(f"{path}: not a Lightning checkpoint (no 'state_dict')")
-    upgrade_class_paths(checkpoint.get("hyper_parameters"))
-    spec = spec_from_checkpoint(checkpoint, str(path))
-    objective = build_objective(spec, checkpoint["state_dict"])
-    run = run_directory_info(path)
-    card = {"model_format": "lightning-checkpoint", **spec, "source_checkpoint": str(path),
-            "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
-            "elements": elements_of_training_data(run["training_data"]),
+def _checkpoint_card(model_file: ModelFile, objective) -> dict:
+    """The card's information for a checkpoint: its model description, run directory and elements."""
+    run = run_directory_info(model_file.path)
+    return {"model_format": "lightning-checkpoint", **model_spec(model_file),
+            "source_checkpoint": str(model_file.path), "training_data": run["training_data"], "config": run["config"],
+            "test_metrics": run["test_metrics"], "elements": model_file.elements,
             "periodic": bool(getattr(objective.backbone, "periodic", False))}  # fmt: skip
-    return objective, card
 
 
-def _load_export(path: Path, verify: bool):
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    card = read_card(path)
-    if verify:
-        verify_weights(path, card)
-    if card["model_format"] == BACKBONE_FORMAT:
-        raise ModelFileError(
-            f"{path} is a backbone-only export (no heads or normalisation): it cannot predict. Fine-tune it "
-            "(--model.init_args.init_from) or export the full model with `python -m atomzoo.export CKPT OUT`"
-        )
-    with safe_open(str(path), framework="pt") as handle:
-        header = json.loads((handle.metadata() or {}).get(META_KEY, "{}"))
-    if header.get("model_format") != FULL_FORMAT:
-        raise ModelFileError(f"{path}: header format {header.get('model_format')!r} is not {FULL_FORMAT!r}")
-    objective = build_objective(header, load_file(str(path)))
-    return objective, card
-
-
-__all__ = ["MIN_DISTANCE", "AtomzooModel", "InputError", "atoms_to_batch", "build_objective", "check_atoms",
-           "elements_of_training_data", "load", "spec_from_checkpoint"]  # fmt: skip
+__all__ = ["MIN_DISTANCE", "AtomzooModel", "InputError", "atoms_to_batch", "check_atoms", "load"]
