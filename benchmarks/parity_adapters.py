@@ -1,10 +1,11 @@
 """Reference implementations plugged into the zoo through the public custom-backbone contract.
 
-Benchmark code, not part of the library: ``benchmarks/parity.py`` puts this folder on ``PYTHONPATH``
-and selects these classes with ``--model.backbone.class_path parity_adapters.<Name>``, exactly as a
-user plugs in their own backbone (docs/backbones.md). Each adapter builds the peer's own modules with
-the peer's own initialisation and feeds them *our* radius graph (``self.graph(data)``), so both sides
-of a parity row see the same neighbour list; heads, loss, optimiser and schedule come from the zoo.
+Benchmark code, not part of the library: ``benchmarks/matrices/parity.yaml`` puts this folder on
+``PYTHONPATH`` (its ``pythonpath`` key) and selects these classes with
+``--model.backbone.class_path parity_adapters.<Name>``, exactly as a user plugs in their own backbone
+(docs/backbones.md). Each adapter builds the peer's own modules with the peer's own initialisation
+and feeds them *our* radius graph (``self.graph(data)``), so both sides of a parity row see the same
+neighbour list; heads, loss, optimiser and schedule come from the zoo.
 
 * :class:`PygSchNet` -- PyTorch Geometric's SchNet blocks (``torch_geometric.nn.models.schnet``:
   ``InteractionBlock``, ``GaussianSmearing``; embedding ``nn.Embedding(100, F)``), composed as

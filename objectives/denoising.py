@@ -15,7 +15,7 @@ predicts 0 scores 1.0 (``(n-1)/n`` with ``center_noise``).
 Validation noise is drawn from a generator seeded by the batch index (the base class's seeded
 evaluation), so ``val/loss`` is comparable across epochs.
 
-Noise sampling and its validation live in :mod:`atomzoo.objectives.corruption` (re-exported here:
+Noise sampling and its validation live in :mod:`atomzoo.objectives.noise` (re-exported here:
 :func:`sample_sigma`, :func:`gaussian_noise`). :class:`AuxDenoising` is the auxiliary "noisy nodes"
 loss that :class:`~atomzoo.objectives.regression.Regression` adds during fine-tuning with
 ``aux_denoising_weight > 0``.
@@ -31,7 +31,7 @@ from atomzoo.backbones.base import Backbone
 from atomzoo.nn.batch import num_graphs, with_positions
 
 from .base import Objective
-from .corruption import check_sigma, gaussian_noise, sample_sigma
+from .noise import check_sigma, gaussian_noise, sample_sigma
 from .heads import NoiseHead
 
 

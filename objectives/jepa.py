@@ -54,7 +54,7 @@ from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.radial import GaussianRBF
 
 from .base import Objective
-from .corruption import check_sigma, gaussian_noise, mask_atoms, sample_sigma
+from .noise import check_sigma, gaussian_noise, mask_atoms, sample_sigma
 from .heads import PooledProjection, SIGRegProjector
 from .sigreg import sigreg
 

@@ -27,7 +27,7 @@ Gradients flow through both passes (``c`` is not detached; no EMA teacher). With
 (``backbone.element_embedding_parameters()``) is frozen during pretraining.
 
 Loss: MSE between the prediction and the noise standardised by a running per-component (x, y, z)
-mean / std (:class:`~atomzoo.objectives.corruption.RunningMoments`: exact pooled moments over all
+mean / std (:class:`~atomzoo.objectives.noise.RunningMoments`: exact pooled moments over all
 training batches of ALL DDP ranks; buffers, saved in checkpoints). Updated in training only.
 
 Logs ``train/loss``, ``val/loss`` (full condition, seeded noise), ``val/loss_masked`` (the same
@@ -45,7 +45,7 @@ from atomzoo.nn.batch import num_graphs, with_positions
 from atomzoo.nn.conditioning import LayerConditioning
 
 from .base import Objective
-from .corruption import RunningMoments, check_sigma, gaussian_noise, sample_sigma
+from .noise import RunningMoments, check_sigma, gaussian_noise, sample_sigma
 from .heads import NoiseHead, PooledProjection
 
 

@@ -288,7 +288,7 @@ def test_getitems_is_a_sequence_of_data_objects(qm9_128):
     subset = DataLoader(Subset(dataset, [7, 3, 1]), batch_size=3)
     assert_same_batch(next(iter(subset)), reference_batches(dataset, [[7, 3, 1]])[0])
 
-    def shuffled(collate_fn):  # a torch DataLoader, seeded (as benchmarks/et_parity_train.py builds one)
+    def shuffled(collate_fn):  # a torch DataLoader, seeded (as tests/equivalence/et_lockstep_training.py builds one)
         generator = torch.Generator().manual_seed(3)
         return torch.utils.data.DataLoader(
             dataset, batch_size=16, shuffle=True, generator=generator, collate_fn=collate_fn

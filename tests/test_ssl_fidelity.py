@@ -22,7 +22,7 @@ from atomzoo.backbones.base import Backbone, BackboneOutput
 from atomzoo.datamodules import QM9DataModule
 from atomzoo.nn.conditioning import condition_modules
 from atomzoo.objectives import JEPA, Denoising, Regression, SelfConditionedDenoising
-from atomzoo.objectives.corruption import RunningMoments, check_sigma
+from atomzoo.objectives.noise import RunningMoments, check_sigma
 from atomzoo.objectives.diagnostics import collapse_flags, collapse_statistics
 from atomzoo.objectives.heads import SIGRegProjector
 
@@ -253,7 +253,7 @@ def test_adding_an_objective_example_trains(cache_dir, tmp_path):
 
 def test_scd_condition_lowers_the_denoising_loss_of_a_trained_model(qm9):
     """The margin SCD's self-conditioning buys, on a model pretrained for 3,000 steps on 20,000 QM9
-    molecules (PaiNN 64 x 3, condition_dim 64, the shipped scd.yaml; ``benchmarks/objective_study.py``,
+    molecules (PaiNN 64 x 3, condition_dim 64, the shipped scd.yaml; ``benchmarks/matrices/objective_study.yaml``,
     weights in tests/data). Measured on 40 seeded validation batches of 128 molecules: loss 0.3152 with
     the clean-pass condition vs 0.3165 with the mask token, margin 0.39 % +- 0.03 % (s.e.m.), positive
     on 40 of 40 batches. Here 8 batches: the margin must exceed 0.15 % and be positive on every batch.

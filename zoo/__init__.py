@@ -9,8 +9,8 @@ Where things live (repository folder -> import name):
   radial bases and cutoffs, adaLN conditioning). Imports nothing above it.
 - ``zoo/model_files.py`` -> :mod:`atomzoo.model_files`: the one reader of checkpoints and exports
   and the one class-path resolver (beside :mod:`atomzoo.cards`, the model cards).
-- ``zoo/cli.py``   -> :mod:`atomzoo.cli`: the ``zoo`` LightningCLI; ``zoo/bench/`` -> :mod:`atomzoo.bench`:
-  the benchmark runner (``zoo-bench``). The application layer: nothing below imports it.
+- ``zoo/cli.py``   -> :mod:`atomzoo.cli`: the ``zoo`` LightningCLI; ``zoo/runner/`` -> :mod:`atomzoo.runner`:
+  the experiment runner (``zoo-bench``). The application layer: nothing below imports it.
 
 Class paths from before version 0.2 (``backbones.SchNet``, ``zoo.graph.Graph``, ...) inside configs,
 checkpoints and exports are translated to their ``atomzoo`` paths with a ``FutureWarning``

@@ -2,10 +2,10 @@
 
 Mean-pools the frozen backbone's per-atom scalars over each molecule (``[B, width]``), standardises
 them on the training molecules and fits ridge regression (least squares with a small ridge) to one
-QM9 target on the first ``--train-size`` training molecules; prints the test MAE on the whole test
-split. ``--random-init`` probes the same backbone with random weights instead.
+QM9 target on the first ``train_size`` training molecules; reports the test MAE on the whole test
+split. ``random_init`` probes the same backbone with random weights instead.
 
-    python benchmarks/closed_form_probe.py runs/bench/qm9_objectives/cells/pretrain/painn/denoising/c0/run \
+    zoo-bench probe runs/bench/qm9_objectives/cells/pretrain/painn/denoising/c0/run \
         --target homo --train-size 10000
 
 Measured numbers are in docs/benchmarks.md (linear-probe section).
@@ -13,8 +13,6 @@ Measured numbers are in docs/benchmarks.md (linear-probe section).
 
 from __future__ import annotations
 
-import argparse
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
 from atomzoo.datamodules import QM9DataModule
-from atomzoo.objectives.export import load_into_backbone
+from atomzoo.model_files import load_into_backbone, resolve_class
 
 
 def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:
@@ -33,8 +31,7 @@ def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:
     if not config.exists():
         raise FileNotFoundError(f"{config} does not exist: pass the run folder of a zoo fit (it holds config.yaml)")
     spec = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]
-    module, name = spec["class_path"].rsplit(".", 1)
-    backbone = getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+    backbone = resolve_class(spec["class_path"])(**spec.get("init_args", {}))
     if not random_init:
         load_into_backbone(backbone, str(run / "checkpoints" / "last.ckpt"))
     return backbone.eval()
@@ -50,19 +47,24 @@ def features(backbone: torch.nn.Module, loader) -> tuple[np.ndarray, np.ndarray]
     return torch.cat(xs).double().numpy(), torch.cat(ys).double().numpy()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="run folder of a pretraining zoo fit (config.yaml, checkpoints/)")
-    parser.add_argument("--target", default="homo")
-    parser.add_argument("--train-size", type=int, default=10000)
-    parser.add_argument("--ridge", type=float, default=1e-4, help="ridge strength, relative to the number of molecules")
-    parser.add_argument("--random-init", action="store_true", help="probe the same backbone with random weights")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def closed_form_probe(run: Path, target: str = "homo", train_size: int = 10000, ridge: float = 1e-4,
+                      random_init: bool = False, seed: int = 0) -> dict:
+    """Test MAE of the ridge-regression probe of ``run``'s backbone on one QM9 target.
 
-    torch.manual_seed(args.seed)
-    backbone = backbone_of(args.run, args.random_init)
-    data = QM9DataModule(targets=[args.target], train_size=args.train_size, eval_batch_size=256)
+    Args:
+        run: run folder of a ``zoo fit`` (``config.yaml``, ``checkpoints/last.ckpt``).
+        ridge: ridge strength relative to the number of training molecules.
+        random_init: probe the same architecture with random weights (seeded by ``seed``).
+
+    Returns:
+        ``{"mae": float, "unit": str, "molecules": int}``: MAE in meV for eV targets, else the target's unit.
+
+    Raises:
+        FileNotFoundError: ``run`` holds no ``config.yaml``.
+    """
+    torch.manual_seed(seed)
+    backbone = backbone_of(Path(run), random_init)
+    data = QM9DataModule(targets=[target], train_size=train_size, eval_batch_size=256)
     data.prepare_data()
     data.setup("fit")
     data.setup("test")
@@ -70,14 +72,9 @@ def main() -> None:
     x_test, y_test = features(backbone, data.test_dataloader())
     mean, std = x_train.mean(0), x_train.std(0) + 1e-12
     a, b = (x_train - mean) / std, (x_test - mean) / std
-    gram = a.T @ a + args.ridge * len(a) * np.eye(a.shape[1])
+    gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
     weights = np.linalg.solve(gram, a.T @ (y_train - y_train.mean()))
     mae = np.abs(b @ weights + y_train.mean() - y_test).mean()
-    unit = data.target_info(args.target).unit
+    unit = data.target_info(target).unit
     scale, shown = (1000.0, "meV") if unit == "eV" else (1.0, unit)
-    print(f"{args.run} ({'random init' if args.random_init else 'pretrained'}): closed-form linear probe, "
-          f"{args.target}, n={args.train_size}: test MAE {scale * mae:.1f} {shown} on {len(y_test)} molecules")
-
-
-if __name__ == "__main__":
-    main()
+    return {"mae": float(scale * mae), "unit": shown, "molecules": int(len(y_test))}

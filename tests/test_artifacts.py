@@ -1,4 +1,4 @@
-"""Deliberate training-set corruption for noise-robustness studies."""
+"""Dataset artifacts (``atomzoo.datamodules.artifacts``): deliberate training-set corruption for noise-robustness studies."""
 
 import numpy as np
 import pytest

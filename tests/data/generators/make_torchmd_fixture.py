@@ -13,17 +13,20 @@ Writes, under ``--out``:
 - ``outputs.npz``: the representation's per-atom scalars ``x`` [N, 32] and vectors ``vec`` [N, 3, 32]
   for QM9 molecules 0, 20000, ..., 100000 of qm9pack's CSVs (float64).
 
-    PYTHONPATH=/tmp/tmdnet python benchmarks/make_torchmd_fixture.py --out tests/data/torchmd_et
+    PYTHONPATH=/tmp/tmdnet python tests/data/generators/make_torchmd_fixture.py --out tests/data/torchmd_et
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from backbone_speed import read_qm9
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
+from backbone_speed import read_qm9  # noqa: E402  -- the speed benchmark's QM9 reader: the same molecules
 
 HPARAMS = dict(model="equivariant-transformer", embedding_dimension=32, num_layers=2, num_rbf=16,
                rbf_type="expnorm", trainable_rbf=True, activation="silu", attn_activation="silu",

@@ -1,5 +1,7 @@
-"""Corruption of molecules shared by every objective: noise levels, Gaussian position noise, atom
+"""Noise for self-supervision, shared by every objective: noise levels, Gaussian position noise, atom
 masking, and the running moments that standardise a noise target. One validation for all.
+
+(Damaged *datasets* for robustness studies are another thing: :mod:`atomzoo.datamodules.artifacts`.)
 
 * :func:`check_sigma` -- the one check of a noise level option (float or list, Angstrom).
 * :func:`sample_sigma` -- one noise level per molecule.

@@ -9,7 +9,7 @@ in one process so both see the same machine load; per-step process CPU time is r
 If the two codes compute the same function and gradients, the two runs differ only by float32
 rounding (summation order), which grows slowly over training.
 
-    python benchmarks/et_parity_train.py --threads 1 --steps 300 --seeds 0,1
+    python tests/equivalence/et_lockstep_training.py --threads 1 --steps 300 --seeds 0,1
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The benchmark runner: matrix expansion, resumable runs of real cells, report from the CSV alone."""
+"""The experiment runner: matrix expansion, resumable runs of real cells, report from the CSV alone, and the
+committed studies (parity, objective study) as matrices whose finished cells are never rerun."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -10,9 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from atomzoo.bench.__main__ import main as bench_main
-from atomzoo.bench.matrix import expand, load_matrix
-from atomzoo.bench.report import final_test_mae, noise_table, pretraining_table, summary_table, write_report
+from atomzoo.runner.__main__ import main as bench_main
+from atomzoo.runner.matrix import Comparison, expand, load_matrix
+from atomzoo.runner.probe import closed_form_probe
+from atomzoo.runner.report import (compare_table, final_test_mae, noise_table, pretraining_table, summary_table,
+                                   write_report)
+from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}
@@ -182,3 +187,141 @@ def test_pretraining_table(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     report = write_report(tmp_path).read_text()
     assert "## Pretraining runs" in report and "Test MAE" not in report
+
+
+def test_committed_studies_are_finished_cells_of_their_matrices(tmp_path, capsys):
+    """The parity study and the objective study are matrices of this runner: every cell of each is
+    finished in its committed results.csv (nothing would be rerun), and the report regenerates the
+    committed results.md exactly (the parity table of docs/benchmarks.md)."""
+    for name, count in (("parity", 106), ("objective_study", 3)):
+        matrix = load_matrix(ROOT / f"benchmarks/matrices/{name}.yaml")
+        committed = ROOT / matrix.output
+        assert {c.id for c in expand(matrix)} == finished_cells(committed / "results.csv")
+        assert len(expand(matrix)) == count
+        copy = dataclasses.replace(matrix, output=tmp_path / name)
+        copy.output.mkdir()
+        shutil.copy(committed / "results.csv", copy.output / "results.csv")
+        assert write_report(copy).read_text() == (committed / "results.md").read_text()
+    capsys.readouterr()
+    assert bench_main(["run", str(ROOT / "benchmarks/matrices/parity.yaml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith("106 cells selected, 106 finished "
+                                                   "(rows in benchmarks/results/parity/results.csv), 0 to run")
+
+
+def test_class_path_backbones_tasks_grids_and_comparisons(tmp_path):
+    """What the parity study needs, as general matrix features: backbones by class path, tasks with a
+    data config, metric and per-backbone init_args of their own, grids with their own seeds and budgets."""
+    matrix = {
+        "name": "pairs", "output": str(tmp_path / "out"), "pythonpath": ["benchmarks"],
+        "backbones": {"ours": {"class_path": "atomzoo.backbones.SchNet", "init_args": {"width": 16, "cutoff": 5.0}},
+                      "ref": {"class_path": "parity_adapters.PygSchNet", "init_args": {"width": 16, "cutoff": 5.0}}},
+        "compare": {"schnet": {"backbone": ["ours", "ref"]}},
+        "finetune": {"objective": "configs/objectives/regression.yaml", "data": "configs/data/qm9.yaml",
+                     "tasks": {"homo": {"args": ["--data.targets", "[homo]"], "metric": "test/homo_mae_meV"},
+                               "forces": {"data": "configs/data/rmd17.yaml", "metric": "test/forces_mae_meV_per_A",
+                                          "overrides": {"ref": {"num_rbf": 8}}}},
+                     "label_budgets": [1000], "seeds": [0, 1, 2], "args": ["--trainer.max_steps", "600"],
+                     "grids": [{"tasks": ["homo"], "seeds": [0, 1, 2, 3, 4]}, {"tasks": ["forces"], "label_budgets": [300]}]},
+    }
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    cells = expand(load_matrix(path))
+    assert len(cells) == 2 * 5 + 2 * 3 and not any(c.phase == "pretrain" for c in cells)
+    ref = next(c for c in cells if c.backbone == "ref" and c.target == "forces")
+    assert ref.id == "finetune/ref/none/c0/forces/n300/finetune/s0"
+    assert ref.args[:4] == ["-c", "configs/data/rmd17.yaml", "-c", "configs/objectives/regression.yaml"]
+    assert ref.args[4:6] == ["--model.backbone.class_path", "parity_adapters.PygSchNet"]
+    assert ref.args[ref.args.index("--model.backbone.init_args.num_rbf") + 1] == "8"  # the task's override
+    ours = next(c for c in cells if c.backbone == "ours" and c.target == "homo")
+    assert "--model.backbone.init_args.num_rbf" not in ours.args and "[homo]" in ours.args
+    for bad, message in ((dict(matrix, compare={"x": {"backbone": ["ours", "nope"]}}), "compare.x.backbone must name"),
+                         (dict(matrix, typo=1), r"unknown key\(s\) \['typo'\]"),
+                         (dict(matrix, finetune={**matrix["finetune"], "grids": [{"tasks": ["u0"]}]}),
+                          r"grids\[0\].tasks names \['u0'\]")):
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ValueError, match=message):
+            load_matrix(path)
+
+
+def test_compare_table_pairs_by_seed_and_applies_the_acceptance_line(tmp_path):
+    rows = []
+
+    def add(backbone, target, values, wall=10.0):
+        for seed, value in enumerate(values):
+            labels = {"cell": f"{backbone}/{target}/{seed}", "phase": "finetune", "backbone": backbone,
+                      "objective": "none", "target": target, "label_budget": 1000, "mode": "finetune", "seed": seed,
+                      "corruption_rate": 0.0, "step": ""}
+            rows.extend([{**labels, "metric": "test/homo_mae_meV", "value": value}, {**labels, "metric": "wall_s", "value": wall},
+                         {**labels, "metric": "max_steps", "value": 600}, {**labels, "metric": "batch_size", "value": 32}])
+
+    add("ours", "good", [10.0, 12.0, 14.0])
+    add("ref", "good", [11.0, 12.0, 13.0], wall=20.0)
+    add("ours", "bad", [20.0, 21.0, 22.0])
+    add("ref", "bad", [11.0, 12.0, 13.0])
+    add("ours", "few", [10.0])
+    add("ref", "few", [11.0, 12.0])
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    frame = load(tmp_path / "results.csv")
+    metrics = {t: "test/homo_mae_meV" for t in ("good", "bad", "few")}
+    lines = compare_table(frame, [Comparison("x", "backbone", "ours", "ref")], metrics).splitlines()
+    assert lines[2] == ("| x | bad | test/homo_mae_meV | 600 x 32 (1000) | 21.0 +- 1.0 (3) | 12.0 +- 1.0 (3) | "
+                        "+9.0 +- 0.0 (3) | **no** | 10 / 10 |")
+    assert lines[3].endswith("| (< 3 seeds) | 10 / 10 |") and "-1.0 +- nan (1)" in lines[3]
+    assert lines[4] == ("| x | good | test/homo_mae_meV | 600 x 32 (1000) | 12.0 +- 2.0 (3) | 12.0 +- 1.0 (3) | "
+                        "+0.0 +- 1.0 (3) | yes | 10 / 20 |")
+
+
+def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
+    """A pretraining-only matrix (the objective study's shape) with curves in the report; its cell's
+    compute settings are recorded; ``zoo-bench probe`` fits the closed-form probe of its backbone."""
+    matrix = {
+        "name": "ssl", "output": str(tmp_path / "out"), "report": ["pretraining", "curves"],
+        "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
+        "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml")},
+        "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"),
+                     "args": ["--data.targets", "null", *STEPS, "--trainer.val_check_interval", "1"]},
+    }
+    path = tmp_path / "ssl.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    assert bench_main(["run", str(path)]) == 0
+    out, cell = tmp_path / "out", tmp_path / "out/cells/pretrain/schnet/denoising/c0"
+    rows = read_rows(out / "results.csv")
+    settings = {r["metric"]: r["value"] for r in rows if r["step"] == ""}
+    assert settings["max_steps"] == "3" and settings["batch_size"] == "8" and float(settings["wall_s"]) > 0
+    assert sorted(int(r["step"]) for r in rows if r["metric"] == "curve:val/loss") == [0, 1, 2]
+    report = (out / "results.md").read_text()
+    assert "## Pretraining curves" in report and "### pretrain/schnet/denoising/c0" in report
+    assert "| backbone | pretraining |" in report and "## Cost" not in report  # only the sections asked for
+    result = closed_form_probe(cell / "run", "homo", train_size=64)
+    assert result["unit"] == "meV" and result["molecules"] > 10000 and 0 < result["mae"] < 5000
+
+
+def test_unfinished_cell_resumes_from_its_checkpoint(cache_dir, tmp_path, capsys):
+    """A cell whose rows are missing but whose folder holds a checkpoint continues from it (same model,
+    same test MAE) instead of starting over; a cell with rows is finished, folder or not."""
+    path = write_matrix(tmp_path, {"none": None}, seeds=(0,))
+    assert bench_main(["run", str(path)]) == 0
+    out = tmp_path / "out"
+    cell = out / "cells/finetune/schnet/none/c0/homo/n64/finetune/s0"
+    mae = [r["value"] for r in read_rows(out / "results.csv") if r["metric"] == "test/homo_mae_meV"]
+    write_rows(out / "results.csv", [])  # as if killed after the last checkpoint, before its rows were written
+    assert bench_main(["run", str(path)]) == 0
+    attempts = (cell / "log.txt").read_text()
+    assert "--ckpt_path" not in attempts.splitlines()[0]  # the first attempt's log is kept, the resume appended
+    assert f"--ckpt_path {cell / 'run/checkpoints'}" in attempts
+    assert [r["value"] for r in read_rows(out / "results.csv") if r["metric"] == "test/homo_mae_meV"] == mae
+    shutil.rmtree(cell)
+    capsys.readouterr()
+    assert bench_main(["run", str(path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"1 cells selected, 1 finished (rows in {out / 'results.csv'}), 0 to run")
+
+
+def test_finished_pretraining_without_its_checkpoint_blocks_finetuning(tmp_path, capsys):
+    path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    matrix = load_matrix(path)
+    labels = next(c for c in expand(matrix) if c.phase == "pretrain").labels
+    write_rows(matrix.results_csv, [{**labels, "metric": "wall_s", "step": "", "value": 1.0}])
+    assert bench_main(["run", str(path)]) == 1
+    out = capsys.readouterr()
+    assert "skipped 1" in out.out and "blocked by a failed pretraining 1" in out.out
+    assert "is finished but its checkpoint" in out.out and "--rerun" in out.out

@@ -1,9 +1,9 @@
 """Hand-written mutation testing: reintroduce known kinds of bugs one at a time, run the tests that
 guard each, and record whether a test failed (the mutant is "killed") or all passed ("survived").
 
-    python benchmarks/mutation.py [--only REGEX] [--out docs/testing/mutants.csv]
+    python tests/mutation/mutation.py [--only REGEX] [--out docs/testing/mutants.csv]
 
-Each mutant in ``benchmarks/mutants.yaml`` names a file, an exact snippet of it, the replacement
+Each mutant in ``tests/mutation/mutants.yaml`` names a file, an exact snippet of it, the replacement
 (the bug), the guarantee it breaks and the pytest selection that should catch it. The file is
 restored after every run (and at start-up from ``.mutation-backup/`` if an earlier run was
 killed), so run it on a clean tree. A snippet that no longer occurs exactly once is reported as
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BACKUP = REPO / ".mutation-backup"
 
 
@@ -72,14 +72,14 @@ def run_mutant(mutant: dict, timeout: int) -> tuple[str, float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mutants", default=str(REPO / "benchmarks" / "mutants.yaml"))
+    parser.add_argument("--mutants", default=str(REPO / "tests" / "mutation" / "mutants.yaml"))
     parser.add_argument("--only", default=None, help="regex on the mutant id")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", default=str(REPO / "docs" / "testing" / "mutants.csv"))
     args = parser.parse_args()
     restore_leftovers()
     if subprocess.run(["git", "diff", "--quiet"], cwd=REPO).returncode != 0:
-        sys.exit("benchmarks/mutation.py mutates files in place: commit or stash your changes first")
+        sys.exit("tests/mutation/mutation.py mutates files in place: commit or stash your changes first")
     mutants = yaml.safe_load(Path(args.mutants).read_text())
     if args.only:
         mutants = [m for m in mutants if re.search(args.only, m["id"])]

@@ -16,7 +16,7 @@ Writes, under ``--out``:
 
 Usage (the committed fixture in tests/data/md17_fixture was made with exactly this):
 
-    python benchmarks/make_md_fixture.py --out tests/data/md17_fixture --frames 500 --stride 10 --seed 0
+    python tests/data/generators/make_md_fixture.py --out tests/data/md17_fixture --frames 500 --stride 10 --seed 0
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Deliberate corruption of a training set, to measure how objectives cope with the kinds of error
-real datasets contain (noise-robustness benchmarks).
+"""Dataset artifacts made on purpose: deliberate corruption of a training set, to measure how objectives
+cope with the kinds of error real datasets contain (noise-robustness benchmarks). (The noise that
+self-supervised objectives add on purpose is another thing: :mod:`atomzoo.objectives.noise`.)
 
 A fixed, seeded fraction of the training molecules is corrupted, the same way in every epoch (a
 corrupted dataset is static, like a real one). Validation and test data are never corrupted.

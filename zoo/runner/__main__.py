@@ -1,0 +1,73 @@
+"""``zoo-bench run MATRIX.yaml`` / ``zoo-bench report MATRIX.yaml|OUTPUT_DIR`` / ``zoo-bench probe RUN_DIR``
+(also ``python -m atomzoo.runner ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .execute import run_cells
+from .matrix import expand, load_matrix, select
+from .report import write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zoo-bench", description="Experiment matrices of the zoo: run, resume, report.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run (or resume) every cell of a matrix, then write the report")
+    run.add_argument("matrix", type=Path)
+    run.add_argument("--only", help="regular expression: run only the cells whose id matches")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the command of every cell still to run and how many are finished; run nothing")
+    run.add_argument("--timeout", type=float, default=None, help="seconds after which a cell counts as failed")
+    run.add_argument("--parallel", type=int, default=1,
+                     help="cells run at once, each with cpu_count/parallel threads; a fine-tuning cell waits for its pretraining")
+    run.add_argument("--threads", type=int, default=None, help="OpenMP/MKL threads of every cell (overrides the share)")
+    run.add_argument("--rerun", action="store_true",
+                     help="run the selected cells again from scratch even if finished (their rows are replaced)")
+    run.add_argument("--list", action="store_true", help="list cell ids and exit")
+    report = sub.add_parser("report", help="regenerate results.md and the plots from results.csv")
+    report.add_argument("source", type=Path,
+                        help="the matrix file (its report sections, comparisons and task metrics apply) or the "
+                             "output folder holding results.csv (default sections)")
+    probe = sub.add_parser("probe", help="closed-form linear probe of a pretraining run's frozen backbone (QM9)")
+    probe.add_argument("run", type=Path, help="run folder of a pretraining zoo fit (config.yaml, checkpoints/)")
+    probe.add_argument("--target", default="homo")
+    probe.add_argument("--train-size", type=int, default=10000)
+    probe.add_argument("--ridge", type=float, default=1e-4, help="ridge strength, relative to the number of molecules")
+    probe.add_argument("--random-init", action="store_true", help="probe the same backbone with random weights")
+    probe.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "report":
+        source = load_matrix(args.source) if args.source.is_file() else args.source
+        print(write_report(source))
+        return 0
+    if args.command == "probe":
+        from .probe import closed_form_probe
+
+        result = closed_form_probe(args.run, args.target, args.train_size, args.ridge, args.random_init, args.seed)
+        print(f"{args.run} ({'random init' if args.random_init else 'pretrained'}): closed-form linear probe, "
+              f"{args.target}, n={args.train_size}: test MAE {result['mae']:.1f} {result['unit']} "
+              f"on {result['molecules']} molecules")
+        return 0
+    matrix = load_matrix(args.matrix)
+    cells = expand(matrix)
+    chosen = select(cells, args.only)
+    if args.list:
+        print("\n".join(c.id for c in chosen))
+        return 0
+    outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout, parallel=args.parallel,
+                        threads=args.threads, rerun=args.rerun)
+    if args.dry_run:
+        return 0
+    print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])}, failed {len(outcome['failed'])}, "
+          f"blocked by a failed pretraining {len(outcome['blocked'])}")
+    if matrix.results_csv.exists():
+        print(write_report(matrix))
+    return 1 if outcome["failed"] or outcome["blocked"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Runs the cells of a matrix as ordinary ``zoo fit`` processes, resumably.
+
+A cell with rows in ``results.csv`` is finished and never rerun (``rerun`` forces it). An unfinished
+cell whose folder holds a checkpoint (a kill, a crash, a timeout) continues from its newest one
+(``--ckpt_path``); one without is wiped and started afresh. After each cell its metrics are merged
+into ``results.csv`` (:mod:`atomzoo.runner.results`) and ``DONE.json`` is written into its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import yaml
+from tqdm import tqdm
+
+from .matrix import Cell, Matrix
+from .results import finished_cells, merge_rows
+
+LOG_SUBDIR = "run"
+
+
+def cell_dir(matrix: Matrix, cell: Cell) -> Path:
+    return matrix.cells_dir / cell.id
+
+
+def log_dir(matrix: Matrix, cell: Cell) -> Path:
+    """Where the cell's Lightning run writes config.yaml, checkpoints/, events and test_metrics.json."""
+    return cell_dir(matrix, cell) / LOG_SUBDIR
+
+
+def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
+    return log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
+
+
+def resume_point(matrix: Matrix, cell: Cell) -> Path | None:
+    """The newest checkpoint an unfinished cell left behind (``last.ckpt`` or ``last-step.ckpt``), if any."""
+    saved = sorted((log_dir(matrix, cell) / "checkpoints").glob("last*.ckpt"), key=lambda f: f.stat().st_mtime)
+    return saved[-1] if saved else None
+
+
+def command(matrix: Matrix, cell: Cell, cells_by_id: dict[str, Cell], resume: Path | None = None) -> list[str]:
+    """The full ``zoo fit`` command line of a cell (the one place it is built)."""
+    folder = cell_dir(matrix, cell)
+    args = [sys.executable, "-m", "atomzoo.cli", "fit", *cell.args,
+            "--trainer.logger.class_path", "lightning.pytorch.loggers.TensorBoardLogger",
+            "--trainer.logger.init_args.save_dir", str(folder.parent),
+            "--trainer.logger.init_args.name", folder.name,
+            "--trainer.logger.init_args.version", LOG_SUBDIR,
+            "--trainer.default_root_dir", str(folder),
+            "--trainer.enable_progress_bar", "false"]
+    if cell.depends_on:
+        args += ["--model.init_from", str(checkpoint_of(matrix, cells_by_id[cell.depends_on]))]
+    if resume is not None:
+        args += ["--ckpt_path", str(resume)]
+    return args
+
+
+def read_curves(directory: Path) -> list[tuple[str, int, float]]:
+    """All scalar series of the TensorBoard event files in ``directory`` as (tag, step, value); a step
+    logged again after a resume keeps its newest value."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    series = {(tag, int(e.step)): float(e.value) for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag)}
+    return [(tag, step, value) for (tag, step), value in series.items()]
+
+
+def _run_settings(run: Path) -> dict[str, float]:
+    """``max_steps`` and ``batch_size`` of a run, from its resolved ``config.yaml`` (those it has)."""
+    config = run / "config.yaml"
+    if not config.exists():
+        return {}
+    resolved = yaml.safe_load(config.read_text())
+    found = {"max_steps": (resolved.get("trainer") or {}).get("max_steps"),
+             "batch_size": ((resolved.get("data") or {}).get("init_args") or {}).get("batch_size")}
+    return {k: v for k, v in found.items() if isinstance(v, int | float) and v >= 0}
+
+
+def collect(matrix: Matrix, cell: Cell, wall_s: float) -> list[dict]:
+    """Rows for results.csv: final test metrics, kept curves, wall time and compute settings of a finished cell."""
+    base = cell.labels
+    rows = [{**base, "metric": "wall_s", "step": "", "value": wall_s}]
+    rows += [{**base, "metric": k, "step": "", "value": v} for k, v in _run_settings(log_dir(matrix, cell)).items()]
+    metrics_file = log_dir(matrix, cell) / "test_metrics.json"
+    if metrics_file.exists():
+        for name, value in json.loads(metrics_file.read_text()).items():
+            rows.append({**base, "metric": name, "step": "", "value": value})
+    for tag, step, value in read_curves(log_dir(matrix, cell)):
+        if tag.startswith(matrix.curves):
+            rows.append({**base, "metric": f"curve:{tag}", "step": step, "value": value})
+    return rows
+
+
+def _child_env(matrix: Matrix, parallel: int, threads: int | None) -> dict[str, str]:
+    """Environment of a cell's process: the matrix's ``pythonpath`` first on PYTHONPATH; ``threads``
+    OpenMP/MKL threads (default with ``parallel`` > 1: the cores shared out, unless already set)."""
+    env = dict(os.environ)
+    paths = [str(p.resolve()) for p in matrix.pythonpath]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")]))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if threads is not None:
+            env[var] = str(threads)
+        elif parallel > 1:
+            env.setdefault(var, str(max(1, (os.cpu_count() or 1) // parallel)))
+    return env
+
+
+@dataclass
+class _Running:
+    cell: Cell
+    proc: subprocess.Popen
+    log: IO[str]
+    start: float
+
+
+def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
+              timeout: float | None = None, parallel: int = 1, threads: int | None = None,
+              rerun: bool = False) -> dict[str, list[str]]:
+    """Run ``cells`` (a selection of ``all_cells``), up to ``parallel`` at once; return ids by outcome.
+
+    Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
+    ``blocked`` (a fine-tuning cell whose pretraining failed, was neither selected nor finished
+    earlier, or has lost its checkpoint). Cells start in matrix order; a fine-tuning cell waits until
+    its pretraining cell is done. ``rerun``: run the selected cells again even if finished (from
+    scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
+    to run is printed, then a ``#`` summary line.
+    """
+    if parallel < 1:
+        raise ValueError(f"--parallel must be at least 1, got {parallel}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    by_id = {c.id: c for c in all_cells}
+    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "blocked": []}
+    finished = finished_cells(matrix.results_csv)
+    fresh = {c.id for c in cells} if rerun else set()
+    todo = []
+    for cell in cells:
+        if cell.id in finished and not rerun:
+            outcome["skipped"].append(cell.id)
+        else:
+            todo.append(cell)
+    if dry_run:
+        for cell in todo:
+            print(" ".join(command(matrix, cell, by_id, None if cell.id in fresh else resume_point(matrix, cell))))
+        stray = sorted(finished - set(by_id))
+        print(f"# {matrix.name}: {len(cells)} cells selected, {len(outcome['skipped'])} finished "
+              f"(rows in {matrix.results_csv}), {len(todo)} to run"
+              + (f"; results.csv also holds {len(stray)} cells this matrix does not define" if stray else ""))
+        return outcome
+    if outcome["skipped"]:
+        print(f"{len(outcome['skipped'])} finished cells skipped (rows in {matrix.results_csv}; --rerun runs them again)")
+    env = _child_env(matrix, parallel, threads)
+    pending = list(todo)
+    running: list[_Running] = []
+    bar = tqdm(total=len(todo), unit="cell", dynamic_ncols=True)
+
+    def ready(dep: str) -> bool:
+        return dep in outcome["done"] or (dep in finished and dep not in fresh)
+
+    def launch(cell: Cell) -> None:
+        folder = cell_dir(matrix, cell)
+        resume = None if cell.id in fresh else resume_point(matrix, cell)
+        if resume is None and folder.exists():
+            shutil.rmtree(folder)  # leftovers of a crashed or killed attempt that saved no checkpoint
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = command(matrix, cell, by_id, resume)
+        log = open(folder / "log.txt", "a" if resume else "w")  # noqa: SIM115 -- open while the cell runs; closed in finish()
+        log.write(" ".join(cmd) + "\n\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        running.append(_Running(cell, proc, log, time.perf_counter()))
+
+    def finish(job: _Running, ok: bool) -> None:
+        job.log.close()
+        wall = time.perf_counter() - job.start
+        folder = cell_dir(matrix, job.cell)
+        if ok:
+            merge_rows(matrix.results_csv, job.cell.id, collect(matrix, job.cell, wall))
+            (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, **job.cell.labels}, indent=1))
+            outcome["done"].append(job.cell.id)
+        else:
+            outcome["failed"].append(job.cell.id)
+            tqdm.write(f"cell {job.cell.id} failed; see {folder / 'log.txt'}")
+        bar.update(1)
+
+    def block(cell: Cell, why: str) -> None:
+        outcome["blocked"].append(cell.id)
+        pending.remove(cell)
+        tqdm.write(f"cell {cell.id} blocked: {why}")
+        bar.update(1)
+
+    try:
+        while pending or running:
+            for cell in list(pending):
+                if len(running) >= parallel:
+                    break
+                dep = cell.depends_on
+                if dep and not ready(dep):
+                    waiting = any(c.id == dep for c in pending) or any(j.cell.id == dep for j in running)
+                    if not waiting:
+                        block(cell, f"its pretraining cell {dep} did not finish")
+                    continue
+                if dep and not checkpoint_of(matrix, by_id[dep]).exists():
+                    block(cell, f"its pretraining cell {dep} is finished but its checkpoint "
+                                f"{checkpoint_of(matrix, by_id[dep])} is gone (--rerun --only '^{dep}$' makes it again)")
+                    continue
+                pending.remove(cell)
+                launch(cell)
+            shown = ", ".join(j.cell.id for j in running)
+            if shown != bar.postfix:
+                bar.set_postfix_str(shown)
+            elif time.time() - bar.last_print_t > 5.0:
+                bar.refresh()  # keep elapsed/remaining time moving while long cells run
+            time.sleep(0.2)
+            for job in list(running):
+                code = job.proc.poll()
+                if code is None and timeout is not None and time.perf_counter() - job.start > timeout:
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+                    code = job.proc.wait()
+                    tqdm.write(f"cell {job.cell.id} ran past --timeout {timeout:g} s and was killed")
+                if code is not None:
+                    running.remove(job)
+                    finish(job, code == 0)
+    finally:  # Ctrl-C or an error here: leave no orphan training processes behind
+        for job in running:
+            os.killpg(job.proc.pid, signal.SIGKILL)
+            job.proc.wait()
+            job.log.close()
+        bar.close()
+    return outcome

@@ -1,0 +1,382 @@
+"""Matrix files -- the plan of an experiment -- and their expansion into cells.
+
+A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / ``finetune`` is optional::
+
+    name: qm9_objectives
+    output: runs/bench/qm9_objectives        # results.csv, results.md and plots; relative paths resolve
+                                              # against the current directory (run from the repository root)
+    cells: runs/bench/qm9_objectives/cells    # the cells' run folders (default <output>/cells)
+    pythonpath: [benchmarks]                  # folders put on every cell's PYTHONPATH (code named by class path)
+    common_args: [-c, configs/trainer/cpu.yaml]          # CLI arguments for every cell
+    backbones:                                # name -> a backbone config (+ init_args overrides) ...
+      painn: {config: configs/backbones/painn.yaml, overrides: {width: 64}}
+      pyg_schnet:                             # ... or a class path (+ init_args)
+        class_path: parity_adapters.PygSchNet
+        init_args: {width: 64, cutoff: 5.0}
+    objectives:                               # name -> pretraining objective config; none = scratch
+      none: null
+      denoising: configs/objectives/denoising.yaml
+      scd: {config: configs/objectives/scd.yaml, args: [--model.backbone.init_args.condition_dim, "64"]}
+    pretrain:                                 # one cell per backbone x objective (x corruption rate)
+      data: configs/data/qm9.yaml
+      args: [--data.targets, "null", --trainer.max_steps, "3000"]
+      corruption: {kind: displacement, rates: [0.0, 0.1], scale: 0.5}   # optional
+    finetune:                                 # one cell per backbone x objective x task x budget x mode x seed
+      data: configs/data/qm9.yaml
+      objective: configs/objectives/regression.yaml
+      targets: [homo, u0]                     # shorthand: task <t> = {args: [--data.targets, "[<t>]"]}
+      tasks:                                  # ... or tasks with settings of their own (not both)
+        md_forces:
+          data: configs/data/rmd17.yaml       # default: finetune.data
+          args: [--data.molecule, ethanol]    # placed where a target's --data.targets goes
+          metric: test/forces_mae_meV_per_A   # the test metric reported (default test/<task>_mae_<unit>)
+          overrides: {mace: {avg_num_neighbors: 8.0}}   # backbone init_args for this task only
+      label_budgets: [1000, 10000]
+      seeds: [0, 1, 2]
+      modes: [finetune, linear_probe]          # linear_probe: frozen backbone + linear head
+      args: [--trainer.max_epochs, "30"]
+      probe_args: [--model.lr, "0.01"]          # optional: added to linear_probe cells only (after args)
+      grids:                                  # optional: the cells are the union of these grids, each the
+        - {backbones: [painn], seeds: [0, 1, 2, 3, 4]}   # product of the axes above with the ones it names
+        - {tasks: [md_forces], label_budgets: [300]}     # (backbones, objectives, tasks, label_budgets,
+                                                          # modes, seeds); default: one grid, all of them
+    compare:                                  # paired comparisons in the report: name -> {axis: [ours, reference]}
+      painn: {backbone: [painn, schnetpack_painn]}       # axis: backbone or objective; paired by seed
+    curves: [val/, train/loss, train/emb]     # logged series kept in results.csv (metric-name prefixes)
+    report: [summary, noise, pretraining, cost, plots]   # sections of results.md (this is the default)
+
+Each pretraining objective is run once per backbone (and corruption rate); each fine-tuning cell
+starts from that pretraining run's last checkpoint (``--model.init_from``), or from scratch for
+``none``. A cell's id names its place in the matrix, not its arguments: after changing a matrix's
+settings, give it another ``output`` so that its finished cells are not taken for the new ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCRATCH = "none"
+MODES = ("finetune", "linear_probe")
+#: report sections, in the order results.md shows them
+SECTIONS = ("compare", "summary", "noise", "pretraining", "curves", "cost", "plots")
+DEFAULT_SECTIONS = ("compare", "summary", "noise", "pretraining", "cost", "plots")
+DEFAULT_CURVES = ("val/", "train/loss", "train/emb")
+TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones", "objectives", "pretrain", "finetune",
+            "compare", "curves", "report"}
+FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
+                 "grids"}
+GRID_AXES = ("backbones", "objectives", "tasks", "label_budgets", "modes", "seeds")
+COMPARE_AXES = ("backbone", "objective")
+
+
+@dataclass
+class Cell:
+    """One run of the matrix.
+
+    Attributes:
+        id: unique, path-like name (also the cell's folder under the matrix's ``cells`` folder).
+        phase: ``"pretrain"`` or ``"finetune"``.
+        args: arguments of ``zoo fit`` (without the run-folder arguments the runner adds).
+        target: the fine-tuning task (a QM9 target for ``targets``).
+        depends_on: id of the pretraining cell whose checkpoint this cell starts from.
+    """
+
+    id: str
+    phase: str
+    backbone: str
+    objective: str
+    args: list[str]
+    target: str = ""
+    label_budget: int = 0
+    mode: str = ""
+    seed: int = 0
+    corruption_rate: float = 0.0
+    depends_on: str | None = None
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return {
+            "cell": self.id,
+            "phase": self.phase,
+            "backbone": self.backbone,
+            "objective": self.objective,
+            "target": self.target,
+            "label_budget": self.label_budget,
+            "mode": self.mode,
+            "seed": self.seed,
+            "corruption_rate": self.corruption_rate,
+        }
+
+
+@dataclass
+class Task:
+    """A fine-tuning task: its data config (``None``: the section's), CLI arguments, reported test
+    metric (``None``: ``test/<name>_mae_<unit>``) and per-backbone ``init_args`` overrides."""
+
+    name: str
+    args: list[str]
+    data: str | None = None
+    metric: str | None = None
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """Ours against a reference along one axis (``backbone`` or ``objective``), paired by seed."""
+
+    name: str
+    axis: str
+    ours: str
+    ref: str
+
+
+@dataclass
+class Matrix:
+    """A parsed matrix file (see the module docstring for the format)."""
+
+    name: str
+    output: Path
+    backbones: dict[str, dict[str, Any]]
+    objectives: dict[str, dict[str, Any] | None]
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any] | None
+    common_args: list[str] = field(default_factory=list)
+    source: Path | None = None
+    cells: Path | None = None
+    pythonpath: list[Path] = field(default_factory=list)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    compare: list[Comparison] = field(default_factory=list)
+    curves: tuple[str, ...] = DEFAULT_CURVES
+    report: tuple[str, ...] = DEFAULT_SECTIONS
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.cells if self.cells is not None else self.output / "cells"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.output / "results.csv"
+
+    def metric_of(self, task: str) -> str | None:
+        """The test metric the report shows for ``task`` (``None``: ``test/<task>_mae_<unit>``)."""
+        return self.tasks[task].metric if task in self.tasks else None
+
+
+def _require(mapping: dict, key: str, where: str):
+    if key not in mapping:
+        raise ValueError(f"matrix file: '{where}' needs the key '{key}'")
+    return mapping[key]
+
+
+def _unknown(mapping: dict, allowed: set[str], where: str) -> None:
+    bad = sorted(set(mapping) - allowed)
+    if bad:
+        raise ValueError(f"matrix file: unknown key(s) {bad} in {where}; allowed: {sorted(allowed)}")
+
+
+def _backbone_spec(name: str, spec: Any) -> dict[str, Any]:
+    spec = {"config": spec} if isinstance(spec, str) else dict(spec or {})
+    if ("config" in spec) == ("class_path" in spec):
+        raise ValueError(f"matrix file: backbones.{name} needs either 'config' (a backbone YAML) or 'class_path'")
+    _unknown(spec, {"config", "overrides"} if "config" in spec else {"class_path", "init_args"}, f"backbones.{name}")
+    spec.setdefault("overrides", {})
+    spec.setdefault("init_args", {})
+    return spec
+
+
+def _objective_spec(name: str, spec: Any) -> dict[str, Any] | None:
+    if spec is None or name == SCRATCH:
+        return None
+    spec = {"config": spec} if isinstance(spec, str) else dict(spec)
+    _require(spec, "config", f"objectives.{name}")
+    _unknown(spec, {"config", "args"}, f"objectives.{name}")
+    spec["args"] = [str(a) for a in spec.get("args", [])]
+    return spec
+
+
+def _tasks(finetune: dict[str, Any]) -> dict[str, Task]:
+    if ("targets" in finetune) == ("tasks" in finetune):
+        raise ValueError("matrix file: 'finetune' needs the key 'targets' (a list) or 'tasks' (a mapping), not both")
+    if "targets" in finetune:
+        return {str(t): Task(str(t), ["--data.targets", f"[{t}]"]) for t in finetune["targets"]}
+    tasks = {}
+    for name, spec in finetune["tasks"].items():
+        spec = dict(spec or {})
+        _unknown(spec, {"data", "args", "metric", "overrides"}, f"finetune.tasks.{name}")
+        tasks[str(name)] = Task(str(name), [str(a) for a in spec.get("args", [])], spec.get("data"), spec.get("metric"),
+                                {str(b): dict(o) for b, o in (spec.get("overrides") or {}).items()})
+    return tasks
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    """Read and check a matrix file; errors name the missing or wrong key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"matrix file {path} does not exist") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"matrix file {path} must hold a mapping")
+    _unknown(raw, TOP_KEYS, "the top level")
+    backbones = {name: _backbone_spec(name, spec) for name, spec in _require(raw, "backbones", "top level").items()}
+    objectives = {name: _objective_spec(name, spec) for name, spec in (raw.get("objectives") or {SCRATCH: None}).items()}
+    if "finetune" not in raw and "pretrain" not in raw:
+        raise ValueError("matrix file: the top level needs 'finetune', 'pretrain' or both")
+    finetune, tasks = None, {}
+    if "finetune" in raw:
+        finetune = dict(raw["finetune"])
+        _unknown(finetune, FINETUNE_KEYS, "finetune")
+        for key in ("data", "objective", "label_budgets"):
+            _require(finetune, key, "finetune")
+        tasks = _tasks(finetune)
+        finetune.setdefault("seeds", [0])
+        finetune.setdefault("modes", ["finetune"])
+        finetune.setdefault("args", [])
+        finetune.setdefault("probe_args", [])
+        finetune.setdefault("grids", [{}])
+        bad = [m for m in finetune["modes"] if m not in MODES]
+        if bad:
+            raise ValueError(f"matrix file: finetune.modes {bad} not in {list(MODES)}")
+        names = {"backbones": set(backbones), "objectives": set(objectives), "tasks": set(tasks)}
+        for k, grid in enumerate(finetune["grids"]):
+            _unknown(grid, set(GRID_AXES), f"finetune.grids[{k}]")
+            for axis, known in names.items():
+                missing = sorted(set(map(str, grid.get(axis, []))) - known)
+                if missing:
+                    raise ValueError(f"matrix file: finetune.grids[{k}].{axis} names {missing}, not among {sorted(known)}")
+        for task in tasks.values():
+            missing = sorted(set(task.overrides) - set(backbones))
+            if missing:
+                raise ValueError(f"matrix file: finetune.tasks.{task.name}.overrides names backbones {missing}, "
+                                 f"not among {sorted(backbones)}")
+    pretrain = dict(raw.get("pretrain") or {})
+    if any(spec is not None for spec in objectives.values()):
+        _require(pretrain, "data", "pretrain")
+    pretrain.setdefault("args", [])
+    compare = []
+    for name, spec in (raw.get("compare") or {}).items():
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in COMPARE_AXES:
+            raise ValueError(f"matrix file: compare.{name} must be {{backbone: [ours, reference]}} or "
+                             f"{{objective: [ours, reference]}}")
+        axis, pair = next(iter(spec.items()))
+        known = backbones if axis == "backbone" else objectives
+        if len(pair) != 2 or any(p not in known for p in pair):
+            raise ValueError(f"matrix file: compare.{name}.{axis} must name two of {sorted(known)}, got {pair}")
+        compare.append(Comparison(str(name), axis, str(pair[0]), str(pair[1])))
+    report = tuple(raw.get("report", DEFAULT_SECTIONS))
+    bad = [s for s in report if s not in SECTIONS]
+    if bad:
+        raise ValueError(f"matrix file: report sections {bad} not in {list(SECTIONS)}")
+    return Matrix(
+        name=str(raw.get("name", path.stem)),
+        output=Path(raw.get("output", f"runs/bench/{path.stem}")),
+        backbones=backbones,
+        objectives=objectives,
+        pretrain=pretrain,
+        finetune=finetune,
+        common_args=[str(a) for a in raw.get("common_args", [])],
+        source=path,
+        cells=Path(raw["cells"]) if raw.get("cells") else None,
+        pythonpath=[Path(p) for p in raw.get("pythonpath", [])],
+        tasks=tasks,
+        compare=compare,
+        curves=tuple(str(c) for c in raw.get("curves", DEFAULT_CURVES)),
+        report=tuple(s for s in SECTIONS if s in report),
+    )
+
+
+def _format(value: Any) -> str:
+    """A YAML value as one command-line word (``[32, 32]``, ``5.0``, ``true``)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _backbone_args(spec: dict[str, Any], extra: dict[str, Any] | None = None) -> list[str]:
+    if "config" in spec:
+        args, init_args = ["--model.backbone", str(spec["config"])], spec["overrides"]
+    else:
+        args, init_args = ["--model.backbone.class_path", str(spec["class_path"])], spec["init_args"]
+    for key, value in {**init_args, **(extra or {})}.items():
+        args += [f"--model.backbone.init_args.{key}", _format(value)]
+    return args
+
+
+def _rate_tag(rate: float) -> str:
+    return f"c{rate:g}"
+
+
+def _pretrain_cells(matrix: Matrix) -> list[Cell]:
+    corruption = matrix.pretrain.get("corruption") or {}
+    rates = [float(r) for r in corruption.get("rates", [0.0])]
+    cells = []
+    for backbone, spec in matrix.backbones.items():
+        for objective, objective_spec in matrix.objectives.items():
+            if objective_spec is None:
+                continue
+            for rate in rates:
+                args = ["-c", str(matrix.pretrain["data"]), "-c", str(objective_spec["config"]), *_backbone_args(spec),
+                        *objective_spec["args"]]
+                if rate > 0:
+                    args += ["--data.corruption", str(corruption.get("kind", "displacement")),
+                             "--data.corruption_rate", str(rate),
+                             "--data.corruption_scale", str(corruption.get("scale", 0.5))]
+                args += [*matrix.common_args, *map(str, matrix.pretrain["args"])]
+                cells.append(Cell(f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}", "pretrain", backbone, objective,
+                                  args, corruption_rate=rate))
+    return cells
+
+
+def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, task: Task, budget: int, mode: str,
+                   seed: int) -> Cell:
+    ft = matrix.finetune
+    args = ["-c", str(task.data or ft["data"]), "-c", str(ft["objective"]),
+            *_backbone_args(matrix.backbones[backbone], task.overrides.get(backbone)), *task.args,
+            "--data.train_size", str(budget), "--seed_everything", str(seed), "--test_after_fit", "true"]
+    if mode == "linear_probe":  # frozen backbone, one Linear per target
+        args += ["--model.freeze_backbone", "true", "--model.head_hidden", "0", "--model.aux_denoising_weight", "0"]
+    args += [*matrix.common_args, *map(str, ft["args"])]
+    if mode == "linear_probe":
+        args += [*map(str, ft["probe_args"])]
+    depends = None if matrix.objectives[objective] is None else f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}"
+    cell_id = f"finetune/{backbone}/{objective}/{_rate_tag(rate)}/{task.name}/n{budget}/{mode}/s{seed}"
+    return Cell(cell_id, "finetune", backbone, objective, args, task.name, int(budget), mode, int(seed), rate, depends)
+
+
+def expand(matrix: Matrix) -> list[Cell]:
+    """All cells of the matrix, pretraining cells first (fine-tuning cells in matrix order, each once)."""
+    cells = _pretrain_cells(matrix)
+    if matrix.finetune is not None:
+        ft = matrix.finetune
+        corruption = matrix.pretrain.get("corruption") or {}
+        rates = [float(r) for r in corruption.get("rates", [0.0])]
+        found: dict[str, Cell] = {}
+        for grid in ft["grids"]:
+            axes = {axis: [str(v) for v in grid[axis]] if axis in grid else None for axis in ("backbones", "objectives", "tasks")}
+            backbones = axes["backbones"] or list(matrix.backbones)
+            objectives = axes["objectives"] or list(matrix.objectives)
+            tasks = axes["tasks"] or list(matrix.tasks)
+            budgets, modes, seeds = (grid.get(k, ft[k]) for k in ("label_budgets", "modes", "seeds"))
+            for backbone, objective in itertools.product(backbones, objectives):
+                scratch = matrix.objectives[objective] is None
+                for rate, task, budget, mode, seed in itertools.product([0.0] if scratch else rates, tasks, budgets,
+                                                                        modes, seeds):
+                    cell = _finetune_cell(matrix, backbone, objective, rate, matrix.tasks[task], budget, mode, seed)
+                    found.setdefault(cell.id, cell)
+        cells += found.values()
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError("matrix file: names of backbones/objectives/targets must be unique")
+    return cells
+
+
+def select(cells: list[Cell], pattern: str | None) -> list[Cell]:
+    """Cells whose id matches the regular expression ``pattern`` (all if ``None``)."""
+    if not pattern:
+        return cells
+    regex = re.compile(pattern)
+    return [c for c in cells if regex.search(c.id)]

@@ -1,0 +1,387 @@
+"""Tables and plots from a matrix's ``results.csv`` (and the matrix file's report settings, if given).
+
+Sections of ``results.md`` (the matrix's ``report`` key picks and orders them):
+
+- ``compare``: per comparison of the matrix (ours against a reference, e.g. our SchNet against PyG's),
+  mean +- std over seeds of each side, the paired difference ours - ref over the seeds both sides
+  finished, and the acceptance line ours mean <= ref mean + ref std (>= 3 seeds per side).
+- ``summary``: per fine-tuning mode, test MAE mean +- std over seeds for every backbone x pretraining
+  objective (rows) and task x label budget (columns); the best mean of each column in bold; the
+  relative change against training from scratch (objective ``none``) in brackets (negative = lower
+  error = better).
+- ``noise``: test MAE against the pretraining corruption rate, when rates were swept.
+- ``pretraining``: one row per pretraining run (steps, last validation loss, wall time).
+- ``curves``: per pretraining run, every logged validation metric at each evaluated step and the
+  collapse diagnostics (embedding std, effective rank, SIGReg statistic) at a few steps.
+- ``cost``: summed wall time per phase.
+- ``plots``: ``bars_<backbone>_<mode>.png`` (grouped bars, std over seeds as error bars),
+  ``curves_<backbone>_<target>_n<budget>.png`` (validation MAE during fine-tuning, per objective),
+  ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .matrix import DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
+from .results import load
+
+#: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
+DIAGNOSTICS = ("train/emb_std", "train/emb_erank", "train/emb_sigreg", "train/target_std")
+
+
+def _own_metric(metric: str, target: str, metrics: dict[str, str | None]) -> bool:
+    """Whether ``metric`` is the reported test metric of task ``target``."""
+    chosen = metrics.get(target)
+    return metric == chosen if chosen else metric.startswith(f"test/{target}_mae_")
+
+
+def _unit(metric: str) -> str:
+    return metric.split("_mae_", 1)[1].replace("_per_", "/") if "_mae_" in metric else ""
+
+
+def final_test_mae(frame: pd.DataFrame, metrics: dict[str, str | None] | None = None) -> pd.DataFrame:
+    """One row per fine-tuning cell: its reported test metric, with the metric's unit.
+
+    ``metrics`` maps a task to its metric (a matrix's ``tasks.<name>.metric``); tasks not in it report
+    ``test/<task>_mae_<unit>``."""
+    metrics = metrics or {}
+    ft = frame[(frame["phase"] == "finetune") & frame["metric"].str.startswith("test/")]
+    own = pd.Series([_own_metric(m, t, metrics) for m, t in zip(ft["metric"], ft["target"])], index=ft.index, dtype=bool)
+    ft = ft[own]
+    if ft.empty:  # nothing fine-tuned yet (e.g. only pretraining cells have finished)
+        return ft.assign(unit=pd.Series(dtype=str))
+    return ft.assign(unit=ft["metric"].map(_unit))
+
+
+def _fmt(mean: float, std: float) -> str:
+    digits = 2 if abs(mean) < 10 else 1
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0) -> str:
+    """Markdown table of test MAE for one fine-tuning mode at one corruption rate."""
+    sub = ft[(ft["mode"] == mode) & ((ft["corruption_rate"] == rate) | (ft["objective"] == SCRATCH))]
+    if sub.empty:
+        return ""
+    stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit"])["value"].agg(["mean", "std", "count"])
+    stats["std"] = stats["std"].fillna(0.0)
+    columns = sorted({(t, int(n), u) for (_, _, t, n, u) in stats.index}, key=lambda c: (c[0], c[1]))
+    rows = sorted({(b, o) for (b, o, _, _, _) in stats.index}, key=lambda r: (r[0], r[1] != SCRATCH, r[1]))
+    header = "| backbone | pretraining | " + " | ".join(f"{t} n={n} ({u})" for t, n, u in columns) + " |"
+    lines = [header, "|" + "---|" * (len(columns) + 2)]
+    best = {c: stats.xs((c[0], c[1], c[2]), level=("target", "label_budget", "unit"))["mean"].min() for c in columns}
+    for backbone, objective in rows:
+        cells = []
+        for target, budget, unit in columns:
+            key = (backbone, objective, target, budget, unit)
+            if key not in stats.index:
+                cells.append("–")
+                continue
+            mean, std, count = stats.loc[key, ["mean", "std", "count"]]
+            text = _fmt(mean, std)
+            if np.isclose(mean, best[(target, budget, unit)]):
+                text = f"**{text}**"
+            scratch = (backbone, SCRATCH, target, budget, unit)
+            if objective != SCRATCH and scratch in stats.index:
+                base = stats.loc[scratch, "mean"]
+                text += f" ({100.0 * (mean - base) / base:+.0f}%)"
+            if count < ft["seed"].nunique():
+                text += f" [{int(count)} seeds]"
+            cells.append(text)
+        lines.append(f"| {backbone} | {objective} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def noise_table(ft: pd.DataFrame) -> str:
+    """Test MAE (mean over seeds, fine-tuning mode) against the pretraining corruption rate.
+
+    One row per backbone x objective x target x budget pretrained at two or more rates; the scratch
+    MAE of the same target and budget is the reference a useful pretraining must stay below.
+    """
+    rates = sorted(ft["corruption_rate"].unique())
+    if len(rates) < 2:
+        return ""
+    sub = ft[ft["mode"] == "finetune"]
+    stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit", "corruption_rate"])["value"].agg(
+        ["mean", "std"]).fillna(0.0)
+    lines = ["| backbone | pretraining | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
+             + " | change at max rate | scratch |", "|" + "---|" * (len(rates) + 6)]
+    for (b, o, t, n, u), group in stats.groupby(level=[0, 1, 2, 3, 4]):
+        if o == SCRATCH or len(group) < 2:
+            continue
+        values = {r: group.xs(r, level="corruption_rate").iloc[0] for r in rates
+                  if r in group.index.get_level_values("corruption_rate")}
+        cells = [_fmt(values[r]["mean"], values[r]["std"]) if r in values else "–" for r in rates]
+        change = (f"{100 * (values[rates[-1]]['mean'] - values[rates[0]]['mean']) / values[rates[0]]['mean']:+.0f}%"
+                  if rates[0] in values and rates[-1] in values else "–")
+        scratch = stats.xs((b, SCRATCH, t, n, u), level=[0, 1, 2, 3, 4]) if (b, SCRATCH, t, n, u, 0.0) in stats.index else None
+        reference = _fmt(scratch["mean"].iloc[0], scratch["std"].iloc[0]) if scratch is not None else "–"
+        lines.append(f"| {b} | {o} | {t} ({u}) | {n} | " + " | ".join(cells) + f" | {change} | {reference} |")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported lazily: only plots need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, rect=None) -> Path:
+    """Lay out, write (PNG, 120 dpi) and close ``fig``; return ``path``."""
+    fig.tight_layout(**({"rect": rect} if rect else {}))
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """One matplotlib colour per objective (scratch first, then alphabetical), the same in every plot."""
+    objectives = sorted(set(frame["objective"]), key=lambda o: (o != SCRATCH, o))
+    return {o: f"C{k % 10}" for k, o in enumerate(objectives)}
+
+
+def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
+    plt = _pyplot()
+    colors = objective_colors(ft)
+    paths = []
+    for (backbone, mode), sub in ft[ft["corruption_rate"] == 0].groupby(["backbone", "mode"]):
+        stats = sub.groupby(["target", "label_budget", "unit", "objective"])["value"].agg(["mean", "std"]).fillna(0.0)
+        groups = sorted({(t, n, u) for t, n, u, _ in stats.index})
+        objectives = sorted({o for *_, o in stats.index}, key=lambda o: (o != SCRATCH, o))
+        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.4), squeeze=False)
+        for ax, (target, budget, unit) in zip(axes[0], groups):
+            for k, objective in enumerate(objectives):
+                key = (target, budget, unit, objective)
+                if key in stats.index:
+                    ax.bar(k, stats.loc[key, "mean"], yerr=stats.loc[key, "std"], capsize=3, label=objective,
+                           color=colors[objective])
+            ax.set_title(f"{target}, n={budget}")
+            ax.set_ylabel(f"test MAE ({unit})")
+            ax.set_xticks([])
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(objectives), frameon=False)
+        fig.suptitle(f"{backbone}, {mode.replace('_', ' ')} (mean ± std over seeds)")
+        paths.append(_save(fig, out / f"bars_{backbone}_{mode}.png", rect=(0, 0.1, 1, 1)))
+    return paths
+
+
+def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
+    plt = _pyplot()
+    curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
+                   & frame["metric"].str.startswith("curve:val/")]
+    curves = curves[curves.apply(lambda r: r["metric"].startswith(f"curve:val/{r['target']}_mae_"), axis=1)]
+    colors = objective_colors(frame[frame["phase"] == "finetune"])
+    paths = []
+    for (backbone, target, budget), sub in curves.groupby(["backbone", "target", "label_budget"]):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for objective, group in sorted(sub.groupby("objective"), key=lambda g: (g[0] != SCRATCH, g[0])):
+            mean = group.groupby("step")["value"].mean()
+            ax.plot(mean.index, mean.values, label=objective, color=colors[objective])
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(sub["metric"].iloc[0].replace("curve:", ""))
+        ax.set_yscale("log")
+        ax.set_title(f"{backbone}: fine-tuning on {target}, n={budget}")
+        ax.legend(frameon=False)
+        paths.append(_save(fig, out / f"curves_{backbone}_{target}_n{budget}.png"))
+    return paths
+
+
+def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
+    """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
+    plt = _pyplot()
+    sub = ft[ft["mode"] == "finetune"]
+    stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption_rate"])["value"].agg(
+        ["mean", "std"]).fillna(0.0).reset_index()
+    colors = objective_colors(ft)
+    paths = []
+    for (backbone, target, budget, unit), group in stats.groupby(["backbone", "target", "label_budget", "unit"]):
+        swept = [o for o, g in group.groupby("objective") if o != SCRATCH and len(g) >= 2]
+        if not swept:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for objective in sorted(swept):
+            g = group[group["objective"] == objective].sort_values("corruption_rate")
+            ax.errorbar(g["corruption_rate"], g["mean"], yerr=g["std"], marker="o", capsize=3, label=objective,
+                        color=colors[objective])
+        scratch = group[group["objective"] == SCRATCH]
+        if not scratch.empty:
+            ax.axhline(scratch["mean"].iloc[0], color=colors[SCRATCH], linestyle="--", label="none (scratch)")
+        ax.set_xlabel("fraction of pretraining structures corrupted")
+        ax.set_ylabel(f"test MAE ({unit})")
+        ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
+        ax.legend(frameon=False)
+        paths.append(_save(fig, out / f"noise_{backbone}_{target}_n{budget}.png"))
+    return paths
+
+
+def pretraining_table(frame: pd.DataFrame) -> str:
+    """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
+    pre = frame[frame["phase"] == "pretrain"]
+    if pre.empty:
+        return ""
+    lines = ["| backbone | pretraining | corruption rate | steps | last val/loss | wall time (min) |", "|---|---|---|---|---|---|"]
+    for (b, o, r), group in pre.groupby(["backbone", "objective", "corruption_rate"]):
+        val = group[group["metric"] == "curve:val/loss"].sort_values("step")
+        train = group[group["metric"] == "curve:train/loss"]
+        wall = group.loc[group["metric"] == "wall_s", "value"]
+        steps = f"{int(train['step'].max()) + 1}" if not train.empty else "–"
+        last = f"{val['value'].iloc[-1]:.4g}" if not val.empty else "–"
+        minutes = f"{wall.iloc[0] / 60:.1f}" if not wall.empty else "–"
+        lines.append(f"| {b} | {o} | {r:g} | {steps} | {last} | {minutes} |")
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _per_cell(frame: pd.DataFrame) -> dict[str, tuple[pd.Series, dict[str, float]]]:
+    """Cell id -> (its labels, its step-less metrics: test metrics, wall_s, max_steps, batch_size)."""
+    cells: dict[str, tuple[pd.Series, dict[str, float]]] = {}
+    final = frame[frame["step"].isna()]
+    for _, row in final.iterrows():
+        cells.setdefault(row["cell"], (row, {}))[1][row["metric"]] = float(row["value"])
+    return cells
+
+
+def compare_table(frame: pd.DataFrame, comparisons: list[Comparison], metrics: dict[str, str | None] | None = None) -> str:
+    """Markdown table of the paired comparisons (see the module docstring); one row per comparison x
+    task x compute setting (steps, batch size, label budget) x mode x corruption rate x held axis value."""
+    metrics = metrics or {}
+    cells = _per_cell(frame[frame["phase"] == "finetune"])
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    walls: dict[tuple, list[float]] = defaultdict(list)
+    for comparison in comparisons:
+        held = "objective" if comparison.axis == "backbone" else "backbone"
+        for labels, values in cells.values():
+            side = {comparison.ours: "ours", comparison.ref: "ref"}.get(str(labels[comparison.axis]))
+            metric = next((m for m in values if m.startswith("test/") and _own_metric(m, labels["target"], metrics)), None)
+            if side is None or metric is None:
+                continue
+            key = (comparison.name, labels["target"], metric, values.get("max_steps"), values.get("batch_size"),
+                   int(labels["label_budget"]), labels["mode"], float(labels["corruption_rate"]), str(labels[held]),
+                   comparison.axis)
+            groups.setdefault(key, {"ours": {}, "ref": {}})[side][int(labels["seed"])] = values[metric]
+            if "wall_s" in values:
+                walls[key + (side,)].append(values["wall_s"])
+    lines = ["| pair | task | metric | steps x batch (train size) | ours: mean +- std (n) | ref: mean +- std (n) | "
+             "paired ours - ref (n) | ours <= ref + std | wall s/run ours / ref |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | :---: | ---: |"]
+    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+        name, task, metric, steps, batch, budget, mode, rate, held, axis = key
+        ours, ref = groups[key]["ours"], groups[key]["ref"]
+        sides = []
+        for side in (ours, ref):
+            if side:
+                m, s = _mean_std(list(side.values()))
+                sides.append(f"{m:.1f} +- {s:.1f} ({len(side)})")
+            else:
+                sides.append("-")
+        diffs = [ours[s] - ref[s] for s in sorted(set(ours) & set(ref))]
+        paired = f"{_mean_std(diffs)[0]:+.1f} +- {_mean_std(diffs)[1]:.1f} ({len(diffs)})" if diffs else "-"
+        verdict = "-"
+        if len(ours) >= 3 and len(ref) >= 3:
+            mo, (mr, sr) = statistics.fmean(ours.values()), _mean_std(list(ref.values()))
+            verdict = "yes" if mo <= mr + sr else "**no**"
+        elif ours and ref:
+            verdict = "(< 3 seeds)"
+        wall = " / ".join(f"{statistics.fmean(walls[key + (i,)]):.0f}" if walls.get(key + (i,)) else "-"
+                          for i in ("ours", "ref"))
+        context = [held] if axis == "objective" or held != SCRATCH else []
+        context += [mode] if mode != "finetune" else []
+        context += [f"corruption {rate:g}"] if rate else []
+        label = name + (f" [{', '.join(context)}]" if context else "")
+        compute = " x ".join("–" if v is None else f"{int(v)}" for v in (steps, batch))
+        lines.append(f"| {label} | {task} | {metric} | {compute} ({budget}) | {sides[0]} | {sides[1]} | {paired} | "
+                     f"{verdict} | {wall} |")
+    return "\n".join(lines) if groups else ""
+
+
+def curves_tables(frame: pd.DataFrame) -> str:
+    """Per pretraining cell: its validation metrics at every evaluated step (with ``masked - <metric> (%)``
+    where a ``val/<metric>_masked`` twin was logged, SCD's mask-token ablation) and the
+    :data:`DIAGNOSTICS` at the first, last and every quarter's logged step."""
+    pre = frame[(frame["phase"] == "pretrain") & frame["metric"].str.startswith("curve:")]
+    lines: list[str] = []
+    for cell in dict.fromkeys(pre["cell"]):
+        series: dict[str, dict[int, float]] = {}
+        for _, r in pre[pre["cell"] == cell].iterrows():
+            series.setdefault(r["metric"].removeprefix("curve:"), {})[int(r["step"])] = float(r["value"])
+        lines += [f"### {cell}", ""]
+        val_keys = sorted(k for k in series if k.startswith("val/"))
+        if val_keys:
+            twins = [k for k in val_keys if f"{k}_masked" in series]
+            lines.append("| step | " + " | ".join(val_keys + [f"masked - {k[4:]} (%)" for k in twins]) + " |")
+            lines.append("| ---: |" + " ---: |" * (len(val_keys) + len(twins)))
+            for step in sorted(series[val_keys[0]]):
+                row = [f"{series[k].get(step, math.nan):.4f}" for k in val_keys]
+                for k in twins:
+                    a, b = series[k].get(step, math.nan), series[f"{k}_masked"].get(step, math.nan)
+                    row.append(f"{100 * (b - a) / b:+.1f}")
+                lines.append(f"| {step} | " + " | ".join(row) + " |")
+            lines.append("")
+        train_keys = [k for k in DIAGNOSTICS if k in series]
+        if train_keys:
+            steps = sorted(series[train_keys[0]])
+            picks = sorted({steps[0], *steps[len(steps) // 4::max(1, len(steps) // 4)], steps[-1]})
+            lines.append("| step | " + " | ".join(train_keys) + " |")
+            lines.append("| ---: |" + " ---: |" * len(train_keys))
+            for step in picks:
+                lines.append(f"| {step} | " + " | ".join(f"{series[k].get(step, math.nan):.4g}" for k in train_keys) + " |")
+            lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+def write_report(output: Path | Matrix, title: str | None = None) -> Path:
+    """Write ``results.md`` (and the PNG plots) next to ``results.csv``; return the Markdown path.
+
+    ``output``: a parsed matrix (its ``report`` sections, ``compare`` pairs and task metrics apply)
+    or, for the default sections, the folder holding ``results.csv``.
+    """
+    matrix = output if isinstance(output, Matrix) else None
+    output = matrix.output if matrix else Path(output)
+    sections = matrix.report if matrix else DEFAULT_SECTIONS
+    metrics = {name: matrix.metric_of(name) for name in matrix.tasks} if matrix else {}
+    frame = load(output / "results.csv")
+    ft = final_test_mae(frame, metrics)
+    parts = [f"# {title or (matrix.name if matrix else output.name)}", ""]
+    if "compare" in sections and matrix and matrix.compare:
+        table = compare_table(frame, matrix.compare, metrics)
+        if table:
+            parts += ["## Ours against the reference (paired by seed)", "", table, ""]
+    if "summary" in sections:
+        for mode in ("finetune", "linear_probe"):
+            table = summary_table(ft, mode)
+            if table:
+                parts += [f"## Test MAE, {mode.replace('_', ' ')}", "", table, ""]
+    noise = noise_table(ft) if "noise" in sections else ""
+    if noise:
+        parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+    pretraining = pretraining_table(frame) if "pretraining" in sections else ""
+    if pretraining:
+        parts += ["## Pretraining runs", "", pretraining, ""]
+    curves = curves_tables(frame) if "curves" in sections else ""
+    if curves:
+        parts += ["## Pretraining curves", "", curves, ""]
+    walls = frame[frame["metric"] == "wall_s"].groupby("phase")["value"].agg(["count", "sum"])
+    if "cost" in sections and not walls.empty:
+        parts += ["## Cost", "", "| phase | cells | summed wall time of the cells (min; parallel cells overlap) |",
+                  "|---|---|---|"]
+        parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
+    plots = bar_plots(ft, output) + curve_plots(frame, output) + noise_plots(ft, output) if "plots" in sections else []
+    if plots:
+        parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = output / "results.md"
+    path.write_text("\n".join(parts).rstrip("\n") + "\n")
+    return path
