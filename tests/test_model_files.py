@@ -91,6 +91,25 @@ def test_user_errors_are_one_line_naming_the_file_and_the_fix(tmp_path):
     one_line(err, "'SchNet' is not a class path")
 
 
+def test_a_pretraining_checkpoint_cannot_predict(tmp_path):
+    """atomzoo.load / export need property heads: a Denoising checkpoint is refused, naming the way to
+    use its backbone, while its backbone still serves init_from."""
+    import atomzoo
+    from atomzoo.objectives import Denoising
+
+    backbone = {"class_path": "atomzoo.backbones.SchNet",
+                "init_args": {"width": 8, "num_filters": 8, "num_interactions": 1, "num_rbf": 4, "cutoff": 4.0}}
+    model = Denoising(resolve_class(backbone["class_path"])(**backbone["init_args"]))
+    torch.save({"state_dict": model.state_dict(),
+                "hyper_parameters": {"_class_path": "atomzoo.objectives.Denoising", "backbone": backbone}},
+               tmp_path / "denoising.ckpt")  # fmt: skip
+    with pytest.raises(ModelFileError, match="denoising.ckpt: a atomzoo.objectives.Denoising checkpoint has no "
+                       "property heads.*--backbone-only"):  # fmt: skip
+        atomzoo.load(tmp_path / "denoising.ckpt")
+    rebuilt = build_backbone(tmp_path / "denoising.ckpt")
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in model.backbone.state_dict().items())
+
+
 def test_commands_report_a_wrong_file_in_one_line(tmp_path, capsys):
     from atomzoo.cli import main
 
