@@ -1,8 +1,9 @@
 """Forces as the negative gradient of a predicted energy, by autograd (the nequip / MACE pattern).
 
-One pure function, :func:`energy_and_forces`, used by every objective that needs forces (and meant
-for calculators such as an ASE wrapper): it takes a callable that maps a batch to energies, and
-returns the energies together with ``F = -dE/dpos``. Conservative by construction: the forces are
+One pure function, :func:`energy_and_forces`, used by every objective that needs forces (Regression's
+training pass and its one prediction path, ``Regression.predict_properties``, which ``zoo predict``,
+``atomzoo.load(...).predict`` and the ASE calculator read): it takes a callable that maps a batch to
+energies, and returns the energies together with ``F = -dE/dpos``. Conservative by construction: the forces are
 exactly minus the gradient of the returned energy.
 
 Works in every context Lightning runs a model in:
