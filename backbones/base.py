@@ -282,7 +282,8 @@ def rename_init_args(backbone_class: type, init_args: Mapping[str, Any]) -> dict
     for old, new in renamed.items():
         if old in out:
             if new in out:
-                raise TypeError(f"{backbone_class.__name__}: init_args give both {old!r} and its new name {new!r}; keep {new!r}")
+                raise TypeError(f"{backbone_class.__name__}: init_args give both {old!r} and its new name {new!r}; "
+                                f"keep {new!r}")
             out[new] = out.pop(old)
     return out
 

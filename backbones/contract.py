@@ -131,7 +131,8 @@ def random_crystal(cutoff: float, seed: int = 0, elements: Sequence[int] = DEFAU
         if frac.size(0) == n:
             break
         f = torch.rand(1, 3, generator=gen, dtype=dtype)
-        if frac.size(0) == 0 or torch.cdist(f @ cell, (frac @ cell).unsqueeze(1).add(images).reshape(-1, 3)).min() >= min_dist:
+        placed = (frac @ cell).unsqueeze(1).add(images).reshape(-1, 3)  # every image of the atoms placed so far
+        if frac.size(0) == 0 or torch.cdist(f @ cell, placed).min() >= min_dist:
             frac = torch.cat([frac, f])
     else:
         raise ValueError(f"cannot place {n} atoms {min_dist} A apart in a cell of {cutoff} A: use a larger cutoff")
@@ -190,7 +191,8 @@ def check_shapes(model: Backbone, batch: Batch) -> BackboneOutput:
     out = model(batch)
     assert isinstance(out, BackboneOutput), f"forward must return a BackboneOutput, got {type(out).__name__}"
     n = batch.num_nodes
-    assert out.scalars.shape == (n, model.width), f"scalars: expected {(n, model.width)}, got {tuple(out.scalars.shape)}"
+    assert out.scalars.shape == (n, model.width), (
+        f"scalars: expected {(n, model.width)}, got {tuple(out.scalars.shape)}")
     assert torch.isfinite(out.scalars).all(), "scalars are not finite"
     if model.vector_width:
         assert out.vectors is not None and out.vectors.shape == (n, 3, model.vector_width), (
@@ -216,7 +218,8 @@ def check_symmetries(model: Backbone, batch: Batch, condition: Tensor | None = N
     shift = torch.tensor([3.0, -1.5, 7.25], dtype=dtype)
     _compare(model(with_positions(batch, batch.pos + shift), condition), out.scalars, out.vectors,
              f"{what}translation", atol)
-    perm = torch.argsort(batch.batch.to(torch.float64) + 0.5 * torch.rand(batch.num_nodes, generator=gen, dtype=torch.float64))
+    jitter = 0.5 * torch.rand(batch.num_nodes, generator=gen, dtype=torch.float64)
+    perm = torch.argsort(batch.batch.to(torch.float64) + jitter)  # shuffles atoms within each molecule
     permuted = batch.__copy__()
     permuted.z, permuted.pos = batch.z[perm], batch.pos[perm]
     mask = getattr(batch, ATOM_MASK, None)
@@ -251,7 +254,7 @@ def check_max_num_neighbors(model: Backbone, batch: Batch) -> None:
     try:
         model(batch)
     except RuntimeError as err:
-        assert "max_num_neighbors" in str(err), f"max_num_neighbors=1 exceeded: the error does not name the option: {err}"
+        assert "max_num_neighbors" in str(err), f"max_num_neighbors=1 exceeded: the error does not name it: {err}"
         return
     finally:
         model.max_num_neighbors = previous
@@ -333,7 +336,7 @@ def check_periodic(model: Backbone, *, seed: int = 7, elements: Sequence[int] = 
             model(crystal)
         except ValueError:
             return "refused (periodic = False)"
-        raise AssertionError("periodic = False but a periodic batch was accepted (Backbone's forward pre-hook refuses it)")
+        raise AssertionError("periodic = False but a periodic batch was accepted (Backbone's pre-hook refuses it)")
     atol = _tol(dtype)
     gen = torch.Generator().manual_seed(seed)
     out = model(crystal)
@@ -345,8 +348,8 @@ def check_periodic(model: Backbone, *, seed: int = 7, elements: Sequence[int] = 
     rot = random_orthogonal(gen, True, dtype)
     rotated = with_positions(crystal, crystal.pos @ rot.T)
     rotated.cell = crystal.cell @ rot.T
-    _compare(model(rotated), out.scalars, None if out.vectors is None else torch.einsum("ij,njf->nif", rot, out.vectors),
-             "rotating the crystal (positions and cell)", atol)
+    expected_v = None if out.vectors is None else torch.einsum("ij,njf->nif", rot, out.vectors)
+    _compare(model(rotated), out.scalars, expected_v, "rotating the crystal (positions and cell)", atol)
     supercell = Batch.from_data_list([Data(z=crystal.z.repeat(2), pos=torch.cat([crystal.pos, crystal.pos + cell[0]]),
                                            cell=torch.stack([2 * cell[0], cell[1], cell[2]]).unsqueeze(0),
                                            pbc=crystal.pbc)])

@@ -616,7 +616,8 @@ class _ForeignDecay(TinyNet):
 
 @pytest.mark.parametrize("broken, match", [
     (lambda: _NotInvariant(), "symmetries.*rotation"),
-    (lambda: _LeaksMaskedElement(width=8, num_filters=8, num_interactions=1, num_rbf=6, cutoff=CUTOFF), "masking.*element"),
+    (lambda: _LeaksMaskedElement(width=8, num_filters=8, num_interactions=1, num_rbf=6, cutoff=CUTOFF),
+     "masking.*element"),
     (lambda: _SeesOtherMolecules(), "locality.*molecule 0 alone"),
     (lambda: _IgnoresTheCap(), "max_num_neighbors.*without an error"),
     (lambda: _DetachedGeometry(), "forces.*finite differences"),

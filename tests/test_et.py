@@ -165,7 +165,8 @@ def test_contract_checks_pass(variant):
     report = check_backbone(lambda: ET(**{**dict(width=16, num_interactions=2, num_rbf=8, num_heads=4, cutoff=CUTOFF,
                                                  drop_path=0.1), **VARIANTS[variant]}))
     assert report == {
-        "shapes": "ok", "symmetries": "ok", "locality": "ok", "max_num_neighbors": "ok", "forces": "ok", "periodic": "ok",
+        "shapes": "ok", "symmetries": "ok", "locality": "ok", "max_num_neighbors": "ok", "forces": "ok",
+        "periodic": "ok",
         "conditioning": "no condition (condition_dim=0)" if variant == "plain" else "ok", "masking": "ok",
         "drop_path": "ok", "element_embedding": "ok", "weight_decay": "generic rule", "renamed_arguments": "ok",
     }
