@@ -290,7 +290,8 @@ class Regression(Objective):
         Raises ``ValueError`` when the model does not predict ``energy``."""
         if "energy" not in self.targets:
             raise ValueError(
-                f"forces and per-atom energies need the target 'energy' (forces are -dE/dpos); targets are {self.targets}"
+                "forces and per-atom energies need the target 'energy' (forces are -dE/dpos); "
+                f"targets are {self.targets}"
             )
         return self.targets.index("energy")
 

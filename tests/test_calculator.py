@@ -156,13 +156,15 @@ def test_the_calculator_only_reads_the_model(model64):
     assert energy == float(out["energy"][0]) and np.array_equal(forces, out["forces"].numpy())
     assert np.array_equal(energies, out["atomic_energies"].numpy())
     source = Path(atomzoo.calculator.__file__).read_text()
-    imported = {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom) and node.module}
+    nodes = list(ast.walk(ast.parse(source)))
+    imported = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module}
     assert not {m for m in imported if m.split(".")[0] == "torch"}, "the calculator computes nothing itself"
     tree = ast.parse(source)
     for node in ast.walk(tree):  # the code without docstrings and comments (they may name the model's parts)
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        docstring = isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+        if docstring and isinstance(body[0].value, ast.Constant):
             body.pop(0)
     assert not re.search(r"\.objective\b|autograd|atomref|\.heads\b|\.mean\b|\.std\b", ast.unparse(tree))
 

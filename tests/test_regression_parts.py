@@ -88,7 +88,8 @@ def test_prediction_forces_and_loss_equal_a_hand_computation_bit_for_bit(make):
     assert set(terms) == {"loss"} and torch.equal(terms["loss"], hand_loss.detach())
     with torch.inference_mode():
         terms = model.evaluation_terms(batch, model.evaluation_generator(0))
-    assert torch.equal(terms["loss"], hand_loss.detach()) and torch.equal(terms["target_error"], hand.detach() - batch.y)
+    assert torch.equal(terms["loss"], hand_loss.detach())
+    assert torch.equal(terms["target_error"], hand.detach() - batch.y)
     assert torch.equal(terms["force_error"], hand_forces - batch.forces)
     with torch.no_grad():
         assert torch.equal(model(batch), hand.detach())

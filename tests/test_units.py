@@ -32,7 +32,8 @@ def test_ase_file_factors_are_unchanged():
     from atomzoo.datamodules import ASEFileDataModule
 
     dm = ASEFileDataModule(path="unused.xyz", energy_unit="Hartree", length_unit="Bohr")
-    assert (dm.energy_factor, dm.length_factor, dm.force_factor) == (units.Hartree, units.Bohr, units.Hartree / units.Bohr)
+    factors = (dm.energy_factor, dm.length_factor, dm.force_factor)
+    assert factors == (units.Hartree, units.Bohr, units.Hartree / units.Bohr)
     alias = ASEFileDataModule(path="unused.xyz", energy_unit="Ha", length_unit="A")  # one table: the aliases too
     assert (alias.energy_factor, alias.length_factor) == (units.Hartree, 1.0)
 

@@ -53,7 +53,7 @@ def unit_table(kind: str, codata: str | None = None) -> dict[str, float]:
 
 
 def conversion_factor(unit: str, kind: str = "energy", codata: str | None = None) -> float:
-    """Factor that converts a value in ``unit`` to eV (``kind="energy"``), Angstrom (``"length"``) or eV/A (``"force"``).
+    """Factor converting a value in ``unit`` to eV (``kind="energy"``), Angstrom (``"length"``) or eV/A (``"force"``).
 
     A force unit is ``"<energy unit>/<length unit>"`` (split at the last ``/``: ``"kcal/mol/A"`` is
     kcal/mol per Angstrom); its factor is the energy factor divided by the length factor.

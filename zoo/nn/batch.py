@@ -63,7 +63,8 @@ def atoms_to_batch(atoms_list, dtype: torch.dtype = torch.float32, device: str |
     items = []
     for k, atoms in enumerate(atoms_list):
         z, pos, cell, pbc = structure_arrays(atoms)
-        item = Data(z=torch.as_tensor(z, dtype=torch.long), pos=torch.as_tensor(pos, dtype=dtype), idx=torch.tensor([k]))
+        item = Data(z=torch.as_tensor(z, dtype=torch.long), pos=torch.as_tensor(pos, dtype=dtype),
+                    idx=torch.tensor([k]))
         if periodic:
             item.cell = torch.as_tensor(cell, dtype=dtype)[None]
             item.pbc = torch.as_tensor(pbc)[None]

@@ -281,7 +281,8 @@ def build_graph(
     return Graph(edge_index=edge_index, vec=vec, length=torch.linalg.vector_norm(vec, dim=-1), shifts=shifts)
 
 
-def _graph_from_candidates(pos: Tensor, candidates: Tensor, cutoff: float, max_num_neighbors, on_overflow: str) -> Graph:
+def _graph_from_candidates(pos: Tensor, candidates: Tensor, cutoff: float, max_num_neighbors,
+                           on_overflow: str) -> Graph:  # fmt: skip
     """The candidate pairs closer than ``cutoff``, in their order, with differentiable vectors and lengths."""
     src, dst = candidates
     vec = pos[src] - pos[dst]
