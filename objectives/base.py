@@ -12,7 +12,13 @@ the collapse diagnostics). The base class then provides ``training_step`` (logs 
 the batch index, so ``val/loss`` is comparable across epochs; logged as ``val/<name>``,
 ``test/<name>``), the collapse diagnostics every ``diagnostics_every_n_steps`` steps, the optimizer
 and schedule, and the hook :meth:`Objective.on_after_optimizer_step` (once per optimizer step, also
-under gradient accumulation). Objectives that need something else (Regression) override the steps.
+under gradient accumulation). Regression uses these steps too, adding its MAE metrics in
+:meth:`Objective.log_terms`.
+
+From the data an objective takes one thing: at ``setup`` the DataModule's
+:class:`~atomzoo.nn.statistics.DataSummary` (:meth:`Objective.statistics_request` says which training
+statistics to include, :meth:`Objective.on_data_summary` receives it). Objectives import nothing from
+:mod:`atomzoo.datamodules`.
 
 Fine-tuning and probing (every objective): ``init_from`` loads only the ``backbone.*`` weights of a
 checkpoint of ANY objective (or of a safetensors file written by ``python -m atomzoo.export``; every
@@ -239,9 +245,26 @@ class Objective(L.LightningModule):
         # the device the strategy will run on: Lightning calls this hook before moving the model there
         compile_backbone(self.backbone, trainer.strategy.root_device if trainer is not None else self.device)
 
-    # ----- what the numbers depend on (objectives/provenance.py) --------------------------------
+    # ----- what the model takes from the data, and what its numbers depend on (provenance.py) ---------
     def setup(self, stage: str) -> None:
-        provenance.on_setup(self, stage)
+        """Lightning hook, called after the DataModule's own ``setup(stage)``: ask the DataModule once for
+        its :class:`~atomzoo.nn.statistics.DataSummary` (``datamodule.data_summary(self.statistics_request())``;
+        ``None`` when the data is not an AtomsDataModule), record the provenance
+        (:func:`atomzoo.objectives.provenance.on_setup`) and hand the summary to :meth:`on_data_summary`."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        summary = datamodule.data_summary(self.statistics_request()) if hasattr(datamodule, "data_summary") else None
+        provenance.on_setup(self, stage, summary)
+        self.on_data_summary(summary)
+
+    def statistics_request(self):
+        """The training statistics this objective standardises with, as a
+        :class:`~atomzoo.nn.statistics.StatisticsRequest`; ``None`` (default): metadata only."""
+        return None
+
+    def on_data_summary(self, summary) -> None:
+        """Receive the DataModule's :class:`~atomzoo.nn.statistics.DataSummary` at every ``setup``
+        (``None`` without an AtomsDataModule). Default: nothing; Regression takes its statistics."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         provenance.on_save_checkpoint(self, checkpoint)

@@ -26,13 +26,14 @@ in ``checkpoint["atomzoo_provenance"]`` and compares it on restore:
 A mismatch raises :class:`ProvenanceMismatch` naming the setting, both values and how to start
 fresh. Checkpoints written before this record exist load with a warning that nothing was checked.
 
-Hooks (three one-line calls): ``Objective.setup`` -> :func:`on_setup`, ``on_save_checkpoint`` ->
-:func:`on_save_checkpoint`, ``on_load_checkpoint`` -> :func:`on_load_checkpoint`.
+Hooks (three one-line calls): ``Objective.setup`` -> :func:`on_setup` (with the DataModule's
+:class:`~atomzoo.nn.statistics.DataSummary`: the record is built from it alone, the DataModule is
+never asked anything else), ``on_save_checkpoint`` -> :func:`on_save_checkpoint`,
+``on_load_checkpoint`` -> :func:`on_load_checkpoint`.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -54,30 +55,25 @@ class ProvenanceMismatch(ValueError):
     """A checkpoint's recorded data/configuration differs from the current run's."""
 
 
-def record(module, datamodule) -> dict[str, Any] | None:
-    """The provenance of ``module`` trained/evaluated on ``datamodule`` (an AtomsDataModule), or
-    ``None`` when the data is not an AtomsDataModule (raw dataloaders: nothing to record)."""
-    if datamodule is None or not hasattr(datamodule, "targets_info"):
+def record(module, summary) -> dict[str, Any] | None:
+    """The provenance of ``module`` trained/evaluated on the data ``summary`` describes (the
+    :class:`~atomzoo.nn.statistics.DataSummary` its DataModule handed over), or ``None`` without a
+    summary (raw dataloaders: nothing to record)."""
+    if summary is None:
         return None
-    store = datamodule.store
-    infos = datamodule.targets_info()
-    stats = {}
-    if infos:
-        labels = np.asarray(datamodule.training_labels(), dtype=np.float64)
-        for k, info in enumerate(infos):
-            column = labels[:, k] if labels.size else np.zeros(0)
-            stats[info.name] = [float(column.mean()), float(column.std())] if column.size else [math.nan, math.nan]
+    infos = summary.targets
+    stats = {info.name: list(summary.label_stats[info.name]) for info in infos}
     hparams = dict(getattr(module, "hparams", {}) or {})
     backbone = getattr(module, "backbone", None)
     return _plain({
-        "dataset": type(datamodule).__name__,
+        "dataset": summary.dataset,
         "targets": [info.name for info in infos],
         "target_units": [info.unit for info in infos],
-        "force_unit": datamodule.force_unit if datamodule.forces else None,
-        "data_units": dict(store.meta.get("units") or {"positions": "A"}),
+        "force_unit": summary.force_unit,
+        "data_units": dict(summary.data_units),
         "atomref": {info.name: list(info.atomref) if info.atomref is not None else None for info in infos},
         "label_stats": stats,
-        "elements": [int(z) for z in np.flatnonzero(datamodule.element_presence("train"))],
+        "elements": list(summary.elements),
         "cutoff": float(backbone.cutoff) if backbone is not None and hasattr(backbone, "cutoff") else None,
         "backbone": f"{type(backbone).__module__}.{type(backbone).__qualname__}" if backbone is not None else None,
         "model": {k: hparams[k] for k in MODEL_OPTIONS if k in hparams},
@@ -131,26 +127,23 @@ def differences(saved: dict, current: dict, keys) -> list[str]:
     return out
 
 
-def _data_elements(datamodule) -> list[int]:
-    total = sum(datamodule.element_presence(s) for s in ("train", "val", "test"))
-    return [int(z) for z in np.flatnonzero(total)]
-
-
-def _warn_unseen(saved: dict, datamodule, source: str, what: str) -> None:
+def _warn_unseen(saved: dict, data_elements, source: str, what: str) -> None:
     from ase.data import chemical_symbols
 
-    new = sorted(set(_data_elements(datamodule)) - set(saved.get("elements", [])))
+    new = sorted(set(int(z) for z in data_elements) - set(saved.get("elements", [])))
     if new:
         names = ", ".join(f"{chemical_symbols[z]} (Z={z})" for z in new)
         warnings.warn(f"{source}: {what} never saw elements {names} in training; its numbers for them are untrained",
                       stacklevel=3)  # fmt: skip
 
 
-def check(saved: dict | None, current: dict | None, stage: str, source: str, datamodule=None) -> None:
+def check(saved: dict | None, current: dict | None, stage: str, source: str, data_elements=None) -> None:
     """Compare a checkpoint's record with the current run's; raise :class:`ProvenanceMismatch` on a difference.
 
     ``stage``: ``"fit"`` (resume), ``"validate"``/``"test"`` (evaluate), ``"predict"`` (new structures:
-    only the model's own settings), ``"init_from"``.
+    only the model's own settings), ``"init_from"``. ``data_elements``: atomic numbers of the current
+    data (all splits, ``DataSummary.data_elements``); outside ``fit`` those the checkpoint never saw in
+    training are warned about.
     """
     if current is None:
         return
@@ -178,29 +171,25 @@ def check(saved: dict | None, current: dict | None, stage: str, source: str, dat
             f"{source} was trained with other data or settings than this `{stage}` run uses: " + "; ".join(diffs)
             + f". Its restored state (heads, normalisation, atom references) belongs to those settings; {fix}"
         )
-    if stage != "fit" and datamodule is not None:
-        _warn_unseen(saved, datamodule, source, "the model" if stage != "init_from" else "the pretrained backbone")
+    if stage != "fit" and data_elements is not None:
+        _warn_unseen(saved, data_elements, source, "the model" if stage != "init_from" else "the pretrained backbone")
 
 
 # ----- hooks -------------------------------------------------------------------------------------
-def _datamodule(module):
-    trainer = getattr(module, "_trainer", None)
-    return getattr(trainer, "datamodule", None) if trainer is not None else None
-
-
-def on_setup(module, stage: str) -> None:
-    """Record the current run's provenance on ``module``; check an ``init_from`` checkpoint's record."""
-    datamodule = _datamodule(module)
-    if datamodule is None or not hasattr(datamodule, "targets_info"):
+def on_setup(module, stage: str, summary) -> None:
+    """Record the current run's provenance on ``module`` from the DataModule's ``summary`` (a
+    :class:`~atomzoo.nn.statistics.DataSummary`, ``None`` without an AtomsDataModule: nothing
+    recorded); check an ``init_from`` checkpoint's record."""
+    if summary is None:
         return
-    datamodule.setup(stage)
-    module._atomzoo_provenance = record(module, datamodule)
+    module._atomzoo_data_elements = summary.data_elements  # what restores warn about (on_load_checkpoint)
+    module._atomzoo_provenance = record(module, summary)
     init_from = getattr(module, "init_from", None)
     if init_from and stage == "fit" and not getattr(module, "_atomzoo_init_checked", False):
         module._atomzoo_init_checked = True
         saved = model_files.read(init_from).provenance  # exports carry none; the read is shared with init_from
         if saved is not None:
-            check(saved, module._atomzoo_provenance, "init_from", f"init_from={init_from}", datamodule)
+            check(saved, module._atomzoo_provenance, "init_from", f"init_from={init_from}", summary.data_elements)
 
 
 def on_save_checkpoint(module, checkpoint: dict) -> None:
@@ -222,4 +211,4 @@ def on_load_checkpoint(module, checkpoint: dict) -> None:
         return  # load_from_checkpoint outside a run: nothing to compare with
     stage = getattr(getattr(trainer.state, "fn", None), "value", "fit")
     source = str(getattr(trainer, "ckpt_path", None) or "the checkpoint")
-    check(saved, current, stage, source, _datamodule(module))
+    check(saved, current, stage, source, getattr(module, "_atomzoo_data_elements", None))

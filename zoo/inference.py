@@ -9,7 +9,7 @@ mode, with the targets' units and the elements it was trained on.
     from ase.io import read
     model = atomzoo.load("ethanol.safetensors")
     out = model.predict(read("my.xyz"))          # {"energy": eV, "forces": [N, 3] eV/A}
-    atoms.calc = model.calculator()              # ASE calculator (atomzoo.calculator)
+    atoms.calc = AtomzooCalculator(model)        # ASE calculator: from atomzoo.calculator import AtomzooCalculator
 
 Inputs are checked before any number is produced (:func:`check_atoms`): structures with no atoms,
 non-finite positions, elements the model never saw, atoms closer than ``MIN_DISTANCE`` (0.1 A) and
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .cards import ModelFileError, run_directory_info
+from .nn.batch import atoms_to_batch
 from .model_files import CHECKPOINT, ModelFile, build_objective, model_spec, read
 
 #: atoms closer than this (Angstrom) are refused as unphysical (overlapping atoms, unit mistakes)
@@ -103,28 +104,6 @@ def check_atoms(atoms, elements: Sequence[int] | None, where: str = "structure",
             )
 
 
-def atoms_to_batch(atoms_list, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A PyG ``Batch`` (``z`` [N] long, ``pos`` [N, 3] ``dtype`` Angstrom, ``batch``, ``idx``) of ASE structures.
-
-    When any structure is periodic, every structure also gets ``cell`` ``[1, 3, 3]`` (lattice vectors as
-    rows, Angstrom) and ``pbc`` ``[1, 3]`` bool, as the DataModules give them: the backbones' radius
-    graph then adds the periodic images (:func:`atomzoo.nn.graph.build_graph`)."""
-    from torch_geometric.data import Batch, Data
-
-    periodic = any(np.asarray(a.pbc, dtype=bool).any() for a in atoms_list)
-    items = []
-    for k, a in enumerate(atoms_list):
-        item = Data(z=torch.as_tensor(np.asarray(a.numbers), dtype=torch.long),
-                    pos=torch.as_tensor(np.asarray(a.positions), dtype=dtype), idx=torch.tensor([k]))  # fmt: skip
-        if periodic:
-            pbc = np.asarray(a.pbc, dtype=bool)
-            cell = np.asarray(a.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
-            item.cell = torch.as_tensor(cell, dtype=dtype)[None]
-            item.pbc = torch.as_tensor(pbc)[None]
-        items.append(item)
-    return Batch.from_data_list(items).to(device)
-
-
 # ----- the model ---------------------------------------------------------------------------------
 class AtomzooModel(nn.Module):
     """A trained regression model ready for prediction (what :func:`load` returns).
@@ -170,20 +149,27 @@ class AtomzooModel(nn.Module):
         """The backbone builds periodic images (``Backbone.periodic``): periodic structures can be predicted."""
         return bool(getattr(self.objective.backbone, "periodic", False))
 
-    def predict_batch(self, batch) -> dict[str, torch.Tensor]:
-        """Raw predictions of a PyG batch: ``{target: [num_graphs] float64}`` plus ``forces`` ``[N, 3]``.
+    @property
+    def has_atomic_energies(self) -> bool:
+        """The energy is sum-pooled, so it splits into per-atom energies (``predict_batch(atomic_energies=True)``)."""
+        return self.objective.has_atomic_energies
 
-        Exactly what the objective's ``predict_step`` (``zoo predict``) computes.
+    def predict_batch(self, batch, forces: bool | None = None,
+                      atomic_energies: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+        """Predictions of a PyG batch: ``{target: [num_graphs] float64}``, plus ``"forces"`` ``[N, 3]``
+        (``forces``; default: when the model was trained on forces) and ``"atomic_energies"`` ``[N]``
+        float64 (``atomic_energies``; sum-pooled energy only).
+
+        Reads the objective's one prediction path,
+        :meth:`~atomzoo.objectives.regression.Regression.predict_properties` (what ``zoo predict`` writes).
         """
-        if self.forces:
-            pred, forces = self.objective.predict_with_forces(batch, training=False)
-        else:
-            with torch.no_grad():
-                pred, forces = self.objective(batch), None
-        out = {name: pred[:, k].detach() for k, name in enumerate(self.targets)}
-        if forces is not None:
-            out["forces"] = forces.detach()
-        return out
+        out = self.objective.predict_properties(batch, forces=self.forces if forces is None else forces,
+                                                atomic_energies=atomic_energies)  # fmt: skip
+        result = {name: out["targets"][:, k] for k, name in enumerate(self.targets)}
+        for key in ("forces", "atomic_energies"):
+            if key in out:
+                result[key] = out[key]
+        return result
 
     def predict(self, atoms_or_list, batch_size: int = 64):
         """Predict every target (and forces) for one ``ase.Atoms`` or a list of them.
@@ -216,11 +202,6 @@ class AtomzooModel(nn.Module):
                 results.append(row)
         return results[0] if single else results
 
-    def calculator(self, **kwargs):
-        """An ASE calculator on this model (see :class:`atomzoo.calculator.AtomzooCalculator`)."""
-        from .calculator import AtomzooCalculator
-
-        return AtomzooCalculator(self, **kwargs)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -276,4 +257,4 @@ def _checkpoint_card(model_file: ModelFile, objective) -> dict:
             "periodic": bool(getattr(objective.backbone, "periodic", False))}  # fmt: skip
 
 
-__all__ = ["MIN_DISTANCE", "AtomzooModel", "InputError", "atoms_to_batch", "check_atoms", "load"]
+__all__ = ["MIN_DISTANCE", "AtomzooModel", "InputError", "check_atoms", "load"]
