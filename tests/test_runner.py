@@ -221,7 +221,8 @@ def test_class_path_backbones_tasks_grids_and_comparisons(tmp_path):
                                "forces": {"data": "configs/data/rmd17.yaml", "metric": "test/forces_mae_meV_per_A",
                                           "overrides": {"ref": {"num_rbf": 8}}}},
                      "label_budgets": [1000], "seeds": [0, 1, 2], "args": ["--trainer.max_steps", "600"],
-                     "grids": [{"tasks": ["homo"], "seeds": [0, 1, 2, 3, 4]}, {"tasks": ["forces"], "label_budgets": [300]}]},
+                     "grids": [{"tasks": ["homo"], "seeds": [0, 1, 2, 3, 4]},
+                               {"tasks": ["forces"], "label_budgets": [300]}]},
     }
     path = tmp_path / "pairs.yaml"
     path.write_text(yaml.safe_dump(matrix))
@@ -251,8 +252,8 @@ def test_compare_table_pairs_by_seed_and_applies_the_acceptance_line(tmp_path):
             labels = {"cell": f"{backbone}/{target}/{seed}", "phase": "finetune", "backbone": backbone,
                       "objective": "none", "target": target, "label_budget": 1000, "mode": "finetune", "seed": seed,
                       "corruption_rate": 0.0, "step": ""}
-            rows.extend([{**labels, "metric": "test/homo_mae_meV", "value": value}, {**labels, "metric": "wall_s", "value": wall},
-                         {**labels, "metric": "max_steps", "value": 600}, {**labels, "metric": "batch_size", "value": 32}])
+            metrics = {"test/homo_mae_meV": value, "wall_s": wall, "max_steps": 600, "batch_size": 32}
+            rows.extend({**labels, "metric": metric, "value": v} for metric, v in metrics.items())
 
     add("ours", "good", [10.0, 12.0, 14.0])
     add("ref", "good", [11.0, 12.0, 13.0], wall=20.0)
@@ -313,7 +314,8 @@ def test_unfinished_cell_resumes_from_its_checkpoint(cache_dir, tmp_path, capsys
     shutil.rmtree(cell)
     capsys.readouterr()
     assert bench_main(["run", str(path), "--dry-run"]) == 0
-    assert capsys.readouterr().out.strip().endswith(f"1 cells selected, 1 finished (rows in {out / 'results.csv'}), 0 to run")
+    summary = capsys.readouterr().out.strip()
+    assert summary.endswith(f"1 cells selected, 1 finished (rows in {out / 'results.csv'}), 0 to run")
 
 
 def test_finished_pretraining_without_its_checkpoint_blocks_finetuning(tmp_path, capsys):

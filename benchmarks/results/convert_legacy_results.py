@@ -58,13 +58,12 @@ def convert_parity(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     for run in runs.values():
         first = run[0]
         backbone = PARITY_BACKBONES[(first["pair"], first["impl"])]
-        labels = {"cell": f"finetune/{backbone}/none/c0/{first['task']}/n{first['train_size']}/finetune/s{first['seed']}",
-                  "phase": "finetune", "backbone": backbone, "objective": "none", "target": first["task"],
+        cell = f"finetune/{backbone}/none/c0/{first['task']}/n{first['train_size']}/finetune/s{first['seed']}"
+        labels = {"cell": cell, "phase": "finetune", "backbone": backbone, "objective": "none", "target": first["task"],
                   "label_budget": first["train_size"], "mode": "finetune", "seed": first["seed"],
                   "corruption_rate": "0.0", "step": ""}
-        if any((r["pair"], r["impl"], r["seed"], r["steps"], r["batch_size"], r["train_size"], r["wall_s"])
-               != (first["pair"], first["impl"], first["seed"], first["steps"], first["batch_size"], first["train_size"],
-                   first["wall_s"]) for r in run):
+        same = ("pair", "impl", "seed", "steps", "batch_size", "train_size", "wall_s")
+        if any(tuple(r[k] for k in same) != tuple(first[k] for k in same) for r in run):
             raise ValueError(f"run {first['run']}: its rows disagree on their labels")
         out += [{**labels, "metric": "wall_s", "value": first["wall_s"]},
                 {**labels, "metric": "max_steps", "value": first["steps"]},

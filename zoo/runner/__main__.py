@@ -13,7 +13,8 @@ from .report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zoo-bench", description="Experiment matrices of the zoo: run, resume, report.")
+    parser = argparse.ArgumentParser(prog="zoo-bench",
+                                     description="Experiment matrices of the zoo: run, resume, report.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) every cell of a matrix, then write the report")
     run.add_argument("matrix", type=Path)

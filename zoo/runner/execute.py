@@ -29,6 +29,7 @@ LOG_SUBDIR = "run"
 
 
 def cell_dir(matrix: Matrix, cell: Cell) -> Path:
+    """The cell's folder: ``log.txt`` (its command and output), ``DONE.json`` and the run folder."""
     return matrix.cells_dir / cell.id
 
 
@@ -38,6 +39,7 @@ def log_dir(matrix: Matrix, cell: Cell) -> Path:
 
 
 def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
+    """The last checkpoint of a cell's run (what a fine-tuning cell starts from)."""
     return log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
 
 
@@ -71,7 +73,8 @@ def read_curves(directory: Path) -> list[tuple[str, int, float]]:
 
     accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     accumulator.Reload()
-    series = {(tag, int(e.step)): float(e.value) for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag)}
+    series = {(tag, int(e.step)): float(e.value)
+              for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag)}
     return [(tag, step, value) for (tag, step), value in series.items()]
 
 
@@ -159,7 +162,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
               + (f"; results.csv also holds {len(stray)} cells this matrix does not define" if stray else ""))
         return outcome
     if outcome["skipped"]:
-        print(f"{len(outcome['skipped'])} finished cells skipped (rows in {matrix.results_csv}; --rerun runs them again)")
+        print(f"{len(outcome['skipped'])} finished cells skipped (rows in {matrix.results_csv}; "
+              "--rerun runs them again)")
     env = _child_env(matrix, parallel, threads)
     pending = list(todo)
     running: list[_Running] = []
@@ -213,7 +217,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                     continue
                 if dep and not checkpoint_of(matrix, by_id[dep]).exists():
                     block(cell, f"its pretraining cell {dep} is finished but its checkpoint "
-                                f"{checkpoint_of(matrix, by_id[dep])} is gone (--rerun --only '^{dep}$' makes it again)")
+                                f"{checkpoint_of(matrix, by_id[dep])} is gone "
+                                f"(--rerun --only '^{dep}$' makes it again)")
                     continue
                 pending.remove(cell)
                 launch(cell)

@@ -13,7 +13,7 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
       pyg_schnet:                             # ... or a class path (+ init_args)
         class_path: parity_adapters.PygSchNet
         init_args: {width: 64, cutoff: 5.0}
-    objectives:                               # name -> pretraining objective config; none = scratch
+    objectives:                               # name -> pretraining objective config; none = scratch (the default)
       none: null
       denoising: configs/objectives/denoising.yaml
       scd: {config: configs/objectives/scd.yaml, args: [--model.backbone.init_args.condition_dim, "64"]}
@@ -225,7 +225,8 @@ def load_matrix(path: str | Path) -> Matrix:
         raise ValueError(f"matrix file {path} must hold a mapping")
     _unknown(raw, TOP_KEYS, "the top level")
     backbones = {name: _backbone_spec(name, spec) for name, spec in _require(raw, "backbones", "top level").items()}
-    objectives = {name: _objective_spec(name, spec) for name, spec in (raw.get("objectives") or {SCRATCH: None}).items()}
+    objectives = {name: _objective_spec(name, spec)
+                  for name, spec in (raw.get("objectives") or {SCRATCH: None}).items()}
     if "finetune" not in raw and "pretrain" not in raw:
         raise ValueError("matrix file: the top level needs 'finetune', 'pretrain' or both")
     finetune, tasks = None, {}
@@ -249,7 +250,8 @@ def load_matrix(path: str | Path) -> Matrix:
             for axis, known in names.items():
                 missing = sorted(set(map(str, grid.get(axis, []))) - known)
                 if missing:
-                    raise ValueError(f"matrix file: finetune.grids[{k}].{axis} names {missing}, not among {sorted(known)}")
+                    raise ValueError(f"matrix file: finetune.grids[{k}].{axis} names {missing}, "
+                                     f"not among {sorted(known)}")
         for task in tasks.values():
             missing = sorted(set(task.overrides) - set(backbones))
             if missing:
@@ -356,10 +358,9 @@ def expand(matrix: Matrix) -> list[Cell]:
         rates = [float(r) for r in corruption.get("rates", [0.0])]
         found: dict[str, Cell] = {}
         for grid in ft["grids"]:
-            axes = {axis: [str(v) for v in grid[axis]] if axis in grid else None for axis in ("backbones", "objectives", "tasks")}
-            backbones = axes["backbones"] or list(matrix.backbones)
-            objectives = axes["objectives"] or list(matrix.objectives)
-            tasks = axes["tasks"] or list(matrix.tasks)
+            backbones = [str(v) for v in grid.get("backbones", matrix.backbones)]
+            objectives = [str(v) for v in grid.get("objectives", matrix.objectives)]
+            tasks = [str(v) for v in grid.get("tasks", matrix.tasks)]
             budgets, modes, seeds = (grid.get(k, ft[k]) for k in ("label_budgets", "modes", "seeds"))
             for backbone, objective in itertools.product(backbones, objectives):
                 scratch = matrix.objectives[objective] is None

@@ -1,6 +1,6 @@
 """Tables and plots from a matrix's ``results.csv`` (and the matrix file's report settings, if given).
 
-Sections of ``results.md`` (the matrix's ``report`` key picks and orders them):
+Sections of ``results.md``, in this order (the matrix's ``report`` key picks which):
 
 - ``compare``: per comparison of the matrix (ours against a reference, e.g. our SchNet against PyG's),
   mean +- std over seeds of each side, the paired difference ours - ref over the seeds both sides
@@ -255,7 +255,8 @@ def _per_cell(frame: pd.DataFrame) -> dict[str, tuple[pd.Series, dict[str, float
     return cells
 
 
-def compare_table(frame: pd.DataFrame, comparisons: list[Comparison], metrics: dict[str, str | None] | None = None) -> str:
+def compare_table(frame: pd.DataFrame, comparisons: list[Comparison],
+                  metrics: dict[str, str | None] | None = None) -> str:
     """Markdown table of the paired comparisons (see the module docstring); one row per comparison x
     task x compute setting (steps, batch size, label budget) x mode x corruption rate x held axis value."""
     metrics = metrics or {}
@@ -266,7 +267,8 @@ def compare_table(frame: pd.DataFrame, comparisons: list[Comparison], metrics: d
         held = "objective" if comparison.axis == "backbone" else "backbone"
         for labels, values in cells.values():
             side = {comparison.ours: "ours", comparison.ref: "ref"}.get(str(labels[comparison.axis]))
-            metric = next((m for m in values if m.startswith("test/") and _own_metric(m, labels["target"], metrics)), None)
+            metric = next((m for m in values if m.startswith("test/") and _own_metric(m, labels["target"], metrics)),
+                          None)
             if side is None or metric is None:
                 continue
             key = (comparison.name, labels["target"], metric, values.get("max_steps"), values.get("batch_size"),
@@ -338,7 +340,8 @@ def curves_tables(frame: pd.DataFrame) -> str:
             lines.append("| step | " + " | ".join(train_keys) + " |")
             lines.append("| ---: |" + " ---: |" * len(train_keys))
             for step in picks:
-                lines.append(f"| {step} | " + " | ".join(f"{series[k].get(step, math.nan):.4g}" for k in train_keys) + " |")
+                cells = [f"{series[k].get(step, math.nan):.4g}" for k in train_keys]
+                lines.append(f"| {step} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines).rstrip("\n")
 
