@@ -195,7 +195,7 @@ class Objective(L.LightningModule):
             # the one reader translates old class paths (with a FutureWarning naming the new ones)
             record = model_files.read_checkpoint(checkpoint_path, f"{cls.__name__}.load_from_checkpoint")
             hparams = dict(record.hyperparameters)  # a copy: the record is shared
-            changed = _drop_linked_options(hparams, cls) or bool(record.renamed)
+            changed = drop_linked_options(hparams, cls) or bool(record.renamed)
             if changed:
                 buffer = io.BytesIO()
                 torch.save({**record.checkpoint, "hyper_parameters": hparams}, buffer)
@@ -408,8 +408,14 @@ def _init_parameters(cls) -> set[str] | None:
     return None
 
 
-def _drop_linked_options(hparams: dict | None, cls) -> bool:
-    """Remove :data:`LINKED_OPTIONS` the checkpoint's objective class does not accept; True if any was."""
+def drop_linked_options(hparams: dict | None, cls) -> bool:
+    """Remove :data:`LINKED_OPTIONS` the checkpoint's objective class does not accept; True if any was.
+
+    The ``zoo`` CLI links ``--data.targets`` / the data's ``forces`` into every objective, so a
+    checkpoint of a self-supervised objective records them although its class does not take them.
+    ``hparams`` (a checkpoint's ``hyper_parameters``, with ``_class_path`` when the CLI wrote it;
+    otherwise ``cls`` is the objective) is edited in place. Used by :meth:`Objective.load_from_checkpoint`
+    and by ``zoo fit|test|validate|predict --ckpt_path`` (:mod:`atomzoo.cli`)."""
     if not hparams:
         return False
     class_path = hparams.get("_class_path")

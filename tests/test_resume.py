@@ -90,3 +90,25 @@ def test_same_seed_same_metrics(cache_dir, tmp_path):
     x, y = records(tmp_path / "x.jsonl"), records(tmp_path / "y.jsonl")
     assert [r["idx"] for r in x] == [r["idx"] for r in y]
     np.testing.assert_allclose([r["loss"] for r in x], [r["loss"] for r in y], rtol=1e-6)
+
+
+def test_a_pretraining_run_resumes_from_its_checkpoint(cache_dir, tmp_path):
+    """``zoo fit --ckpt_path`` of a self-supervised objective: its checkpoint records the data's linked
+    ``targets`` (the CLI links them into every objective), which Denoising does not take; the resumed
+    run must drop them, not fail with "unexpected keyword argument 'targets'", and continue the step count."""
+    from atomzoo.cli import run
+
+    args = [
+        "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/denoising.yaml"),
+        "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+        "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
+        "--model.backbone.init_args.num_interactions", "1", "--data.train_size", "64", "--data.batch_size", "8",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ]
+    first = run([*args, "--trainer.max_steps", "8"])
+    (ckpt,) = Path(first.trainer.log_dir).glob("checkpoints/last.ckpt")
+    resumed = run([*args, "--trainer.max_steps", "12", "--ckpt_path", str(ckpt)])
+    assert resumed.trainer.global_step == 12
+    assert type(resumed.model).__name__ == "Denoising"

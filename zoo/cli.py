@@ -33,7 +33,7 @@ from typing import Optional
 import yaml
 from atomzoo import model_files
 from atomzoo.datamodules.base import AtomsDataModule
-from atomzoo.objectives.base import Objective
+from atomzoo.objectives.base import Objective, drop_linked_options
 from jsonargparse import Namespace, get_loader, set_loader
 from lightning.pytorch.cli import LightningCLI
 
@@ -197,6 +197,7 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
             return argv
     hparams = dict(model_files.read_checkpoint(ckpt, f"zoo {argv[0]} --ckpt_path").hyperparameters)
     hparams.pop("_instantiator", None)
+    drop_linked_options(hparams, Objective)
     class_path = hparams.pop("_class_path", None)
     if not class_path:
         return argv
@@ -267,6 +268,7 @@ class ZooCLI(LightningCLI):
         hparams.pop("_instantiator", None)
         if not hparams:
             return
+        drop_linked_options(hparams, Objective)  # a pretraining run's checkpoint records the data's targets
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
