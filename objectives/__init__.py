@@ -12,5 +12,6 @@ from .jepa import JEPA
 from .regression import Regression
 from .scd import SelfConditionedDenoising
 from .sigreg import SIGReg, sigreg
+from .world_model import WorldModel
 
-__all__ = ["JEPA", "SIGReg", "Denoising", "Objective", "Regression", "SelfConditionedDenoising", "sigreg"]
+__all__ = ["JEPA", "SIGReg", "Denoising", "Objective", "Regression", "SelfConditionedDenoising", "WorldModel", "sigreg"]
