@@ -1,0 +1,121 @@
+"""The surprise command (``python -m atomzoo.surprise``): perturbations do what they say, the statistics are
+right, and the command runs end to end on the committed trajectories with a world model trained by
+``zoo fit``, the random-init baseline and the GFN2-xTB energy-jump reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atomzoo.cli import run
+from atomzoo.datamodules import TrajectoryDataModule
+from atomzoo.surprise import GEOMETRIC, KINDS, auroc, bonds, main, make_cases, perturb
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "data" / "trajectories" / "xtb_qm9_md.extxyz"
+
+
+def distances(pos: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    dm = TrajectoryDataModule(str(FIXTURE), split="time", horizons=[1, 2], cache_dir=str(tmp_path_factory.mktemp("c")))
+    dm.setup()
+    return dm
+
+
+def test_perturbations_do_what_they_say(data):
+    rng = np.random.default_rng(0)
+    a, b = data.store.offsets[0], data.store.offsets[1]  # the first frame (gdb 11, 7 atoms)
+    z, pos = np.asarray(data.store.arrays["z"][a:b], np.int64), np.asarray(data.store.arrays["pos"][a:b], np.float64)
+    zr, pr = perturb("rotation", z, pos, rng, {}, 0.3)
+    assert np.array_equal(zr, z) and np.allclose(distances(pr), distances(pos)) and not np.allclose(pr, pos)
+    zp, pp = perturb("permutation", z, pos, rng, {}, 0.3)
+    assert sorted(map(tuple, np.c_[zp, pp].tolist())) == sorted(map(tuple, np.c_[z, pos].tolist()))
+    zt, pt = perturb("teleport", z, pos, rng, {}, 0.3)
+    moved = np.linalg.norm(pt - pos, axis=-1)
+    assert np.array_equal(zt, z) and (moved > 0).sum() == 1 and 0.5 <= moved.max() <= 1.0
+    zs, ps = perturb("swap", z, pos, rng, {}, 0.3)
+    changed = np.flatnonzero(zs != z)
+    assert changed.size == 2 and zs[changed[0]] == z[changed[1]] and np.array_equal(ps, pos)
+    pairs = bonds(z, pos)
+    assert pairs and all(distances(pos)[i, j] < 2.0 for i, j in pairs)
+    longest = {pair: distances(pos)[pair] + 0.05 for pair in pairs}
+    _, pst = perturb("stretch", z, pos, rng, longest, 0.3)
+    (i, j), = [pair for pair in pairs if np.isclose(distances(pst)[pair], longest[pair] + 0.3)]  # one bond
+    assert np.isclose(distances(pst), distances(pos)).sum() >= z.size - 2  # only atoms i and j moved
+    assert np.allclose(np.delete(pst, [i, j], axis=0), np.delete(pos, [i, j], axis=0))
+    assert np.allclose((pst[i] + pst[j]) / 2, (pos[i] + pos[j]) / 2)  # stretched symmetrically
+
+
+def test_cases_time_reversal_and_ensemble_frames(data):
+    cases = make_cases(data, "test", list(KINDS), np.random.default_rng(1))
+    by_kind = {k: [c for c in cases if c.kind == k] for k in KINDS}
+    assert {k: len(v) for k, v in by_kind.items()}["true"] == data.windows("test").shape[0]
+    windows, store = data.windows("test"), data.store
+    for case in by_kind["reversed"]:
+        rows = windows[case.window]
+        k = int(store.arrays["frame"][rows[-1]] - store.arrays["frame"][rows[-2]])
+        expected = [*rows[-2::-1], rows[0] - k]  # t, t - s, .., t - (h-1)s, then t - (h-1)s - k
+        for (z, pos), row in zip(case.frames, expected):
+            a, b = store.offsets[row], store.offsets[row + 1]
+            assert np.allclose(pos, store.arrays["pos"][a:b])
+    for case in by_kind["ensemble"]:
+        rows = windows[case.window]
+        target = case.frames[-1][1]
+        match = [r for r in range(len(store)) if store.offsets[r + 1] - store.offsets[r] == target.shape[0]
+                 and np.allclose(store.arrays["pos"][store.offsets[r]:store.offsets[r + 1]], target)]  # fmt: skip
+        assert len(match) == 1 and abs(match[0] - rows[-1]) >= 10
+        assert store.arrays["trajectory"][match[0]] == store.arrays["trajectory"][rows[-1]]
+
+
+def test_auroc():
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
+    assert auroc(np.array([2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.5)
+
+
+def test_surprise_command_end_to_end(tmp_path):
+    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
+    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+              "init_args": {"save_dir": str(tmp_path), "name": "wm"}}
+    cli = run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"),
+               "-c", str(ROOT / "configs/objectives/world_model.yaml"),
+               "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+               *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
+               "--model.predictor_depth", "2", "--data.init_args.path", str(FIXTURE),
+               "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3",
+               "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+               "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+               "--trainer.logger", json.dumps(logger), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")
+    out = tmp_path / "surprise"
+    summary = main(["--ckpt", str(ckpt), str(ckpt), "--data", str(ROOT / "configs/data/trajectories.yaml"),
+                    "--data-path", str(FIXTURE), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                    "--max-windows", "16"])  # fmt: skip
+    assert cli.trainer.global_step == 3
+    assert {p.name for p in out.iterdir()} == {"surprise.csv", "surprise.md", "surprise.png", "surprise_windows.csv"}
+    assert (out / "surprise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {(r["detector"], r["kind"]): r for r in summary}
+    assert set(rows) == {(d, k) for d in ("trained", "random", "xtb") for k in KINDS}
+    assert all(r["seeds"] == 2 and r["n"] == 16 for r in summary)
+    for detector in ("trained", "random"):
+        # an invariant encoder: rotation and permutation change nothing but rounding
+        assert rows[(detector, "rotation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
+        assert rows[(detector, "permutation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
+    assert rows[("xtb", "rotation")]["max_abs_change"] < 1e-6 and rows[("xtb", "permutation")]["max_abs_change"] < 1e-6
+    # the physical reference sees the violations that change the energy
+    for kind in ("teleport", "swap", "stretch"):
+        assert rows[("xtb", kind)]["auroc"] > 0.9 and rows[("xtb", kind)]["z_score"] > 3
+    scores = list(csv.DictReader((out / "surprise_windows.csv").open()))
+    assert len(scores) == 3 * 2 * len(KINDS) * 16
+    assert {r["kind"] for r in scores} == set(KINDS) and set(GEOMETRIC) < set(KINDS)
+    table = (out / "surprise.md").read_text()
+    assert table.startswith("| detector | kind |") and "| xtb | teleport | violation | 16 |" in table

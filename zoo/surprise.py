@@ -1,0 +1,408 @@
+"""The surprise test of a world model on held-out MD (LeWorldModel's violation-of-expectation test, for atoms).
+
+    python -m atomzoo.surprise --ckpt runs/wm/version_0/checkpoints/last.ckpt [more checkpoints: seeds] \\
+        --data configs/data/trajectories.yaml --split test --out results/surprise
+
+For every window of the split (history frames ``t - (h-1)s .. t``, target ``t + k``) the surprise of
+a :class:`~atomzoo.objectives.WorldModel` is ``||pred(z_history, action) - z_target||^2`` (squared
+Euclidean norm over the embedding), in eval mode. It is computed for the true target and for the
+target replaced by (one draw per window, seeded):
+
+* changes that must not matter (``nuisance``):
+  ``rotation`` (a random rigid rotation about the centroid and a translation of up to 5 A in each
+  direction), ``permutation`` (the target's atoms in a random order: exactly the true surprise for
+  an invariant encoder, up to rounding -- a sanity check), ``ensemble`` (another frame of the same
+  trajectory, at least ``min_separation`` frames from the target, i.e. a draw from the same thermal
+  ensemble; frames from any split may be drawn);
+* physical violations (``violation``): ``teleport`` (one atom moved 0.5-1.0 A in a random direction),
+  ``swap`` (the elements of two atoms of different elements exchanged, positions kept), ``stretch``
+  (one bond, a pair closer than 1.2 x the sum of covalent radii, lengthened symmetrically to its
+  largest length over the trajectory plus ``stretch_margin`` A), ``reversed`` (time runs backwards:
+  history ``t, t - s, .., t - (h-1)s`` and target ``t - (h-1)s - k``; windows for which that frame is
+  not in the trajectory are left out).
+
+Detectors, each scoring the same perturbed windows:
+
+* ``trained``: the checkpoint's world model;
+* ``random``: the same architecture randomly initialised (seeded; the checkpoint's hyperparameters);
+* ``xtb``: the physical reference, ``|E(target) - E(x_t)|`` with GFN2-xTB (tblite) energies of the
+  (perturbed) target and the last history frame (needs ``pip install tblite``; ``--no-xtb`` skips it).
+
+Per detector and kind: the mean score; the z-score, the mean over windows of ``(s - mean(s_true)) /
+std(s_true)``; the AUROC of telling the kind's scores from the true ones (Mann-Whitney, ties 1/2);
+and for the geometric kinds the largest ``|s - s_true|`` of a window (``max_abs_change``). With
+several checkpoints (seeds ``seed, seed + 1, ...``; perturbations and the random network are drawn
+per seed), means and standard deviations over seeds.
+
+Writes, under ``--out``: ``surprise_windows.csv`` (every score), ``surprise.csv`` (the summary),
+``surprise.md`` (the summary as a table) and ``surprise.png`` (AUROC per kind and detector).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NUISANCE = ("rotation", "permutation", "ensemble")
+VIOLATION = ("teleport", "swap", "stretch", "reversed")
+KINDS = ("true", *NUISANCE, *VIOLATION)
+#: kinds that perturb the target frame of the same window (a paired comparison with "true")
+GEOMETRIC = ("rotation", "permutation", "teleport", "swap", "stretch")
+
+
+@dataclass
+class Case:
+    """One scored window: frames (``z`` [n], ``pos`` [n, 3] A) oldest first, the last one the target."""
+
+    kind: str
+    window: int
+    trajectory: int
+    frames: list[tuple[np.ndarray, np.ndarray]]
+    horizon: float
+    temperature: float
+
+
+# ----- perturbations ---------------------------------------------------------------------------------------
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random 3 x 3 rotation matrix (QR of a Gaussian matrix, signs fixed, det +1)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def bonds(z: np.ndarray, pos: np.ndarray) -> list[tuple[int, int]]:
+    """Atom pairs closer than 1.2 x the sum of their covalent radii (ASE's table)."""
+    from ase.data import covalent_radii
+
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    limit = 1.2 * (covalent_radii[z][:, None] + covalent_radii[z][None])
+    i, j = np.nonzero(np.triu(d < limit, k=1))
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def perturb(kind: str, z: np.ndarray, pos: np.ndarray, rng: np.random.Generator,
+            bond_max: dict[tuple[int, int], float], stretch_margin: float
+            ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The target frame ``(z, pos)`` after the geometric perturbation ``kind`` (module docstring)."""
+    z, pos = z.copy(), pos.copy()
+    if kind == "rotation":
+        centre = pos.mean(axis=0)
+        return z, (pos - centre) @ random_rotation(rng).T + centre + rng.uniform(-5.0, 5.0, size=3)
+    if kind == "permutation":
+        order = rng.permutation(z.size)
+        return z[order], pos[order]
+    if kind == "teleport":
+        atom, direction = rng.integers(z.size), rng.normal(size=3)
+        pos[atom] += direction / np.linalg.norm(direction) * rng.uniform(0.5, 1.0)
+        return z, pos
+    if kind == "swap":
+        pairs = [(i, j) for i in range(z.size) for j in range(i + 1, z.size) if z[i] != z[j]]
+        if not pairs:
+            raise ValueError("swap needs atoms of two elements")
+        i, j = pairs[rng.integers(len(pairs))]
+        z[i], z[j] = z[j], z[i]
+        return z, pos
+    if kind == "stretch":
+        pairs = sorted(bond_max)
+        i, j = pairs[rng.integers(len(pairs))]
+        bond = pos[j] - pos[i]
+        length = np.linalg.norm(bond)
+        extra = bond_max[(i, j)] + stretch_margin - length
+        pos[i] -= 0.5 * extra * bond / length
+        pos[j] += 0.5 * extra * bond / length
+        return z, pos
+    raise ValueError(f"unknown geometric perturbation {kind!r}; choose one of {GEOMETRIC}")
+
+
+def frame(store, row: int) -> tuple[np.ndarray, np.ndarray]:
+    a, b = int(store.offsets[row]), int(store.offsets[row + 1])
+    return np.asarray(store.arrays["z"][a:b], dtype=np.int64), np.asarray(store.arrays["pos"][a:b], dtype=np.float64)
+
+
+def make_cases(dm, split: str, kinds: list[str], rng: np.random.Generator, min_separation: int = 10,
+               stretch_margin: float = 0.3, max_windows: int | None = None) -> list[Case]:  # fmt: skip
+    """Every window of ``split`` of the set-up TrajectoryDataModule ``dm``, once per kind (module docstring)."""
+    store, table = dm.store, dm.trajectory_table
+    windows = dm.windows(split)
+    if max_windows is not None and windows.shape[0] > max_windows:
+        windows = windows[np.sort(rng.choice(windows.shape[0], max_windows, replace=False))]
+    trajectory = np.asarray(store.arrays["trajectory"])
+    frame_index = np.asarray(store.arrays["frame"])
+    bond_max: dict[int, dict[tuple[int, int], float]] = {}
+    cases = []
+    for w, rows in enumerate(windows):
+        t = int(trajectory[rows[0]])
+        info = table[t]
+        first, count = info["first_row"], info["frames"]
+        history, target = [frame(store, int(r)) for r in rows[:-1]], int(rows[-1])
+        k = int(frame_index[rows[-1]] - frame_index[rows[-2]])
+        common = {"window": w, "trajectory": t, "horizon": k * info["time_step_fs"],
+                  "temperature": info["temperature_K"]}
+        for kind in kinds:
+            if kind == "true":
+                cases.append(Case(kind, frames=[*history, frame(store, target)], **common))
+            elif kind == "ensemble":
+                far = [r for r in range(first, first + count) if abs(r - target) >= min_separation]
+                if far:
+                    other = int(far[rng.integers(len(far))])
+                    cases.append(Case(kind, frames=[*history, frame(store, other)], **common))
+            elif kind == "reversed":
+                back = int(rows[0]) - k  # t - (h-1)s - k
+                if back >= first:
+                    frames = [frame(store, int(r)) for r in rows[-2::-1]] + [frame(store, back)]
+                    cases.append(Case(kind, frames=frames, **common))
+            else:
+                if kind == "stretch" and t not in bond_max:
+                    z0, _ = frame(store, first)
+                    pos = np.asarray(store.arrays["pos"][store.offsets[first]:store.offsets[first + count]])
+                    pos = pos.reshape(count, z0.size, 3).astype(np.float64)
+                    pairs = bonds(z0, pos[0])
+                    bond_max[t] = {(i, j): float(np.linalg.norm(pos[:, i] - pos[:, j], axis=-1).max())
+                                   for i, j in pairs}
+                z, pos = frame(store, target)
+                cases.append(Case(kind, frames=[*history, perturb(kind, z, pos, rng, bond_max.get(t, {}),
+                                                                  stretch_margin)], **common))  # fmt: skip
+    return cases
+
+
+# ----- detectors -----------------------------------------------------------------------------------------
+def window_batch(cases: list[Case], dtype=torch.float32):
+    """The PyG batch of ``cases`` in the window layout of ``atomzoo.datamodules.trajectory``."""
+    from torch_geometric.data import Batch, Data
+
+    items = [Data(z=torch.as_tensor(z, dtype=torch.long), pos=torch.as_tensor(pos, dtype=dtype))
+             for case in cases for z, pos in case.frames]  # fmt: skip
+    batch = Batch.from_data_list(items)
+    p = len(cases[0].frames)
+    batch.window = torch.arange(len(cases)).repeat_interleave(p)
+    batch.window_position = torch.arange(p).repeat(len(cases))
+    batch.horizon = torch.tensor([c.horizon for c in cases], dtype=dtype)
+    batch.temperature = torch.tensor([c.temperature for c in cases], dtype=dtype)
+    return batch
+
+
+@torch.no_grad()
+def model_surprise(model, cases: list[Case], batch_size: int = 64) -> np.ndarray:
+    """``||pred - z_target||^2`` of every case (the model in eval mode)."""
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    out = []
+    for start in range(0, len(cases), batch_size):
+        batch = window_batch(cases[start:start + batch_size], dtype).to(model.device)
+        z = model.embed_windows(batch)
+        pred = model.predict(z[:, :-1], batch.horizon, batch.temperature)
+        out.append((pred - z[:, -1]).pow(2).sum(-1).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def xtb_energy_jump(cases: list[Case]) -> np.ndarray:
+    """``|E(target) - E(last history frame)|`` in eV, GFN2-xTB (tblite), every frame computed once."""
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    cache: dict[bytes, float] = {}
+
+    def energy(z: np.ndarray, pos: np.ndarray) -> float:
+        key = z.tobytes() + np.round(pos, 8).tobytes()
+        if key not in cache:
+            atoms = Atoms(numbers=z, positions=pos)
+            atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+            cache[key] = float(atoms.get_potential_energy())
+        return cache[key]
+
+    return np.array([abs(energy(*c.frames[-1]) - energy(*c.frames[-2])) for c in cases])
+
+
+def random_like(trained, checkpoint: str | Path, seed: int):
+    """``trained``'s architecture (the checkpoint's backbone arguments and objective options) with fresh,
+    seeded random weights. Raises ``ValueError`` when the checkpoint does not record every backbone argument."""
+    from atomzoo import model_files
+
+    spec = model_files.read(checkpoint).backbone
+    if not spec.get("init_args_complete", False):
+        raise ValueError(f"{checkpoint}: the backbone's constructor arguments are not all recorded "
+                         f"({spec.get('init_args')}); use --no-random")  # fmt: skip
+    torch.manual_seed(seed)
+    backbone = type(trained.backbone)(**spec.get("init_args", {}))
+    options = {k: v for k, v in trained.hparams.items() if k not in ("backbone", "init_from")}
+    return type(trained)(backbone, **options)
+
+
+# ----- statistics --------------------------------------------------------------------------------------------
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive scores above a negative) + P(tie) / 2 (Mann-Whitney U / (n_pos n_neg))."""
+    if positive.size == 0 or negative.size == 0:
+        return float("nan")
+    greater = (positive[:, None] > negative[None, :]).sum()
+    ties = (positive[:, None] == negative[None, :]).sum()
+    return float((greater + 0.5 * ties) / (positive.size * negative.size))
+
+
+def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per kind: ``n``, ``mean``, ``z_score``, ``auroc`` against ``true``, and ``max_abs_change`` (paired kinds)."""
+    true = scores["true"]
+    mu, sd = float(true.mean()), float(true.std())
+    out = {}
+    for kind, s in scores.items():
+        row = {"n": int(s.size), "mean": float(s.mean()) if s.size else float("nan"),
+               "z_score": float(((s - mu) / sd).mean()) if sd > 0 and s.size else float("nan"),
+               "auroc": auroc(s, true) if kind != "true" else 0.5, "max_abs_change": float("nan")}  # fmt: skip
+        if kind in GEOMETRIC:
+            paired = dict(zip(windows["true"].tolist(), true.tolist()))
+            row["max_abs_change"] = float(max(abs(v - paired[w]) for w, v in zip(windows[kind].tolist(), s.tolist())))
+        out[kind] = row
+    return out
+
+
+def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | Path = "surprise", seed: int = 0,
+                 random_baseline: bool = True, xtb: bool = True, min_separation: int = 10, stretch_margin: float = 0.3,
+                 max_windows: int | None = None, kinds: tuple[str, ...] = KINDS) -> list[dict]:  # fmt: skip
+    """Run the test (module docstring) with the set-up TrajectoryDataModule ``data``; write the files; return
+    the summary rows (``detector``, ``kind``, ``group``, ``seeds``, ``mean``, ``z_score``, ``z_score_std``,
+    ``auroc``, ``auroc_std``, ``max_abs_change``, ``n``)."""
+    from atomzoo.objectives import WorldModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[tuple[str, str], list[dict]] = {}
+    lines = ["detector,seed,kind,window,trajectory,score"]
+    for i, checkpoint in enumerate(checkpoints):
+        rng = np.random.default_rng(seed + i)
+        cases = make_cases(data, split, list(kinds), rng, min_separation, stretch_margin, max_windows)
+        by_kind = {k: [c for c in cases if c.kind == k] for k in kinds}
+        by_kind = {k: v for k, v in by_kind.items() if v}
+        windows = {k: np.array([c.window for c in v]) for k, v in by_kind.items()}
+        detectors = {"trained": WorldModel.load_from_checkpoint(checkpoint, map_location="cpu")}
+        if random_baseline:
+            detectors["random"] = random_like(detectors["trained"], checkpoint, seed + i)
+        for name, model in detectors.items():
+            if model.history < len(by_kind["true"][0].frames) - 1:
+                raise ValueError(f"{checkpoint}: the model covers {model.history} history frames, the data has "
+                                 f"{len(by_kind['true'][0].frames) - 1} (--data history)")  # fmt: skip
+            scores = {k: model_surprise(model, v) for k, v in by_kind.items()}
+            for kind, row in summarise(scores, windows).items():
+                per_seed.setdefault((name, kind), []).append(row)
+            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{s!r}"
+                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+        if xtb:
+            scores = {k: xtb_energy_jump(v) for k, v in by_kind.items()}
+            for kind, row in summarise(scores, windows).items():
+                per_seed.setdefault(("xtb", kind), []).append(row)
+            lines += [f"xtb,{seed + i},{k},{c.window},{c.trajectory},{s!r}"
+                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+    (out / "surprise_windows.csv").write_text("\n".join(lines) + "\n")
+    summary = []
+    for (detector, kind), rows in per_seed.items():
+        def stat(key):
+            values = np.array([r[key] for r in rows], dtype=float)
+            return float(np.nanmean(values)), float(np.nanstd(values)) if len(rows) > 1 else float("nan")
+
+        (z, z_sd), (a, a_sd) = stat("z_score"), stat("auroc")
+        summary.append({"detector": detector, "kind": kind,
+                        "group": "reference" if kind == "true" else "nuisance" if kind in NUISANCE else "violation",
+                        "seeds": len(rows), "n": int(np.mean([r["n"] for r in rows])), "mean": stat("mean")[0],
+                        "z_score": z, "z_score_std": z_sd, "auroc": a, "auroc_std": a_sd,
+                        "max_abs_change": float(np.nanmax([r["max_abs_change"] for r in rows]))
+                        if kind in GEOMETRIC else float("nan")})  # fmt: skip
+    write_summary(summary, out)
+    return summary
+
+
+def write_summary(summary: list[dict], out: Path) -> None:
+    """``surprise.csv``, ``surprise.md`` and ``surprise.png`` from the summary rows."""
+    keys = ["detector", "kind", "group", "seeds", "n", "mean", "z_score", "z_score_std", "auroc", "auroc_std",
+            "max_abs_change"]  # fmt: skip
+    (out / "surprise.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys)
+                                                                     for r in summary]) + "\n")  # fmt: skip
+
+    def pm(value, spread, digits):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{digits}f}" + ("" if math.isnan(spread) else f" +- {spread:.{digits}f}")
+
+    md = ["| detector | kind | group | windows | mean score | z-score | AUROC | max abs change |",
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in summary:
+        change = "-" if math.isnan(r["max_abs_change"]) else f"{r['max_abs_change']:.2e}"
+        md.append(f"| {r['detector']} | {r['kind']} | {r['group']} | {r['n']} | {r['mean']:.4g} | "
+                  f"{pm(r['z_score'], r['z_score_std'], 2)} | {pm(r['auroc'], r['auroc_std'], 3)} | "
+                  f"{change} |")  # fmt: skip
+    (out / "surprise.md").write_text("\n".join(md) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    detectors = list(dict.fromkeys(r["detector"] for r in summary))
+    kinds = [k for k in KINDS[1:] if any(r["kind"] == k for r in summary)]
+    fig, ax = plt.subplots(figsize=(1.1 * len(kinds) + 2, 3.6))
+    width = 0.8 / max(1, len(detectors))
+    for d, detector in enumerate(detectors):
+        rows = {r["kind"]: r for r in summary if r["detector"] == detector}
+        x = np.arange(len(kinds)) + (d - (len(detectors) - 1) / 2) * width
+        ax.bar(x, [rows[k]["auroc"] if k in rows else np.nan for k in kinds], width,
+               yerr=[0 if k not in rows or math.isnan(rows[k]["auroc_std"]) else rows[k]["auroc_std"] for k in kinds],
+               label=detector, color=f"C{d}")  # fmt: skip
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.axvline(len(NUISANCE) - 0.5, color="black", lw=0.6)
+    ax.set_xticks(np.arange(len(kinds)), kinds, rotation=30)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("AUROC vs. true next frame")
+    ax.set_title("surprise: must not matter (left) | physical violations (right)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "surprise.png", dpi=120)
+    plt.close(fig)
+
+
+def load_data(config: str | Path, path: str | None = None, cache_dir: str | None = None):
+    """A set-up TrajectoryDataModule from a data config file (``data: class_path / init_args``)."""
+    import yaml
+    from atomzoo.datamodules import TrajectoryDataModule
+
+    spec = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
+    if not str(spec.get("class_path", "")).endswith("TrajectoryDataModule"):
+        raise ValueError(f"{config}: the surprise test needs a TrajectoryDataModule data config "
+                         f"(class_path {spec.get('class_path')!r}); e.g. configs/data/trajectories.yaml")  # fmt: skip
+    options = dict(spec.get("init_args") or {})
+    if path:
+        options["path"] = path
+    if cache_dir:
+        options["cache_dir"] = cache_dir
+    data = TrajectoryDataModule(**options)
+    data.setup()
+    return data
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", nargs="+", required=True, help="WorldModel checkpoints (one per seed)")
+    p.add_argument("--data", required=True, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
+    p.add_argument("--data-path", default=None, help="override the config's trajectory file(s)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", default="surprise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first checkpoint (then +1 per checkpoint)")
+    p.add_argument("--no-random", action="store_true", help="skip the randomly initialised network")
+    p.add_argument("--no-xtb", action="store_true", help="skip the GFN2-xTB energy-jump detector")
+    p.add_argument("--min-separation", type=int, default=10, help="frames between the target and an ensemble frame")
+    p.add_argument("--stretch-margin", type=float, default=0.3, help="A beyond a bond's largest length")
+    p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows (a seeded choice)")
+    args = p.parse_args(argv)
+    data = load_data(args.data, args.data_path, args.cache_dir)
+    summary = run_surprise(args.ckpt, data, args.split, args.out, args.seed, not args.no_random, not args.no_xtb,
+                           args.min_separation, args.stretch_margin, args.max_windows)  # fmt: skip
+    print((Path(args.out) / "surprise.md").read_text())
+    return summary
+
+
+if __name__ == "__main__":
+    main()
