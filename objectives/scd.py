@@ -31,8 +31,20 @@ mean / std (:class:`~atomzoo.objectives.noise.RunningMoments`: exact pooled mome
 training batches of ALL DDP ranks; buffers, saved in checkpoints). Updated in training only.
 
 Logs ``train/loss``, ``val/loss`` (full condition, seeded noise), ``val/loss_masked`` (the same
-noise, mask token for every molecule: what the network does without the clean pass) and the
-collapse diagnostics of ``c``. ``val/loss_masked - val/loss`` is what the self-conditioning buys.
+noise, mask token for every molecule: what the network does without the clean pass),
+``val/loss_noisy_condition`` (the same noise, the condition computed by the clean-pass network from
+the NOISY input itself: a condition that carries no information the noisy pass could not see) and
+the collapse diagnostics of ``c``. ``val/loss_masked - val/loss`` is what the self-conditioning buys;
+it splits into ``val/loss_masked - val/loss_noisy_condition`` (what any extra global context buys)
+and ``val/loss_noisy_condition - val/loss`` (what the clean structure's information buys). The third
+term is computed in validation and test only (it costs a third backbone pass; not in training).
+
+Mask token: ours is trained during pretraining by default (``freeze_mask_token=False``). The reference
+freezes it at its initial value: ``SCDModel.pretrain()`` (models/ET_models/scd_model.py, lines 78-80,
+called by models/trainer.py line 98 when pretraining) calls ``freeze_embeddings(True)``, which sets
+``self.drop_cond.mask_token.requires_grad = not freeze`` (models/ET_models/scet.py, line 448);
+fine-tuning unfreezes it (``finetune()``). ``freeze_mask_token=True`` does the same here (fine-tuning
+builds a fresh objective, so the token trains again there).
 """
 
 from __future__ import annotations
@@ -62,6 +74,9 @@ class SelfConditionedDenoising(Objective):
         projection_hidden: hidden size of the projection head (default the backbone width).
         condition_dropout: probability per molecule of replacing ``c`` by the mask token (0.2).
         freeze_element_embedding: freeze the backbone's element embedding (paper: True).
+        freeze_mask_token: keep the backbone's mask token (``backbone.conditioning.mask_token``) at its
+            initial value during pretraining, as the reference does (module docstring); default False
+            (ours trains it).
         head, head_hidden: the noise head (see :class:`~atomzoo.objectives.heads.NoiseHead`).
         diagnostics_every_n_steps: collapse diagnostics of ``c`` every this many steps.
         Other arguments: see :class:`~atomzoo.objectives.base.Objective`.
@@ -80,6 +95,7 @@ class SelfConditionedDenoising(Objective):
         projection_hidden: int | None = None,
         condition_dropout: float = 0.2,
         freeze_element_embedding: bool = True,
+        freeze_mask_token: bool = False,
         head: str = "auto",
         head_hidden: int | None = None,
         diagnostics_every_n_steps: int = 50,
@@ -113,6 +129,9 @@ class SelfConditionedDenoising(Objective):
         if freeze_element_embedding:
             for p in backbone.element_embedding_parameters():
                 p.requires_grad_(False)
+        self.freeze_mask_token = bool(freeze_mask_token)
+        if self.freeze_mask_token:
+            backbone.conditioning.mask_token.requires_grad_(False)
 
     #: condition size given to a backbone whose config leaves ``condition_dim`` at 0 (the SCD paper: the width)
     DEFAULT_CONDITION_DIM = 128
@@ -186,13 +205,16 @@ class SelfConditionedDenoising(Objective):
         return {"loss": (pred - target).pow(2).mean(), "embedding": c}
 
     def evaluation_terms(self, batch, generator: torch.Generator) -> dict[str, Tensor]:
-        """``loss`` (full condition) and ``loss_masked`` (mask token only) on the same seeded noise."""
+        """``loss`` (full condition from the clean pass), ``loss_masked`` (mask token only) and
+        ``loss_noisy_condition`` (condition from the clean-pass network applied to the noisy input),
+        all three on the same seeded noise."""
         state = generator.get_state()
         terms = self.compute_loss(batch, generator, drop_probability=0.0, update_stats=False)
         generator.set_state(state)
         _, noisy, noise = self._draw(batch, generator)
-        pred = self.denoise(noisy, None)
-        terms["loss_masked"] = (pred - self.target_stats.standardize(noise)).pow(2).mean()
+        target = self.target_stats.standardize(noise)
+        terms["loss_masked"] = (self.denoise(noisy, None) - target).pow(2).mean()
+        terms["loss_noisy_condition"] = (self.denoise(noisy, self.embed(noisy)) - target).pow(2).mean()
         return terms
 
 

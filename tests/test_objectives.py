@@ -201,6 +201,40 @@ def test_scd_evaluation_terms_are_seeded_and_masked_is_the_mask_token(batch):
     assert int(model.target_stats.count) == count  # evaluation does not touch the noise statistics
 
 
+def test_scd_noisy_condition_term_is_computed_from_the_noisy_input(batch):
+    """``loss_noisy_condition``: the clean-pass network embeds the NOISY view (same seeded noise as
+    ``loss``), and that embedding conditions the noisy pass. Fails if the condition came from the
+    clean view (that is ``loss``) or if the term used other noise."""
+    torch.manual_seed(0)
+    # sigma 0.5 A: the noisy view's embedding differs clearly from the clean view's at initialisation
+    model = SelfConditionedDenoising(tiny_schnet(condition_dim=8), sigma=0.5).eval()
+    with torch.no_grad():
+        terms = model.evaluation_terms(batch, model.evaluation_generator(5))
+        clean, noisy, noise = model._draw(batch, model.evaluation_generator(5))
+        target = model.target_stats.standardize(noise)
+        from_noisy = (model.denoise(noisy, model.embed(noisy)) - target).pow(2).mean()
+        from_clean = (model.denoise(noisy, model.embed(clean)) - target).pow(2).mean()
+    torch.testing.assert_close(terms["loss_noisy_condition"], from_noisy, rtol=1e-6, atol=0)
+    torch.testing.assert_close(terms["loss"], from_clean, rtol=1e-6, atol=0)
+    assert abs(float(from_noisy - from_clean)) > 1e-4 * float(from_clean)  # the test can tell the two apart
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_scd_freeze_mask_token(batch, freeze):
+    """``freeze_mask_token=True`` (the reference's pretraining) leaves the mask token unchanged by an
+    optimiser step that updates the rest; the default trains it."""
+    torch.manual_seed(0)
+    model = SelfConditionedDenoising(tiny_schnet(condition_dim=8), freeze_mask_token=freeze)
+    token = model.conditioning.mask_token.detach().clone()
+    before = [q.detach().clone() for q in model.conditioning.layers.parameters()]
+    optimizers, _ = model.configure_optimizers()
+    loss = model.compute_loss(batch, torch.Generator().manual_seed(0), drop_probability=0.5)["loss"]
+    loss.backward()
+    optimizers[0].step()
+    assert torch.equal(model.conditioning.mask_token, token) == freeze
+    assert any(not torch.equal(q, b) for q, b in zip(model.conditioning.layers.parameters(), before))  # others train
+
+
 # ----- JEPA specifics -------------------------------------------------------------------------------
 def test_jepa_ema_target(batch):
     model = JEPA(tiny_schnet(), anti_collapse="ema")

@@ -327,3 +327,161 @@ def test_finished_pretraining_without_its_checkpoint_blocks_finetuning(tmp_path,
     out = capsys.readouterr()
     assert "skipped 1" in out.out and "blocked by a failed pretraining 1" in out.out
     assert "is finished but its checkpoint" in out.out and "--rerun" in out.out
+
+
+def test_pretrain_seeds_pairing_order_and_early_stopping_arguments(tmp_path):
+    """Pretraining seeds: fine-tuning seed k starts from pretraining seed k ("same"), or from each of a
+    list; ``order: seeds`` runs replicate by replicate (scratch, then each objective's pretraining
+    and fine-tuning); an objective's ``pretrain_args`` come last; early stopping monitors the task's MAE."""
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml",
+                                   "denoising_long": {"config": "configs/objectives/denoising.yaml",
+                                                      "pretrain_args": ["--trainer.max_steps", "6"]}}, seeds=(0, 1))
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["seeds"] = [0, 1]
+    data["finetune"]["early_stopping"] = {"patience": 5}
+    data["order"] = "seeds"
+    data["objectives"] = {k: data["objectives"][k] for k in ("none", "denoising", "denoising_long")}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the matrix's objective order is the run order
+    cells = expand(load_matrix(path))
+    assert [c.id for c in cells] == [
+        "finetune/schnet/none/c0/homo/n64/finetune/s0",
+        "pretrain/schnet/denoising/c0/p0", "finetune/schnet/denoising/c0/p0/homo/n64/finetune/s0",
+        "pretrain/schnet/denoising_long/c0/p0", "finetune/schnet/denoising_long/c0/p0/homo/n64/finetune/s0",
+        "finetune/schnet/none/c0/homo/n64/finetune/s1",
+        "pretrain/schnet/denoising/c0/p1", "finetune/schnet/denoising/c0/p1/homo/n64/finetune/s1",
+        "pretrain/schnet/denoising_long/c0/p1", "finetune/schnet/denoising_long/c0/p1/homo/n64/finetune/s1"]
+    by_id = {c.id: c for c in cells}
+    assert by_id["finetune/schnet/denoising/c0/p1/homo/n64/finetune/s1"].depends_on == "pretrain/schnet/denoising/c0/p1"
+    pre = by_id["pretrain/schnet/denoising_long/c0/p1"]
+    assert pre.args[-4:] == ["--trainer.max_steps", "6", "--seed_everything", "1"] and pre.seed == 1
+    ft = by_id["finetune/schnet/denoising/c0/p1/homo/n64/finetune/s1"]
+    assert ft.labels["pretrain_seed"] == 1 and ft.labels["seed"] == 1
+    assert ft.args[ft.args.index("--trainer.callbacks.monitor") + 1] == "val/homo_mae_meV"
+    assert ft.args[ft.args.index("--trainer.callbacks.patience") + 1] == "5"
+    assert by_id["finetune/schnet/none/c0/homo/n64/finetune/s0"].labels["pretrain_seed"] == ""
+    data["finetune"]["pretrain_seeds"] = [0, 1]  # every fine-tuning seed from every pretraining seed
+    data["order"] = "matrix"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    cells = expand(load_matrix(path))
+    assert sum(c.objective == "denoising" and c.phase == "finetune" for c in cells) == 4
+    assert cells[0].phase == "pretrain"  # matrix order: pretraining first
+    for bad, message in (({"pretrain_seeds": "same", "seeds": [0, 3]}, r"fine-tuning seeds \[3\] are not among"),
+                         ({"early_stopping": {"patience": 3, "typo": 1}}, r"unknown key\(s\) \['typo'\]"),
+                         ({"early_stopping": {"min_delta": 1}}, "needs|must be a mapping with 'patience'")):
+        path.write_text(yaml.safe_dump({**data, "finetune": {**data["finetune"], **bad}}))
+        with pytest.raises(ValueError, match=message):
+            load_matrix(path)
+
+
+def _git_repo(folder: Path) -> Path:
+    import subprocess
+
+    folder.mkdir(parents=True)
+    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=folder, check=True)
+    return folder
+
+
+def test_early_stopping_cpu_time_provenance_and_committed_results(cache_dir, tmp_path):
+    """One real fine-tuning cell under early stopping (min_delta so large that only the first check
+    counts as an improvement: it must stop after 1 + patience checks, well before its cap), with
+    --commit-results: its row records CPU time, steps, how it ended, the code version and the command,
+    and results.csv is committed alone."""
+    import subprocess
+
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "other.txt").write_text("staged, not to be committed by the runner")
+    subprocess.run(["git", "add", "other.txt"], cwd=repo, check=True)
+    path = write_matrix(tmp_path, {"none": None}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["output"] = str(repo / "out")
+    data["finetune"]["args"] = [*STEPS, "--trainer.max_steps", "40", "--trainer.val_check_interval", "2",
+                                "--trainer.check_val_every_n_epoch", "null"]
+    data["finetune"]["early_stopping"] = {"patience": 2, "min_delta": 1.0e9}
+    path.write_text(yaml.safe_dump(data))
+    assert bench_main(["run", str(path), "--commit-results"]) == 0
+    rows = read_rows(repo / "out/results.csv")
+    final = {r["metric"]: r for r in rows if r["step"] == ""}
+    assert float(final["cpu_s"]["value"]) > 1.0 and final["resumed"]["value"] == "0"
+    assert final["stopped_early"]["value"] == "1" and final["hit_cap"]["value"] == "0"
+    # checks after steps 2, 4, 6; the best is the first
+    assert final["steps"]["value"] == "6" and final["best_step"]["value"] == "2"
+    assert "atomzoo.cli fit" in final["wall_s"]["command"] and "EarlyStopping" in final["wall_s"]["command"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert {r["commit"].removesuffix("+dirty") for r in rows} == {head}
+    assert any(r["metric"] == "curve:val/homo_mae_meV" for r in rows)  # the validation curve is kept
+    log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=repo, capture_output=True, text=True).stdout
+    assert log.split() == ["tiny:", "cell", "finetune/schnet/none/c0/homo/n64/finetune/s0", "out/results.csv"]
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
+    assert staged.stdout.split() == ["other.txt"]  # left as it was
+
+
+def test_commit_results_file_waits_for_the_index_lock_and_never_fails(tmp_path, capsys):
+    import threading
+
+    from atomzoo.runner.execute import commit_results_file
+
+    lone = tmp_path / "not_a_repo" / "results.csv"
+    lone.parent.mkdir()
+    lone.write_text("a\n")
+    assert commit_results_file(lone, "m", attempts=2, wait_s=0.01) is False
+    assert "could not commit" in capsys.readouterr().out + capsys.readouterr().err
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "results.csv").write_text("a\n")
+    lock = repo / ".git/index.lock"
+    lock.write_text("")
+    threading.Timer(0.5, lock.unlink).start()
+    assert commit_results_file(repo / "results.csv", "m: cell x", attempts=5, wait_s=0.3) is True
+    assert commit_results_file(repo / "results.csv", "m: cell x") is True  # nothing new: fine
+
+
+def _finetune_rows(values: dict[str, list[float]], budget: int = 1000) -> list[dict]:
+    rows = []
+    for objective, maes in values.items():
+        for seed, value in enumerate(maes):
+            rows.append({"cell": f"{objective}/{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": "homo", "label_budget": budget, "mode": "finetune", "seed": seed,
+                         "corruption_rate": 0.0, "metric": "test/homo_mae_meV", "step": "", "value": value})
+    return rows
+
+
+def test_paired_table_interval_resolution_and_seeds_needed():
+    from atomzoo.runner.report import paired_table, seeds_needed, t_quantile
+
+    rows = _finetune_rows({"none": [30.0, 32.0, 31.0], "denoising": [25.0, 27.0, 26.5], "scd": [25.5, 26.0, 27.0],
+                           "jepa": [29.0]})
+    table = paired_table(final_test_mae(pd.DataFrame(rows))).splitlines()
+    # denoising - none: diffs -5, -5, -4.5: mean -4.83, sd 0.289, half-width 4.303 * 0.289 / sqrt(3) = 0.72
+    assert "| denoising | none | -4.83 [-5.55, -4.12] meV | -15.6% | 3 | yes, better | – |" in table[2]
+    scd_vs_den = next(line for line in table if "| scd | denoising |" in line)
+    # diffs +0.5, -1.0, +0.5: mean 0, not resolved; seeds needed for a zero mean: none
+    assert "| 3 | no |" in scd_vs_den and "+0.00 [" in scd_vs_den
+    jepa = next(line for line in table if "| jepa | none |" in line)
+    assert "-1.00 (n = 1) meV" in jepa and "± 0" not in jepa and jepa.endswith("| 1 | – | – |")
+    assert t_quantile(2) == 4.303 and abs(t_quantile(60) - 2.000) < 2e-3 and abs(t_quantile(1000) - 1.962) < 1e-3
+    # n with t(0.975, n-1) * sd / sqrt(n) < |mean|: sd 1, mean 1 -> n = 7 (2.447/sqrt(7) = 0.925; n = 6: 1.05)
+    assert seeds_needed(1.0, 1.0) == 7 and seeds_needed(0.0, 1.0) is None
+
+
+def test_compute_and_finetuning_tables(tmp_path):
+    from atomzoo.runner.report import compute_table, finetuning_table
+
+    rows = _finetune_rows({"none": [30.0, 32.0], "scd": [25.0, 27.0]})
+    for row in list(rows):
+        extra = {"steps": 120, "best_step": 80, "stopped_early": 1, "hit_cap": 0, "cpu_s": 600.0}
+        if row["objective"] == "none" and row["seed"] == 1:
+            extra.update(steps=200, best_step=200, stopped_early=0, hit_cap=1)
+        rows += [{**row, "metric": k, "value": v} for k, v in extra.items()]
+    base = {"phase": "pretrain", "backbone": "painn", "objective": "scd", "target": "", "label_budget": 0, "mode": "",
+            "corruption_rate": 0.0, "step": ""}
+    for seed in (0, 1):
+        rows += [{**base, "cell": f"pre{seed}", "seed": seed, "metric": k, "value": v}
+                 for k, v in (("steps", 3000), ("cpu_s", 3600.0 * (1 + seed)), ("max_steps", 3000))]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    frame = load(tmp_path / "results.csv")
+    compute = compute_table(frame, final_test_mae(frame)).splitlines()
+    assert compute[2].startswith("| painn | none | – | – | – | 31.00 [")
+    assert compute[3].startswith("| painn | scd | 3000 | 1.50 | 1800 | 26.00 [13.29, 38.71]")  # 12.706 * 1 / sqrt 2
+    ends = finetuning_table(frame).splitlines()
+    assert ends[2] == "| painn | none | homo | 1000 | finetune | 2 | 1 | 1 | 160 | 140 | 10.0 |"
+    assert ends[3] == "| painn | scd | homo | 1000 | finetune | 2 | 2 | 0 | 120 | 80 | 10.0 |"

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--threads", type=int, default=None, help="OpenMP/MKL threads of every cell (overrides the share)")
     run.add_argument("--rerun", action="store_true",
                      help="run the selected cells again from scratch even if finished (their rows are replaced)")
+    run.add_argument("--commit-results", action="store_true",
+                     help="after each finished cell, git-commit the matrix's results.csv (that file only; "
+                          "message '<matrix>: cell <id>'); without git it warns and goes on")
     run.add_argument("--list", action="store_true", help="list cell ids and exit")
     report = sub.add_parser("report", help="regenerate results.md and the plots from results.csv")
     report.add_argument("source", type=Path,
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(c.id for c in chosen))
         return 0
     outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout, parallel=args.parallel,
-                        threads=args.threads, rerun=args.rerun)
+                        threads=args.threads, rerun=args.rerun, commit_results=args.commit_results)
     if args.dry_run:
         return 0
     print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])}, failed {len(outcome['failed'])}, "

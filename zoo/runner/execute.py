@@ -3,13 +3,16 @@
 A cell with rows in ``results.csv`` is finished and never rerun (``rerun`` forces it). An unfinished
 cell whose folder holds a checkpoint (a kill, a crash, a timeout) continues from its newest one
 (``--ckpt_path``); one without is wiped and started afresh. After each cell its metrics are merged
-into ``results.csv`` (:mod:`atomzoo.runner.results`) and ``DONE.json`` is written into its folder.
+into ``results.csv`` (:mod:`atomzoo.runner.results`) and ``DONE.json`` is written into its folder;
+with ``commit_results`` the CSV is then committed to git, alone (:func:`commit_results_file`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,13 +42,21 @@ def log_dir(matrix: Matrix, cell: Cell) -> Path:
 
 
 def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
-    """The last checkpoint of a cell's run (what a fine-tuning cell starts from)."""
-    return log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
+    """The final weights of a cell's run, what a fine-tuning cell starts from: the newest of
+    ``last.ckpt`` and ``last-step.ckpt`` (``last.ckpt`` when neither exists yet).
+
+    With validation inside an epoch (``val_check_interval``) Lightning rewrites ``last.ckpt`` only
+    when the monitored ``val/loss`` improves, so after a late rise of the validation loss it holds an
+    earlier step; ``last-step.ckpt`` (every 500 steps, ``zoo``'s defaults) then holds the final one:
+    give pretraining runs a multiple of 500 steps."""
+    newest = resume_point(matrix, cell)
+    return newest if newest is not None else log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
 
 
 def resume_point(matrix: Matrix, cell: Cell) -> Path | None:
     """The newest checkpoint an unfinished cell left behind (``last.ckpt`` or ``last-step.ckpt``), if any."""
-    saved = sorted((log_dir(matrix, cell) / "checkpoints").glob("last*.ckpt"), key=lambda f: f.stat().st_mtime)
+    folder = log_dir(matrix, cell) / "checkpoints"
+    saved = sorted(folder.glob("last*.ckpt"), key=lambda f: (f.stat().st_mtime, f.name == "last.ckpt"))
     return saved[-1] if saved else None
 
 
@@ -78,6 +89,91 @@ def read_curves(directory: Path) -> list[tuple[str, int, float]]:
     return [(tag, step, value) for (tag, step), value in series.items()]
 
 
+def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def code_version(cwd: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the checkout at ``cwd`` (default: the current directory), with ``+dirty``
+    when tracked files outside ``benchmarks/results`` differ from it; ``""`` outside a git checkout."""
+    try:
+        head = _git("rev-parse", "HEAD", cwd=cwd)
+        if head.returncode != 0:
+            return ""
+        diff = _git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results", cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if diff.returncode == 1 else "")
+
+
+def commit_results_file(path: Path, message: str, attempts: int = 5, wait_s: float = 2.0) -> bool:
+    """``git add`` and ``git commit -m message -- path``: commit that one file and nothing else (other
+    staged changes stay staged, uncommitted). Retries while another git process holds ``index.lock``;
+    never raises: on failure (no git, not a checkout, a persistent lock) it warns and returns False.
+    Nothing to commit (the file unchanged) counts as success."""
+    path = Path(path).resolve()
+    why = ""
+    for attempt in range(attempts):
+        try:
+            added = _git("add", "--", path.name, cwd=path.parent)
+            if added.returncode == 0:
+                if _git("diff", "--cached", "--quiet", "--", path.name, cwd=path.parent).returncode == 0:
+                    return True  # already committed as it is
+                done = _git("commit", "-q", "-m", message, "--", path.name, cwd=path.parent)
+                if done.returncode == 0:
+                    return True
+                why = (done.stderr or done.stdout).strip()
+            else:
+                why = added.stderr.strip()
+        except (OSError, subprocess.SubprocessError) as err:
+            why = str(err)
+            break
+        if "index.lock" not in why:
+            break
+        time.sleep(wait_s * (attempt + 1))
+    tqdm.write(f"warning: could not commit {path} ({why.splitlines()[-1] if why else 'git failed'}); "
+               "the run goes on, the file is written")
+    return False
+
+
+def _arg(args: list[str], name: str) -> str | None:
+    """The value after the last ``name`` in ``args`` (``None`` if absent)."""
+    found = [k for k, a in enumerate(args[:-1]) if a == name]
+    return args[found[-1] + 1] if found else None
+
+
+def run_progress(run: Path, curves: list[tuple[str, int, float]], args: list[str]) -> dict[str, float]:
+    """How a finished run ended, from its logged series ``curves`` (:func:`read_curves`) and its
+    arguments ``args``: ``steps`` (optimiser steps: 1 + the last logged training or validation
+    step) and, where ``args`` add Lightning's EarlyStopping (:mod:`atomzoo.runner.matrix`), ``stopped_early`` / ``hit_cap`` (0/1:
+    Lightning's rule replayed on the monitored validation series -- a check improves when it is below
+    the best so far minus ``min_delta``; the run stopped early when the checks since the last
+    improvement reached ``patience``) and ``best_step`` (the step in the best checkpoint's name,
+    ``best-<epoch>-<step>.ckpt``: the checkpoint ``--test_after_fit`` tests). Lightning's
+    ``last.ckpt`` is not read: with a monitored checkpoint it is only rewritten on improvement."""
+    found: dict[str, float] = {}
+    fitted = [step for tag, step, _ in curves if tag.startswith(("train/", "val/"))]  # test/ and epoch: step + 1
+    if fitted:
+        found["steps"] = 1 + max(fitted)
+    monitor = _arg(args, "--trainer.callbacks.monitor")
+    if monitor is not None and any(a.endswith("EarlyStopping") for a in args):
+        patience = int(_arg(args, "--trainer.callbacks.patience") or 3)
+        min_delta = abs(float(_arg(args, "--trainer.callbacks.min_delta") or 0.0))
+        best, wait = math.inf, 0
+        for _, value in sorted((step, value) for tag, step, value in curves if tag == monitor):
+            if value < best - min_delta:
+                best, wait = value, 0
+            else:
+                wait += 1
+        found["stopped_early"] = int(wait >= patience)
+        found["hit_cap"] = 1 - found["stopped_early"]
+    names = [re.fullmatch(r"best-\d+-(\d+)(-v\d+)?\.ckpt", f.name) for f in (run / "checkpoints").glob("best-*.ckpt")]
+    steps = [int(m.group(1)) for m in names if m]
+    if steps:
+        found["best_step"] = max(steps)
+    return found
+
+
 def _run_settings(run: Path) -> dict[str, float]:
     """``max_steps`` and ``batch_size`` of a run, from its resolved ``config.yaml`` (those it has)."""
     config = run / "config.yaml"
@@ -89,16 +185,24 @@ def _run_settings(run: Path) -> dict[str, float]:
     return {k: v for k, v in found.items() if isinstance(v, int | float) and v >= 0}
 
 
-def collect(matrix: Matrix, cell: Cell, wall_s: float) -> list[dict]:
-    """Rows for results.csv: final test metrics, kept curves, wall time and compute settings of a finished cell."""
-    base = cell.labels
-    rows = [{**base, "metric": "wall_s", "step": "", "value": wall_s}]
-    rows += [{**base, "metric": k, "step": "", "value": v} for k, v in _run_settings(log_dir(matrix, cell)).items()]
+def collect(matrix: Matrix, cell: Cell, wall_s: float, cpu_s: float | None = None, commit: str = "",
+            command_line: str = "", resumed: bool = False) -> list[dict]:
+    """Rows for results.csv (:mod:`atomzoo.runner.results`): final test metrics, kept curves, wall and
+    CPU time, compute settings, how the run ended, the code version and the command of a finished cell."""
+    base = {**cell.labels, "commit": commit}
+    rows = [{**base, "metric": "wall_s", "step": "", "value": wall_s, "command": command_line}]
+    if cpu_s is not None:
+        rows.append({**base, "metric": "cpu_s", "step": "", "value": cpu_s})
+    rows.append({**base, "metric": "resumed", "step": "", "value": int(resumed)})
+    run = log_dir(matrix, cell)
+    curves = read_curves(run)
+    progress = run_progress(run, curves, cell.args)
+    rows += [{**base, "metric": k, "step": "", "value": v} for k, v in {**_run_settings(run), **progress}.items()]
     metrics_file = log_dir(matrix, cell) / "test_metrics.json"
     if metrics_file.exists():
         for name, value in json.loads(metrics_file.read_text()).items():
             rows.append({**base, "metric": name, "step": "", "value": value})
-    for tag, step, value in read_curves(log_dir(matrix, cell)):
+    for tag, step, value in curves:
         if tag.startswith(matrix.curves):
             rows.append({**base, "metric": f"curve:{tag}", "step": step, "value": value})
     return rows
@@ -125,11 +229,31 @@ class _Running:
     proc: subprocess.Popen
     log: IO[str]
     start: float
+    command: str = ""
+    commit: str = ""
+    resumed: bool = False
+    cpu_s: float | None = None
+
+
+def _reap(job: _Running, block: bool = False) -> int | None:
+    """The exit code of ``job``'s process if it has ended (``None`` if not; ``block``: wait for it),
+    recording its CPU time (user + system of it and its waited-for children, ``os.wait4``)."""
+    if job.proc.returncode is not None:
+        return job.proc.returncode
+    try:
+        pid, status, usage = os.wait4(job.proc.pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:  # reaped elsewhere
+        return job.proc.wait()
+    if pid == 0:
+        return None
+    job.cpu_s = usage.ru_utime + usage.ru_stime
+    job.proc.returncode = os.waitstatus_to_exitcode(status)
+    return job.proc.returncode
 
 
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
               timeout: float | None = None, parallel: int = 1, threads: int | None = None,
-              rerun: bool = False) -> dict[str, list[str]]:
+              rerun: bool = False, commit_results: bool = False) -> dict[str, list[str]]:
     """Run ``cells`` (a selection of ``all_cells``), up to ``parallel`` at once; return ids by outcome.
 
     Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
@@ -137,7 +261,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     earlier, or has lost its checkpoint). Cells start in matrix order; a fine-tuning cell waits until
     its pretraining cell is done. ``rerun``: run the selected cells again even if finished (from
     scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
-    to run is printed, then a ``#`` summary line.
+    to run is printed, then a ``#`` summary line. ``commit_results``: after each finished cell, commit
+    ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
@@ -182,17 +307,22 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         log = open(folder / "log.txt", "a" if resume else "w")  # noqa: SIM115 -- open while the cell runs; closed in finish()
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
+        commit = code_version()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        running.append(_Running(cell, proc, log, time.perf_counter()))
+        running.append(_Running(cell, proc, log, time.perf_counter(), " ".join(cmd), commit, resume is not None))
 
     def finish(job: _Running, ok: bool) -> None:
         job.log.close()
         wall = time.perf_counter() - job.start
         folder = cell_dir(matrix, job.cell)
         if ok:
-            merge_rows(matrix.results_csv, job.cell.id, collect(matrix, job.cell, wall))
-            (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, **job.cell.labels}, indent=1))
+            rows = collect(matrix, job.cell, wall, job.cpu_s, job.commit, job.command, job.resumed)
+            merge_rows(matrix.results_csv, job.cell.id, rows)
+            (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, "cpu_s": job.cpu_s, **job.cell.labels},
+                                                         indent=1))
             outcome["done"].append(job.cell.id)
+            if commit_results:
+                commit_results_file(matrix.results_csv, f"{matrix.name}: cell {job.cell.id}")
         else:
             outcome["failed"].append(job.cell.id)
             tqdm.write(f"cell {job.cell.id} failed; see {folder / 'log.txt'}")
@@ -229,10 +359,10 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                 bar.refresh()  # keep elapsed/remaining time moving while long cells run
             time.sleep(0.2)
             for job in list(running):
-                code = job.proc.poll()
+                code = _reap(job)
                 if code is None and timeout is not None and time.perf_counter() - job.start > timeout:
                     os.killpg(job.proc.pid, signal.SIGKILL)
-                    code = job.proc.wait()
+                    code = _reap(job, block=True)
                     tqdm.write(f"cell {job.cell.id} ran past --timeout {timeout:g} s and was killed")
                 if code is not None:
                     running.remove(job)
@@ -240,7 +370,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     finally:  # Ctrl-C or an error here: leave no orphan training processes behind
         for job in running:
             os.killpg(job.proc.pid, signal.SIGKILL)
-            job.proc.wait()
+            _reap(job, block=True)
             job.log.close()
         bar.close()
     return outcome

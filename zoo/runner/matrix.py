@@ -17,10 +17,14 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
       none: null
       denoising: configs/objectives/denoising.yaml
       scd: {config: configs/objectives/scd.yaml, args: [--model.backbone.init_args.condition_dim, "64"]}
-    pretrain:                                 # one cell per backbone x objective (x corruption rate)
+      denoising_eqcpu:                        # pretrain_args come after pretrain.args (they win): e.g. a
+        config: configs/objectives/denoising.yaml   # step budget of this objective alone (equal CPU time)
+        pretrain_args: [--trainer.max_steps, "6000"]
+    pretrain:                                 # one cell per backbone x objective (x corruption rate) (x seed)
       data: configs/data/qm9.yaml
       args: [--data.targets, "null", --trainer.max_steps, "3000"]
       corruption: {kind: displacement, rates: [0.0, 0.1], scale: 0.5}   # optional
+      seeds: [0, 1, 2]                        # optional: pretraining seeds (--seed_everything; ids end in /p<seed>)
     finetune:                                 # one cell per backbone x objective x task x budget x mode x seed
       data: configs/data/qm9.yaml
       objective: configs/objectives/regression.yaml
@@ -36,6 +40,11 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
       modes: [finetune, linear_probe]          # linear_probe: frozen backbone + linear head
       args: [--trainer.max_epochs, "30"]
       probe_args: [--model.lr, "0.01"]          # optional: added to linear_probe cells only (after args)
+      early_stopping: {patience: 20}          # optional: Lightning's EarlyStopping on the validation MAE
+                                              # (monitor default val/<task>_mae_meV, or the task's metric with
+                                              # test/ -> val/; min_delta 0) under the step/epoch cap of args
+      pretrain_seeds: same                    # with pretrain.seeds: fine-tuning seed k starts from pretraining
+                                              # seed k ("same", the default), or a list (every one of them)
       grids:                                  # optional: the cells are the union of these grids, each the
         - {backbones: [painn], seeds: [0, 1, 2, 3, 4]}   # product of the axes above with the ones it names
         - {tasks: [md_forces], label_budgets: [300]}     # (backbones, objectives, tasks, label_budgets,
@@ -44,11 +53,15 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
       painn: {backbone: [painn, schnetpack_painn]}       # axis: backbone or objective; paired by seed
     curves: [val/, train/loss, train/emb]     # logged series kept in results.csv (metric-name prefixes)
     report: [summary, noise, pretraining, cost, plots]   # sections of results.md (this is the default)
+    order: matrix                             # or "seeds": every cell of seed 0 first (scratch, then each
+                                              # objective's pretraining and its fine-tuning), then seed 1, ...
 
-Each pretraining objective is run once per backbone (and corruption rate); each fine-tuning cell
-starts from that pretraining run's last checkpoint (``--model.init_from``), or from scratch for
-``none``. A cell's id names its place in the matrix, not its arguments: after changing a matrix's
-settings, give it another ``output`` so that its finished cells are not taken for the new ones.
+Each pretraining objective is run once per backbone (and corruption rate, and pretraining seed); each
+fine-tuning cell starts from that pretraining run's final checkpoint (``--model.init_from``,
+:func:`atomzoo.runner.execute.checkpoint_of`), or from scratch for ``none``. A cell's id names its
+place in the matrix, not its arguments: after changing a matrix's settings, give it another
+``output`` so that its finished cells are not taken for the new ones. ``report`` sections: see
+:mod:`atomzoo.runner.report`.
 """
 
 from __future__ import annotations
@@ -64,13 +77,16 @@ import yaml
 SCRATCH = "none"
 MODES = ("finetune", "linear_probe")
 #: report sections, in the order results.md shows them
-SECTIONS = ("compare", "summary", "noise", "pretraining", "curves", "cost", "plots")
+SECTIONS = ("compare", "summary", "paired", "compute", "finetuning", "noise", "pretraining", "curves", "cost", "plots")
 DEFAULT_SECTIONS = ("compare", "summary", "noise", "pretraining", "cost", "plots")
+ORDERS = ("matrix", "seeds")
 DEFAULT_CURVES = ("val/", "train/loss", "train/emb")
 TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones", "objectives", "pretrain", "finetune",
-            "compare", "curves", "report"}
+            "compare", "curves", "report", "order"}
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
-                 "grids"}
+                 "grids", "early_stopping", "pretrain_seeds"}
+PRETRAIN_KEYS = {"data", "args", "corruption", "seeds"}
+EARLY_STOPPING_KEYS = {"patience", "monitor", "min_delta"}
 GRID_AXES = ("backbones", "objectives", "tasks", "label_budgets", "modes", "seeds")
 COMPARE_AXES = ("backbone", "objective")
 
@@ -85,6 +101,9 @@ class Cell:
         args: arguments of ``zoo fit`` (without the run-folder arguments the runner adds).
         target: the fine-tuning task (a QM9 target for ``targets``).
         depends_on: id of the pretraining cell whose checkpoint this cell starts from.
+        seed: the cell's ``--seed_everything`` (a pretraining cell's: its pretraining seed).
+        pretrain_seed: seed of the pretraining run a fine-tuning cell starts from (``None``: no
+            ``pretrain.seeds`` in the matrix, or scratch).
     """
 
     id: str
@@ -98,6 +117,7 @@ class Cell:
     seed: int = 0
     corruption_rate: float = 0.0
     depends_on: str | None = None
+    pretrain_seed: int | None = None
 
     @property
     def labels(self) -> dict[str, Any]:
@@ -111,6 +131,7 @@ class Cell:
             "mode": self.mode,
             "seed": self.seed,
             "corruption_rate": self.corruption_rate,
+            "pretrain_seed": "" if self.pretrain_seed is None else self.pretrain_seed,
         }
 
 
@@ -154,6 +175,7 @@ class Matrix:
     compare: list[Comparison] = field(default_factory=list)
     curves: tuple[str, ...] = DEFAULT_CURVES
     report: tuple[str, ...] = DEFAULT_SECTIONS
+    order: str = "matrix"
 
     @property
     def cells_dir(self) -> Path:
@@ -195,8 +217,9 @@ def _objective_spec(name: str, spec: Any) -> dict[str, Any] | None:
         return None
     spec = {"config": spec} if isinstance(spec, str) else dict(spec)
     _require(spec, "config", f"objectives.{name}")
-    _unknown(spec, {"config", "args"}, f"objectives.{name}")
+    _unknown(spec, {"config", "args", "pretrain_args"}, f"objectives.{name}")
     spec["args"] = [str(a) for a in spec.get("args", [])]
+    spec["pretrain_args"] = [str(a) for a in spec.get("pretrain_args", [])]
     return spec
 
 
@@ -252,15 +275,40 @@ def load_matrix(path: str | Path) -> Matrix:
                 if missing:
                     raise ValueError(f"matrix file: finetune.grids[{k}].{axis} names {missing}, "
                                      f"not among {sorted(known)}")
+        stopping = finetune.get("early_stopping")
+        if stopping is not None:
+            if not isinstance(stopping, dict) or "patience" not in stopping:
+                raise ValueError("matrix file: finetune.early_stopping must be a mapping with 'patience' "
+                                 "(validation checks without improvement), e.g. {patience: 20}")
+            _unknown(stopping, EARLY_STOPPING_KEYS, "finetune.early_stopping")
         for task in tasks.values():
             missing = sorted(set(task.overrides) - set(backbones))
             if missing:
                 raise ValueError(f"matrix file: finetune.tasks.{task.name}.overrides names backbones {missing}, "
                                  f"not among {sorted(backbones)}")
     pretrain = dict(raw.get("pretrain") or {})
+    _unknown(pretrain, PRETRAIN_KEYS, "pretrain")
     if any(spec is not None for spec in objectives.values()):
         _require(pretrain, "data", "pretrain")
     pretrain.setdefault("args", [])
+    if finetune is not None:
+        pairing = finetune.setdefault("pretrain_seeds", "same")
+        if pretrain.get("seeds") is not None and pairing == "same":
+            missing = sorted({int(s) for g in finetune["grids"] for s in g.get("seeds", finetune["seeds"])}
+                             - {int(s) for s in pretrain["seeds"]})
+            if missing:
+                raise ValueError(f"matrix file: finetune.pretrain_seeds is 'same' but fine-tuning seeds {missing} "
+                                 f"are not among pretrain.seeds {pretrain['seeds']}; add them or give "
+                                 "finetune.pretrain_seeds as a list")
+        elif pairing != "same" and not isinstance(pairing, list):
+            raise ValueError(f"matrix file: finetune.pretrain_seeds must be 'same' or a list of pretrain.seeds, "
+                             f"got {pairing!r}")
+        elif isinstance(pairing, list) and not set(map(int, pairing)) <= set(map(int, pretrain.get("seeds") or [])):
+            raise ValueError(f"matrix file: finetune.pretrain_seeds {pairing} must be among pretrain.seeds "
+                             f"{pretrain.get('seeds')}")
+    order = str(raw.get("order", "matrix"))
+    if order not in ORDERS:
+        raise ValueError(f"matrix file: order must be one of {list(ORDERS)}, got {order!r}")
     compare = []
     for name, spec in (raw.get("compare") or {}).items():
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in COMPARE_AXES:
@@ -290,6 +338,7 @@ def load_matrix(path: str | Path) -> Matrix:
         compare=compare,
         curves=tuple(str(c) for c in raw.get("curves", DEFAULT_CURVES)),
         report=tuple(s for s in SECTIONS if s in report),
+        order=order,
     )
 
 
@@ -315,26 +364,50 @@ def _rate_tag(rate: float) -> str:
 def _pretrain_cells(matrix: Matrix) -> list[Cell]:
     corruption = matrix.pretrain.get("corruption") or {}
     rates = [float(r) for r in corruption.get("rates", [0.0])]
+    seeds = matrix.pretrain.get("seeds")
     cells = []
     for backbone, spec in matrix.backbones.items():
         for objective, objective_spec in matrix.objectives.items():
             if objective_spec is None:
                 continue
-            for rate in rates:
+            for rate, seed in itertools.product(rates, [None] if seeds is None else [int(s) for s in seeds]):
                 args = ["-c", str(matrix.pretrain["data"]), "-c", str(objective_spec["config"]), *_backbone_args(spec),
                         *objective_spec["args"]]
                 if rate > 0:
                     args += ["--data.corruption", str(corruption.get("kind", "displacement")),
                              "--data.corruption_rate", str(rate),
                              "--data.corruption_scale", str(corruption.get("scale", 0.5))]
-                args += [*matrix.common_args, *map(str, matrix.pretrain["args"])]
-                cells.append(Cell(f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}", "pretrain", backbone, objective,
-                                  args, corruption_rate=rate))
+                args += [*matrix.common_args, *map(str, matrix.pretrain["args"]), *objective_spec["pretrain_args"]]
+                if seed is not None:
+                    args += ["--seed_everything", str(seed)]
+                cells.append(Cell(_pretrain_id(backbone, objective, rate, seed), "pretrain", backbone, objective,
+                                  args, seed=seed or 0, corruption_rate=rate, pretrain_seed=seed))
     return cells
 
 
+def _pretrain_id(backbone: str, objective: str, rate: float, seed: int | None) -> str:
+    return f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}" + ("" if seed is None else f"/p{seed}")
+
+
+def _early_stopping_args(stopping: dict[str, Any] | None, task: Task) -> list[str]:
+    """``zoo fit`` arguments adding Lightning's EarlyStopping on the task's validation MAE (none if
+    ``stopping`` is None). The monitored metric: ``stopping["monitor"]`` (``{task}`` is replaced by the
+    task's name), else the task's ``metric`` with ``test/`` -> ``val/``, else ``val/<task>_mae_meV``."""
+    if stopping is None:
+        return []
+    if "monitor" in stopping:
+        monitor = str(stopping["monitor"]).replace("{task}", task.name)
+    elif task.metric:
+        monitor = "val/" + task.metric.removeprefix("test/")
+    else:
+        monitor = f"val/{task.name}_mae_meV"
+    return ["--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", "--trainer.callbacks.monitor", monitor,
+            "--trainer.callbacks.mode", "min", "--trainer.callbacks.patience", str(int(stopping["patience"])),
+            "--trainer.callbacks.min_delta", _format(float(stopping.get("min_delta", 0.0)))]
+
+
 def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, task: Task, budget: int, mode: str,
-                   seed: int) -> Cell:
+                   seed: int, pretrain_seed: int | None = None) -> Cell:
     ft = matrix.finetune
     args = ["-c", str(task.data or ft["data"]), "-c", str(ft["objective"]),
             *_backbone_args(matrix.backbones[backbone], task.overrides.get(backbone)), *task.args,
@@ -344,13 +417,19 @@ def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, t
     args += [*matrix.common_args, *map(str, ft["args"])]
     if mode == "linear_probe":
         args += [*map(str, ft["probe_args"])]
-    depends = None if matrix.objectives[objective] is None else f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}"
-    cell_id = f"finetune/{backbone}/{objective}/{_rate_tag(rate)}/{task.name}/n{budget}/{mode}/s{seed}"
-    return Cell(cell_id, "finetune", backbone, objective, args, task.name, int(budget), mode, int(seed), rate, depends)
+    args += _early_stopping_args(ft.get("early_stopping"), task)
+    scratch = matrix.objectives[objective] is None
+    pretrain_seed = None if scratch else pretrain_seed
+    depends = None if scratch else _pretrain_id(backbone, objective, rate, pretrain_seed)
+    tag = "" if pretrain_seed is None else f"p{pretrain_seed}/"
+    cell_id = f"finetune/{backbone}/{objective}/{_rate_tag(rate)}/{tag}{task.name}/n{budget}/{mode}/s{seed}"
+    return Cell(cell_id, "finetune", backbone, objective, args, task.name, int(budget), mode, int(seed), rate, depends,
+                pretrain_seed)
 
 
 def expand(matrix: Matrix) -> list[Cell]:
-    """All cells of the matrix, pretraining cells first (fine-tuning cells in matrix order, each once)."""
+    """All cells of the matrix, each once: pretraining cells first, then fine-tuning cells in matrix order
+    (``order: seeds``: replicate by replicate instead, see :func:`_by_seeds`)."""
     cells = _pretrain_cells(matrix)
     if matrix.finetune is not None:
         ft = matrix.finetune
@@ -366,13 +445,37 @@ def expand(matrix: Matrix) -> list[Cell]:
                 scratch = matrix.objectives[objective] is None
                 for rate, task, budget, mode, seed in itertools.product([0.0] if scratch else rates, tasks, budgets,
                                                                         modes, seeds):
-                    cell = _finetune_cell(matrix, backbone, objective, rate, matrix.tasks[task], budget, mode, seed)
-                    found.setdefault(cell.id, cell)
+                    for pretrain_seed in _pretrain_seeds_of(matrix, int(seed), scratch):
+                        cell = _finetune_cell(matrix, backbone, objective, rate, matrix.tasks[task], budget, mode,
+                                              seed, pretrain_seed)
+                        found.setdefault(cell.id, cell)
         cells += found.values()
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("matrix file: names of backbones/objectives/targets must be unique")
-    return cells
+    return _by_seeds(matrix, cells) if matrix.order == "seeds" else cells
+
+
+def _pretrain_seeds_of(matrix: Matrix, seed: int, scratch: bool) -> list[int | None]:
+    """The pretraining seeds a fine-tuning cell of ``seed`` starts from (``[None]``: no pretrain.seeds, or scratch)."""
+    seeds = matrix.pretrain.get("seeds")
+    if seeds is None or scratch:
+        return [None]
+    pairing = matrix.finetune["pretrain_seeds"] if matrix.finetune else "same"
+    return [seed] if pairing == "same" else [int(s) for s in pairing]
+
+
+def _by_seeds(matrix: Matrix, cells: list[Cell]) -> list[Cell]:
+    """``order: seeds``: replicate by replicate (a fine-tuning cell's replicate is its pretraining seed,
+    else its seed); within one, objective by objective in matrix order (scratch where the matrix lists
+    it), each objective's pretraining before its fine-tuning; otherwise matrix order (a stable sort)."""
+    objectives = list(matrix.objectives)
+
+    def key(cell: Cell) -> tuple[int, int, int]:
+        replicate = cell.pretrain_seed if cell.pretrain_seed is not None else cell.seed
+        return replicate, objectives.index(cell.objective), cell.phase != "pretrain"
+
+    return sorted(cells, key=key)
 
 
 def select(cells: list[Cell], pattern: str | None) -> list[Cell]:

@@ -26,14 +26,17 @@ from atomzoo.model_files import load_into_backbone, resolve_class
 
 
 def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:
-    """The backbone of a ``zoo fit`` run folder (its config.yaml), with the weights of last.ckpt."""
+    """The backbone of a ``zoo fit`` run folder (its config.yaml), with its final weights (the newer of
+    ``last.ckpt`` and ``last-step.ckpt``: see :func:`atomzoo.runner.execute.checkpoint_of`)."""
     config = run / "config.yaml"
     if not config.exists():
         raise FileNotFoundError(f"{config} does not exist: pass the run folder of a zoo fit (it holds config.yaml)")
     spec = yaml.safe_load(config.read_text())["model"]["init_args"]["backbone"]
     backbone = resolve_class(spec["class_path"])(**spec.get("init_args", {}))
     if not random_init:
-        load_into_backbone(backbone, str(run / "checkpoints" / "last.ckpt"))
+        saved = sorted((run / "checkpoints").glob("last*.ckpt"),
+                       key=lambda f: (f.stat().st_mtime, f.name == "last.ckpt"))
+        load_into_backbone(backbone, str(saved[-1] if saved else run / "checkpoints" / "last.ckpt"))
     return backbone.eval()
 
 
@@ -52,7 +55,7 @@ def closed_form_probe(run: Path, target: str = "homo", train_size: int = 10000, 
     """Test MAE of the ridge-regression probe of ``run``'s backbone on one QM9 target.
 
     Args:
-        run: run folder of a ``zoo fit`` (``config.yaml``, ``checkpoints/last.ckpt``).
+        run: run folder of a ``zoo fit`` (``config.yaml``, ``checkpoints/last*.ckpt``).
         ridge: ridge strength relative to the number of training molecules.
         random_init: probe the same architecture with random weights (seeded by ``seed``).
 

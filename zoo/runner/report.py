@@ -9,6 +9,17 @@ Sections of ``results.md``, in this order (the matrix's ``report`` key picks whi
   objective (rows) and task x label budget (columns); the best mean of each column in bold; the
   relative change against training from scratch (objective ``none``) in brackets (negative = lower
   error = better).
+- ``paired``: for each pretraining objective, its test-MAE difference to scratch and to coordinate
+  denoising (:data:`REFERENCES`), paired by fine-tuning seed (the same seed, hence the same
+  initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
+  seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
+  so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
+  interval excluding 0 needs (:func:`seeds_needed`).
+- ``compute``: per pretraining objective, its optimiser steps, measured CPU time (hours, per run and
+  per step) and the fine-tuned test MAE (mean and 95 % interval): objectives at equal steps, and at
+  equal CPU time where the matrix has a step budget matched to it (e.g. ``denoising_eqcpu``).
+- ``finetuning``: per row of the summary, how the fine-tuning runs ended: stopped early or at the
+  step/epoch cap, the mean stopping and best (tested) step, CPU minutes per run.
 - ``noise``: test MAE against the pretraining corruption rate, when rates were swept.
 - ``pretraining``: one row per pretraining run (steps, last validation loss, wall time).
 - ``curves``: per pretraining run, every logged validation metric at each evaluated step and the
@@ -34,6 +45,51 @@ from .results import load
 
 #: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
 DIAGNOSTICS = ("train/emb_std", "train/emb_erank", "train/emb_sigreg", "train/target_std")
+#: the objectives every other is compared with in the ``paired`` section
+REFERENCES = (SCRATCH, "denoising")
+#: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int) -> float:
+    """Two-sided 95 % quantile of Student's t with ``df`` >= 1 degrees of freedom (a table to 30, then
+    the Cornish-Fisher expansion around the normal quantile, within 1e-3)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def paired_interval(diffs: list[float]) -> tuple[float, float | None]:
+    """Mean and 95 % half-width (paired t: ``t(0.975, n-1) * sd / sqrt(n)``) of paired differences;
+    the half-width is ``None`` for n = 1."""
+    mean = statistics.fmean(diffs)
+    if len(diffs) < 2:
+        return mean, None
+    return mean, t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def seeds_needed(mean: float, sd: float, limit: int = 10000) -> int | None:
+    """Smallest n >= 2 with ``t(0.975, n-1) * sd / sqrt(n) < |mean|``: the seeds a paired 95 % interval
+    excluding 0 needs if the measured mean difference and paired std held; ``None`` beyond ``limit``
+    (or for a zero mean)."""
+    if mean == 0 or not math.isfinite(sd):
+        return None
+    if sd == 0:
+        return 2
+    for n in range(2, limit + 1):
+        if t_quantile(n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None
+
+
+def _interval_text(mean: float, half: float | None, digits: int = 2, sign: str = "+") -> str:
+    if half is None:
+        return f"{mean:{sign}.{digits}f} (n = 1)"
+    return f"{mean:{sign}.{digits}f} [{mean - half:{sign}.{digits}f}, {mean + half:{sign}.{digits}f}]"
 
 
 def _own_metric(metric: str, target: str, metrics: dict[str, str | None]) -> bool:
@@ -96,6 +152,112 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0) -> str:
                 text += f" [{int(count)} seeds]"
             cells.append(text)
         lines.append(f"| {backbone} | {objective} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _by_seed(sub: pd.DataFrame) -> dict[int, float]:
+    """Test MAE per fine-tuning seed (averaged over pretraining seeds where several share one)."""
+    return {int(k): float(v) for k, v in sub.groupby("seed")["value"].mean().items()}
+
+
+def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> str:
+    """Markdown table of every objective's paired difference to each of ``references`` (module docstring);
+    negative = lower error than the reference."""
+    lines = ["| backbone | task | n | mode | pretraining | vs | difference (unit) [95 % interval] | relative | "
+             "seeds | resolved | seeds for a resolved 95 % interval |",
+             "|---|---|---|---|---|---|---:|---:|---:|:---:|---:|"]
+    keys = ["backbone", "target", "label_budget", "unit", "mode", "corruption_rate"]
+    for (b, t, n, u, mode, rate), group in ft.groupby(keys):
+        scratch = ft[(ft["backbone"] == b) & (ft["target"] == t) & (ft["label_budget"] == n) & (ft["mode"] == mode)
+                     & (ft["objective"] == SCRATCH)]
+        sides = {o: _by_seed(g) for o, g in group.groupby("objective")}
+        if SCRATCH not in sides and not scratch.empty:
+            sides[SCRATCH] = _by_seed(scratch)  # scratch has no corruption rate: it is every rate's reference
+        for objective in sorted(sides, key=lambda o: (o != SCRATCH, o)):
+            if objective == SCRATCH:
+                continue
+            for ref in references:
+                if ref == objective or ref not in sides:
+                    continue
+                common = sorted(set(sides[objective]) & set(sides[ref]))
+                if not common:
+                    continue
+                diffs = [sides[objective][k] - sides[ref][k] for k in common]
+                mean, half = paired_interval(diffs)
+                base = statistics.fmean(sides[ref][k] for k in common)
+                resolved, needed = "–", "–"
+                if half is not None:
+                    resolved = ("yes, better" if mean + half < 0 else "yes, worse") if abs(mean) > half else "no"
+                    if resolved == "no":
+                        found = seeds_needed(mean, statistics.stdev(diffs))
+                        needed = f"{found}" if found else "> 10000"
+                label = objective + (f" (corruption {rate:g})" if rate else "")
+                lines.append(f"| {b} | {t} | {n} | {mode} | {label} | {ref} | {_interval_text(mean, half)} {u} | "
+                             f"{100 * mean / base:+.1f}% | {len(common)} | {resolved} | {needed} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
+    """Markdown table: per backbone x pretraining objective (x corruption rate), the pretraining
+    steps and measured CPU time (mean over its pretraining runs) and the fine-tuned test MAE of every
+    task x budget (fine-tuning mode; mean and 95 % interval over seeds). Scratch has no pretraining."""
+    cells = _per_cell(frame)
+    pre: dict[tuple, list[dict[str, float]]] = defaultdict(list)
+    for labels, values in cells.values():
+        if labels["phase"] == "pretrain":
+            pre[(labels["backbone"], labels["objective"], float(labels["corruption_rate"]))].append(values)
+    sub = ft[ft["mode"] == "finetune"]
+    columns = sorted({(t, int(n), u) for t, n, u in zip(sub["target"], sub["label_budget"], sub["unit"])})
+    rows = sorted({(b, o, float(r)) for b, o, r in zip(sub["backbone"], sub["objective"], sub["corruption_rate"])}
+                  | set(pre), key=lambda r: (r[0], r[2], r[1] != SCRATCH, r[1]))
+    if not rows:
+        return ""
+    lines = ["| backbone | pretraining | steps | CPU h per run | CPU ms per step | "
+             + " | ".join(f"{t} n={n} ({u}) [95 %]" for t, n, u in columns) + " |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(columns)]
+    for b, o, r in rows:
+        runs = pre.get((b, o, r), [])
+        steps = [v.get("steps", v.get("max_steps")) for v in runs if v.get("steps", v.get("max_steps")) is not None]
+        cpu = [v["cpu_s"] for v in runs if "cpu_s" in v]
+        per_step = [v["cpu_s"] / v.get("steps", v.get("max_steps")) for v in runs
+                    if "cpu_s" in v and v.get("steps", v.get("max_steps"))]
+        texts = []
+        for t, n, u in columns:
+            values = sub[(sub["backbone"] == b) & (sub["objective"] == o) & (sub["target"] == t)
+                         & (sub["label_budget"] == n) & (sub["corruption_rate"] == r)]["value"].tolist()
+            texts.append(_interval_text(*paired_interval(values), sign="") if values else "–")
+        label = o + (f" (corruption {r:g})" if r else "")
+        lines.append(f"| {b} | {label} | {statistics.fmean(steps):.0f} | " if steps else f"| {b} | {label} | – | ")
+        lines[-1] += (f"{statistics.fmean(cpu) / 3600:.2f} | " if cpu else "– | ")
+        lines[-1] += f"{1000 * statistics.fmean(per_step):.0f} | " if per_step else "– | "
+        lines[-1] += " | ".join(texts) + " |"
+    return "\n".join(lines)
+
+
+def finetuning_table(frame: pd.DataFrame) -> str:
+    """Markdown table: how the fine-tuning runs of each backbone x objective x task x budget x mode ended."""
+    cells = [(labels, values) for labels, values in _per_cell(frame).values() if labels["phase"] == "finetune"]
+    groups: dict[tuple, list[dict[str, float]]] = defaultdict(list)
+    for labels, values in cells:
+        groups[(labels["backbone"], labels["objective"], float(labels["corruption_rate"]), labels["target"],
+                int(labels["label_budget"]), labels["mode"])].append(values)
+    if not groups:
+        return ""
+    lines = ["| backbone | pretraining | task | n | mode | runs | stopped early | hit the cap | mean last step | "
+             "mean best (tested) step | CPU min per run |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def mean_of(values: list[dict[str, float]], key: str, scale: float = 1.0, digits: int = 0) -> str:
+        found = [v[key] for v in values if key in v]
+        return f"{statistics.fmean(found) / scale:.{digits}f}" if found else "–"
+
+    for (b, o, r, t, n, mode), values in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != SCRATCH,
+                                                                                  kv[0][1:])):
+        early = sum(int(v.get("stopped_early", 0)) for v in values)
+        cap = sum(int(v.get("hit_cap", 0)) for v in values)
+        label = o + (f" (corruption {r:g})" if r else "")
+        lines.append(f"| {b} | {label} | {t} | {n} | {mode} | {len(values)} | {early} | {cap} | "
+                     f"{mean_of(values, 'steps')} | {mean_of(values, 'best_step')} | "
+                     f"{mean_of(values, 'cpu_s', 60.0, 1)} |")
     return "\n".join(lines)
 
 
@@ -324,13 +486,22 @@ def curves_tables(frame: pd.DataFrame) -> str:
         val_keys = sorted(k for k in series if k.startswith("val/"))
         if val_keys:
             twins = [k for k in val_keys if f"{k}_masked" in series]
-            lines.append("| step | " + " | ".join(val_keys + [f"masked - {k[4:]} (%)" for k in twins]) + " |")
-            lines.append("| ---: |" + " ---: |" * (len(val_keys) + len(twins)))
+            # SCD's third term splits masked - loss into extra context (masked - noisy) and clean information
+            split = [k for k in twins if f"{k}_noisy_condition" in series]
+            heads = [f"masked - {k[4:]} (%)" for k in twins]
+            heads += [h for k in split for h in (f"masked - {k[4:]}_noisy_condition (%)",
+                                                 f"{k[4:]}_noisy_condition - {k[4:]} (%)")]
+            lines.append("| step | " + " | ".join(val_keys + heads) + " |")
+            lines.append("| ---: |" + " ---: |" * (len(val_keys) + len(heads)))
             for step in sorted(series[val_keys[0]]):
                 row = [f"{series[k].get(step, math.nan):.4f}" for k in val_keys]
                 for k in twins:
                     a, b = series[k].get(step, math.nan), series[f"{k}_masked"].get(step, math.nan)
                     row.append(f"{100 * (b - a) / b:+.1f}")
+                for k in split:
+                    a, b = series[k].get(step, math.nan), series[f"{k}_masked"].get(step, math.nan)
+                    c = series[f"{k}_noisy_condition"].get(step, math.nan)
+                    row += [f"{100 * (b - c) / b:+.2f}", f"{100 * (c - a) / b:+.2f}"]
                 lines.append(f"| {step} | " + " | ".join(row) + " |")
             lines.append("")
         train_keys = [k for k in DIAGNOSTICS if k in series]
@@ -368,6 +539,19 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
             table = summary_table(ft, mode)
             if table:
                 parts += [f"## Test MAE, {mode.replace('_', ' ')}", "", table, ""]
+    if "paired" in sections:
+        table = paired_table(ft)
+        if table:
+            parts += ["## Paired differences to scratch and to coordinate denoising (same fine-tuning seeds)", "",
+                      table, ""]
+    if "compute" in sections:
+        table = compute_table(frame, ft)
+        if table:
+            parts += ["## Equal compute: pretraining steps, measured CPU time and the fine-tuned MAE", "", table, ""]
+    if "finetuning" in sections:
+        table = finetuning_table(frame)
+        if table:
+            parts += ["## Fine-tuning runs: early stopping and the cap", "", table, ""]
     noise = noise_table(ft) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]

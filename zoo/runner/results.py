@@ -2,12 +2,25 @@
 
 Long format, one row per cell, metric and step::
 
-    cell, phase, backbone, objective, target, label_budget, mode, seed, corruption_rate, metric, step, value
+    cell, phase, backbone, objective, target, label_budget, mode, seed, corruption_rate, pretrain_seed,
+    metric, step, value, commit, command
 
 ``metric`` is a final test metric (``test/homo_mae_meV``, empty ``step``), a logged series
-(``curve:val/loss`` at each ``step``), or a property of the run: ``wall_s`` (wall time of the cell's
-last attempt, s), ``max_steps`` and ``batch_size`` (from its resolved ``config.yaml``; what
-equal-compute comparisons need). A cell is finished exactly when it has rows here: the runner never
+(``curve:val/loss`` at each ``step``), or a property of the run (empty ``step``):
+
+- ``wall_s`` and ``cpu_s``: wall time and CPU time (user + system, of the ``zoo fit`` process and
+  its children, from ``os.wait4``) of the cell's last attempt, s; ``resumed`` 1 when that attempt
+  continued from a checkpoint of an earlier one (whose time is then not included);
+- ``max_steps`` and ``batch_size`` (from its resolved ``config.yaml``); ``steps``: optimiser steps
+  taken (the ``global_step`` of its last checkpoint); what equal-compute comparisons need;
+- with early stopping: ``best_step`` (step of the best checkpoint, the one tested), ``stopped_early``
+  (1: the patience ran out) and ``hit_cap`` (1: the step/epoch cap ended the run first).
+
+``pretrain_seed``: the pretraining seed a fine-tuning cell started from (empty: none / scratch).
+``commit``: the code the cell ran, ``git rev-parse HEAD`` at its start, with ``+dirty`` when tracked
+files (outside ``benchmarks/results``) differed from it (empty outside a git checkout), on every row;
+``command``: the cell's exact command line, on its ``wall_s`` row. Files written before these columns
+existed read with them empty. A cell is finished exactly when it has rows here: the runner never
 reruns it (unless asked to), whether or not its run folder still exists; rows are only ever written
 for a cell that exited cleanly, and the file is rewritten atomically, so a kill cannot leave half a
 cell's rows.
@@ -22,7 +35,9 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["cell", "phase", "backbone", "objective", "target", "label_budget", "mode", "seed", "corruption_rate",
-           "metric", "step", "value"]
+           "pretrain_seed", "metric", "step", "value", "commit", "command"]
+#: columns added after the first results files were written (read as empty from those)
+LATER_COLUMNS = ("pretrain_seed", "commit", "command")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -60,6 +75,12 @@ def merge_rows(path: Path, cell_id: str, rows: list[dict]) -> None:
 
 
 def load(csv_path: Path) -> pd.DataFrame:
-    """The CSV as a DataFrame: ``value`` and ``step`` numeric (``step`` NaN where empty), labels as written."""
-    return pd.read_csv(csv_path, dtype={"target": str, "mode": str, "step": "float64"}, keep_default_na=False,
-                       na_values={"step": [""]}, float_precision="round_trip")
+    """The CSV as a DataFrame: ``value`` and ``step`` numeric (``step`` NaN where empty), labels as written;
+    :data:`LATER_COLUMNS` missing from an older file are added empty."""
+    frame = pd.read_csv(csv_path, dtype={"target": str, "mode": str, "step": "float64", "pretrain_seed": str,
+                                         "commit": str, "command": str},
+                        keep_default_na=False, na_values={"step": [""]}, float_precision="round_trip")
+    for column in LATER_COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    return frame
