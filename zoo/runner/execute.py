@@ -334,6 +334,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         tqdm.write(f"cell {cell.id} blocked: {why}")
         bar.update(1)
 
+    last_shown = None
     try:
         while pending or running:
             for cell in list(pending):
@@ -353,8 +354,9 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                 pending.remove(cell)
                 launch(cell)
             shown = ", ".join(j.cell.id for j in running)
-            if shown != bar.postfix:
+            if shown != last_shown:  # (tqdm's own postfix string is not what was set: compare with ours)
                 bar.set_postfix_str(shown)
+                last_shown = shown
             elif time.time() - bar.last_print_t > 5.0:
                 bar.refresh()  # keep elapsed/remaining time moving while long cells run
             time.sleep(0.2)
