@@ -25,6 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = sorted(p.stem for p in (ROOT / "configs/objectives").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (ROOT / "configs/backbones").glob("*.yaml"))
 SUPERVISED = {"regression", "finetune"}
+#: objectives trained on time-ordered trajectories (windows of frames), not on single QM9 structures
+TRAJECTORY = {"world_model"}
+FIXTURE = ROOT / "tests/data/trajectories/xtb_qm9_md.extxyz"
+
+
+def data_args(objective: str, cache_dir) -> list[str]:
+    """The shipped data config an objective trains on, at a budget of seconds (an epoch of two batches,
+    so that validation runs within the two steps)."""
+    if objective in TRAJECTORY:
+        return ["-c", str(ROOT / "configs/data/trajectories.yaml"), "--data.path", str(FIXTURE),
+                "--data.cache_dir", str(cache_dir), "--data.batch_size", "8", "--data.eval_batch_size", "8",
+                "--trainer.limit_train_batches", "2"]
+    return ["-c", str(ROOT / "configs/data/qm9.yaml"), *([] if objective in SUPERVISED else ["--data.targets", "null"]),
+            "--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
+            "--data.eval_batch_size", "8"]
 #: MACE at its shipped size (128x0e+128x1o, correlation 3) takes tens of seconds per run on 2 cores
 SLOW = {"mace"}
 
@@ -39,12 +54,10 @@ def test_the_matrix_is_complete():
 )
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_shipped_objective_with_shipped_backbone(objective, backbone, cache_dir, tmp_path, capsys):
-    data = [] if objective in SUPERVISED else ["--data.targets", "null"]
     cli = run([
-        "fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / f"configs/objectives/{objective}.yaml"),
-        "--model.backbone", str(ROOT / f"configs/backbones/{backbone}.yaml"), *data,
-        "--data.cache_dir", str(cache_dir), "--data.train_size", "16", "--data.batch_size", "8",
-        "--data.eval_batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
+        "fit", *data_args(objective, cache_dir), "-c", str(ROOT / f"configs/objectives/{objective}.yaml"),
+        "--model.backbone", str(ROOT / f"configs/backbones/{backbone}.yaml"),
+        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
         "--trainer.num_sanity_val_steps", "0", "--trainer.logger", "false", "--trainer.callbacks", "[]",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
