@@ -334,7 +334,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         tqdm.write(f"cell {cell.id} blocked: {why}")
         bar.update(1)
 
-    last_shown = None
+    last_shown, last_refresh = None, time.time()
     try:
         while pending or running:
             for cell in list(pending):
@@ -357,8 +357,9 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             if shown != last_shown:  # (tqdm's own postfix string is not what was set: compare with ours)
                 bar.set_postfix_str(shown)
                 last_shown = shown
-            elif time.time() - bar.last_print_t > 5.0:
+            elif time.time() - last_refresh > 5.0:  # (refresh() does not move tqdm's last_print_t)
                 bar.refresh()  # keep elapsed/remaining time moving while long cells run
+                last_refresh = time.time()
             time.sleep(0.2)
             for job in list(running):
                 code = _reap(job)
