@@ -194,3 +194,24 @@ def test_out_is_only_an_option_of_predict(force_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--out .* is an option of `zoo predict`"):
         run(["test", "--ckpt_path", str(force_checkpoint), "-c", str(ROOT / "configs" / "data" / "ase_file.yaml"),
              "--data.init_args.path", "x.xyz", "--out", str(tmp_path / "p.csv")])  # fmt: skip
+
+
+def test_zoo_predict_prints_where_the_predictions_went_and_makes_no_run_folder(
+    force_checkpoint, cache_dir, tmp_path, monkeypatch, capsys, recwarn
+):
+    """Issue 32 item 5: in the user's directory only the --out files appear (no runs/, no config.yaml),
+    the output path is printed, and no "dirpath has changed" / callback-state warning is raised."""
+    from atomzoo.cli import run
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write(work / "my.xyz", frames(3), format="xyz")
+    monkeypatch.chdir(work)
+    run(["predict", "--ckpt_path", str(force_checkpoint), "-c", str(ROOT / "configs" / "data" / "ase_file.yaml"),
+         "--data.init_args.path", "my.xyz", "--data.init_args.cache_dir", str(cache_dir), "--out", "preds.csv",
+         "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert sorted(p.name for p in work.iterdir()) == ["my.xyz", "preds.atoms.csv", "preds.csv"]
+    out = capsys.readouterr().out
+    assert f"zoo predict: wrote 3 molecules to {work / 'preds.csv'} (per atom: {work / 'preds.atoms.csv'})" in out
+    noise = [str(w.message)[:80] for w in recwarn if "dirpath has changed" in str(w.message) or "ckpt_path" in str(w.message)]
+    assert noise == []

@@ -25,8 +25,10 @@ hyperparameters, the data from any DataModule config; ASE files are predicted wh
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -88,6 +90,14 @@ def _load_config(text: str, path: str = ""):
 
 
 set_loader(CONFIG_MODE, _load_config, exceptions=(yaml.YAMLError,))
+
+# Messages of Lightning a user of `zoo` cannot act on (issue 32, item 6): a deprecation inside
+# Lightning's own pytree helper (lightning 2.6 with torch >= 2.10; nothing in atomzoo's code or the
+# user's options causes it) and the advertisement for Lightning's cloud logger printed on every run.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
+)
 
 
 def _class_or_none(class_path: str):
@@ -232,11 +242,15 @@ class ZooCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def parse_arguments(self, parser, args) -> None:
-        if args is None:  # the console script: complete sys.argv itself (passing args too would warn)
-            sys.argv[1:] = _model_from_checkpoint(sys.argv[1:])
-        elif isinstance(args, list):
-            args = _model_from_checkpoint(list(args))
-        super().parse_arguments(parser, args)
+        """Parse ``args`` (default ``sys.argv[1:]``) completed by :func:`_model_from_checkpoint`.
+
+        Lightning's own method warns "LightningCLI's args parameter is intended to run from within
+        Python" whenever ``args`` is given and the process has command-line arguments, i.e. on every
+        ``zoo`` command (the console script passes its cleaned ``sys.argv``) and every in-process run
+        under pytest; its list branch is this one line, so it is done here without the warning."""
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(_model_from_checkpoint(list(sys.argv[1:] if args is None else args)))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
@@ -282,6 +296,12 @@ class ZooCLI(LightningCLI):
         # drop the default callbacks that need them instead of letting Lightning refuse the combination.
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         _configure_prediction_output(self.subcommand, config)
+        if self.subcommand == "predict":
+            # a prediction is not a run: no runs/<name>/version_<k>/ (logger, config.yaml), no checkpoint
+            # callbacks (whose restored state warned "dirpath has changed"); --out says where results go
+            config["trainer"]["logger"] = False
+            config["trainer"]["enable_checkpointing"] = False
+            self.save_config_callback = None
         _apply_backbone_defaults(config)
         trainer = config.get("trainer") if config is not None else None
         if trainer is None or not trainer.get("callbacks"):
@@ -289,12 +309,21 @@ class ZooCLI(LightningCLI):
         unwanted = []
         if trainer.get("enable_checkpointing") is False:
             unwanted.append("ModelCheckpoint")
-        if trainer.get("logger") is False:
+        if trainer.get("logger") is False or self.subcommand == "predict":
             unwanted.append("LearningRateMonitor")
         if unwanted:
             trainer["callbacks"] = [
                 c for c in trainer["callbacks"] if not str(c.get("class_path", "")).endswith(tuple(unwanted))
             ]
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "predict":
+            return super()._run_subcommand(subcommand)
+        with warnings.catch_warnings():
+            # the checkpoint's ModelCheckpoint/LearningRateMonitor states have no callback to restore
+            # into: a prediction has none (see before_instantiate_classes); nothing to add
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+            return super()._run_subcommand(subcommand)
 
     def before_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
@@ -310,12 +339,20 @@ class ZooCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            # the best checkpoint's path itself: ckpt_path="best" warns about the second (last-step) ModelCheckpoint
+            ckpt = (self.trainer.checkpoint_callback.best_model_path or None) if self.trainer.checkpoint_callback else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
             self._write_metrics("test_metrics.json")
 
     def after_test(self) -> None:
         self._write_metrics("test_metrics.json")
+
+    def after_predict(self) -> None:
+        from atomzoo.prediction_writer import PredictionWriter
+
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, PredictionWriter) and callback.summary():
+                print(callback.summary(), flush=True)
 
     def after_validate(self) -> None:
         self._write_metrics("validate_metrics.json")

@@ -17,7 +17,9 @@ Files, with units in every column name (``energy_eV``, ``fx_eV_per_A``; the suff
   ``forces_<unit>`` [N, 3], ``z`` [N], ``molecule`` [N] (row of each atom's molecule) and the
   ``*_ref_*`` arrays as above (NaN where unknown).
 
-Under DDP each rank writes ``<stem>.rank<k><suffix>``.
+Under DDP each rank writes ``<stem>.rank<k><suffix>``. ``zoo predict`` makes no run folder; it prints
+:meth:`PredictionWriter.summary` at the end, the absolute paths written
+(``zoo predict: wrote 5 molecules to /home/me/preds.csv``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class PredictionWriter(BasePredictionWriter):
         self._files: list = []
         self._writers: dict = {}
         self._npz: dict[str, list] = {}
+        self._written: list[Path] = []
+        self._molecules = 0
 
     # ----- helpers --------------------------------------------------------------------------------
     def _path(self, trainer, suffix: str = "") -> Path:
@@ -69,6 +73,7 @@ class PredictionWriter(BasePredictionWriter):
             path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(path, "w", newline="")
             self._files.append(handle)
+            self._written.append(path)
             writer = csv.writer(handle)
             writer.writerow(header)
             self._writers[key] = writer
@@ -76,7 +81,7 @@ class PredictionWriter(BasePredictionWriter):
 
     # ----- Lightning hooks ------------------------------------------------------------------------
     def on_predict_start(self, trainer, pl_module) -> None:
-        self._files, self._writers, self._npz = [], {}, {}
+        self._files, self._writers, self._npz, self._written, self._molecules = [], {}, {}, [], 0
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         if not isinstance(prediction, dict) or not {"idx", "prediction", "targets"} <= set(prediction):
@@ -87,6 +92,7 @@ class PredictionWriter(BasePredictionWriter):
         targets = list(prediction["targets"])
         units = list(getattr(pl_module, "units", [""] * len(targets)))
         index = prediction["idx"].detach().cpu().numpy().reshape(-1)
+        self._molecules += index.size
         ids = self._ids(trainer, index)
         pred = prediction["prediction"].detach().double().cpu().numpy()
         graph_of_atom = batch.batch.detach().cpu().numpy()
@@ -138,6 +144,14 @@ class PredictionWriter(BasePredictionWriter):
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(path, **{k: np.concatenate(v) for k, v in self._npz.items()})
             self._npz = {}
+            self._written.append(path)
+
+    def summary(self) -> str:
+        """One line naming the files the last prediction wrote (absolute paths), or ``""`` before any."""
+        if not self._written:
+            return ""
+        also = "".join(f" (per atom: {p.resolve()})" for p in self._written[1:])
+        return f"zoo predict: wrote {self._molecules} molecules to {self._written[0].resolve()}{also}"
 
 
 __all__ = ["PredictionWriter"]
