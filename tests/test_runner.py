@@ -485,3 +485,32 @@ def test_compute_and_finetuning_tables(tmp_path):
     ends = finetuning_table(frame).splitlines()
     assert ends[2] == "| painn | none | homo | 1000 | finetune | 2 | 1 | 1 | 160 | 140 | 10.0 |"
     assert ends[3] == "| painn | scd | homo | 1000 | finetune | 2 | 2 | 0 | 120 | 80 | 10.0 |"
+
+
+def test_sigterm_stops_the_run_and_its_cells(cache_dir, tmp_path):
+    """``kill PID`` of a runner (a detached background run ignores Ctrl-C) kills its running cell too:
+    no training process is left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_matrix(tmp_path, {"none": None}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["finetune"]["args"] = [*STEPS, "--trainer.max_steps", "100000"]
+    path.write_text(yaml.safe_dump(data))
+    runner = subprocess.Popen([sys.executable, "-m", "atomzoo.runner", "run", str(path), "--threads", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cell = str(tmp_path / "out/cells")
+
+    def cells() -> list[str]:
+        return subprocess.run(["pgrep", "-f", cell], capture_output=True, text=True).stdout.split()
+
+    deadline = time.time() + 60
+    while not cells() and time.time() < deadline:
+        time.sleep(0.2)
+    assert cells(), "the cell never started"
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert cells() == []

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,7 +262,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     earlier, or has lost its checkpoint). Cells start in matrix order; a fine-tuning cell waits until
     its pretraining cell is done. ``rerun``: run the selected cells again even if finished (from
     scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
-    to run is printed, then a ``#`` summary line. ``commit_results``: after each finished cell, commit
+    to run is printed, then a ``#`` summary line. SIGTERM (``kill PID``) and Ctrl-C stop the run and
+    kill the running cells (which resume from their checkpoints next time). ``commit_results``: after each finished cell, commit
     ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``.
     """
     if parallel < 1:
@@ -335,6 +337,12 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         bar.update(1)
 
     last_shown, last_refresh = None, time.time()
+
+    def terminate(signum, frame):  # SIGTERM (kill PID): leave like Ctrl-C, through the cleanup below
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()  # (handlers can only be set there)
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
     try:
         while pending or running:
             for cell in list(pending):
@@ -370,10 +378,12 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                 if code is not None:
                     running.remove(job)
                     finish(job, code == 0)
-    finally:  # Ctrl-C or an error here: leave no orphan training processes behind
+    finally:  # Ctrl-C, SIGTERM or an error here: leave no orphan training processes behind
         for job in running:
             os.killpg(job.proc.pid, signal.SIGKILL)
             _reap(job, block=True)
             job.log.close()
         bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return outcome
