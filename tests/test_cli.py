@@ -144,3 +144,22 @@ def test_plain_zoo_fit_prints_no_warning_the_user_cannot_act_on(cache_dir, tmp_p
     noise = [line for line in lines if re.search(r"\.py:\d+: |Warning|Tip:", line)
              and not any(allowed in line for allowed in ALLOWED_WARNINGS)]
     assert noise == []
+
+
+def test_import_atomzoo_from_the_clones_parent_folder_gets_the_installed_package(tmp_path):
+    """Issue 32 item 2: a script next to a clone named ``atomzoo`` (git clone's default name) imports the
+    installed package, not the clone as an empty namespace package (the root ``__init__.py`` guard)."""
+    (tmp_path / "atomzoo").symlink_to(ROOT, target_is_directory=True)
+    (tmp_path / "my_script.py").write_text("import atomzoo, atomzoo.backbones\nprint(atomzoo.__file__, atomzoo.load.__name__)\n")
+    installed = str(ROOT / "zoo" / "__init__.py")
+    for cmd in ([sys.executable, "my_script.py"], [sys.executable, "-c", "import atomzoo; print(atomzoo.__file__, atomzoo.load.__name__)"]):
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        path, name = done.stdout.split()
+        assert name == "load" and Path(path).resolve() == Path(installed).resolve()
+    # without atomzoo installed: one error naming the clone and the fix
+    isolated = [sys.executable, "-S", "-c", "import atomzoo"]  # -S: no site-packages, hence no atomzoo
+    done = subprocess.run(isolated, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert f"`import atomzoo` found {tmp_path / 'atomzoo'}, a clone of the atomzoo repository" in done.stderr
+    assert "pip install -e" in done.stderr
