@@ -11,14 +11,23 @@ maps open instantly, cost no RAM until read, and are shared between DataLoader w
 Writes are atomic: everything goes to a temporary sibling directory that is renamed into place only
 when complete, so a crash never leaves a half-written store that looks valid. ``meta.json`` is
 written last; a directory without it (or with another version/fingerprint) is stale and rebuilt.
+
+Concurrent builders: :func:`open_or_build` takes an exclusive lock (``fcntl.flock`` on
+``.<name>.lock`` beside the store) around check-then-build and checks again once it holds the lock,
+so several processes on one new file (parallel benchmark cells, jobs sharing a cluster cache) build
+the store once while the others wait and then open it. The finished store is swapped in by renames
+only (an old store is first renamed aside, then removed), so an opening reader sees the old store,
+the new one or none, never a half-deleted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +189,13 @@ class StoreWriter:
                 json.dump(meta, f, indent=1)
                 f.flush()
                 os.fsync(f.fileno())
-            if self.path.exists():
-                shutil.rmtree(self.path)
+            old = None
+            if self.path.exists():  # rename aside first: the store path never holds a half-deleted store
+                old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+                os.replace(self.path, old / "store")
             os.replace(self._tmp, self.path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
@@ -242,14 +255,56 @@ class Store:
         return [n for n, s in self.meta["arrays"].items() if s["kind"] == "molecule"]
 
 
+@contextlib.contextmanager
+def build_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock for building the store at ``path`` (blocks while another process holds it).
+
+    The lock is ``fcntl.flock`` on the file ``.<name>.lock`` beside the store; the operating system
+    releases it when the holder exits or crashes, so a killed builder never leaves it stuck. The
+    holder removes the file before releasing it (nothing is left in the cache), and a waiter that
+    then gets the lock of a removed file tries again on the current one. Where ``fcntl`` does not
+    exist (Windows) there is no lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock_file = path.parent / f".{path.name}.lock"
+    while True:
+        handle = open(lock_file, "a")  # noqa: SIM115 -- closed below
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_file)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(handle.fileno())):
+            break
+        handle.close()  # the holder before removed this file: lock the current one
+    try:
+        yield
+    finally:
+        lock_file.unlink(missing_ok=True)
+        handle.close()
+
+
 def open_or_build(path: str | os.PathLike, fingerprint: dict[str, Any], build) -> Store:
     """Open the store at ``path`` if it is complete and current, else call ``build(path)`` and open it.
 
     ``build`` must write the store with a :class:`StoreWriter` using the same ``fingerprint``.
+    Building happens under :func:`build_lock`, after a second check: of several processes that find
+    no store, one builds it and the others wait for it and open it.
     """
     try:
         return Store(path, fingerprint)
     except StaleCacheError:
         pass  # build outside the handler: a reader's error must not carry "no store yet" as its context
-    build(Path(path))
-    return Store(path, fingerprint)
+    with build_lock(path):
+        try:
+            return Store(path, fingerprint)  # another process built it while this one waited
+        except StaleCacheError:
+            pass
+        build(Path(path))
+        return Store(path, fingerprint)
