@@ -415,14 +415,25 @@ def main(args: list[str] | None = None) -> None:
     ``FileNotFoundError``, ... anywhere in the chain, e.g. raised in a constructor and wrapped by
     jsonargparse) ends the output as one line ``zoo: error: <cause>`` with exit status 1; the full
     traceback is printed with ``--debug`` or ``ATOMZOO_DEBUG=1``. Other exceptions (bugs) propagate.
+    A run stopped by SIGTERM before it finished exits with status 143 (128 + 15), not 0.
     """
     import sys
 
     args = list(sys.argv[1:] if args is None else args)
     debug = os.environ.get("ATOMZOO_DEBUG", "") not in ("", "0") or "--debug" in args
     args = [a for a in args if a != "--debug"]
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         run(args)
+    except SIGTERMException:
+        # Lightning stops its loops on SIGTERM (SLURM, `timeout`, `kill`) with a SystemExit of status 0;
+        # a run that did not finish must not look finished to a scheduler or the benchmark runner
+        import signal
+
+        print(f"zoo: error: stopped by SIGTERM, not finished (exit status {128 + signal.SIGTERM}); "
+              "`zoo fit ... --ckpt_path last` resumes from the last checkpoint", file=sys.stderr, flush=True)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         cause = root_cause(err)
         if debug or not isinstance(cause, USER_ERRORS):
