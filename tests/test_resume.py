@@ -112,3 +112,20 @@ def test_a_pretraining_run_resumes_from_its_checkpoint(cache_dir, tmp_path):
     resumed = run([*args, "--trainer.max_steps", "12", "--ckpt_path", str(ckpt)])
     assert resumed.trainer.global_step == 12
     assert type(resumed.model).__name__ == "Denoising"
+
+
+def test_last_checkpoint_follows_every_validation_not_only_improvements(cache_dir, tmp_path):
+    """``last.ckpt`` is rewritten after each validation (docs/training.md), also when ``val/loss`` did not
+    improve, so ``--ckpt_path last`` never throws away the steps since the last improvement."""
+    import torch
+
+    # lr 0: the weights never change, val/loss is the same after every epoch, so it improves only once
+    run = zoo(tmp_path, "--trainer.default_root_dir", "c", "--trainer.logger.init_args.save_dir", "c",
+              "--model.lr", "0", "--model.ema_decay", "null")
+    assert run.returncode == 0, run.stderr[-2000:]
+    (folder,) = (tmp_path / "c").glob("*/version_0/checkpoints")
+    (best,) = folder.glob("best-*.ckpt")
+    assert torch.load(best, weights_only=False)["global_step"] == 8  # the first validation stays the best
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 24  # 3 epochs of 8 batches: the newest validation, not the best one
+    assert last["epoch"] == 2

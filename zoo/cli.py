@@ -52,9 +52,17 @@ TRAINER_DEFAULTS = {
                 "monitor": "val/loss",
                 "mode": "min",
                 "save_top_k": 1,
-                "save_last": True,
                 "filename": "best-{epoch}-{step}",
                 "auto_insert_metric_name": False,
+            },
+        },
+        {  # "last.ckpt" after each validation, improved or not (Lightning's save_last follows the top-k saves
+            # of a monitored checkpoint, i.e. improvements only); no monitor: one file, replaced each time
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "filename": "last",
+                "save_top_k": 1,
+                "enable_version_counter": False,
             },
         },
         {  # crash insurance: "last-step.ckpt" every 500 optimizer steps; `--ckpt_path last` picks the newest
