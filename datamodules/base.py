@@ -271,6 +271,7 @@ class AtomsDataModule(L.LightningDataModule):
         super().__init__()
         self.allow_unseen_elements = bool(allow_unseen_elements)
         self._checked_stages: set[str] = set()
+        self._splits_recorded = False  # splits.npz written into the run directory (or there is none)
         self.corruption = (
             Corruption(corruption, corruption_rate, corruption_scale, corruption_seed) if corruption else None
         )
@@ -330,7 +331,8 @@ class AtomsDataModule(L.LightningDataModule):
         self.label_columns = self._resolve_targets()
         if self.splits is None:
             self.splits = self._make_splits()
-            self._save_splits_next_to_run()
+        if not self._splits_recorded:  # retried: a setup before the trainer exists (test_after_fit) cannot save
+            self._splits_recorded = self._save_splits_next_to_run()
         if stage is not None and stage not in self._checked_stages:
             self._checked_stages.add(stage)
             self._check_splits(stage)
@@ -428,13 +430,17 @@ class AtomsDataModule(L.LightningDataModule):
             splits["train"] = splits["train"][: self.train_size]
         return splits
 
-    def _save_splits_next_to_run(self) -> None:
+    def _save_splits_next_to_run(self) -> bool:
+        """Write ``splits.npz`` into the run directory; ``False`` while there is no trainer yet (try again)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or not trainer.loggers:  # no logger: no run directory to write to
-            return
+        if trainer is None:
+            return False
+        if not trainer.loggers:  # no logger: no run directory to write to
+            return True
         log_dir = trainer.log_dir  # a collective under DDP (it broadcasts): every rank must ask
         if log_dir and trainer.is_global_zero:
             save_splits(Path(log_dir) / "splits.npz", self.splits)
+        return True
 
     # ----- datasets and loaders -------------------------------------------------------------------
     def dataset(self, split: str) -> StoreDataset:

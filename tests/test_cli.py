@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -79,6 +80,18 @@ def test_composition_form_with_overrides(cache_dir, tmp_path):
     run_dir = Path(cli.trainer.log_dir)
     assert (run_dir / "config.yaml").exists() and (run_dir / "splits.npz").exists()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_test_after_fit_records_the_splits(cache_dir, tmp_path):
+    """``--test_after_fit true`` sets the data up before the trainer exists (to refuse an empty test split);
+    the run directory must still record which molecules were trained, validated and tested on."""
+    cli = run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, *TINY_SCHNET,
+               "--data.targets", "[homo]", "--data.train_size", "32", "--data.batch_size", "16",
+               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+               "--test_after_fit", "true", *common(tmp_path)])
+    splits = np.load(Path(cli.trainer.log_dir) / "splits.npz")
+    for name in ("train", "val", "test"):
+        assert np.array_equal(splits[name], cli.datamodule.splits[name])
 
 
 def test_quickstart_fit_then_test(cache_dir, tmp_path):
