@@ -18,15 +18,24 @@ so several processes on one new file (parallel benchmark cells, jobs sharing a c
 the store once while the others wait and then open it. The finished store is swapped in by renames
 only (an old store is first renamed aside, then removed), so an opening reader sees the old store,
 the new one or none, never a half-deleted one.
+
+Integrity: each array's BLAKE2b checksum (128 bit, of the file's bytes) is written into ``meta.json``
+at build time together with the file's modification time. Opening a store re-hashes every file whose
+modification time or size differs from the recorded one, so a file overwritten in place (same size)
+is found (:class:`CorruptStoreError`) and :func:`open_or_build` rebuilds the store with a warning;
+an unchanged store costs one ``stat`` per file. (An edit that restores the recorded modification time
+is not seen. Stores written before checksums existed are checked by size only.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,19 @@ META_FILE = "meta.json"
 
 class StaleCacheError(RuntimeError):
     """The store on disk is missing, incomplete, of another version or built from other sources."""
+
+
+class CorruptStoreError(StaleCacheError):
+    """A file of the store no longer holds what was written when the store was built (checksum mismatch)."""
+
+
+def file_checksum(path: Path, chunk: int = 1 << 24) -> str:
+    """BLAKE2b (128-bit) hex digest of a file's bytes, read in 16 MiB chunks."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class StoreWriter:
@@ -65,6 +87,7 @@ class StoreWriter:
         self.meta: dict[str, Any] = {}
         self._tmp: Path | None = None
         self._files: dict[str, Any] = {}
+        self._hashes: dict[str, Any] = {}
         self._specs: dict[str, dict[str, Any]] = {}
         self._num_atoms = 0
         self._num_molecules = 0
@@ -89,7 +112,9 @@ class StoreWriter:
                 f"array '{name}' changed dtype/shape between chunks: {spec['dtype']} {spec['trailing']} "
                 f"vs {array.dtype.str} {list(array.shape[1:])}"
             )
-        self._files[name].write(array.tobytes())
+        data = array.tobytes()
+        self._files[name].write(data)
+        self._hashes.setdefault(name, hashlib.blake2b(digest_size=16)).update(data)
         spec["rows"] += array.shape[0]
 
     def describe(
@@ -172,11 +197,15 @@ class StoreWriter:
             self._check_description()
             offsets = np.concatenate([np.zeros(1, np.int64), *self._offsets]).astype(np.int64)
             offsets.tofile(self._tmp / "offsets.bin")
+            self._hashes["offsets"] = hashlib.blake2b(offsets.tobytes(), digest_size=16)
             arrays = {
                 name: {"dtype": s["dtype"], "shape": [s["rows"], *s["trailing"]], "kind": s["kind"]}
                 for name, s in self._specs.items()
             }
             arrays["offsets"] = {"dtype": offsets.dtype.str, "shape": [offsets.size], "kind": "index"}
+            for name, spec in arrays.items():  # what Store checks on opening
+                spec["blake2b"] = self._hashes[name].hexdigest()
+                spec["mtime_ns"] = (self._tmp / f"{name}.bin").stat().st_mtime_ns
             meta = {
                 "format_version": FORMAT_VERSION,
                 "fingerprint": self.fingerprint,
@@ -232,8 +261,14 @@ class Store:
             dtype = np.dtype(spec["dtype"])
             shape = tuple(spec["shape"])
             expected = int(np.prod(shape)) * dtype.itemsize
-            if not file.exists() or file.stat().st_size != expected:
+            stat = file.stat() if file.exists() else None
+            if stat is None or stat.st_size != expected:
                 raise StaleCacheError(f"store {self.path}: {file.name} is missing or has the wrong size")
+            if "blake2b" in spec and stat.st_mtime_ns != spec.get("mtime_ns") and file_checksum(file) != spec["blake2b"]:
+                raise CorruptStoreError(
+                    f"store {self.path}: {file.name} changed after the store was built (its checksum differs: "
+                    "overwritten or damaged)"
+                )
             if expected == 0:
                 self.arrays[name] = np.zeros(shape, dtype)
             else:
@@ -295,10 +330,13 @@ def open_or_build(path: str | os.PathLike, fingerprint: dict[str, Any], build) -
 
     ``build`` must write the store with a :class:`StoreWriter` using the same ``fingerprint``.
     Building happens under :func:`build_lock`, after a second check: of several processes that find
-    no store, one builds it and the others wait for it and open it.
+    no store, one builds it and the others wait for it and open it. A store whose files no longer match
+    their checksums (:class:`CorruptStoreError`) is rebuilt with a ``UserWarning`` naming the file.
     """
     try:
         return Store(path, fingerprint)
+    except CorruptStoreError as err:
+        warnings.warn(f"{err}; rebuilding it from its sources", stacklevel=2)
     except StaleCacheError:
         pass  # build outside the handler: a reader's error must not carry "no store yet" as its context
     with build_lock(path):

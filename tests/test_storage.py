@@ -81,3 +81,24 @@ def test_dataset_contract_is_checked_when_the_store_is_written(tmp_path, declare
             if declare:
                 w.describe(**declare)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_a_file_overwritten_in_place_is_detected_and_rebuilt(tmp_path):
+    """12 bytes of pos.bin overwritten (same size, NaN positions) must not be used silently."""
+    import time
+    import warnings
+
+    path = tmp_path / "s"
+    write_store(path)
+    time.sleep(0.05)  # a later edit (on a coarse file-system clock, the build's own tick looks unchanged)
+    with open(path / "pos.bin", "r+b") as f:
+        f.seek(12)
+        f.write(np.full(3, np.nan, np.float32).tobytes())
+    with pytest.raises(StaleCacheError, match=r"pos.bin changed after the store was built"):
+        Store(path, {"v": 1})
+    with pytest.warns(UserWarning, match=r"pos.bin changed after the store was built.*rebuilding"):
+        store = open_or_build(path, {"v": 1}, write_store)
+    assert np.isfinite(store.arrays["pos"]).all() and store.arrays["pos"][1].tolist() == [3.0, 4.0, 5.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Store(path, {"v": 1})  # the rebuilt store opens without a word
