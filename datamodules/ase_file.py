@@ -50,8 +50,10 @@ from .storage import StoreWriter
 
 log = logging.getLogger(__name__)
 CHUNK = 10_000
-#: per-structure keys (``atoms.info``) and per-atom arrays that change the physics but no backbone reads
-IGNORED_INFO = ("charge", "total_charge", "spin", "spin_multiplicity", "multiplicity")
+#: per-structure keys (``atoms.info``, any capitalisation) that change the physics but no backbone reads,
+#: with the value the models assume (neutral; a multiplicity of 1 is the closed-shell singlet)
+IGNORED_INFO = {"charge": 0, "total_charge": 0, "spin": 0, "spin_multiplicity": 1, "multiplicity": 1}
+#: per-atom arrays that change the physics but no backbone reads (assumed zero)
 IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
 
 
@@ -187,6 +189,7 @@ class ASEFileDataModule(AtomsDataModule):
             "energy_unit": self.file_energy_unit,
             "length_unit": self.file_length_unit,
             "periodic": 1,  # stores written since cell / pbc are kept
+            "ignored": 2,  # stores written since the ignored-physics count is case-blind, multiplicity 1 neutral
         } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
@@ -290,7 +293,8 @@ class ASEFileDataModule(AtomsDataModule):
 
     def _note_ignored(self, atoms) -> None:
         """Count structures carrying physics the models do not use (net charge, spin, initial charges/moments)."""
-        found = [k for k in IGNORED_INFO if k in atoms.info and np.any(np.asarray(atoms.info[k], dtype=float) != 0)]
+        found = [k for k, v in atoms.info.items()
+                 if str(k).lower() in IGNORED_INFO and np.any(np.asarray(v, dtype=float) != IGNORED_INFO[str(k).lower()])]
         found += [k for k in IGNORED_ARRAYS if k in atoms.arrays and np.any(atoms.arrays[k] != 0)]
         for key in found:
             self._ignored[key] = self._ignored.get(key, 0) + 1
@@ -390,7 +394,9 @@ class ASEFileDataModule(AtomsDataModule):
         if ignored and not getattr(self, "_warned_ignored", False):
             self._warned_ignored = True
             warnings.warn(
-                f"{self.path}: the models ignore " + ", ".join(f"non-zero {k!r} in {n} structures" for k, n in ignored.items())
+                f"{self.path}: the models ignore "
+                + ", ".join(f"{k!r} other than 1 in {n} structures" if IGNORED_INFO.get(k.lower()) == 1
+                            else f"non-zero {k!r} in {n} structures" for k, n in ignored.items())
                 + "; predictions are the same for every charge/spin state",
                 stacklevel=2,
             )

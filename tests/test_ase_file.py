@@ -205,6 +205,26 @@ def test_net_charge_and_spin_are_reported_not_dropped_silently(tmp_path):
     assert dm.store.meta["ignored"] == {"charge": 1, "spin": 1}
 
 
+def test_closed_shell_singlets_are_quiet_and_any_capitalisation_of_charge_is_reported(tmp_path):
+    import warnings
+
+    _, atoms = frames(6)
+    for a in atoms:
+        a.info["multiplicity"] = 1  # closed-shell singlet: what the models assume, nothing to say
+    write(tmp_path / "singlet.extxyz", atoms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm_for(tmp_path / "singlet.extxyz", tmp_path, num_train=3, num_val=1).setup()
+    atoms[2].info["Charge"] = 2  # as some writers spell it
+    atoms[3].info["multiplicity"] = 3  # a triplet
+    atoms[4].info["SPIN_MULTIPLICITY"] = 2
+    write(tmp_path / "charged.extxyz", atoms)
+    dm = dm_for(tmp_path / "charged.extxyz", tmp_path, num_train=3, num_val=1)
+    with pytest.warns(UserWarning, match=r"charged.extxyz: the models ignore non-zero 'Charge' in 1 structures, "
+                      r"'multiplicity' other than 1 in 1 structures, 'SPIN_MULTIPLICITY' other than 1 in 1 structures"):
+        dm.setup()
+
+
 def test_hartree_bohr_forces_are_converted_by_energy_over_length(tmp_path):
     from ase.io import read
 
