@@ -4,12 +4,37 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from .execute import run_cells
-from .matrix import expand, load_matrix, select
+from .matrix import Cell, Matrix, expand, load_matrix, select
 from .report import write_report
+
+#: ``zoo-bench run --quick``: appended to every cell's arguments (last, so they override the matrix's
+#: step/epoch caps and validation interval): 2 epochs of 10 batches, validation and test on 2 batches
+QUICK_ARGS = ("--trainer.max_steps", "-1", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "10",
+              "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
+              "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1")
+
+
+def quick_preset(matrix: Matrix, cells: list[Cell]) -> tuple[Matrix, list[Cell]]:
+    """The same matrix at a budget of minutes: the cells of its first seed and of each task's smallest label
+    budget only (every backbone, objective, task and mode), each with :data:`QUICK_ARGS`, written to
+    ``<output>-quick`` (and ``<cells>-quick``) so that they never mix with the real results. A smoke
+    test of the whole matrix, not a measurement: 20 optimiser steps per cell."""
+    first = min(c.seed for c in cells)
+    smallest = {}
+    for c in cells:
+        if c.phase == "finetune":
+            smallest[c.target] = min(smallest.get(c.target, c.label_budget), c.label_budget)
+    kept = [dataclasses.replace(c, args=[*c.args, *QUICK_ARGS]) for c in cells
+            if c.seed == first and (c.phase != "finetune" or c.label_budget == smallest[c.target])]
+    renamed = {"output": matrix.output.with_name(matrix.output.name + "-quick")}
+    if matrix.cells is not None:
+        renamed["cells"] = matrix.cells.with_name(matrix.cells.name + "-quick")
+    return dataclasses.replace(matrix, **renamed), kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="after each finished cell, git-commit the matrix's results.csv (that file only; "
                           "message '<matrix>: cell <id>'); without git it warns and goes on")
     run.add_argument("--list", action="store_true", help="list cell ids and exit")
+    run.add_argument("--quick", action="store_true",
+                     help="the matrix's first seed at 20 steps per cell (2 epochs x 10 batches), into <output>-quick: "
+                          "minutes, a smoke test of the whole matrix (atomzoo.runner.__main__.quick_preset)")
     report = sub.add_parser("report", help="regenerate results.md and the plots from results.csv")
     report.add_argument("source", type=Path,
                         help="the matrix file (its report sections, comparisons and task metrics apply) or the "
@@ -58,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     matrix = load_matrix(args.matrix)
     cells = expand(matrix)
+    if args.quick:
+        matrix, cells = quick_preset(matrix, cells)
     chosen = select(cells, args.only)
     if args.list:
         print("\n".join(c.id for c in chosen))

@@ -116,8 +116,11 @@ def final_test_mae(frame: pd.DataFrame, metrics: dict[str, str | None] | None = 
     return ft.assign(unit=ft["metric"].map(_unit))
 
 
-def _fmt(mean: float, std: float) -> str:
+def _fmt(mean: float, std: float, count: int = 2) -> str:
+    """``mean ± std`` over seeds; ``mean (n = 1)`` for a single seed (no spread was measured)."""
     digits = 2 if abs(mean) < 10 else 1
+    if count < 2:
+        return f"{mean:.{digits}f} (n = 1)"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
@@ -141,7 +144,7 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0) -> str:
                 cells.append("–")
                 continue
             mean, std, count = stats.loc[key, ["mean", "std", "count"]]
-            text = _fmt(mean, std)
+            text = _fmt(mean, std, count)
             if np.isclose(mean, best[(target, budget, unit)]):
                 text = f"**{text}**"
             scratch = (backbone, SCRATCH, target, budget, unit)
@@ -272,7 +275,7 @@ def noise_table(ft: pd.DataFrame) -> str:
         return ""
     sub = ft[ft["mode"] == "finetune"]
     stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit", "corruption_rate"])["value"].agg(
-        ["mean", "std"]).fillna(0.0)
+        ["mean", "std", "count"]).fillna(0.0)
     lines = ["| backbone | pretraining | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
              + " | change at max rate | scratch |", "|" + "---|" * (len(rates) + 6)]
     for (b, o, t, n, u), group in stats.groupby(level=[0, 1, 2, 3, 4]):
@@ -280,11 +283,12 @@ def noise_table(ft: pd.DataFrame) -> str:
             continue
         values = {r: group.xs(r, level="corruption_rate").iloc[0] for r in rates
                   if r in group.index.get_level_values("corruption_rate")}
-        cells = [_fmt(values[r]["mean"], values[r]["std"]) if r in values else "–" for r in rates]
+        cells = [_fmt(values[r]["mean"], values[r]["std"], values[r]["count"]) if r in values else "–" for r in rates]
         change = (f"{100 * (values[rates[-1]]['mean'] - values[rates[0]]['mean']) / values[rates[0]]['mean']:+.0f}%"
                   if rates[0] in values and rates[-1] in values else "–")
         scratch = stats.xs((b, SCRATCH, t, n, u), level=[0, 1, 2, 3, 4]) if (b, SCRATCH, t, n, u, 0.0) in stats.index else None
-        reference = _fmt(scratch["mean"].iloc[0], scratch["std"].iloc[0]) if scratch is not None else "–"
+        reference = (_fmt(scratch["mean"].iloc[0], scratch["std"].iloc[0], scratch["count"].iloc[0])
+                     if scratch is not None else "–")
         lines.append(f"| {b} | {o} | {t} ({u}) | {n} | " + " | ".join(cells) + f" | {change} | {reference} |")
     return "\n".join(lines)
 
