@@ -215,3 +215,17 @@ def test_zoo_predict_prints_where_the_predictions_went_and_makes_no_run_folder(
     assert f"zoo predict: wrote 3 molecules to {work / 'preds.csv'} (per atom: {work / 'preds.atoms.csv'})" in out
     noise = [str(w.message)[:80] for w in recwarn if "dirpath has changed" in str(w.message) or "ckpt_path" in str(w.message)]
     assert noise == []
+
+
+def test_export_writes_weights_and_card_with_the_users_umask(force_checkpoint, tmp_path):
+    """Issue 32 item 9: the weights get the same permissions as the card (0o666 & ~umask), not -rw-------."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        out = tmp_path / "shared.safetensors"
+        card = export_model(force_checkpoint, out)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 == stat.S_IMODE(Path(card).stat().st_mode)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -61,6 +62,11 @@ def _write(out: Path, tensors: dict, header: dict) -> None:
 
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out),
               metadata={META_KEY: json.dumps(header)})  # fmt: skip
+    # safetensors creates the file -rw------- whatever the umask; give it the mode every other file gets
+    # (the card's), so that whoever may read the card may read the weights (issue 32, item 9)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)
 
 
 def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | None = None) -> Path:
