@@ -112,7 +112,8 @@ class ASEFileDataModule(AtomsDataModule):
             fitting, validating or testing on such a file raises. ``None``: ``False``.
         Prediction (``predict_dataloader``): every structure of the file, in file order, whatever the
         split; :meth:`molecule_ids` names them ``<file name>:<structure number>``.
-        Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest).
+        Other arguments: see :class:`~atomzoo.datamodules.base.AtomsDataModule` (default split 0.8/0.1/rest; with
+            ``num_val`` and ``num_test`` given, training gets the rest).
     """
 
     name = "ase_file"

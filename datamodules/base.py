@@ -35,7 +35,7 @@ from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, Target
 
 from .artifacts import Corruption
 from .loaders import BatchItems, ExactDistributedSampler, ResumableDataLoader, StoreDataLoader
-from .splits import load_splits, random_split, save_splits
+from .splits import DEFAULT_TRAIN_FRACTION, load_splits, random_split, save_splits
 from .storage import Store, open_or_build
 
 
@@ -218,6 +218,8 @@ class AtomsDataModule(L.LightningDataModule):
         eval_batch_size: molecules per validation/test batch (default: ``batch_size``).
         num_workers: DataLoader worker processes (they share the memory map).
         num_train, num_val, num_test: split sizes, counts or fractions; ``num_test=None`` = the rest.
+            ``num_train=None`` (default): the rest when ``num_test`` is given (the user sized validation
+            and test), else 0.8.
         train_size: use only the first ``train_size`` molecules of the training permutation
             (low-data studies); validation and test are unchanged.
         split_seed: seed of the random permutation (independent of ``seed_everything``).
@@ -254,7 +256,7 @@ class AtomsDataModule(L.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
-        num_train: int | float = 0.8,
+        num_train: int | float | None = None,
         num_val: int | float = 0.1,
         num_test: int | float | None = None,
         train_size: int | None = None,
@@ -415,7 +417,10 @@ class AtomsDataModule(L.LightningDataModule):
         if self.split_file:
             splits = load_splits(self.split_file, total)
         else:
-            splits = random_split(total, self.num_train, self.num_val, self.num_test, self.split_seed)
+            num_train = self.num_train
+            if num_train is None and self.num_test is None:
+                num_train = DEFAULT_TRAIN_FRACTION  # (None with num_test given: the rest)
+            splits = random_split(total, num_train, self.num_val, self.num_test, self.split_seed)
         return self._apply_train_size(splits)
 
     def _apply_train_size(self, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: training fraction when nothing sizes the training split and ``num_test`` is the rest
+DEFAULT_TRAIN_FRACTION = 0.8
+
 
 def resolve_size(value: int | float | None, total: int, name: str) -> int | None:
     """An absolute count from an int, a fraction in (0, 1], or None (= "the rest", resolved later)."""
@@ -21,22 +24,27 @@ def resolve_size(value: int | float | None, total: int, name: str) -> int | None
 
 def random_split(
     total: int,
-    num_train: int | float,
+    num_train: int | float | None,
     num_val: int | float,
     num_test: int | float | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Split ``range(total)`` by a seeded random permutation: first ``num_train`` indices are the
-    training set, the next ``num_val`` validation, then ``num_test`` test (``None``: all the rest).
+    training set, the next ``num_val`` validation, then ``num_test`` test. ``None`` for one of
+    ``num_train`` / ``num_test``: all the rest (training comes first in the permutation either way).
 
-    Raises ``ValueError`` (naming the options) when the sizes exceed the dataset.
+    Raises ``ValueError`` (naming the options) when the sizes exceed the dataset or both are ``None``.
     """
     n_train = resolve_size(num_train, total, "num_train")
     n_val = resolve_size(num_val, total, "num_val")
     n_test = resolve_size(num_test, total, "num_test")
+    if n_train is None and n_test is None:
+        raise ValueError("num_train and num_test cannot both be None (the rest): size one of them")
+    if n_train is None:
+        n_train = total - n_val - n_test
     if n_test is None:
         n_test = total - n_train - n_val
-    if n_train + n_val + n_test > total or n_test < 0:
+    if n_train + n_val + n_test > total or n_test < 0 or n_train < 0:
         raise ValueError(
             f"split sizes num_train={n_train} + num_val={n_val} + num_test={n_test} exceed the "
             f"{total} molecules of the dataset; lower --data.num_train / --data.num_val / --data.num_test"

@@ -225,6 +225,18 @@ def test_closed_shell_singlets_are_quiet_and_any_capitalisation_of_charge_is_rep
         dm.setup()
 
 
+def test_sizing_val_and_test_leaves_the_rest_for_training(tmp_path):
+    _, atoms = frames(24)
+    write(tmp_path / "m.extxyz", atoms)
+    dm = ASEFileDataModule(path=str(tmp_path / "m.extxyz"), cache_dir=str(tmp_path / "cache"), num_val=4, num_test=4)
+    dm.setup()
+    assert [dm.splits[s].size for s in ("train", "val", "test")] == [16, 4, 4]
+    assert np.unique(np.concatenate(list(dm.splits.values()))).size == 24
+    default = ASEFileDataModule(path=str(tmp_path / "m.extxyz"), cache_dir=str(tmp_path / "cache"))
+    default.setup()  # nothing sized: 0.8 / 0.1 / the rest, as before
+    assert [default.splits[s].size for s in ("train", "val", "test")] == [19, 2, 3]
+
+
 def test_hartree_bohr_forces_are_converted_by_energy_over_length(tmp_path):
     from ase.io import read
 
