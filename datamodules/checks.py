@@ -23,17 +23,25 @@ def first_bad(mask: np.ndarray) -> int:
 
 
 def check_atomic_numbers(z: np.ndarray, where: str, record_offset: int = 0, counts: np.ndarray | None = None) -> None:
-    """Raise unless every atomic number is an integer in 1..100 (``counts`` maps atoms to records)."""
+    """Raise unless every atomic number is an integer in 1..100.
+
+    ``z`` is one structure's atoms (``where`` names the file and record; the message adds the atom), or,
+    with ``counts`` (atoms per record), the atoms of several records, the first of them record
+    ``record_offset`` (the message adds the record and the atom within it).
+    """
     z = np.asarray(z)
     if z.size and (not np.issubdtype(z.dtype, np.integer) and not np.all(np.mod(z, 1) == 0)):
         raise DataFormatError(f"{where}: atomic numbers must be integers, got dtype {z.dtype}")
     bad = (z < 1) | (z > MAX_Z)
     if bad.any():
         atom = int(np.flatnonzero(bad)[0])
-        record = record_offset + (int(np.searchsorted(np.cumsum(counts), atom, side="right")) if counts is not None else 0)
-        raise DataFormatError(
-            f"{where}: atomic number {int(z.flat[atom])} outside 1..{MAX_Z} (record {record}, atom {atom})"
-        )
+        location = f"atom {atom}"
+        if counts is not None:
+            ends = np.cumsum(counts)
+            record = int(np.searchsorted(ends, atom, side="right"))
+            first = int(ends[record - 1]) if record else 0
+            location = f"record {record_offset + record}, atom {atom - first}"
+        raise DataFormatError(f"{where}: atomic number {int(z.flat[atom])} outside 1..{MAX_Z} ({location})")
 
 
 def check_finite(array: np.ndarray, name: str, where: str, record_offset: int = 0, counts: np.ndarray | None = None) -> None:

@@ -121,6 +121,17 @@ def test_bad_atomic_number_empty_structure_and_unreadable(tmp_path):
         dm.prepare_data()
 
 
+def test_an_x_atom_error_names_its_own_record(tmp_path):
+    _, atoms = frames(5)
+    plain = [Atoms(a.numbers, a.positions) for a in atoms]
+    plain[3].numbers[2] = 0  # 'X' in record 3, atom 2
+    write(tmp_path / "x.extxyz", plain)
+    dm = dm_for(tmp_path / "x.extxyz", tmp_path, energy_key=None, forces_key=None, num_train=2, num_val=1)
+    with pytest.raises(DataFormatError) as err:
+        dm.prepare_data()
+    assert str(err.value).endswith("x.extxyz, record 3: atomic number 0 outside 1..100 (atom 2)"), str(err.value)
+
+
 def test_mismatched_forces_shape(tmp_path):
     _, atoms = frames(3)
     atoms[1].calc.results["forces"] = atoms[1].calc.results["forces"][:, :2]
