@@ -53,6 +53,8 @@ CHUNK = 10_000
 #: per-structure keys (``atoms.info``, any capitalisation) that change the physics but no backbone reads,
 #: with the value the models assume (neutral; a multiplicity of 1 is the closed-shell singlet)
 IGNORED_INFO = {"charge": 0, "total_charge": 0, "spin": 0, "spin_multiplicity": 1, "multiplicity": 1}
+#: per-structure tensors no objective trains on yet (``atoms.info`` in any capitalisation, or the calculator's results)
+IGNORED_TENSORS = ("stress", "virial")
 #: per-atom arrays that change the physics but no backbone reads (assumed zero)
 IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
 
@@ -190,7 +192,7 @@ class ASEFileDataModule(AtomsDataModule):
             "energy_unit": self.file_energy_unit,
             "length_unit": self.file_length_unit,
             "periodic": 1,  # stores written since cell / pbc are kept
-            "ignored": 2,  # stores written since the ignored-physics count is case-blind, multiplicity 1 neutral
+            "ignored": 3,  # stores written since the ignored-physics count is case-blind, multiplicity 1 neutral, stress
         } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
@@ -292,11 +294,22 @@ class ASEFileDataModule(AtomsDataModule):
             forces = forces * self.force_factor
         return z, pos, cell, periodic, forces, labels
 
+    @staticmethod
+    def _ignored_phrase(key: str, count: int) -> str:
+        if key.lower() in IGNORED_TENSORS:
+            return f"{key!r} in {count} structures (not trained on: no objective uses stress yet)"
+        if IGNORED_INFO.get(key.lower()) == 1:
+            return f"{key!r} other than 1 in {count} structures"
+        return f"non-zero {key!r} in {count} structures"
+
     def _note_ignored(self, atoms) -> None:
-        """Count structures carrying physics the models do not use (net charge, spin, initial charges/moments)."""
+        """Count structures carrying physics the models do not use (net charge, spin, initial charges/moments,
+        stress / virial)."""
         found = [k for k, v in atoms.info.items()
                  if str(k).lower() in IGNORED_INFO and np.any(np.asarray(v, dtype=float) != IGNORED_INFO[str(k).lower()])]
         found += [k for k in IGNORED_ARRAYS if k in atoms.arrays and np.any(atoms.arrays[k] != 0)]
+        results = getattr(getattr(atoms, "calc", None), "results", None) or {}
+        found += [k for k in {**results, **atoms.info} if str(k).lower() in IGNORED_TENSORS]
         for key in found:
             self._ignored[key] = self._ignored.get(key, 0) + 1
 
@@ -396,9 +409,9 @@ class ASEFileDataModule(AtomsDataModule):
             self._warned_ignored = True
             warnings.warn(
                 f"{self.path}: the models ignore "
-                + ", ".join(f"{k!r} other than 1 in {n} structures" if IGNORED_INFO.get(k.lower()) == 1
-                            else f"non-zero {k!r} in {n} structures" for k, n in ignored.items())
-                + "; predictions are the same for every charge/spin state",
+                + ", ".join(self._ignored_phrase(k, n) for k, n in ignored.items())
+                + ("; predictions are the same for every charge/spin state"
+                   if any(k.lower() not in IGNORED_TENSORS for k in ignored) else ""),
                 stacklevel=2,
             )
 

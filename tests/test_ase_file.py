@@ -236,6 +236,17 @@ def test_closed_shell_singlets_are_quiet_and_any_capitalisation_of_charge_is_rep
         dm.setup()
 
 
+def test_a_stress_column_is_reported_as_ignored(tmp_path):
+    raw, atoms = frames(6)
+    for i, a in enumerate(atoms):
+        a.calc = SinglePointCalculator(a, energy=float(raw["E"][i, 0]), forces=raw["F"][i], stress=np.full(6, 0.01 * i))
+    write(tmp_path / "s.extxyz", atoms)
+    dm = dm_for(tmp_path / "s.extxyz", tmp_path, num_train=3, num_val=1)
+    with pytest.warns(UserWarning, match=r"s.extxyz: the models ignore 'stress' in 6 structures \(not trained on"):
+        dm.setup()
+    assert dm.store.meta["ignored"] == {"stress": 6}
+
+
 def test_sizing_val_and_test_leaves_the_rest_for_training(tmp_path):
     _, atoms = frames(24)
     write(tmp_path / "m.extxyz", atoms)
