@@ -15,6 +15,9 @@ Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, b
 resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, progress bar,
 ``seed_everything: 0``.
 ``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
+Notices on stderr, one line each: the first run of a dataset builds its store (``zoo: building the
+QM9DataModule store at ...``), ``--model.init_from`` says how many backbone tensors it loaded; warnings
+of Lightning a user cannot act on are filtered (see below), so a plain run prints none.
 
 Predictions to a file (:mod:`atomzoo.prediction_writer`): the model comes from the checkpoint's
 hyperparameters, the data from any DataModule config; ASE files are predicted whole, labels optional::
@@ -332,6 +335,24 @@ class ZooCLI(LightningCLI):
             # into: a prediction has none (see before_instantiate_classes); nothing to add
             warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
             return super()._run_subcommand(subcommand)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        init_from = getattr(self.model, "init_from", None) if self.subcommand == "fit" else None
+        if init_from:  # loaded by the objective's constructor (strict: every backbone tensor or an error)
+            count = len(self.model.backbone.state_dict())
+            print(f"zoo: --model.init_from loaded {count} backbone tensors from {init_from}", file=sys.stderr)
+        self._announce_store_build()
+
+    def _announce_store_build(self) -> None:
+        """One line when the DataModule's processed store does not exist yet: the first run builds it."""
+        try:
+            path = Path(self.datamodule.store_path()) if self.datamodule is not None else None
+        except Exception:  # noqa: BLE001 -- a path it cannot name yet: setup() raises the real error, with its message
+            return
+        if path is not None and not path.exists():
+            print(f"zoo: building the {type(self.datamodule).__name__} store at {path} (first use of this dataset "
+                  "and settings; later runs open it)", file=sys.stderr)
 
     def before_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
