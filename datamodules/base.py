@@ -34,6 +34,7 @@ from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, Target
                                    compute_target_statistics)  # fmt: skip
 
 from .artifacts import Corruption
+from .duplicates import DECIMALS, HASH_ARRAY, shared_with_training
 from .loaders import BatchItems, ExactDistributedSampler, ResumableDataLoader, StoreDataLoader
 from .splits import DEFAULT_TRAIN_FRACTION, load_splits, random_split, save_splits
 from .storage import Store, open_or_build
@@ -339,6 +340,25 @@ class AtomsDataModule(L.LightningDataModule):
             self._checked_stages.add(stage)
             self._check_splits(stage)
 
+    def _warn_shared_structures(self, splits: tuple[str, ...]) -> None:
+        """Warn with the numbers when structures of ``splits`` also occur in the training split (exact
+        duplicates by :func:`~atomzoo.datamodules.duplicates.structure_hashes`; stores built before the
+        hash existed are not checked)."""
+        if HASH_ARRAY not in self.store.arrays or not splits:
+            return
+        counts = shared_with_training(self.store.arrays[HASH_ARRAY], {"train": self.splits["train"],
+                                                                      **{s: self.splits[s] for s in splits}})
+        if not any(counts.values()):
+            return
+        names = {"val": "validation", "test": "test"}
+        listing = " and ".join(f"{counts.get(s, 0)} of {self.splits[s].size} {names.get(s, s)}" for s in splits)
+        warnings.warn(
+            f"{getattr(self, 'path', None) or type(self).__name__}: {listing} structures are also in the training "
+            f"split (exact duplicates: the same elements at the same positions to 1e-{DECIMALS} A); their errors "
+            "flatter the metrics: remove the duplicates from the data or give a --data.split_file that keeps them together",
+            stacklevel=3,
+        )
+
     def _check_splits(self, stage: str) -> None:
         """Refuse an empty split the stage needs; report elements absent from the training split."""
         needed = {"validate": "val", "test": "test", "predict": "test"}.get(stage)
@@ -348,6 +368,7 @@ class AtomsDataModule(L.LightningDataModule):
                 f"num_test={self.num_test} of {len(self.store)} molecules) so `{stage}` has nothing to evaluate; "
                 "lower --data.num_train / --data.num_val or set --data.num_test"
             )
+        self._warn_shared_structures(("val", "test") if stage == "fit" else (needed,) if needed else ())
         train = self.element_presence("train")
         unseen = {}
         for split in ("val", "test") if stage == "fit" else (needed,) if needed else ():

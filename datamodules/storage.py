@@ -3,7 +3,9 @@
 A store is a directory holding one raw binary file per array and a ``meta.json`` that names each
 array's dtype and shape, the store's format version and a fingerprint of the source it came from.
 Per-atom arrays (``z``, ``pos``, forces, ...) are concatenated over molecules; molecule ``i`` owns
-rows ``offsets[i]:offsets[i+1]``. Per-molecule arrays (labels) have one row per molecule.
+rows ``offsets[i]:offsets[i+1]``. Per-molecule arrays (labels) have one row per molecule. A store
+with ``z`` and ``pos`` also holds ``structure_hash`` (kind ``"hash"``, one uint64 per molecule:
+:func:`atomzoo.datamodules.duplicates.structure_hashes`), which finds duplicates across splits.
 
 Why this layout: a Python list of per-molecule objects does not scale to 10^8 atoms, while memory
 maps open instantly, cost no RAM until read, and are shared between DataLoader workers.
@@ -41,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .duplicates import HASH_ARRAY, structure_hashes
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -182,6 +186,8 @@ class StoreWriter:
             if array.shape[0] != counts.size:
                 raise ValueError(f"per-molecule array '{name}' has {array.shape[0]} rows for {counts.size} molecules")
             self._write(name, array, "molecule")
+        if "z" in atoms and "pos" in atoms:  # exact duplicates across splits are counted from it
+            self._write(HASH_ARRAY, structure_hashes(atoms["z"], atoms["pos"], counts), "hash")
         self._offsets.append(self._num_atoms + np.cumsum(counts))
         self._num_atoms += total
         self._num_molecules += counts.size

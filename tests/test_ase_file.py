@@ -247,6 +247,26 @@ def test_a_stress_column_is_reported_as_ignored(tmp_path):
     assert dm.store.meta["ignored"] == {"stress": 6}
 
 
+def test_structures_shared_between_splits_are_counted(tmp_path):
+    import re
+    import warnings
+
+    _, atoms = frames(12)
+    write(tmp_path / "twice.extxyz", atoms + atoms)  # record i and i + 12: the same structure
+    dm = dm_for(tmp_path / "twice.extxyz", tmp_path, num_train=12, num_val=6)
+    with pytest.warns(UserWarning, match=r"twice.extxyz.*also in the training split") as caught:
+        dm.setup("fit")
+    train = set(dm.splits["train"] % 12)
+    expected = {s: sum(int(i % 12 in train) for i in dm.splits[s]) for s in ("val", "test")}
+    assert expected["val"] + expected["test"] > 0
+    message = next(str(w.message) for w in caught if "training split" in str(w.message))
+    assert re.search(rf"{expected['val']} of 6 validation and {expected['test']} of 6 test structures", message), message
+    write(tmp_path / "once.extxyz", atoms)
+    with warnings.catch_warnings():  # distinct structures: nothing to say
+        warnings.simplefilter("error")
+        dm_for(tmp_path / "once.extxyz", tmp_path, num_train=6, num_val=3).setup("fit")
+
+
 def test_sizing_val_and_test_leaves_the_rest_for_training(tmp_path):
     _, atoms = frames(24)
     write(tmp_path / "m.extxyz", atoms)
