@@ -368,7 +368,7 @@ class AtomsDataModule(L.LightningDataModule):
                 f"num_test={self.num_test} of {len(self.store)} molecules) so `{stage}` has nothing to evaluate; "
                 "lower --data.num_train / --data.num_val or set --data.num_test"
             )
-        self._warn_shared_structures(("val", "test") if stage == "fit" else (needed,) if needed else ())
+        self._warn_shared_structures(("val", "test") if stage == "fit" else (needed,) if stage in ("validate", "test") else ())
         train = self.element_presence("train")
         unseen = {}
         for split in ("val", "test") if stage == "fit" else (needed,) if needed else ():
