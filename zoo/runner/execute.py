@@ -46,10 +46,10 @@ def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
     """The final weights of a cell's run, what a fine-tuning cell starts from: the newest of
     ``last.ckpt`` and ``last-step.ckpt`` (``last.ckpt`` when neither exists yet).
 
-    With validation inside an epoch (``val_check_interval``) Lightning rewrites ``last.ckpt`` only
-    when the monitored ``val/loss`` improves, so after a late rise of the validation loss it holds an
-    earlier step; ``last-step.ckpt`` (every 500 steps, ``zoo``'s defaults) then holds the final one:
-    give pretraining runs a multiple of 500 steps."""
+    ``zoo`` writes ``last.ckpt`` after each validation and ``last-step.ckpt`` every 500 steps (its
+    defaults), so the newest holds the final step when the run ends on a validation or a multiple of
+    500 steps: give pretraining runs such a length. (Runs before issue 31 rewrote ``last.ckpt`` only
+    when the monitored ``val/loss`` improved; the newest file is right for them too.)"""
     newest = resume_point(matrix, cell)
     return newest if newest is not None else log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
 
@@ -150,8 +150,8 @@ def run_progress(run: Path, curves: list[tuple[str, int, float]], args: list[str
     Lightning's rule replayed on the monitored validation series -- a check improves when it is below
     the best so far minus ``min_delta``; the run stopped early when the checks since the last
     improvement reached ``patience``) and ``best_step`` (the step in the best checkpoint's name,
-    ``best-<epoch>-<step>.ckpt``: the checkpoint ``--test_after_fit`` tests). Lightning's
-    ``last.ckpt`` is not read: with a monitored checkpoint it is only rewritten on improvement."""
+    ``best-<epoch>-<step>.ckpt``: the checkpoint ``--test_after_fit`` tests). ``last.ckpt`` is not
+    read (before issue 31 it was only rewritten on improvement)."""
     found: dict[str, float] = {}
     fitted = [step for tag, step, _ in curves if tag.startswith(("train/", "val/"))]  # test/ and epoch: step + 1
     if fitted:
