@@ -1,7 +1,7 @@
 """Relax a distorted molecule and run NVE molecular dynamics with a trained atomzoo force model (ASE).
 
-    zoo fit -c configs/experiments/rmd17_fixture_forces.yaml          # ~1 min, OMP_NUM_THREADS=1 (docs/results.md)
-    python examples/md_relax.py --model runs/rmd17_fixture_forces/version_0/checkpoints/best-*.ckpt
+    zoo fit -c configs/experiments/rmd17_fixture_forces.yaml --trainer.logger.init_args.version ethanol  # ~1 min (docs/results.md)
+    python examples/md_relax.py --model runs/rmd17_fixture_forces/ethanol/checkpoints/last.ckpt
 
 (``--model`` also takes a full export, ``python -m atomzoo.export CKPT ethanol.safetensors``.)
 
