@@ -1,6 +1,7 @@
 """Relax a distorted molecule and run NVE molecular dynamics with a trained atomzoo force model (ASE).
 
-    zoo fit -c configs/experiments/rmd17_fixture_forces.yaml --trainer.logger.init_args.version ethanol  # ~1 min (docs/results.md)
+    # ~1 min with one thread (docs/results.md)
+    zoo fit -c configs/experiments/rmd17_fixture_forces.yaml --trainer.logger.init_args.version ethanol
     python examples/md_relax.py --model runs/rmd17_fixture_forces/ethanol/checkpoints/last.ckpt
 
 (``--model`` also takes a full export, ``python -m atomzoo.export CKPT ethanol.safetensors``.)
