@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.io import write
 
@@ -70,3 +71,54 @@ def test_empty_test_split_with_test_after_fit_stops_before_training(capsys, tmp_
     assert err[-1].startswith("zoo: error: --test_after_fit true but the test split is empty (num_train=0.8, num_val=0.2")
     assert not any("Training" in line or "train/loss" in line for line in err)
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def only_line(capsys, args, status: int) -> str:
+    """Run ``zoo args``; it must exit with ``status`` and print exactly one line on stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == status
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    if status == 1:  # errors of a run also say how to see the traceback
+        assert err[0] == "(traceback: run again with --debug or ATOMZOO_DEBUG=1)"
+        err = err[1:]
+    assert len(err) == 1, err
+    assert err[0].startswith("zoo: error: ")
+    return err[0]
+
+
+def test_checkpoint_of_another_objective_names_both_and_the_fix(capsys, tmp_path, cache_dir):
+    # issue 31, item 11: a pretraining (SCD) checkpoint given to `zoo test` with the regression config
+    import lightning as L
+
+    from atomzoo.backbones import SchNet
+    from atomzoo.objectives import SelfConditionedDenoising
+
+    scd = SelfConditionedDenoising(SchNet(width=16, num_filters=16, num_interactions=1, condition_dim=8))
+    trainer = L.Trainer(max_steps=0, logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(scd)
+    ckpt = tmp_path / "scd.ckpt"
+    trainer.save_checkpoint(ckpt)
+    checkpoint = torch.load(ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["_class_path"] = "atomzoo.objectives.SelfConditionedDenoising"  # as zoo fit saves it
+    torch.save(checkpoint, ckpt)
+    line = only_line(capsys, ["test", *QM9, "--data.targets", "[homo]", "--ckpt_path", str(ckpt)], status=1)
+    assert line.startswith(f"zoo: error: --ckpt_path {ckpt} is a SelfConditionedDenoising checkpoint, but the "
+                           "configuration's model is Regression")  # fmt: skip
+    assert f"--model.init_args.init_from {ckpt}" in line and "leave out the model config" in line
+
+
+def test_misspelt_option_suggests_the_accepted_one(capsys):
+    # issue 31, item 12: difflib over the options of the class the key is given to
+    line = only_line(capsys, ["fit", *QM9, "--data.targets", "[homo]", "--data.batchsize", "8"], status=2)
+    assert line.startswith("zoo: error: --data.batchsize: QM9DataModule has no option 'batchsize'; did you mean "
+                           "--data.batch_size")  # fmt: skip
+    line = only_line(capsys, ["fit", *QM9, "--data.targets", "[homo]", "--model.learning_rate", "1e-3"], status=2)
+    assert line.startswith("zoo: error: --model.learning_rate: Regression has no option 'learning_rate'")
+
+
+def test_tab_in_yaml_config_names_the_file(capsys, tmp_path):
+    config = tmp_path / "tabbed.yaml"
+    config.write_text("data:\n\tbatch_size: 8\n")
+    line = only_line(capsys, ["fit", *QM9, "-c", str(config)], status=2)
+    assert "tabbed.yaml, line 2, column 1" in line and "not tabs" in line

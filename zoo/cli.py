@@ -27,9 +27,13 @@ hyperparameters, the data from any DataModule config; ASE files are predicted wh
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import inspect
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -95,7 +99,14 @@ def _load_config(text: str, path: str = ""):
     translated by :func:`atomzoo.model_files.translate_class_paths`, with a ``FutureWarning`` naming
     each new path. Every value the ``zoo`` command parses passes through here: ``-c`` files (``path``),
     ``--model.backbone file.yaml``, inline YAML/JSON."""
-    value, renamed = model_files.translate_class_paths(_load_yaml(text))
+    try:
+        loaded = _load_yaml(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        hint = " (YAML indents with spaces, not tabs)" if "\t" in text else ""
+        raise yaml.YAMLError(f"config {path or '(inline value)'}{where}: {err.problem or err.context}{hint}") from err
+    value, renamed = model_files.translate_class_paths(loaded)
     model_files.warn_renamed(renamed, f"config {path}" if path else "a config", "update its class_path entries")
     return value
 
@@ -225,6 +236,61 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     return [*argv, "--model", json.dumps({"class_path": class_path, "init_args": hparams}, default=str)]
 
 
+def _accepted_options(cls: type) -> list[str]:
+    """The constructor arguments the parser accepts for ``cls``: its ``__init__``'s, and, through
+    ``**kwargs``, those of its base classes (as jsonargparse resolves them)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's parse error ``message`` (a union error of many lines) as one line: an option a
+    class does not accept is named with its closest accepted ones (``difflib``), e.g.
+    ``--data.batchsize: QM9DataModule has no option 'batchsize'; did you mean --data.batch_size?``;
+    other messages are joined into one line."""
+    key = re.search(r'Parser key "([\w.]+)"', message)
+    rejected = re.search(r"class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)
+    if key and rejected:
+        class_path, option = rejected.groups()
+        cls = _class_or_none(class_path)
+        prefix = key.group(1)
+        if cls is not None:
+            close = difflib.get_close_matches(option, _accepted_options(cls), n=3, cutoff=0.6)
+            fix = (f"did you mean {' or '.join(f'--{prefix}.{c}' for c in close)}?" if close
+                   else f"see `zoo fit --{prefix}.help {cls.__name__}` for its options")  # fmt: skip
+            return f"--{prefix}.{option}: {cls.__name__} has no option {option!r}; {fix}"
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines).removeprefix("Problems parsing config: ")
+
+
+@contextlib.contextmanager
+def _one_line_parse_errors(parser, prefix: str = ""):
+    """Inside: a parse error of ``parser`` (or one of its subcommands' parsers) prints one line
+    ``zoo: error: <prefix><parse_error_line>`` and exits with status 2, instead of jsonargparse's
+    usage, tip and many-line message."""
+    from jsonargparse import ArgumentError
+
+    parsers = [parser, *getattr(getattr(parser, "_subcommands_action", None), "_name_parser_map", {}).values()]
+    before = [p.exit_on_error for p in parsers]
+    for p in parsers:
+        p.exit_on_error = False
+    try:
+        yield
+    except ArgumentError as err:
+        print(f"zoo: error: {prefix}{parse_error_line(str(err))}", file=sys.stderr)
+        raise SystemExit(2) from err
+    finally:
+        for p, value in zip(parsers, before):
+            p.exit_on_error = value
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links and defaults."""
 
@@ -261,13 +327,15 @@ class ZooCLI(LightningCLI):
         under pytest; its list branch is this one line, so it is done here without the warning."""
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
-        self.config = parser.parse_args(_model_from_checkpoint(list(sys.argv[1:] if args is None else args)))
+        with _one_line_parse_errors(parser):
+            self.config = parser.parse_args(_model_from_checkpoint(list(sys.argv[1:] if args is None else args)))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
         configuration; refuse when a setting that changes the numbers (the backbone's class and
         arguments, e.g. its cutoff, or the objective's atomref/standardize/pooling/loss) differs."""
         subcommand = self.config.get("subcommand")
+        self._check_checkpoint_objective(subcommand)
         before = _model_settings(self.config, subcommand)
         self._apply_checkpoint_hyperparameters()
         after = _model_settings(self.config, subcommand)
@@ -281,6 +349,27 @@ class ZooCLI(LightningCLI):
                 "values, see its run's config.yaml); to train with the new settings start without --ckpt_path "
                 "(--model.init_args.init_from keeps the backbone weights)"
             )
+
+    def _check_checkpoint_objective(self, subcommand: str | None) -> None:
+        """Refuse a checkpoint of another objective than the configuration's model (e.g. a pretraining
+        checkpoint given to ``zoo test`` with the regression config): name both and what to use instead."""
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = self.config[subcommand].get("model") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file() or not isinstance(model, Namespace):
+            return
+        stored = model_files.read_checkpoint(ckpt_path, f"zoo {subcommand} --ckpt_path").objective
+        configured = model.get("class_path")
+        if not stored or not configured:
+            return
+        stored_cls, configured_cls = _class_or_none(stored), _class_or_none(configured)
+        if stored_cls is None or configured_cls is None or stored_cls is configured_cls:
+            return
+        raise model_files.ModelFileError(
+            f"--ckpt_path {ckpt_path} is a {stored_cls.__name__} checkpoint, but the configuration's model is "
+            f"{configured_cls.__name__}: to {subcommand} the checkpoint's own model leave out the model config "
+            f"(-c configs/objectives/..., --model); to use its backbone for {configured_cls.__name__}, fine-tune with "
+            f"`zoo fit ... --model.init_args.init_from {ckpt_path}`"
+        )
 
     def _apply_checkpoint_hyperparameters(self) -> None:
         """Lightning's ``_parse_ckpt_path``, reading the checkpoint with :mod:`atomzoo.model_files`: the
@@ -296,11 +385,8 @@ class ZooCLI(LightningCLI):
         drop_linked_options(hparams, Objective)  # a pretraining run's checkpoint records the data's targets
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
-        try:
+        with _one_line_parse_errors(self.parser, f"--ckpt_path {ckpt_path}: its hyperparameters do not parse: "):
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
-            raise
 
     def before_instantiate_classes(self) -> None:
         # `--trainer.enable_checkpointing false` / `--trainer.logger false` switch off checkpoints / logs:
