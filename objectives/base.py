@@ -252,10 +252,24 @@ class Objective(L.LightningModule):
         ``None`` when the data is not an AtomsDataModule), record the provenance
         (:func:`atomzoo.objectives.provenance.on_setup`) and hand the summary to :meth:`on_data_summary`."""
         trainer = self._trainer
+        self._check_precision(trainer)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         summary = datamodule.data_summary(self.statistics_request()) if hasattr(datamodule, "data_summary") else None
         provenance.on_setup(self, stage, summary)
         self.on_data_summary(summary)
+
+    def _check_precision(self, trainer) -> None:
+        """Refuse a backbone built in float64 (e.g. ``MACE(dtype="float64")``) under a trainer precision
+        other than ``64-true``: Lightning then feeds it float32 positions and it fails deep inside
+        (e3nn: "both inputs should have same dtype"). Raises ValueError naming the precision it needs."""
+        precision = str(getattr(trainer, "precision", "")) if trainer is not None else ""
+        if not precision or precision.startswith("64"):
+            return
+        if any(p.dtype == torch.float64 for p in self.backbone.parameters()):
+            raise ValueError(
+                f"{type(self.backbone).__name__} was built in float64 (dtype: float64) but --trainer.precision is "
+                f"{precision}: a float64 backbone needs --trainer.precision 64-true (or build it with dtype float32)"
+            )
 
     def statistics_request(self):
         """The training statistics this objective standardises with, as a

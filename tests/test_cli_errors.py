@@ -5,6 +5,7 @@ Runs ``atomzoo.cli.main`` in-process on three typical mistakes and checks what t
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,13 @@ def test_empty_test_split_with_test_after_fit_stops_before_training(capsys, tmp_
 
 
 def only_line(capsys, args, status: int) -> str:
-    """Run ``zoo args``; it must exit with ``status`` and print exactly one line on stderr."""
+    """Run ``zoo args``; it must exit with ``status`` and end stderr with one ``zoo: error:`` line (after
+    at most the one-line notices ``zoo: ...`` of a run); returns that line."""
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == status
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in err if not (line.startswith("zoo: ") and not line.startswith("zoo: error: "))]
     if status == 1:  # errors of a run also say how to see the traceback
         assert err[0] == "(traceback: run again with --debug or ATOMZOO_DEBUG=1)"
         err = err[1:]
@@ -122,3 +125,20 @@ def test_tab_in_yaml_config_names_the_file(capsys, tmp_path):
     config.write_text("data:\n\tbatch_size: 8\n")
     line = only_line(capsys, ["fit", *QM9, "-c", str(config)], status=2)
     assert "tabbed.yaml, line 2, column 1" in line and "not tabs" in line
+
+
+# find_spec, not importorskip: importing mace directly sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for the whole
+# process (atomzoo.backbones.mace.import_mace restores it)
+@pytest.mark.skipif(importlib.util.find_spec("mace") is None, reason="mace-torch is not installed")
+def test_float64_mace_under_32_bit_precision_names_the_precision(capsys, tmp_path, cache_dir):
+    # issue 31, item 13: refused at setup, before training, instead of e3nn's "both inputs should have same dtype"
+    data = ROOT / "tests" / "data" / "bad_inputs" / "mace-float64" / "data.extxyz"
+    args = ["fit", "-c", str(ROOT / "configs/data/ase_file.yaml"), "-c", str(ROOT / "configs/objectives/regression.yaml"),
+            "--model.backbone", str(ROOT / "configs/backbones/mace.yaml"), "-c", str(ROOT / "configs/trainer/cpu.yaml"),
+            "--model.backbone.init_args.dtype", "float64", "--model.backbone.init_args.hidden_irreps", "8x0e+8x1o",
+            "--model.backbone.init_args.max_ell", "1", "--model.backbone.init_args.num_interactions", "1",
+            "--data.path", str(data), "--data.allow_unseen_elements", "true", "--trainer.max_steps", "1",
+            "--trainer.logger", "false", "--trainer.enable_checkpointing", "false"]  # fmt: skip
+    line = only_line(capsys, args, status=1)
+    assert line == ("zoo: error: MACE was built in float64 (dtype: float64) but --trainer.precision is 32-true: a "
+                    "float64 backbone needs --trainer.precision 64-true (or build it with dtype float32)")  # fmt: skip
