@@ -258,6 +258,12 @@ class Objective(L.LightningModule):
         provenance.on_setup(self, stage, summary)
         self.on_data_summary(summary)
 
+    def on_fit_start(self) -> None:
+        """Free the model files read while the run was built (:func:`atomzoo.model_files.read` caches the
+        whole unpickled ``init_from`` checkpoint, optimizer states included, for its four readers, which
+        have all run by now): training should not carry that memory."""
+        model_files.clear_cache()
+
     def _check_precision(self, trainer) -> None:
         """Refuse a backbone built in float64 (e.g. ``MACE(dtype="float64")``) under a trainer precision
         other than ``64-true``: Lightning then feeds it float32 positions and it fails deep inside

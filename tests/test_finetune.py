@@ -230,3 +230,5 @@ def test_a_fit_with_init_from_reads_the_file_once(pretrained, cache_dir, tmp_pat
     assert fine.model.aux_denoising.pretrained_from == str(path)
     assert fine.model._atomzoo_init_checked
     assert len(loads) == 1, loads
+    # and the cached checkpoint is not carried through training
+    assert model_files._read_cached.cache_info().currsize == 0
