@@ -12,7 +12,8 @@ A batch is a PyG ``Batch`` with
     ``y`` ``[num_graphs, T]`` float64 -- the selected targets in their physical units,
     ``idx`` ``[num_graphs]`` long -- the molecule's row in the store,
 plus any per-atom label arrays the store has (e.g. ``forces`` ``[N, 3]`` float32) and, for periodic
-stores, ``cell`` ``[num_graphs, 3, 3]`` float32 (Angstrom) and ``pbc`` ``[num_graphs, 3]`` bool.
+stores, ``cell`` ``[num_graphs, 3, 3]`` float32 (Angstrom) and ``pbc`` ``[num_graphs, 3]`` bool, and for
+stores with stress ``stress`` ``[num_graphs, 3, 3]`` float32 (eV/A^3, ASE's sign; NaN where a structure has none).
 The DataModules' loaders read each batch from the store at once (:meth:`StoreDataset.collate`); the
 result is the batch PyG's ``Batch.from_data_list`` makes of the per-molecule ``Data`` objects.
 """
@@ -74,6 +75,7 @@ class StoreDataset(torch.utils.data.Dataset):
         self.label_columns = label_columns
         self._extra_atom_arrays = [n for n in store.atom_arrays() if n not in ("z", "pos")]
         self._periodic = {"cell", "pbc"} <= set(store.molecule_arrays())
+        self._stress = "stress" in store.molecule_arrays()  # [M, 3, 3] eV/A^3, NaN where a structure has none
         self.corruption = corruption if corruption is not None and corruption.rate > 0 else None
         self._corrupted: set[int] = self.corruption.select(self.indices) if self.corruption else set()
         self._label_std = None
@@ -100,6 +102,8 @@ class StoreDataset(torch.utils.data.Dataset):
         if self._periodic:  # [1, 3, 3] and [1, 3]: a batch stacks them to [B, 3, 3] and [B, 3]
             data.cell = torch.from_numpy(np.array(arrays["cell"][m], dtype=np.float32))[None]
             data.pbc = torch.from_numpy(np.array(arrays["pbc"][m], dtype=bool))[None]
+        if self._stress:
+            data.stress = torch.from_numpy(np.array(arrays["stress"][m], dtype=np.float32))[None]
         if m in self._corrupted:
             data = self.corruption.apply(data, m, self._label_std)
         return data
@@ -146,6 +150,8 @@ class StoreDataset(torch.utils.data.Dataset):
         if self._periodic:
             fields.append(("cell", np.asarray(arrays["cell"][molecules], dtype=np.float32), False))
             fields.append(("pbc", np.asarray(arrays["pbc"][molecules], dtype=bool), False))
+        if self._stress:
+            fields.append(("stress", np.asarray(arrays["stress"][molecules], dtype=np.float32), False))
         values = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value, _ in fields}
         sizes = {name: counts if per_atom else np.ones_like(counts) for name, _, per_atom in fields}
         corrupted = [k for k, m in enumerate(molecules.tolist()) if m in self._corrupted] if self._corrupted else []
@@ -250,6 +256,10 @@ class AtomsDataModule(L.LightningDataModule):
     forces: bool = False
     #: unit of the per-atom ``forces`` array (e.g. ``"eV/A"``); ``None`` when the dataset has none
     force_unit: str | None = None
+    #: read by the CLI (linked to the regression objective's ``stress``): train on per-structure stress
+    stress: bool = False
+    #: unit of the per-structure ``stress`` array (``"eV/A^3"``); ``None`` when the dataset has none
+    stress_unit: str | None = None
 
     def __init__(
         self,
@@ -629,3 +639,14 @@ class AtomsDataModule(L.LightningDataModule):
             total, count = total + float((f * f).sum()), count + f.size
         rms = (total / count) ** 0.5 if count else 1.0
         return rms if rms > 0 else 1.0
+        if request.stress:
+            if "stress" not in self.store.molecule_arrays():
+                raise ValueError(
+                    f"stress=True but {type(self).__name__} has no per-structure 'stress' array; "
+                    "read one with --data.init_args.stress_key or set --model.init_args.stress false"
+                )
+            stress = np.asarray(self.store.arrays["stress"][np.sort(self.splits["train"])], dtype=np.float64)
+            stress = stress[np.isfinite(stress).reshape(len(stress), -1).all(axis=1)]
+            rms = float(np.sqrt((stress**2).mean())) if stress.size else 1.0
+            stats = dataclasses.replace(stats, stress_rms=rms if rms > 0 else 1.0,
+                                        stress_unit=getattr(self, "stress_unit", None) or "eV/A^3")  # fmt: skip

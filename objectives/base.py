@@ -410,7 +410,7 @@ class Objective(L.LightningModule):
 
 
 #: options ``zoo`` links from the DataModule into the objective (``zoo/cli.py``)
-LINKED_OPTIONS = ("targets", "forces")
+LINKED_OPTIONS = ("targets", "forces", "stress")
 
 
 def _init_parameters(cls) -> set[str] | None:

@@ -2,6 +2,8 @@
 
 * :class:`StandardizedLoss` -- targets: ``L((y_hat - y) / sigma_y)`` per target column.
 * :class:`ForceLoss` -- forces: ``L((F_hat - F) / f_rms)`` over all Cartesian components.
+* :class:`StressLoss` -- stress: ``L((sigma_hat - sigma) / s_rms)`` over the 9 components of the
+  structures that have a stress (finite prediction and label; molecules in a mixed batch have none).
 
 ``L`` is the mean absolute error (``"l1"``) or the mean squared error (``"mse"``) over every
 element. The statistics (``sigma_y``, ``f_rms``) come from the training split
@@ -68,4 +70,31 @@ class ForceLoss(nn.Module):
         return _reduce((pred - target) / f_rms.float(), self.kind)
 
 
-__all__ = ["ForceLoss", "StandardizedLoss"]
+class StressLoss(nn.Module):
+    """``L((pred - target) / s_rms)`` over the 9 components of every structure with a stress.
+
+    A structure counts when its predicted and its label stress are both finite: molecules, slabs and
+    structures without a stress label carry NaN rows (:func:`atomzoo.objectives.forces.has_stress`,
+    the DataModule's NaN for a missing label) and add nothing. A batch without any such structure
+    gives an exact 0.
+
+    Args:
+        kind: ``"l1"`` or ``"mse"`` (``ValueError`` otherwise).
+
+    Shapes: ``pred``, ``target`` ``[G, 3, 3]`` (e.g. eV/A^3), ``s_rms`` scalar tensor (same unit) ->
+    scalar, dimensionless, in the dtype of ``pred``.
+    """
+
+    def __init__(self, kind: str = "l1") -> None:
+        super().__init__()
+        self.kind = _check_kind(kind)
+
+    def forward(self, pred: Tensor, target: Tensor, s_rms: Tensor) -> Tensor:
+        target = target.to(pred.dtype).reshape(pred.shape)
+        keep = (pred.detach().isfinite() & target.isfinite()).flatten(1).all(dim=1)
+        if not bool(keep.any()):
+            return pred.new_zeros(())
+        return _reduce((pred[keep] - target[keep]) / s_rms.to(pred.dtype), self.kind)
+
+
+__all__ = ["ForceLoss", "StandardizedLoss", "StressLoss"]

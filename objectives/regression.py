@@ -28,6 +28,14 @@ with ``L`` the chosen L1/MSE mean, ``sigma_E`` the energy std above and ``f_rms`
 of the training force components (so both terms are dimensionless and O(1)). Metrics add the force MAE
 over all components, ``val/forces_mae_meV_per_A`` (meV/A for eV/A forces).
 
+Stress (``stress=True``, linked from the DataModule's ``stress`` attribute by the CLI: an ASE file read
+with ``--data.stress_key``): the stress ``sigma = (1/V) dE/d(strain)`` of the same energy, from the same
+backward pass as the forces (:func:`atomzoo.objectives.forces.energy_forces_stress`; ASE's sign and
+units, eV/A^3 for eV energies), adds ``stress_weight * L((sigma_hat - sigma) / s_rms)`` over the
+structures that have a stress (fully periodic, with a finite label; molecules in a mixed batch add
+nothing), ``s_rms`` the RMS of the training stress components. Metric: ``val/stress_mae_meV_per_A^3``
+over the 9 components (1 meV/A^3 = 0.1602 GPa).
+
 The pieces, each with one job: statistics come from the DataModule's one hand-off at ``setup``
 (:meth:`statistics_request` -> ``datamodule.data_summary`` -> :meth:`on_data_summary`, values of
 :mod:`atomzoo.nn.statistics`), forces come from :func:`~atomzoo.objectives.forces.energy_and_forces`,
@@ -64,11 +72,12 @@ from atomzoo.backbones.base import Backbone
 from atomzoo.nn.statistics import MAX_Z, DataSummary, StatisticsRequest, TargetStatistics, compute_target_statistics
 from atomzoo.units import display_unit, metric_suffix
 
+from . import provenance
 from .base import Objective
 from .denoising import AuxDenoising
-from .forces import energy_and_forces
+from .forces import energy_forces_stress
 from .heads import AtomwiseMLP
-from .losses import ForceLoss, StandardizedLoss
+from .losses import ForceLoss, StandardizedLoss, StressLoss
 
 
 #: SCD's fine-tuning auxiliary-denoising weights (Perez & Gomez-Bombarelli, arXiv 2603.17196):
@@ -109,6 +118,10 @@ class Regression(Objective):
         forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
             per-atom ``forces`` in the data); linked from ``--data.forces`` by the CLI.
         energy_weight, force_weight: weights of the standardised energy and force loss terms.
+        stress: also predict the stress ``(1/V) dE/d(strain)`` of the target ``energy`` and train on
+            it (needs forces and a per-structure ``stress`` in the data); linked from
+            ``--data.stress`` (set by ``--data.stress_key``) by the CLI.
+        stress_weight: weight of the standardised stress loss term (1, as MACE's default).
         aux_denoising_weight: weight of the auxiliary denoising loss in training (0: off; a number,
             or ``"auto"`` for SCD's per-target weight, :func:`scd_aux_denoising_weight`). The
             training pass then sees positions + ``N(0, aux_denoising_sigma^2)`` noise and predicts
@@ -133,6 +146,8 @@ class Regression(Objective):
         forces: bool = False,
         energy_weight: float = 1.0,
         force_weight: float = 100.0,
+        stress: bool = False,
+        stress_weight: float = 1.0,
         aux_denoising_weight: float | str = 0.0,
         aux_denoising_sigma: float = 0.005,
         aux_denoising_pretrained_head: bool = True,
@@ -172,6 +187,17 @@ class Regression(Objective):
             self.energy_column()  # forces=True needs the target 'energy'
             self.register_buffer("force_rms", torch.ones((), dtype=torch.float64))
             self.force_metrics = nn.ModuleDict({stage: MeanAbsoluteError() for stage in ("val", "test")})
+        self.stress = bool(stress)
+        self.stress_weight = float(stress_weight)
+        self.stress_unit = "eV/A^3"
+        self.stress_loss = StressLoss(loss)
+        if self.stress:
+            if not self.forces:
+                raise ValueError(
+                    "stress=True needs forces=True (one backward pass gives both; --model.init_args.forces true)"
+                )
+            self.register_buffer("stress_rms", torch.ones((), dtype=torch.float64))
+            self.stress_metrics = nn.ModuleDict({stage: MeanAbsoluteError() for stage in ("val", "test")})
         # auxiliary denoising: one noisy pass predicts targets and noise (module docstring)
         if aux_denoising_weight == "auto":
             aux_denoising_weight = scd_aux_denoising_weight(self.targets)
@@ -188,7 +214,7 @@ class Regression(Objective):
 
     def trains_through_forces(self) -> bool:
         """A force loss differentiates the position gradient: no torch.compile in training."""
-        return self.forces and self.force_weight > 0
+        return self.forces and (self.force_weight > 0 or (self.stress and self.stress_weight > 0))
 
     # ----- statistics from the data -------------------------------------------------------------
     def _pooling_map(self) -> dict[str, str] | None:
@@ -202,7 +228,8 @@ class Regression(Objective):
     def statistics_request(self) -> StatisticsRequest:
         """The training statistics this model standardises with: its targets, pooling, atom references, forces."""
         return StatisticsRequest(
-            targets=tuple(self.targets), pooling=self._pooling_map(), atomref=self.use_atomref, forces=self.forces
+            targets=tuple(self.targets), pooling=self._pooling_map(), atomref=self.use_atomref, forces=self.forces,
+            stress=self.stress,
         )
 
     def on_data_summary(self, summary: DataSummary | None) -> None:
@@ -218,6 +245,8 @@ class Regression(Objective):
         self.units = list(stats.units)
         if self.forces:
             self.force_unit = stats.force_unit
+        if self.stress:
+            self.stress_unit = stats.stress_unit
         if not bool(self.stats_ready):
             self.apply_statistics(stats)
 
@@ -236,6 +265,8 @@ class Regression(Objective):
             self.std.fill_(1.0)
         if self.forces and stats.force_rms is not None:
             self.force_rms.fill_(stats.force_rms)
+        if self.stress and stats.stress_rms is not None:
+            self.stress_rms.fill_(stats.stress_rms)
         self.stats_ready.fill_(True)
 
     def fit_statistics(self, infos, labels, element_counts) -> None:
@@ -248,11 +279,13 @@ class Regression(Objective):
         super().on_save_checkpoint(checkpoint)
         checkpoint["target_units"] = self.units
         checkpoint["force_unit"] = self.force_unit
+        checkpoint["stress_unit"] = self.stress_unit
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self.units = checkpoint.get("target_units", self.units)
         self.force_unit = checkpoint.get("force_unit", self.force_unit)
+        self.stress_unit = checkpoint.get("stress_unit", self.stress_unit)
         # checkpoints written before the auxiliary-denoising normaliser existed: keep its initial state
         state = checkpoint.get("state_dict", {})
         if self.aux_denoising is not None and any(k.startswith("aux_denoising.head.") for k in state):
@@ -300,10 +333,12 @@ class Regression(Objective):
         """The model predicts ``energy`` with sum pooling, so the energy splits into per-atom energies."""
         return "energy" in self.targets and bool(self.sum_pooled[self.targets.index("energy")])
 
-    def _forward(self, data, training: bool, forces: bool) -> tuple[Tensor, Tensor | None, dict]:
-        """One pass: ``(targets [G, T] float64, forces [N, 3] or None, {"output", "atomwise"})`` -- the
-        last holds that pass's backbone output and the heads' per-atom outputs ``[N, T]``.
-        ``training``: keep the autograd graph of the forces (:func:`energy_and_forces`)."""
+    def _forward(self, data, training: bool, forces: bool,
+                 stress: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None, dict]:  # fmt: skip
+        """One pass: ``(targets [G, T] float64, forces [N, 3] or None, stress [G, 3, 3] or None,
+        {"output", "atomwise"})`` -- the last holds that pass's backbone output and the heads' per-atom
+        outputs ``[N, T]``. ``training``: keep the autograd graph of the forces and stress
+        (:func:`~atomzoo.objectives.forces.energy_forces_stress`); ``stress`` needs ``forces``."""
         kept = {}
 
         def predict(batch) -> Tensor:
@@ -313,12 +348,13 @@ class Regression(Objective):
             return self.pool(kept["atomwise"], batch)
 
         if forces:
-            pred, force = energy_and_forces(predict, data, training, self.energy_column())
+            pred, force, sigma = energy_forces_stress(predict, data, training, self.energy_column(), stress=stress)
         else:
-            pred, force = predict(data), None
-        return pred, force, kept
+            pred, force, sigma = predict(data), None, None
+        return pred, force, sigma, kept
 
-    def predict_properties(self, batch, forces: bool | None = None, atomic_energies: bool = False) -> dict[str, Tensor]:
+    def predict_properties(self, batch, forces: bool | None = None, atomic_energies: bool = False,
+                           stress: bool | None = None) -> dict[str, Tensor]:  # fmt: skip
         """The model's predictions for a batch, from one backbone pass: what every prediction path reads.
 
         Args:
@@ -328,30 +364,37 @@ class Regression(Objective):
             forces: also the forces ``-dE/dpos`` of the target ``energy`` (autograd); ``None``: when
                 the model was trained on forces (``self.forces``).
             atomic_energies: also the per-atom energies of the sum-pooled energy head.
+            stress: also the stress ``(1/V) dE/d(strain)`` of the target ``energy`` (implies
+                ``forces``); ``None``: when the model was trained on stress (``self.stress``).
 
         Returns:
             ``{"targets": [G, T] float64}`` in :attr:`units` (column order :attr:`targets`), plus
             ``"forces"`` ``[N, 3]`` (energy unit per Angstrom, e.g. eV/A; dtype of ``pos``) and
             ``"atomic_energies"`` ``[N]`` float64 (energy unit) when asked:
-            ``e_i = ref(z_i) + mu + sigma * o_i``, which add up to each structure's energy. Every
-            tensor is detached; works under ``no_grad`` and ``inference_mode``.
+            ``e_i = ref(z_i) + mu + sigma * o_i``, which add up to each structure's energy, and
+            ``"stress"`` ``[G, 3, 3]`` (energy unit per A^3, e.g. eV/A^3; ASE's sign; dtype of ``pos``;
+            NaN rows for structures that are not fully periodic). Every tensor is detached; works
+            under ``no_grad`` and ``inference_mode``.
 
         Raises:
             ValueError: forces or per-atom energies of a model without the target ``energy``, or
                 per-atom energies of a mean-pooled energy.
         """
-        forces = self.forces if forces is None else bool(forces)
+        stress = self.stress if stress is None else bool(stress)
+        forces = (self.forces if forces is None else bool(forces)) or stress
         if atomic_energies and not self.has_atomic_energies:
             self.energy_column()  # names the missing target
             raise ValueError("per-atom energies need a sum-pooled energy head; this model averages its energy")
         if forces:
-            pred, force, kept = self._forward(batch, training=False, forces=True)
+            pred, force, sigma, kept = self._forward(batch, training=False, forces=True, stress=stress)
         else:
             with torch.no_grad():
-                pred, force, kept = self._forward(batch, training=False, forces=False)
+                pred, force, sigma, kept = self._forward(batch, training=False, forces=False)
         out = {"targets": pred.detach()}
         if force is not None:
             out["forces"] = force
+        if sigma is not None:
+            out["stress"] = sigma
         if atomic_energies:
             k = self.energy_column()
             with torch.no_grad():
@@ -360,24 +403,39 @@ class Regression(Objective):
         return out
 
     # ----- the loss (the objective contract) and the steps ------------------------------------------
-    def supervised_loss(self, pred: Tensor, forces: Tensor | None, batch) -> Tensor:
-        """Standardised target loss, plus the weighted force loss when ``forces`` is given (module docstring)."""
+    def supervised_loss(self, pred: Tensor, forces: Tensor | None, batch, stress: Tensor | None = None) -> Tensor:
+        """Standardised target loss, plus the weighted force loss when ``forces`` is given and the
+        weighted stress loss when ``stress`` is (module docstring)."""
         loss = self.target_loss(pred, batch.y, self.std)
         if forces is None:
             return loss
-        return self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)
+        loss = self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)
+        if stress is None:
+            return loss
+        return loss + self.stress_weight * self.stress_loss(stress, self._stress_labels(batch), self.stress_rms)
 
-    def _loss_terms(self, batch, generator: torch.Generator | None) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
-        """``(terms, pred, forces)``: in training with auxiliary denoising one noisy pass predicts the
-        targets and the noise; otherwise one pass on clean positions."""
+    def _stress_labels(self, batch) -> Tensor:
+        """The batch's stress labels ``[G, 3, 3]`` (``ValueError`` naming the option when there are none)."""
+        labels = getattr(batch, "stress", None)
+        if labels is None:
+            raise ValueError(
+                "stress=True but the batch has no 'stress': read it with --data.init_args.stress_key "
+                "or set --model.init_args.stress false"
+            )
+        return labels.reshape(-1, 3, 3)
+
+    def _loss_terms(self, batch, generator: torch.Generator | None) -> tuple[dict[str, Tensor], Tensor, Tensor | None,
+                                                                          Tensor | None]:  # fmt: skip
+        """``(terms, pred, forces, stress)``: in training with auxiliary denoising one noisy pass predicts
+        the targets and the noise; otherwise one pass on clean positions."""
         if self.training and self.aux_denoising is not None:
             noisy, noise = self.aux_denoising.corrupt(batch, generator)
-            pred, forces, kept = self._forward(noisy, training=True, forces=self.forces)
+            pred, forces, stress, kept = self._forward(noisy, training=True, forces=self.forces, stress=self.stress)
             aux = self.aux_denoising.loss_from_output(kept["output"], noise, update=True)
-            loss = self.supervised_loss(pred, forces, batch) + self.aux_denoising_weight * aux
-            return {"loss": loss, "aux_denoising": aux}, pred, forces
-        pred, forces, _ = self._forward(batch, training=self.training, forces=self.forces)
-        return {"loss": self.supervised_loss(pred, forces, batch)}, pred, forces
+            loss = self.supervised_loss(pred, forces, batch, stress) + self.aux_denoising_weight * aux
+            return {"loss": loss, "aux_denoising": aux}, pred, forces, stress
+        pred, forces, stress, _ = self._forward(batch, training=self.training, forces=self.forces, stress=self.stress)
+        return {"loss": self.supervised_loss(pred, forces, batch, stress)}, pred, forces, stress
 
     def compute_loss(self, batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The objective contract: ``{"loss": total}`` and, in training with auxiliary denoising,
@@ -390,12 +448,16 @@ class Regression(Objective):
 
     def evaluation_terms(self, batch, generator: torch.Generator) -> dict[str, Tensor]:
         """:meth:`compute_loss` plus the errors the MAE metrics average (not scalars, so not logged
-        as terms): ``"target_error"`` ``[G, T]`` float64 (prediction - label) and, with forces,
-        ``"force_error"`` ``[N, 3]``."""
-        terms, pred, forces = self._loss_terms(batch, generator)
+        as terms): ``"target_error"`` ``[G, T]`` float64 (prediction - label), with forces
+        ``"force_error"`` ``[N, 3]`` and with stress ``"stress_error"`` ``[S, 9]`` (the ``S`` structures
+        that have a predicted and a label stress)."""
+        terms, pred, forces, stress = self._loss_terms(batch, generator)
         terms["target_error"] = pred - batch.y
         if forces is not None:
             terms["force_error"] = forces - batch.forces
+        if stress is not None:
+            error = (stress - self._stress_labels(batch).to(stress.dtype)).flatten(1)
+            terms["stress_error"] = error[error.isfinite().all(dim=1)]
         return terms
 
     def log_terms(self, stage: str, terms: dict[str, Tensor], batch_size: int) -> None:
@@ -408,6 +470,13 @@ class Regression(Objective):
             metric.update(error, torch.zeros_like(error))
             self.log(f"{stage}/forces_mae_{metric_suffix(self.force_unit)}", metric, batch_size=batch_size,
                      prog_bar=stage == "val")  # fmt: skip
+        if "stress_error" in terms:
+            _, factor = display_unit(self.stress_unit)
+            metric = self.stress_metrics[stage]
+            error = terms["stress_error"].float() * factor
+            if error.numel():  # a batch of molecules only has no stress to average
+                metric.update(error, torch.zeros_like(error))
+            self.log(f"{stage}/stress_mae_{metric_suffix(self.stress_unit)}", metric, batch_size=batch_size)
         super().log_terms(stage, terms, batch_size)
         if "target_error" in terms:
             for k, name in enumerate(self.targets):
@@ -421,13 +490,22 @@ class Regression(Objective):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """``zoo predict``: :meth:`predict_properties` as ``{"idx", "prediction" [G, T], "targets"}`` and,
-        for a force model, ``"forces"`` ``[N, 3]`` and ``"batch"`` ``[N]`` (read by
+        for a force model, ``"forces"`` ``[N, 3]`` and ``"batch"`` ``[N]``, for a stress model ``"stress"``
+        ``[G, 3, 3]`` (NaN rows for structures without one) (read by
         :class:`atomzoo.prediction_writer.PredictionWriter`)."""
         out = self.predict_properties(batch)
+        provenance.on_predict_batch(self, batch)  # inputs closer than the training range: warned at the end
+        step = {"idx": batch.idx, "prediction": out["targets"], "targets": self.targets}
         if "forces" in out:
-            return {"idx": batch.idx, "prediction": out["targets"], "forces": out["forces"], "batch": batch.batch,
-                    "targets": self.targets}  # fmt: skip
-        return {"idx": batch.idx, "prediction": out["targets"], "targets": self.targets}
+            step.update(forces=out["forces"], batch=batch.batch)
+        if "stress" in out:
+            step["stress"] = out["stress"]
+        return step
+
+    def on_predict_end(self) -> None:
+        """One :class:`~atomzoo.nn.training_range.ExtrapolationWarning` for every structure ``zoo predict``
+        got with a pair closer than the training range (:func:`atomzoo.objectives.provenance.on_predict_end`)."""
+        provenance.on_predict_end(self)
 
 
 __all__ = ["Regression", "scd_aux_denoising_weight"]

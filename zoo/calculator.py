@@ -11,8 +11,15 @@
 Properties (ASE units): ``energy`` and ``free_energy`` (eV; the same number, the model has no
 electronic entropy), ``forces`` ``[N, 3]`` (eV/A) as ``-dE/dpos`` by autograd, and ``energies``
 ``[N]`` (eV), the per-atom contributions ``e_i = ref(z_i) + mu + sigma * o_i`` of the sum-pooled energy
-head (:mod:`atomzoo.objectives.regression`), which add up to ``energy``. Models trained in other energy
-units (kcal/mol, Hartree, kJ/mol, meV) are converted to eV with :mod:`atomzoo.units`.
+head (:mod:`atomzoo.objectives.regression`), which add up to ``energy``, and, for fully periodic
+structures (``atoms.pbc`` all true), ``stress`` in ASE's Voigt order ``(xx, yy, zz, yz, xz, xy)`` and
+sign convention (eV/A^3; ``sigma = (1/V) dE/d(strain)``, the same as
+``Calculator.calculate_numerical_stress``; positive: tensile, the structure would shrink), by
+autograd on a strain of positions and cell (:func:`atomzoo.objectives.forces.energy_forces_stress`)
+from the same pass as the forces. Asking for the stress of a molecule, a slab or a wire raises
+``PropertyNotImplementedError`` (ASE's convention for a property a structure does not have). Models
+trained in other energy units (kcal/mol, Hartree, kJ/mol, meV) are converted to eV with
+:mod:`atomzoo.units`.
 
 The calculator only reads the model: every number comes from
 :meth:`atomzoo.inference.AtomzooModel.predict_batch`, i.e. the objective's one prediction path
@@ -28,7 +35,7 @@ Inputs are checked first (:func:`atomzoo.inference.check_atoms`): no atoms, NaN 
 elements, atoms closer than 0.1 A and degenerate periodic cells raise
 :class:`atomzoo.inference.InputError`. Periodic structures (``atoms.pbc``) are computed with their
 periodic images (every built-in backbone builds them); their neighbour list is rebuilt on every call
-(the skin reuse above is for molecules). No stress yet.
+(the skin reuse above is for molecules).
 
 References: ASE calculator interface (``ase.calculators.calculator.Calculator``), Larsen et al.,
 J. Phys.: Condens. Matter 29, 273002 (2017); Verlet neighbour lists, Allen & Tildesley, *Computer
@@ -38,7 +45,8 @@ Simulation of Liquids* (2017), sec. 5.3.
 from __future__ import annotations
 
 import numpy as np
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from atomzoo.nn.batch import atoms_to_batch
 from atomzoo.nn.graph import radius_graph
@@ -64,7 +72,7 @@ class AtomzooCalculator(Calculator):
         atomzoo.inference.InputError: at ``calculate`` time, for a structure the model cannot predict.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
 
     def __init__(self, model: AtomzooModel | str, device: str = "cpu", dtype: str = "float32", skin: float = 0.5,
                  **kwargs) -> None:  # fmt: skip
@@ -118,14 +126,24 @@ class AtomzooCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         self.model.check(atoms, "AtomzooCalculator input")
+        periodic = bool(np.asarray(atoms.pbc).all())
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a fully periodic structure; this one has pbc={np.asarray(atoms.pbc).tolist()} "
+                "(a molecule, slab or wire has no stress)"
+            )
         batch = atoms_to_batch([atoms], self.model.dtype, self.model.device)
         self._attach_neighbor_list(atoms, batch)
-        out = self.model.predict_batch(batch, forces=True, atomic_energies=self.model.has_atomic_energies)
+        out = self.model.predict_batch(batch, forces=True, atomic_energies=self.model.has_atomic_energies,
+                                       stress=periodic)  # fmt: skip
         self.results["energy"] = float(out["energy"][0]) * self.to_eV
         self.results["free_energy"] = self.results["energy"]
         self.results["forces"] = out["forces"].double().cpu().numpy() * self.to_eV
         if "atomic_energies" in out:
             self.results["energies"] = out["atomic_energies"].cpu().numpy() * self.to_eV
+        if periodic:
+            sigma = out["stress"][0].double().cpu().numpy() * self.to_eV
+            self.results["stress"] = full_3x3_to_voigt_6_stress(sigma)
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         if name == "energies" and not self.model.has_atomic_energies:

@@ -134,6 +134,11 @@ def _data_has_forces(datamodule: AtomsDataModule) -> bool:
     return bool(datamodule.forces)
 
 
+def _data_has_stress(datamodule: AtomsDataModule) -> bool:
+    """The DataModule's declared ``stress`` (ASE files read with ``stress_key``; False by default)."""
+    return bool(getattr(datamodule, "stress", False))
+
+
 #: objective options whose value shapes the state a checkpoint restores
 CHECKED_MODEL_OPTIONS = ("atomref", "standardize", "pooling", "loss", "head_hidden")
 
@@ -300,6 +305,8 @@ class ZooCLI(LightningCLI):
         # datasets with per-atom forces (MD17, rMD17, ASE files with forces) set ``forces = True``:
         # the regression objective then also trains on forces = -dE/dpos
         parser.link_arguments("data", "model.init_args.forces", compute_fn=_data_has_forces, apply_on="instantiate")
+        # ASE files read with --data.stress_key set ``stress = True``: the objective trains on the stress too
+        parser.link_arguments("data", "model.init_args.stress", compute_fn=_data_has_stress, apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,

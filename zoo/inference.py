@@ -154,19 +154,21 @@ class AtomzooModel(nn.Module):
         """The energy is sum-pooled, so it splits into per-atom energies (``predict_batch(atomic_energies=True)``)."""
         return self.objective.has_atomic_energies
 
-    def predict_batch(self, batch, forces: bool | None = None,
-                      atomic_energies: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    def predict_batch(self, batch, forces: bool | None = None, atomic_energies: bool = False,
+                      stress: bool | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """Predictions of a PyG batch: ``{target: [num_graphs] float64}``, plus ``"forces"`` ``[N, 3]``
-        (``forces``; default: when the model was trained on forces) and ``"atomic_energies"`` ``[N]``
-        float64 (``atomic_energies``; sum-pooled energy only).
+        (``forces``; default: when the model was trained on forces), ``"atomic_energies"`` ``[N]``
+        float64 (``atomic_energies``; sum-pooled energy only) and ``"stress"`` ``[num_graphs, 3, 3]``
+        (``stress``; default: when the model was trained on stress; energy unit per A^3, ASE's sign,
+        NaN rows for structures that are not fully periodic).
 
         Reads the objective's one prediction path,
         :meth:`~atomzoo.objectives.regression.Regression.predict_properties` (what ``zoo predict`` writes).
         """
         out = self.objective.predict_properties(batch, forces=self.forces if forces is None else forces,
-                                                atomic_energies=atomic_energies)  # fmt: skip
+                                                atomic_energies=atomic_energies, stress=stress)  # fmt: skip
         result = {name: out["targets"][:, k] for k, name in enumerate(self.targets)}
-        for key in ("forces", "atomic_energies"):
+        for key in ("forces", "atomic_energies", "stress"):
             if key in out:
                 result[key] = out[key]
         return result
@@ -176,8 +178,10 @@ class AtomzooModel(nn.Module):
 
         Returns:
             for one structure a dict ``{target: float, "forces": ndarray [N, 3]}`` (units:
-            :attr:`units`, :attr:`force_unit`; energies in eV for the zoo's datasets); for a list, a
-            list of such dicts in input order.
+            :attr:`units`, :attr:`force_unit`; energies in eV for the zoo's datasets), plus, for a
+            fully periodic structure and a force model, ``"stress"`` ndarray ``[6]`` in ASE's Voigt
+            order ``(xx, yy, zz, yz, xz, xy)`` and sign (energy unit per A^3, eV/A^3); for a list,
+            a list of such dicts in input order.
 
         Raises:
             InputError: see :func:`check_atoms`.
@@ -194,7 +198,8 @@ class AtomzooModel(nn.Module):
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start : start + batch_size]
             batch = atoms_to_batch(chunk, self.dtype, self.device)
-            out = self.predict_batch(batch)
+            periodic = [bool(np.asarray(a.pbc).all()) for a in chunk]
+            out = self.predict_batch(batch, stress=self.forces and any(periodic))
             for g in range(len(chunk)):
                 row = {name: float(out[name][g]) for name in self.targets}
                 if "forces" in out:
@@ -202,6 +207,7 @@ class AtomzooModel(nn.Module):
                 results.append(row)
         return results[0] if single else results
 
+        from ase.stress import full_3x3_to_voigt_6_stress
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -219,6 +225,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ModelFileError: unknown format, a backbone-only export, a missing card, a hash mismatch, or a
+                if "stress" in out and periodic[g]:
+                    row["stress"] = full_3x3_to_voigt_6_stress(out["stress"][g].double().cpu().numpy())
             checkpoint of a pretraining objective.
     """
     path = Path(path)

@@ -11,12 +11,13 @@ kind          units (name -> factor to the zoo's unit)                      zoo 
 ``length``    ``Angstrom`` (``A``), ``Bohr``, ``nm``                         Angstrom
 ``force``     ``<energy>/<length>``, e.g. ``eV/A``, ``kcal/mol/A``,          eV/A
               ``Hartree/Bohr`` (energy factor / length factor)
+``stress``    ``eV/A^3``, ``GPa``, ``kbar``                                 eV/A^3
 ============  ===========================================================  =========
 
 Constants: ASE's default CODATA set (``ase.units``; 2014 in ASE 3.22-3.29) unless a reader names
 another with ``codata=`` (the MD17 stores use CODATA 2018, whose kcal/mol differs by 1e-8 relative).
 
-Names: metrics show eV as meV and eV/A as meV/A (:func:`display_unit`); units inside metric and
+Names: metrics show eV as meV, eV/A as meV/A and eV/A^3 as meV/A^3 (:func:`display_unit`); units inside metric and
 column names write ``/`` as ``_per_`` (:func:`metric_suffix`, :func:`unit_suffix`).
 
 Imports nothing from atomzoo.
@@ -29,7 +30,7 @@ from functools import lru_cache
 from ase.units import __codata_version__ as DEFAULT_CODATA
 from ase.units import create_units
 
-KINDS = ("energy", "length", "force")
+KINDS = ("energy", "length", "force", "stress")
 
 
 @lru_cache(maxsize=None)
@@ -38,22 +39,27 @@ def _tables(codata: str) -> dict[str, dict[str, float]]:
     energy = {"eV": 1.0, "meV": 1e-3, "Hartree": u["Hartree"], "Ha": u["Hartree"], "Rydberg": u["Rydberg"],
               "kcal/mol": u["kcal"] / u["mol"], "kJ/mol": u["kJ"] / u["mol"]}  # fmt: skip
     length = {"Angstrom": 1.0, "A": 1.0, "Bohr": u["Bohr"], "nm": 10.0}
-    return {"energy": energy, "length": length}
+    stress = {"eV/A^3": 1.0, "GPa": u["GPa"], "kbar": u["GPa"] / 10}  # ase.units.GPa is 1 GPa in eV/A^3
+    return {"energy": energy, "length": length, "stress": stress}
 
 
 def unit_table(kind: str, codata: str | None = None) -> dict[str, float]:
-    """``{unit name: factor}`` of ``kind`` (``"energy"`` to eV, ``"length"`` to Angstrom), in table order.
+    """``{unit name: factor}`` of ``kind`` (``"energy"`` to eV, ``"length"`` to Angstrom, ``"stress"`` to
+    eV/A^3), in table order.
 
     ``codata``: ASE's name of a CODATA set (``"2014"``, ``"2018"``); default ASE's default. Raises
     ``ValueError`` for another ``kind`` (forces are composed, see :func:`conversion_factor`).
     """
-    if kind not in ("energy", "length"):
-        raise ValueError(f"kind={kind!r}: the unit tables are 'energy' and 'length' (forces are energy/length)")
+    if kind not in ("energy", "length", "stress"):
+        raise ValueError(
+            f"kind={kind!r}: the unit tables are 'energy', 'length' and 'stress' (forces are energy/length)"
+        )
     return dict(_tables(codata or DEFAULT_CODATA)[kind])
 
 
 def conversion_factor(unit: str, kind: str = "energy", codata: str | None = None) -> float:
-    """Factor converting a value in ``unit`` to eV (``kind="energy"``), Angstrom (``"length"``) or eV/A (``"force"``).
+    """Factor converting a value in ``unit`` to eV (``kind="energy"``), Angstrom (``"length"``), eV/A
+    (``"force"``) or eV/A^3 (``"stress"``).
 
     A force unit is ``"<energy unit>/<length unit>"`` (split at the last ``/``: ``"kcal/mol/A"`` is
     kcal/mol per Angstrom); its factor is the energy factor divided by the length factor.
@@ -81,7 +87,7 @@ def conversion_factor(unit: str, kind: str = "energy", codata: str | None = None
 
 # ----- how units appear in names ------------------------------------------------------------------
 #: unit -> (display unit, factor): metrics show energies in meV and forces in meV/A
-DISPLAY = {"eV": ("meV", 1000.0), "eV/A": ("meV/A", 1000.0)}
+DISPLAY = {"eV": ("meV", 1000.0), "eV/A": ("meV/A", 1000.0), "eV/A^3": ("meV/A^3", 1000.0)}
 
 
 def display_unit(unit: str) -> tuple[str, float]:

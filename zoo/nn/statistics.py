@@ -61,6 +61,10 @@ class TargetStatistics:
         force_rms: root mean square of the training force components (in ``force_unit``), ``None``
             unless asked for with ``forces=True``; 1 for an all-zero force array.
         force_unit: unit of the per-atom forces (e.g. ``"eV/A"``), ``None`` unless ``forces=True``.
+        stress_rms: root mean square of the components of the training structures' stress tensors
+            (those that have one; in ``stress_unit``), ``None`` unless asked for with ``stress=True``;
+            1 when no training structure has a stress or all are zero.
+        stress_unit: unit of the stress (``"eV/A^3"``), ``None`` unless ``stress=True``.
     """
 
     names: tuple[str, ...]
@@ -72,6 +76,8 @@ class TargetStatistics:
     num_train: int
     force_rms: float | None = None
     force_unit: str | None = None
+    stress_rms: float | None = None
+    stress_unit: str | None = None
 
 
 def compute_target_statistics(
@@ -134,12 +140,14 @@ class StatisticsRequest:
             :class:`TargetInfo` default.
         atomref: subtract the per-element references where the dataset has them.
         forces: also the training forces' RMS and unit (the data needs a per-atom ``forces`` array).
+        stress: also the training stress's RMS and unit (the data needs a per-structure ``stress``).
     """
 
     targets: tuple[str, ...] | None = None
     pooling: dict[str, str] | None = None
     atomref: bool = True
     forces: bool = False
+    stress: bool = False
 
 
 @dataclass(frozen=True)
