@@ -531,7 +531,7 @@ def root_cause(err: BaseException) -> BaseException:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``zoo`` console script.
+    """Entry point of the ``zoo`` console script (``zoo models``: :func:`atomzoo.pretrained.main`).
 
     An error the user's options or files cause (``ValueError``, ``TypeError``, ``KeyError``,
     ``FileNotFoundError``, ... anywhere in the chain, e.g. raised in a constructor and wrapped by
@@ -542,6 +542,10 @@ def main(args: list[str] | None = None) -> None:
     import sys
 
     args = list(sys.argv[1:] if args is None else args)
+    if args[:1] == ["models"]:  # `zoo models`: the pretrained models found (atomzoo.pretrained), no Trainer
+        from atomzoo.pretrained import main as list_models
+
+        return list_models(args[1:])
     debug = os.environ.get("ATOMZOO_DEBUG", "") not in ("", "0") or "--debug" in args
     args = [a for a in args if a != "--debug"]
     from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -215,7 +215,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     """Load a trained model from a Lightning checkpoint (``.ckpt``) or a full-model export (``.safetensors``).
 
     Args:
-        path: checkpoint of a ``zoo fit`` Regression run, or ``python -m atomzoo.export`` output.
+        path: checkpoint of a ``zoo fit`` Regression run, ``python -m atomzoo.export`` output, or the name
+            of a pretrained full model (``atomzoo.pretrained.list()``).
         device: ``"cpu"``, ``"cuda"``, ...
         dtype: ``"float32"`` or ``"float64"`` (weights and positions; targets are pooled in float64 anyway).
         elements: override the atomic numbers the model accepts (default: the checkpoint's provenance
@@ -229,7 +230,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
                     row["stress"] = full_3x3_to_voigt_6_stress(out["stress"][g].double().cpu().numpy())
             checkpoint of a pretraining objective.
     """
-    path = Path(path)
+    from .pretrained import resolve
+
+    path = resolve(path)  # a pretrained model's name (atomzoo.pretrained) -> its file
     if not path.exists():
         raise FileNotFoundError(f"atomzoo.load: {path} does not exist")
     if path.is_file() and path.suffix not in (".ckpt", ".safetensors"):

@@ -314,7 +314,7 @@ def read(path: str | Path, verify: bool = True) -> ModelFile:
     """Read a checkpoint (``.ckpt``, or any other name: unpickled) or an export (``.safetensors``) once.
 
     Args:
-        path: the file.
+        path: the file, or the name of a pretrained model (:func:`atomzoo.pretrained.resolve`).
         verify: check an export's SHA-256 against its card (leave on).
 
     Returns: the :class:`ModelFile`; a second call for the same unchanged file returns the same record
@@ -323,12 +323,14 @@ def read(path: str | Path, verify: bool = True) -> ModelFile:
     arguments) gives a ``FutureWarning`` naming the new ones (Python shows it once per file and process).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (:class:`atomzoo.pretrained.ModelNotFound` for a name).
         ModelFileError: a directory; not a PyTorch checkpoint / safetensors file; not an atomzoo model
             (no ``state_dict`` or no ``backbone.*`` weights; no card and no atomzoo metadata); an
             export's card missing, of an unknown format, or not matching the weights' hash.
     """
-    path = Path(path)
+    from .pretrained import resolve  # a model name (``atomzoo.pretrained``) -> its file
+
+    path = resolve(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: give a zoo fit checkpoint (.ckpt) or a python -m "
                                 "atomzoo.export file (.safetensors)")  # fmt: skip
@@ -612,7 +614,9 @@ def load_into_backbone(backbone: nn.Module, path: str | Path) -> ModelFile:
         FileNotFoundError: ``path`` does not exist.
         ValueError: another backbone class, or tensor names / shapes that differ.
     """
-    if not Path(path).exists():
+    from .pretrained import resolve
+
+    if not resolve(path).exists():
         raise FileNotFoundError(
             f"init_from: {path} does not exist (to reload a fine-tuned checkpoint without it, pass init_from=None)"
         )
