@@ -176,6 +176,57 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert (tmp_path / "noise_painn_homo_n1000.png").stat().st_size > 0
 
 
+def test_several_corruption_kinds_expand_to_one_cell_per_kind_and_rate(tmp_path):
+    """``corruption: {kinds: [...]}``: clean pretraining once (shared by every kind), then one cell per kind
+    x nonzero rate, each passing its kind to the DataModule; a single ``kind`` keeps the ids it always had."""
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["corruption"] = {"kinds": ["missing_hydrogens", "wrong_element"], "rates": [0.0, 0.1, 0.3]}
+    path.write_text(yaml.safe_dump(data))
+    cells = expand(load_matrix(path))
+    pre = {c.id: c for c in cells if c.phase == "pretrain"}
+    assert sorted(pre) == ["pretrain/schnet/denoising/c0", "pretrain/schnet/denoising/c0.1-missing_hydrogens",
+                           "pretrain/schnet/denoising/c0.1-wrong_element", "pretrain/schnet/denoising/c0.3-missing_hydrogens",
+                           "pretrain/schnet/denoising/c0.3-wrong_element"]
+    cell = pre["pretrain/schnet/denoising/c0.3-wrong_element"]
+    assert cell.args[cell.args.index("--data.corruption") + 1] == "wrong_element" and cell.corruption == "wrong_element"
+    assert "--data.corruption" not in pre["pretrain/schnet/denoising/c0"].args
+    ft = [c for c in cells if c.phase == "finetune" and c.objective == "denoising"]
+    assert len(ft) == 5 and all(c.depends_on in pre and pre[c.depends_on].corruption == c.corruption for c in ft)
+    assert {c.labels["corruption"] for c in ft} == {"", "missing_hydrogens", "wrong_element"}
+    data["pretrain"]["corruption"] = {"kinds": ["garble"], "rates": [0.1]}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="kinds .'garble'. not among"):
+        load_matrix(path)
+    data["pretrain"]["corruption"] = {"kind": "displacement", "rates": [0.0, 0.1]}
+    path.write_text(yaml.safe_dump(data))
+    assert "pretrain/schnet/denoising/c0.1" in {c.id for c in expand(load_matrix(path))}
+
+
+def test_noise_table_pairs_each_kind_with_clean_pretraining():
+    """Per artifact kind: the MAE at each rate (clean shared), and the paired change at the largest rate
+    with its 95 % interval; a change the interval does not exclude zero for is 'no'."""
+    rows = []
+
+    def add(objective, rate, kind, values):
+        for seed, value in enumerate(values):
+            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
+                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
+                         "step": "", "value": value})
+
+    add("none", 0.0, "", [30.0, 31.0, 32.0])
+    add("denoising", 0.0, "", [20.0, 21.0, 22.0])
+    add("denoising", 0.3, "wrong_element", [25.0, 26.1, 26.9])    # +5, +5.1, +4.9: resolved
+    add("denoising", 0.3, "missing_hydrogens", [19.0, 23.0, 21.0])  # -1, +2, -1: not resolved
+    lines = noise_table(final_test_mae(pd.DataFrame(rows))).splitlines()
+    assert len(lines) == 4
+    wrong = next(line for line in lines if "wrong_element" in line)
+    assert "| 21.0 ± 1.0 | 26.0 ± 1.0 | +24% | 31.0 ± 1.0 | +5.00 [+4.75, +5.25] meV | yes, worse |" in wrong
+    missing = next(line for line in lines if "missing_hydrogens" in line)
+    assert missing.endswith("| no |") and "+0.00 [" in missing
+
+
 def test_pretraining_table(tmp_path):
     base = {"phase": "pretrain", "backbone": "painn", "objective": "scd", "target": "", "label_budget": 0, "mode": "",
             "seed": 0, "corruption_rate": 0.1, "cell": "pretrain/painn/scd/c0.1"}
@@ -514,3 +565,22 @@ def test_sigterm_stops_the_run_and_its_cells(cache_dir, tmp_path):
     assert runner.wait(timeout=60) == 128 + signal.SIGTERM
     time.sleep(0.5)
     assert cells() == []
+
+
+def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
+    """objectives_v2_noise.yaml adds corrupted pretraining to objectives_v2.yaml: every shared setting is
+    identical (else its clean cells, which it takes from the main study, would be another recipe's), and
+    its clean cells are exactly the main study's cells of the same objectives."""
+    main = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2.yaml").read_text())
+    noise = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_noise.yaml").read_text())
+    for key in ("output", "cells", "common_args", "backbones", "finetune", "order", "curves"):
+        assert noise[key] == main[key], key
+    assert {k: v for k, v in noise["pretrain"].items() if k != "corruption"} == main["pretrain"]
+    assert all(main["objectives"][name] == spec for name, spec in noise["objectives"].items())
+    main_ids = {c.id for c in expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2.yaml"))}
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_noise.yaml"))
+    clean = {c.id for c in cells if c.corruption_rate == 0}
+    assert clean <= main_ids and len(clean) == 3 * (1 + 2 * 4)  # scratch + 4 objectives' pretrain and fine-tune
+    corrupted = [c for c in cells if c.corruption_rate > 0]
+    assert len(corrupted) == 2 * 4 * 4 * 3 and {c.corruption for c in corrupted} == {
+        "displacement", "duplicate_atoms", "missing_hydrogens", "wrong_element"}

@@ -23,7 +23,10 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
     pretrain:                                 # one cell per backbone x objective (x corruption rate) (x seed)
       data: configs/data/qm9.yaml
       args: [--data.targets, "null", --trainer.max_steps, "3000"]
-      corruption: {kind: displacement, rates: [0.0, 0.1], scale: 0.5}   # optional
+      corruption: {kind: displacement, rates: [0.0, 0.1], scale: 0.5}   # optional; or several kinds:
+                                              # {kinds: [displacement, wrong_element], rates: [0.0, 0.3]}: one
+                                              # cell per kind x rate > 0 (atomzoo.datamodules.artifacts.KINDS),
+                                              # rate 0 (clean) once, shared by every kind
       seeds: [0, 1, 2]                        # optional: pretraining seeds (--seed_everything; ids end in /p<seed>)
     finetune:                                 # one cell per backbone x objective x task x budget x mode x seed
       data: configs/data/qm9.yaml
@@ -56,7 +59,7 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
     order: matrix                             # or "seeds": every cell of seed 0 first (scratch, then each
                                               # objective's pretraining and its fine-tuning), then seed 1, ...
 
-Each pretraining objective is run once per backbone (and corruption rate, and pretraining seed); each
+Each pretraining objective is run once per backbone (and corruption, and pretraining seed); each
 fine-tuning cell starts from that pretraining run's final checkpoint (``--model.init_from``,
 :func:`atomzoo.runner.execute.checkpoint_of`), or from scratch for ``none``. A cell's id names its
 place in the matrix, not its arguments: after changing a matrix's settings, give it another
@@ -86,6 +89,9 @@ TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones",
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
                  "grids", "early_stopping", "pretrain_seeds"}
 PRETRAIN_KEYS = {"data", "args", "corruption", "seeds"}
+CORRUPTION_KEYS = {"kind", "kinds", "rates", "scale"}
+#: the corruption kind of a matrix that names none (ids of its corrupted cells carry no kind)
+DEFAULT_KIND = "displacement"
 EARLY_STOPPING_KEYS = {"patience", "monitor", "min_delta"}
 GRID_AXES = ("backbones", "objectives", "tasks", "label_budgets", "modes", "seeds")
 COMPARE_AXES = ("backbone", "objective")
@@ -104,6 +110,8 @@ class Cell:
         seed: the cell's ``--seed_everything`` (a pretraining cell's: its pretraining seed).
         pretrain_seed: seed of the pretraining run a fine-tuning cell starts from (``None``: no
             ``pretrain.seeds`` in the matrix, or scratch).
+        corruption: the artifact kind of the pretraining data (``""``: clean, or a matrix with one
+            ``kind``; ids then carry the rate only, as before several kinds existed).
     """
 
     id: str
@@ -118,6 +126,7 @@ class Cell:
     corruption_rate: float = 0.0
     depends_on: str | None = None
     pretrain_seed: int | None = None
+    corruption: str = ""
 
     @property
     def labels(self) -> dict[str, Any]:
@@ -131,6 +140,7 @@ class Cell:
             "mode": self.mode,
             "seed": self.seed,
             "corruption_rate": self.corruption_rate,
+            "corruption": self.corruption,
             "pretrain_seed": "" if self.pretrain_seed is None else self.pretrain_seed,
         }
 
@@ -288,6 +298,7 @@ def load_matrix(path: str | Path) -> Matrix:
                                  f"not among {sorted(backbones)}")
     pretrain = dict(raw.get("pretrain") or {})
     _unknown(pretrain, PRETRAIN_KEYS, "pretrain")
+    _check_corruption(pretrain.get("corruption"))
     if any(spec is not None for spec in objectives.values()):
         _require(pretrain, "data", "pretrain")
     pretrain.setdefault("args", [])
@@ -357,36 +368,64 @@ def _backbone_args(spec: dict[str, Any], extra: dict[str, Any] | None = None) ->
     return args
 
 
-def _rate_tag(rate: float) -> str:
-    return f"c{rate:g}"
+def _check_corruption(corruption: Any) -> None:
+    """One-line errors for a malformed ``pretrain.corruption``."""
+    if corruption is None:
+        return
+    from atomzoo.datamodules.artifacts import KINDS
+
+    if not isinstance(corruption, dict):
+        raise ValueError("matrix file: pretrain.corruption must be a mapping, e.g. {kinds: [displacement], rates: [0.0, 0.3]}")
+    _unknown(corruption, CORRUPTION_KEYS, "pretrain.corruption")
+    if "kind" in corruption and "kinds" in corruption:
+        raise ValueError("matrix file: pretrain.corruption takes 'kind' or 'kinds', not both")
+    kinds = corruption.get("kinds", [corruption.get("kind", DEFAULT_KIND)])
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"matrix file: pretrain.corruption kinds {bad or kinds} not among {list(KINDS)}")
+
+
+def conditions(matrix: Matrix) -> list[tuple[str, float]]:
+    """The pretraining data conditions of ``matrix``: ``(kind, rate)`` pairs, clean (``("", 0.0)``) once
+    if any rate is 0, then every kind x nonzero rate. ``kind`` is ``""`` for a matrix with a single
+    ``kind`` (its cells' ids carry the rate only)."""
+    corruption = matrix.pretrain.get("corruption") or {}
+    rates = [float(r) for r in corruption.get("rates", [0.0])]
+    kinds = [str(k) for k in corruption["kinds"]] if "kinds" in corruption else [""]
+    found = [("", 0.0)] if 0.0 in rates else []
+    return found + [(kind, rate) for kind in kinds for rate in rates if rate > 0]
+
+
+def _rate_tag(rate: float, kind: str = "") -> str:
+    return f"c{rate:g}" + (f"-{kind}" if kind and rate > 0 else "")
 
 
 def _pretrain_cells(matrix: Matrix) -> list[Cell]:
     corruption = matrix.pretrain.get("corruption") or {}
-    rates = [float(r) for r in corruption.get("rates", [0.0])]
     seeds = matrix.pretrain.get("seeds")
     cells = []
     for backbone, spec in matrix.backbones.items():
         for objective, objective_spec in matrix.objectives.items():
             if objective_spec is None:
                 continue
-            for rate, seed in itertools.product(rates, [None] if seeds is None else [int(s) for s in seeds]):
+            for (kind, rate), seed in itertools.product(conditions(matrix),
+                                                        [None] if seeds is None else [int(s) for s in seeds]):
                 args = ["-c", str(matrix.pretrain["data"]), "-c", str(objective_spec["config"]), *_backbone_args(spec),
                         *objective_spec["args"]]
                 if rate > 0:
-                    args += ["--data.corruption", str(corruption.get("kind", "displacement")),
+                    args += ["--data.corruption", kind or str(corruption.get("kind", DEFAULT_KIND)),
                              "--data.corruption_rate", str(rate),
                              "--data.corruption_scale", str(corruption.get("scale", 0.5))]
                 args += [*matrix.common_args, *map(str, matrix.pretrain["args"]), *objective_spec["pretrain_args"]]
                 if seed is not None:
                     args += ["--seed_everything", str(seed)]
-                cells.append(Cell(_pretrain_id(backbone, objective, rate, seed), "pretrain", backbone, objective,
-                                  args, seed=seed or 0, corruption_rate=rate, pretrain_seed=seed))
+                cells.append(Cell(_pretrain_id(backbone, objective, rate, seed, kind), "pretrain", backbone, objective,
+                                  args, seed=seed or 0, corruption_rate=rate, pretrain_seed=seed, corruption=kind))
     return cells
 
 
-def _pretrain_id(backbone: str, objective: str, rate: float, seed: int | None) -> str:
-    return f"pretrain/{backbone}/{objective}/{_rate_tag(rate)}" + ("" if seed is None else f"/p{seed}")
+def _pretrain_id(backbone: str, objective: str, rate: float, seed: int | None, kind: str = "") -> str:
+    return f"pretrain/{backbone}/{objective}/{_rate_tag(rate, kind)}" + ("" if seed is None else f"/p{seed}")
 
 
 def _early_stopping_args(stopping: dict[str, Any] | None, task: Task) -> list[str]:
@@ -407,7 +446,7 @@ def _early_stopping_args(stopping: dict[str, Any] | None, task: Task) -> list[st
 
 
 def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, task: Task, budget: int, mode: str,
-                   seed: int, pretrain_seed: int | None = None) -> Cell:
+                   seed: int, pretrain_seed: int | None = None, kind: str = "") -> Cell:
     ft = matrix.finetune
     args = ["-c", str(task.data or ft["data"]), "-c", str(ft["objective"]),
             *_backbone_args(matrix.backbones[backbone], task.overrides.get(backbone)), *task.args,
@@ -420,11 +459,11 @@ def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, t
     args += _early_stopping_args(ft.get("early_stopping"), task)
     scratch = matrix.objectives[objective] is None
     pretrain_seed = None if scratch else pretrain_seed
-    depends = None if scratch else _pretrain_id(backbone, objective, rate, pretrain_seed)
+    depends = None if scratch else _pretrain_id(backbone, objective, rate, pretrain_seed, kind)
     tag = "" if pretrain_seed is None else f"p{pretrain_seed}/"
-    cell_id = f"finetune/{backbone}/{objective}/{_rate_tag(rate)}/{tag}{task.name}/n{budget}/{mode}/s{seed}"
+    cell_id = f"finetune/{backbone}/{objective}/{_rate_tag(rate, kind)}/{tag}{task.name}/n{budget}/{mode}/s{seed}"
     return Cell(cell_id, "finetune", backbone, objective, args, task.name, int(budget), mode, int(seed), rate, depends,
-                pretrain_seed)
+                pretrain_seed, kind)
 
 
 def expand(matrix: Matrix) -> list[Cell]:
@@ -433,8 +472,6 @@ def expand(matrix: Matrix) -> list[Cell]:
     cells = _pretrain_cells(matrix)
     if matrix.finetune is not None:
         ft = matrix.finetune
-        corruption = matrix.pretrain.get("corruption") or {}
-        rates = [float(r) for r in corruption.get("rates", [0.0])]
         found: dict[str, Cell] = {}
         for grid in ft["grids"]:
             backbones = [str(v) for v in grid.get("backbones", matrix.backbones)]
@@ -443,11 +480,11 @@ def expand(matrix: Matrix) -> list[Cell]:
             budgets, modes, seeds = (grid.get(k, ft[k]) for k in ("label_budgets", "modes", "seeds"))
             for backbone, objective in itertools.product(backbones, objectives):
                 scratch = matrix.objectives[objective] is None
-                for rate, task, budget, mode, seed in itertools.product([0.0] if scratch else rates, tasks, budgets,
-                                                                        modes, seeds):
+                for (kind, rate), task, budget, mode, seed in itertools.product(
+                        [("", 0.0)] if scratch else conditions(matrix), tasks, budgets, modes, seeds):
                     for pretrain_seed in _pretrain_seeds_of(matrix, int(seed), scratch):
                         cell = _finetune_cell(matrix, backbone, objective, rate, matrix.tasks[task], budget, mode,
-                                              seed, pretrain_seed)
+                                              seed, pretrain_seed, kind)
                         found.setdefault(cell.id, cell)
         cells += found.values()
     ids = [c.id for c in cells]

@@ -108,12 +108,34 @@ def final_test_mae(frame: pd.DataFrame, metrics: dict[str, str | None] | None = 
     ``metrics`` maps a task to its metric (a matrix's ``tasks.<name>.metric``); tasks not in it report
     ``test/<task>_mae_<unit>``."""
     metrics = metrics or {}
+    frame = _labelled(frame)
     ft = frame[(frame["phase"] == "finetune") & frame["metric"].str.startswith("test/")]
     own = pd.Series([_own_metric(m, t, metrics) for m, t in zip(ft["metric"], ft["target"])], index=ft.index, dtype=bool)
     ft = ft[own]
     if ft.empty:  # nothing fine-tuned yet (e.g. only pretraining cells have finished)
         return ft.assign(unit=pd.Series(dtype=str))
     return ft.assign(unit=ft["metric"].map(_unit))
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the label columns added after the first results files (``corruption``) present,
+    empty where missing (see :data:`atomzoo.runner.results.LATER_COLUMNS`)."""
+    if "corruption" in frame and not frame["corruption"].isna().any():
+        return frame
+    return frame.assign(corruption=frame["corruption"].fillna("") if "corruption" in frame else "")
+
+
+def _condition(rate: float, kind: str = "") -> str:
+    """How a row's pretraining data were corrupted, for its label: ``""`` (clean), ``"corruption 0.1"``
+    (a matrix with one kind) or ``"wrong_element 0.3"``."""
+    if not rate:
+        return ""
+    return f"{kind or 'corruption'} {rate:g}"
+
+
+def _label(objective: str, rate: float, kind: str = "") -> str:
+    condition = _condition(rate, kind)
+    return objective + (f" ({condition})" if condition else "")
 
 
 def _fmt(mean: float, std: float, count: int = 2) -> str:
@@ -124,9 +146,10 @@ def _fmt(mean: float, std: float, count: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0) -> str:
-    """Markdown table of test MAE for one fine-tuning mode at one corruption rate."""
-    sub = ft[(ft["mode"] == mode) & ((ft["corruption_rate"] == rate) | (ft["objective"] == SCRATCH))]
+def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = "") -> str:
+    """Markdown table of test MAE for one fine-tuning mode at one corruption rate (and kind)."""
+    sub = ft[(ft["mode"] == mode) & (((ft["corruption_rate"] == rate) & (ft["corruption"] == kind))
+                                     | (ft["objective"] == SCRATCH))]
     if sub.empty:
         return ""
     stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit"])["value"].agg(["mean", "std", "count"])
@@ -169,8 +192,8 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> 
     lines = ["| backbone | task | n | mode | pretraining | vs | difference (unit) [95 % interval] | relative | "
              "seeds | resolved | seeds for a resolved 95 % interval |",
              "|---|---|---|---|---|---|---:|---:|---:|:---:|---:|"]
-    keys = ["backbone", "target", "label_budget", "unit", "mode", "corruption_rate"]
-    for (b, t, n, u, mode, rate), group in ft.groupby(keys):
+    keys = ["backbone", "target", "label_budget", "unit", "mode", "corruption_rate", "corruption"]
+    for (b, t, n, u, mode, rate, kind), group in ft.groupby(keys):
         scratch = ft[(ft["backbone"] == b) & (ft["target"] == t) & (ft["label_budget"] == n) & (ft["mode"] == mode)
                      & (ft["objective"] == SCRATCH)]
         sides = {o: _by_seed(g) for o, g in group.groupby("objective")}
@@ -194,7 +217,7 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> 
                     if resolved == "no":
                         found = seeds_needed(mean, statistics.stdev(diffs))
                         needed = f"{found}" if found else "> 10000"
-                label = objective + (f" (corruption {rate:g})" if rate else "")
+                label = _label(objective, rate, kind)
                 lines.append(f"| {b} | {t} | {n} | {mode} | {label} | {ref} | {_interval_text(mean, half)} {u} | "
                              f"{100 * mean / base:+.1f}% | {len(common)} | {resolved} | {needed} |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -208,18 +231,20 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
     pre: dict[tuple, list[dict[str, float]]] = defaultdict(list)
     for labels, values in cells.values():
         if labels["phase"] == "pretrain":
-            pre[(labels["backbone"], labels["objective"], float(labels["corruption_rate"]))].append(values)
+            pre[(labels["backbone"], labels["objective"], float(labels["corruption_rate"]),
+                 str(labels["corruption"]))].append(values)
     sub = ft[ft["mode"] == "finetune"]
     columns = sorted({(t, int(n), u) for t, n, u in zip(sub["target"], sub["label_budget"], sub["unit"])})
-    rows = sorted({(b, o, float(r)) for b, o, r in zip(sub["backbone"], sub["objective"], sub["corruption_rate"])}
-                  | set(pre), key=lambda r: (r[0], r[2], r[1] != SCRATCH, r[1]))
+    rows = sorted({(b, o, float(r), str(k)) for b, o, r, k in zip(sub["backbone"], sub["objective"],
+                                                                  sub["corruption_rate"], sub["corruption"])}
+                  | set(pre), key=lambda r: (r[0], r[3], r[2], r[1] != SCRATCH, r[1]))
     if not rows:
         return ""
     lines = ["| backbone | pretraining | steps | CPU h per run | CPU ms per step | "
              + " | ".join(f"{t} n={n} ({u}) [95 %]" for t, n, u in columns) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(columns)]
-    for b, o, r in rows:
-        runs = pre.get((b, o, r), [])
+    for b, o, r, k in rows:
+        runs = pre.get((b, o, r, k), [])
         steps = [v.get("steps", v.get("max_steps")) for v in runs if v.get("steps", v.get("max_steps")) is not None]
         cpu = [v["cpu_s"] for v in runs if "cpu_s" in v]
         per_step = [v["cpu_s"] / v.get("steps", v.get("max_steps")) for v in runs
@@ -227,9 +252,10 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
         texts = []
         for t, n, u in columns:
             values = sub[(sub["backbone"] == b) & (sub["objective"] == o) & (sub["target"] == t)
-                         & (sub["label_budget"] == n) & (sub["corruption_rate"] == r)]["value"].tolist()
+                         & (sub["label_budget"] == n) & (sub["corruption_rate"] == r)
+                         & (sub["corruption"] == k)]["value"].tolist()
             texts.append(_interval_text(*paired_interval(values), sign="") if values else "–")
-        label = o + (f" (corruption {r:g})" if r else "")
+        label = _label(o, r, k)
         lines.append(f"| {b} | {label} | {statistics.fmean(steps):.0f} | " if steps else f"| {b} | {label} | – | ")
         lines[-1] += (f"{statistics.fmean(cpu) / 3600:.2f} | " if cpu else "– | ")
         lines[-1] += f"{1000 * statistics.fmean(per_step):.0f} | " if per_step else "– | "
@@ -242,8 +268,8 @@ def finetuning_table(frame: pd.DataFrame) -> str:
     cells = [(labels, values) for labels, values in _per_cell(frame).values() if labels["phase"] == "finetune"]
     groups: dict[tuple, list[dict[str, float]]] = defaultdict(list)
     for labels, values in cells:
-        groups[(labels["backbone"], labels["objective"], float(labels["corruption_rate"]), labels["target"],
-                int(labels["label_budget"]), labels["mode"])].append(values)
+        groups[(labels["backbone"], labels["objective"], (float(labels["corruption_rate"]), str(labels["corruption"])),
+                labels["target"], int(labels["label_budget"]), labels["mode"])].append(values)
     if not groups:
         return ""
     lines = ["| backbone | pretraining | task | n | mode | runs | stopped early | hit the cap | mean last step | "
@@ -257,7 +283,7 @@ def finetuning_table(frame: pd.DataFrame) -> str:
                                                                                   kv[0][1:])):
         early = sum(int(v.get("stopped_early", 0)) for v in values)
         cap = sum(int(v.get("hit_cap", 0)) for v in values)
-        label = o + (f" (corruption {r:g})" if r else "")
+        label = _label(o, *r)
         lines.append(f"| {b} | {label} | {t} | {n} | {mode} | {len(values)} | {early} | {cap} | "
                      f"{mean_of(values, 'steps')} | {mean_of(values, 'best_step')} | "
                      f"{mean_of(values, 'cpu_s', 60.0, 1)} |")
@@ -265,32 +291,47 @@ def finetuning_table(frame: pd.DataFrame) -> str:
 
 
 def noise_table(ft: pd.DataFrame) -> str:
-    """Test MAE (mean over seeds, fine-tuning mode) against the pretraining corruption rate.
+    """Test MAE (mean ± std over seeds, fine-tuning mode) against the pretraining corruption, per artifact kind.
 
-    One row per backbone x objective x target x budget pretrained at two or more rates; the scratch
-    MAE of the same target and budget is the reference a useful pretraining must stay below.
+    One row per backbone x objective x target x budget x artifact kind pretrained clean and corrupted:
+    the MAE at every rate (rate 0: the clean pretraining, shared by every kind), the relative change at
+    the largest rate, the scratch MAE (the reference a useful pretraining must stay below) and the
+    paired change at the largest rate (corrupted minus clean, paired by seed) with its 95 % interval
+    and whether the interval excludes zero.
     """
-    rates = sorted(ft["corruption_rate"].unique())
+    ft = _labelled(ft)
+    sub = ft[ft["mode"] == "finetune"]
+    rates = sorted(sub["corruption_rate"].unique())
     if len(rates) < 2:
         return ""
-    sub = ft[ft["mode"] == "finetune"]
-    stats = sub.groupby(["backbone", "objective", "target", "label_budget", "unit", "corruption_rate"])["value"].agg(
-        ["mean", "std", "count"]).fillna(0.0)
-    lines = ["| backbone | pretraining | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
-             + " | change at max rate | scratch |", "|" + "---|" * (len(rates) + 6)]
-    for (b, o, t, n, u), group in stats.groupby(level=[0, 1, 2, 3, 4]):
-        if o == SCRATCH or len(group) < 2:
+    lines = ["| backbone | pretraining | artifact | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
+             + " | change at max rate | scratch | paired change at max rate [95 %] | resolved |",
+             "|" + "---|" * (len(rates) + 9)]
+    for (b, o, t, n, u), group in sub.groupby(["backbone", "objective", "target", "label_budget", "unit"]):
+        if o == SCRATCH:
             continue
-        values = {r: group.xs(r, level="corruption_rate").iloc[0] for r in rates
-                  if r in group.index.get_level_values("corruption_rate")}
-        cells = [_fmt(values[r]["mean"], values[r]["std"], values[r]["count"]) if r in values else "–" for r in rates]
-        change = (f"{100 * (values[rates[-1]]['mean'] - values[rates[0]]['mean']) / values[rates[0]]['mean']:+.0f}%"
-                  if rates[0] in values and rates[-1] in values else "–")
-        scratch = stats.xs((b, SCRATCH, t, n, u), level=[0, 1, 2, 3, 4]) if (b, SCRATCH, t, n, u, 0.0) in stats.index else None
-        reference = (_fmt(scratch["mean"].iloc[0], scratch["std"].iloc[0], scratch["count"].iloc[0])
-                     if scratch is not None else "–")
-        lines.append(f"| {b} | {o} | {t} ({u}) | {n} | " + " | ".join(cells) + f" | {change} | {reference} |")
-    return "\n".join(lines)
+        clean = group[group["corruption_rate"] == 0]
+        scratch = sub[(sub["backbone"] == b) & (sub["objective"] == SCRATCH) & (sub["target"] == t)
+                      & (sub["label_budget"] == n) & (sub["unit"] == u)]["value"]
+        reference = _fmt(scratch.mean(), scratch.std() if len(scratch) > 1 else 0.0, len(scratch)) if len(scratch) else "–"
+        for kind, corrupted in group[group["corruption_rate"] > 0].groupby("corruption"):
+            by_rate = {0.0: clean, **{float(r): g for r, g in corrupted.groupby("corruption_rate")}}
+            cells = [_fmt(g["value"].mean(), g["value"].std() if len(g) > 1 else 0.0, len(g))
+                     if (g := by_rate.get(float(r))) is not None and len(g) else "–" for r in rates]
+            top = max(by_rate)
+            change, paired, resolved = "–", "–", "–"
+            if len(clean) and top > 0:
+                change = f"{100 * (by_rate[top]['value'].mean() - clean['value'].mean()) / clean['value'].mean():+.0f}%"
+                ours, base = _by_seed(by_rate[top]), _by_seed(clean)
+                diffs = [ours[k] - base[k] for k in sorted(set(ours) & set(base))]
+                if diffs:
+                    mean, half = paired_interval(diffs)
+                    paired = f"{_interval_text(mean, half)} {u}"
+                    if half is not None:
+                        resolved = ("yes, worse" if mean > 0 else "yes, better") if abs(mean) > half else "no"
+            lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
+                         + f" | {change} | {reference} | {paired} | {resolved} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _pyplot():
@@ -367,9 +408,11 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
     """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
     plt = _pyplot()
     sub = ft[ft["mode"] == "finetune"]
-    stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption_rate"])["value"].agg(
-        ["mean", "std"]).fillna(0.0).reset_index()
+    sub = _labelled(sub)
+    stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption", "corruption_rate"])[
+        "value"].agg(["mean", "std"]).fillna(0.0).reset_index()
     colors = objective_colors(ft)
+    styles = {kind: style for kind, style in zip(sorted(set(stats["corruption"]) - {""}), ("-", "--", ":", "-.", (0, (5, 1))))}
     paths = []
     for (backbone, target, budget, unit), group in stats.groupby(["backbone", "target", "label_budget", "unit"]):
         swept = [o for o, g in group.groupby("objective") if o != SCRATCH and len(g) >= 2]
@@ -377,9 +420,14 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for objective in sorted(swept):
-            g = group[group["objective"] == objective].sort_values("corruption_rate")
-            ax.errorbar(g["corruption_rate"], g["mean"], yerr=g["std"], marker="o", capsize=3, label=objective,
-                        color=colors[objective])
+            g = group[group["objective"] == objective]
+            clean = g[g["corruption_rate"] == 0]
+            for kind in sorted(set(g["corruption"]) - {""}) or [""]:
+                line = pd.concat([clean, g[(g["corruption"] == kind) & (g["corruption_rate"] > 0)]]).sort_values(
+                    "corruption_rate")
+                ax.errorbar(line["corruption_rate"], line["mean"], yerr=line["std"], marker="o", capsize=3,
+                            label=objective + (f", {kind}" if kind else ""), color=colors[objective],
+                            linestyle=styles.get(kind, "-"))
         scratch = group[group["objective"] == SCRATCH]
         if not scratch.empty:
             ax.axhline(scratch["mean"].iloc[0], color=colors[SCRATCH], linestyle="--", label="none (scratch)")
@@ -393,18 +441,18 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
 
 def pretraining_table(frame: pd.DataFrame) -> str:
     """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
-    pre = frame[frame["phase"] == "pretrain"]
+    pre = _labelled(frame)[frame["phase"] == "pretrain"]
     if pre.empty:
         return ""
     lines = ["| backbone | pretraining | corruption rate | steps | last val/loss | wall time (min) |", "|---|---|---|---|---|---|"]
-    for (b, o, r), group in pre.groupby(["backbone", "objective", "corruption_rate"]):
+    for (b, o, r, k), group in pre.groupby(["backbone", "objective", "corruption_rate", "corruption"]):
         val = group[group["metric"] == "curve:val/loss"].sort_values("step")
         train = group[group["metric"] == "curve:train/loss"]
         wall = group.loc[group["metric"] == "wall_s", "value"]
         steps = f"{int(train['step'].max()) + 1}" if not train.empty else "–"
         last = f"{val['value'].iloc[-1]:.4g}" if not val.empty else "–"
         minutes = f"{wall.iloc[0] / 60:.1f}" if not wall.empty else "–"
-        lines.append(f"| {b} | {o} | {r:g} | {steps} | {last} | {minutes} |")
+        lines.append(f"| {b} | {o} | {k + ' ' if k else ''}{r:g} | {steps} | {last} | {minutes} |")
     return "\n".join(lines)
 
 
@@ -414,6 +462,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _per_cell(frame: pd.DataFrame) -> dict[str, tuple[pd.Series, dict[str, float]]]:
     """Cell id -> (its labels, its step-less metrics: test metrics, wall_s, max_steps, batch_size)."""
+    frame = _labelled(frame)
     cells: dict[str, tuple[pd.Series, dict[str, float]]] = {}
     final = frame[frame["step"].isna()]
     for _, row in final.iterrows():
@@ -438,8 +487,8 @@ def compare_table(frame: pd.DataFrame, comparisons: list[Comparison],
             if side is None or metric is None:
                 continue
             key = (comparison.name, labels["target"], metric, values.get("max_steps"), values.get("batch_size"),
-                   int(labels["label_budget"]), labels["mode"], float(labels["corruption_rate"]), str(labels[held]),
-                   comparison.axis)
+                   int(labels["label_budget"]), labels["mode"], (float(labels["corruption_rate"]),
+                   str(labels["corruption"])), str(labels[held]), comparison.axis)
             groups.setdefault(key, {"ours": {}, "ref": {}})[side][int(labels["seed"])] = values[metric]
             if "wall_s" in values:
                 walls[key + (side,)].append(values["wall_s"])
@@ -468,7 +517,7 @@ def compare_table(frame: pd.DataFrame, comparisons: list[Comparison],
                           for i in ("ours", "ref"))
         context = [held] if axis == "objective" or held != SCRATCH else []
         context += [mode] if mode != "finetune" else []
-        context += [f"corruption {rate:g}"] if rate else []
+        context += [_condition(*rate)] if rate[0] else []
         label = name + (f" [{', '.join(context)}]" if context else "")
         compute = " x ".join("–" if v is None else f"{int(v)}" for v in (steps, batch))
         lines.append(f"| {label} | {task} | {metric} | {compute} ({budget}) | {sides[0]} | {sides[1]} | {paired} | "

@@ -2,8 +2,8 @@
 
 Long format, one row per cell, metric and step::
 
-    cell, phase, backbone, objective, target, label_budget, mode, seed, corruption_rate, pretrain_seed,
-    metric, step, value, commit, command
+    cell, phase, backbone, objective, target, label_budget, mode, seed, corruption_rate, corruption,
+    pretrain_seed, metric, step, value, commit, command
 
 ``metric`` is a final test metric (``test/homo_mae_meV``, empty ``step``), a logged series
 (``curve:val/loss`` at each ``step``), or a property of the run (empty ``step``):
@@ -16,6 +16,8 @@ Long format, one row per cell, metric and step::
 - with early stopping: ``best_step`` (step of the best checkpoint, the one tested), ``stopped_early``
   (1: the patience ran out) and ``hit_cap`` (1: the step/epoch cap ended the run first).
 
+``corruption``: the artifact kind of the pretraining data (:mod:`atomzoo.datamodules.artifacts`; empty
+for clean data and for a matrix with a single ``kind``, whose kind its file names).
 ``pretrain_seed``: the pretraining seed a fine-tuning cell started from (empty: none / scratch).
 ``commit``: the code the cell ran, ``git rev-parse HEAD`` at its start, with ``+dirty`` when tracked
 files (outside ``benchmarks/results``) differed from it (empty outside a git checkout), on every row;
@@ -35,9 +37,9 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = ["cell", "phase", "backbone", "objective", "target", "label_budget", "mode", "seed", "corruption_rate",
-           "pretrain_seed", "metric", "step", "value", "commit", "command"]
+           "corruption", "pretrain_seed", "metric", "step", "value", "commit", "command"]
 #: columns added after the first results files were written (read as empty from those)
-LATER_COLUMNS = ("pretrain_seed", "commit", "command")
+LATER_COLUMNS = ("pretrain_seed", "commit", "command", "corruption")
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -78,7 +80,7 @@ def load(csv_path: Path) -> pd.DataFrame:
     """The CSV as a DataFrame: ``value`` and ``step`` numeric (``step`` NaN where empty), labels as written;
     :data:`LATER_COLUMNS` missing from an older file are added empty."""
     frame = pd.read_csv(csv_path, dtype={"target": str, "mode": str, "step": "float64", "pretrain_seed": str,
-                                         "commit": str, "command": str},
+                                         "commit": str, "command": str, "corruption": str},
                         keep_default_na=False, na_values={"step": [""]}, float_precision="round_trip")
     for column in LATER_COLUMNS:
         if column not in frame:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The objective benchmark's studies in the order of issue 26 (most important first), each resumable:
+# a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
+# any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
+# other core stays free. Start it in the background from the repository root:
+#   nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
+# Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time).
+set -u
+cd "$(dirname "$0")/.."
+status=0
+for matrix in \
+    benchmarks/matrices/objectives_v2.yaml \
+    benchmarks/matrices/objectives_v2_noise.yaml; do
+  echo "== $(date -u +%FT%TZ) $matrix"
+  zoo-bench run "$matrix" --threads 1 --commit-results || status=$?
+done
+exit $status
