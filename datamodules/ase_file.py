@@ -27,6 +27,18 @@ and reach the model as ``batch.cell`` ``[B, 3, 3]`` and ``batch.pbc`` ``[B, 3]``
 neighbour list then includes the periodic images (:func:`atomzoo.nn.graph.build_graph`). A box on a
 structure with ``pbc`` all false is ignored, as ASE does.
 
+Stress (``stress_key``; MPtrj-like files): the per-structure stress tensor, ``3x3`` or 6 values in
+ASE's Voigt order ``(xx, yy, zz, yz, xz, xy)`` (9 values are read as ``3x3``), in ASE's sign
+convention (``sigma = (1/V) dE/d(strain)``, positive = tensile; what ASE writes; VASP's raw
+OUTCAR / MPtrj-JSON numbers have the opposite sign and ASE's OUTCAR reader flips them), in
+``stress_unit`` (``eV/A^3``, ``GPa``, ``kbar``; :mod:`atomzoo.units`, ASE's constants), stored as
+``stress`` ``[M, 3, 3]`` in eV/A^3. A key whose name contains ``virial`` is a virial ``W`` (energy
+unit, ``energy_unit``) and is stored as the stress ``-W / V`` (``V`` the cell volume in A^3). Only
+fully periodic structures have a stress: a stress on a molecule, slab or wire is an error naming the
+record; such structures without one get a NaN row (no stress loss), as do periodic ones without one
+when ``allow_missing_labels``. Without ``stress_key`` a ``stress`` / ``virial`` in the file is
+reported once as ignored.
+
 The cache fingerprint holds the file's resolved path, size and modification time, the format, index
 and all keys/factors, so editing the file or the options rebuilds the store.
 """
@@ -53,7 +65,7 @@ CHUNK = 10_000
 #: per-structure keys (``atoms.info``, any capitalisation) that change the physics but no backbone reads,
 #: with the value the models assume (neutral; a multiplicity of 1 is the closed-shell singlet)
 IGNORED_INFO = {"charge": 0, "total_charge": 0, "spin": 0, "spin_multiplicity": 1, "multiplicity": 1}
-#: per-structure tensors no objective trains on yet (``atoms.info`` in any capitalisation, or the calculator's results)
+#: per-structure tensors read only with ``stress_key`` (``atoms.info`` in any capitalisation, or the calculator's results)
 IGNORED_TENSORS = ("stress", "virial")
 #: per-atom arrays that change the physics but no backbone reads (assumed zero)
 IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
@@ -109,6 +121,12 @@ class ASEFileDataModule(AtomsDataModule):
         targets: labels to train on; default ``["energy"]`` if ``energy_key`` is set, else none.
         forces: train on forces (linked to the regression objective); default: when ``forces_key``
             is set.
+        stress_key: key of the per-structure stress (or, when the name contains ``virial``, the
+            virial) of fully periodic structures; ``None`` (default): not read (module docstring).
+        stress_unit: the file's stress unit (``eV/A^3``, ``GPa``, ``kbar``); stored in eV/A^3.
+            A virial is in ``energy_unit``.
+        stress: train on the stress (linked to the regression objective); default: when
+            ``stress_key`` is set.
         allow_missing_labels: structures without energy / forces / properties get NaN labels instead of
             an error, so unlabelled files can be predicted (``zoo predict --out`` sets it for ASE files);
             fitting, validating or testing on such a file raises. ``None``: ``False``.
@@ -135,6 +153,9 @@ class ASEFileDataModule(AtomsDataModule):
         energy_factor: float | None = None,
         targets: list[str | int] | str | None = None,
         forces: bool | None = None,
+        stress_key: str | None = None,
+        stress_unit: str = "eV/A^3",
+        stress: bool | None = None,
         allow_missing_labels: bool | None = None,
         **kwargs,
     ) -> None:
@@ -172,6 +193,17 @@ class ASEFileDataModule(AtomsDataModule):
         self.forces = bool(forces_key) if forces is None else bool(forces)
         if self.forces and not forces_key:
             raise ValueError("forces=True needs forces_key (the key of the per-atom forces in the file)")
+        self.stress_key = stress_key
+        self.file_stress_unit = stress_unit
+        try:
+            self.stress_factor = conversion_factor(stress_unit, "stress")
+        except ValueError as err:
+            raise ValueError(f"stress_unit={err} (--data.init_args.stress_unit)") from None
+        #: read by the CLI: the regression objective trains on the stress when this is True
+        self.stress = bool(stress_key) if stress is None else bool(stress)
+        if self.stress and not stress_key:
+            raise ValueError("stress=True needs stress_key (the key of the per-structure stress or virial in the file)")
+        self.stress_unit = "eV/A^3" if stress_key else None
         self.allow_missing_labels = bool(allow_missing_labels)
 
     def label_names(self) -> list[str]:
@@ -193,7 +225,7 @@ class ASEFileDataModule(AtomsDataModule):
             "length_unit": self.file_length_unit,
             "periodic": 1,  # stores written since cell / pbc are kept
             "ignored": 3,  # stores written since the ignored-physics count is case-blind, multiplicity 1 neutral, stress
-        } | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
+        } | ({"stress_key": self.stress_key, "stress_unit": self.file_stress_unit} if self.stress_key else {}) | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
         digest = hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]
@@ -249,8 +281,8 @@ class ASEFileDataModule(AtomsDataModule):
             yield atoms
 
     def _convert(self, record: int, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
-                                                    list[float]]:
-        """``(z, pos, cell, pbc, forces, labels)`` of one structure in eV / Angstrom / eV/A, checked."""
+                                                    list[float], np.ndarray | None]:
+        """``(z, pos, cell, pbc, forces, labels, stress)`` of one structure in eV / Angstrom / eV/A / eV/A^3, checked."""
         where = f"{self.path}, record {record}"
         z, pos, cell, periodic = structure_arrays(atoms, self.length_factor)
         if z.size == 0:
@@ -292,12 +324,49 @@ class ASEFileDataModule(AtomsDataModule):
             if not (self.allow_missing_labels and np.isnan(forces).all()):
                 check_finite(forces[None], "forces", str(self.path), record)
             forces = forces * self.force_factor
-        return z, pos, cell, periodic, forces, labels
+        stress = self._stress(atoms, where, cell, periodic, record) if self.stress_key else None
+        return z, pos, cell, periodic, forces, labels, stress
+
+    def _stress(self, atoms, where: str, cell: np.ndarray, periodic: np.ndarray, record: int) -> np.ndarray:
+        """The structure's stress ``[3, 3]`` in eV/A^3 (ASE's sign), NaN when it has none (module docstring)."""
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        key = self.stress_key
+        value = _lookup(atoms, key, per_atom=False)
+        if value is None:
+            if periodic.all() and not self.allow_missing_labels:
+                raise DataFormatError(
+                    f"{where}: the structure is periodic but has no stress under key {key!r} (info: {sorted(atoms.info)}; "
+                    "--data.init_args.stress_key, or null for none)"
+                )
+            return np.full((3, 3), np.nan)
+        if not periodic.all():
+            raise DataFormatError(
+                f"{where}: key {key!r} gives a stress to a structure that is not fully periodic (pbc={periodic.tolist()}); "
+                "only bulk crystals (pbc all true, with a cell) have a stress: remove it or set pbc=\"T T T\""
+            )
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataFormatError(f"{where}: key {key!r} (stress) holds {value!r}, not numbers") from err
+        if array.shape in ((3, 3), (9,)):
+            array = array.reshape(3, 3)
+        elif array.shape == (6,):
+            array = voigt_6_to_full_3x3_stress(array)
+        else:
+            raise DataFormatError(
+                f"{where}: key {key!r} (stress) has shape {tuple(array.shape)}; a stress needs 3x3, 9 or 6 values "
+                "(ASE's Voigt order xx yy zz yz xz xy) (--data.init_args.stress_key)"
+            )
+        check_finite(array[None], "stress", str(self.path), record)
+        if "virial" in key.lower():  # W = -V sigma: a virial in the file's energy unit
+            return -array * self.energy_factor / abs(np.linalg.det(cell))
+        return array * self.stress_factor
 
     @staticmethod
     def _ignored_phrase(key: str, count: int) -> str:
         if key.lower() in IGNORED_TENSORS:
-            return f"{key!r} in {count} structures (not trained on: no objective uses stress yet)"
+            return f"{key!r} in {count} structures (not trained on: read it with --data.init_args.stress_key)"
         if IGNORED_INFO.get(key.lower()) == 1:
             return f"{key!r} other than 1 in {count} structures"
         return f"non-zero {key!r} in {count} structures"
@@ -309,7 +378,7 @@ class ASEFileDataModule(AtomsDataModule):
                  if str(k).lower() in IGNORED_INFO and np.any(np.asarray(v, dtype=float) != IGNORED_INFO[str(k).lower()])]
         found += [k for k in IGNORED_ARRAYS if k in atoms.arrays and np.any(atoms.arrays[k] != 0)]
         results = getattr(getattr(atoms, "calc", None), "results", None) or {}
-        found += [k for k in {**results, **atoms.info} if str(k).lower() in IGNORED_TENSORS]
+        found += [k for k in {**results, **atoms.info} if str(k).lower() in IGNORED_TENSORS and k != self.stress_key]
         for key in found:
             self._ignored[key] = self._ignored.get(key, 0) + 1
 
@@ -345,7 +414,8 @@ class ASEFileDataModule(AtomsDataModule):
         names = self.label_names()
         elements: set[int] = set()
         with StoreWriter(path, self.fingerprint()) as writer:
-            buf: dict[str, list] = {"z": [], "pos": [], "forces": [], "labels": [], "counts": [], "cell": [], "pbc": []}
+            buf: dict[str, list] = {"z": [], "pos": [], "forces": [], "labels": [], "counts": [], "cell": [], "pbc": [],
+                                    "stress": []}
 
             def flush() -> None:
                 if not buf["counts"]:
@@ -356,6 +426,8 @@ class ASEFileDataModule(AtomsDataModule):
                 molecules = {"labels": np.asarray(buf["labels"], dtype=np.float64).reshape(len(buf["counts"]), len(names)),
                              "cell": np.asarray(buf["cell"], dtype=np.float64).reshape(-1, 3, 3),
                              "pbc": np.asarray(buf["pbc"], dtype=np.uint8).reshape(-1, 3)}
+                if self.stress_key:
+                    molecules["stress"] = np.asarray(buf["stress"], dtype=np.float64).reshape(-1, 3, 3)
                 writer.append(atoms=atoms, counts=np.asarray(buf["counts"]), molecules=molecules)
                 for v in buf.values():
                     v.clear()
@@ -363,7 +435,7 @@ class ASEFileDataModule(AtomsDataModule):
             n = 0
             self._ignored: dict[str, int] = {}
             for record, atoms in self._iter_structures():
-                z, pos, cell, periodic, forces, labels = self._convert(record, atoms)
+                z, pos, cell, periodic, forces, labels, stress = self._convert(record, atoms)
                 elements.update(int(v) for v in np.unique(z))
                 buf["z"].append(z)
                 buf["pos"].append(pos)
@@ -372,6 +444,7 @@ class ASEFileDataModule(AtomsDataModule):
                 buf["counts"].append(z.size)
                 buf["pbc"].append(periodic)
                 buf["cell"].append(cell)
+                buf["stress"].append(stress)
                 n += 1
                 if len(buf["counts"]) >= CHUNK:
                     flush()
@@ -390,7 +463,8 @@ class ASEFileDataModule(AtomsDataModule):
                 "source_forces": f"{self.file_energy_unit}/{self.file_length_unit}",
                 "energy_factor": self.energy_factor, "length_factor": self.length_factor,
                 "force_factor": self.force_factor,
-            }  # fmt: skip
+            } | ({"stress": "eV/A^3", "source_stress": self.file_stress_unit, "stress_factor": self.stress_factor}
+                 if self.stress_key else {})  # fmt: skip
             writer.meta["source"] = str(self.path)
             writer.meta["ignored"] = self._ignored
 

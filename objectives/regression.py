@@ -288,6 +288,8 @@ class Regression(Objective):
         self.stress_unit = checkpoint.get("stress_unit", self.stress_unit)
         # checkpoints written before the auxiliary-denoising normaliser existed: keep its initial state
         state = checkpoint.get("state_dict", {})
+        if not self.stress:  # a stress model used without stress data (e.g. zoo predict without --data.stress_key)
+            state.pop("stress_rms", None)
         if self.aux_denoising is not None and any(k.startswith("aux_denoising.head.") for k in state):
             for name, value in self.aux_denoising.normalizer.state_dict().items():
                 state.setdefault(f"aux_denoising.normalizer.{name}", value)

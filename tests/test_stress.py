@@ -137,3 +137,109 @@ def test_sign_convention_matches_emt():
     emt = atoms.get_stress()
     assert (emt[:3] < -0.01).all()
     np.testing.assert_allclose(emt, calculate_numerical_stress(atoms, eps=1e-6), atol=1e-6)
+
+
+# ----- reading stress and virials (ASEFileDataModule, --data.stress_key) ---------------------------
+from pathlib import Path  # noqa: E402
+
+from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
+from ase.io import read, write  # noqa: E402
+from ase.units import GPa  # noqa: E402
+
+from atomzoo.datamodules import ASEFileDataModule  # noqa: E402
+from atomzoo.datamodules.checks import DataFormatError  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "data" / "emt_materials" / "emt_materials.extxyz"
+
+
+def box(stress=None, pbc=True, **info) -> Atoms:
+    """Two Cu atoms in a 2 x 2 x 2.5 A box (V = 10 A^3) with an energy, forces and the given labels."""
+    atoms = Atoms("Cu2", positions=[[0, 0, 0], [1.0, 1.0, 1.2]], cell=[2.0, 2.0, 2.5], pbc=pbc)
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((2, 3)),
+                                       **({} if stress is None else {"stress": stress}))  # fmt: skip
+    atoms.info.update(info)
+    return atoms
+
+
+def read_stress(tmp_path, structures, **kw) -> np.ndarray:
+    path = tmp_path / "s.extxyz"
+    write(path, structures)
+    dm = ASEFileDataModule(path=str(path), cache_dir=str(tmp_path / "cache"), num_train=len(structures), num_val=0,
+                           num_test=0, **kw)  # fmt: skip
+    dm.setup()
+    return np.asarray(dm.store.arrays["stress"])
+
+
+def test_reader_voigt_order_units_and_virial_sign(tmp_path):
+    voigt = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # xx yy zz yz xz xy
+    full = np.array([[1.0, 6.0, 5.0], [6.0, 2.0, 4.0], [5.0, 4.0, 3.0]])
+    got = read_stress(tmp_path, [box(voigt)], stress_key="stress")
+    np.testing.assert_allclose(got[0], full)
+    got = read_stress(tmp_path, [box(voigt)], stress_key="stress", stress_unit="GPa")
+    np.testing.assert_allclose(got[0], full * 0.006241509125883258, rtol=1e-12)  # 1 GPa = 6.2415e-3 eV/A^3
+    got = read_stress(tmp_path, [box(voigt)], stress_key="stress", stress_unit="kbar")
+    np.testing.assert_allclose(got[0], full * 0.1 * GPa, rtol=1e-12)
+    # a virial W (eV) is the stress -W / V: W = diag(10, 20, 30) eV in V = 10 A^3 -> sigma = -diag(1, 2, 3) eV/A^3
+    virial = box(None, virial=np.diag([10.0, 20.0, 30.0]))
+    got = read_stress(tmp_path, [virial], stress_key="virial")
+    np.testing.assert_allclose(got[0], -np.diag([1.0, 2.0, 3.0]), rtol=1e-12)
+    got = read_stress(tmp_path, [box(None, virial=np.diag([10.0, 20.0, 30.0]))], stress_key="virial",
+                      energy_unit="meV")  # fmt: skip
+    np.testing.assert_allclose(got[0], -np.diag([1e-3, 2e-3, 3e-3]), rtol=1e-12)
+
+
+def test_reader_errors_name_record_key_and_fix(tmp_path):
+    with pytest.raises(DataFormatError, match=r"record 0: key 'sigma' \(stress\) has shape \(4,\); a stress needs 3x3"):
+        read_stress(tmp_path, [box(None, sigma=np.ones(4))], stress_key="sigma")
+    molecule_with_stress = box(np.ones(6), pbc=False)
+    with pytest.raises(DataFormatError, match=r"record 0: key 'stress' gives a stress to a structure that is not fully "
+                                              r"periodic \(pbc=\[False, False, False\]\)"):  # fmt: skip
+        read_stress(tmp_path, [molecule_with_stress], stress_key="stress")
+    slab = box(np.ones(6), pbc=[True, True, False])
+    with pytest.raises(DataFormatError, match="not fully periodic"):
+        read_stress(tmp_path, [slab], stress_key="stress")
+    with pytest.raises(DataFormatError, match=r"record 1: the structure is periodic but has no stress under key 'stress'"):
+        read_stress(tmp_path, [box(np.ones(6)), box(None)], stress_key="stress")
+    with pytest.raises(ValueError, match=r"stress_unit='bar' is not a known stress unit; choose one of eV/A\^3, GPa"):
+        ASEFileDataModule(path="x.extxyz", stress_key="stress", stress_unit="bar")
+    # a molecule without stress in a file of crystals: a NaN row, no error
+    got = read_stress(tmp_path, [box(np.ones(6)), box(None, pbc=False)], stress_key="stress")
+    assert np.isfinite(got[0]).all() and np.isnan(got[1]).all()
+
+
+def test_fixture_stress_is_emt_stress_and_reaches_the_batch(tmp_path):
+    dm = ASEFileDataModule(path=str(FIXTURE), cache_dir=str(tmp_path), stress_key="stress", num_train=0.8, num_val=0.1,
+                           batch_size=16)  # fmt: skip
+    dm.setup()
+    stored = np.asarray(dm.store.arrays["stress"])
+    surfaces = [i for i, a in enumerate(read(FIXTURE, ":")) if a.info["config_type"] == "surface"]
+    assert np.isnan(stored[surfaces]).all()
+    for record in (1, 100, 239):  # recomputed with EMT from the file's geometry
+        atoms = read(FIXTURE, index=record)
+        if record in surfaces:
+            continue
+        atoms.calc = EMT()
+        np.testing.assert_allclose(stored[record], voigt_6_to_full_3x3_stress(atoms.get_stress()), atol=1e-9)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.stress.shape == (16, 3, 3)
+    assert dm.stress and dm.stress_unit == "eV/A^3"
+    assert dm.store.meta["units"]["stress"] == "eV/A^3" and "stress" not in dm.store.meta["ignored"]
+
+
+def test_regression_trains_on_stress_and_logs_its_mae(tmp_path):
+    import lightning as L
+
+    dm = ASEFileDataModule(path=str(FIXTURE), cache_dir=str(tmp_path), stress_key="stress", num_train=64, num_val=32,
+                           num_test=0, batch_size=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = Regression(SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=CUTOFF),
+                       targets=["energy"], forces=True, stress=True, warmup_steps=1)  # fmt: skip
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    metrics = trainer.callback_metrics
+    assert "val/stress_mae_meV_per_A^3" in metrics and torch.isfinite(metrics["val/stress_mae_meV_per_A^3"])
+    assert float(model.stress_rms) == pytest.approx(
+        np.sqrt(np.nanmean(np.asarray(dm.store.arrays["stress"])[np.sort(dm.splits["train"])] ** 2)), rel=1e-6)
+    with pytest.raises(ValueError, match="stress=True needs forces=True"):
+        Regression(SchNet(width=8, num_filters=8, num_interactions=1, num_rbf=8), targets=["energy"], stress=True)

@@ -13,9 +13,13 @@ Files, with units in every column name (``energy_eV``, ``fx_eV_per_A``; the suff
   row), ``n_atoms``, one column per target, and ``<target>_ref_<unit>`` with the data's label where
   it has a finite one. With forces also ``preds.atoms.csv``, one row per atom: ``id``, ``index``,
   ``atom`` (0-based within the molecule), ``Z``, ``fx/fy/fz_<unit>`` and ``ref_fx/...`` where known.
+  A stress model (``--data.stress_key``) adds ``stress_xx ... stress_xy_<unit>`` to the molecule rows,
+  in ASE's Voigt order ``(xx, yy, zz, yz, xz, xy)`` and sign (``eV_per_A^3``), and the data's
+  ``stress_ref_*`` where known; both are empty for structures that are not fully periodic.
 - ``.npz``: arrays ``id`` [M] str, ``index`` [M], ``n_atoms`` [M], ``<target>_<unit>`` [M],
   ``forces_<unit>`` [N, 3], ``z`` [N], ``molecule`` [N] (row of each atom's molecule) and the
-  ``*_ref_*`` arrays as above (NaN where unknown).
+  ``*_ref_*`` arrays as above (NaN where unknown); a stress model adds ``stress_<unit>`` ``[M, 6]``
+  (Voigt order) and ``stress_ref_<unit>``.
 
 Under DDP each rank writes ``<stem>.rank<k><suffix>``. ``zoo predict`` makes no run folder; it prints
 :meth:`PredictionWriter.summary` at the end, the absolute paths written
@@ -109,11 +113,24 @@ class PredictionWriter(BasePredictionWriter):
             ref_f = ref_f.detach().double().cpu().numpy() if ref_f is not None else np.full_like(forces, np.nan)
             z = batch.z.detach().cpu().numpy()
             atom_in_mol = np.arange(graph_of_atom.size) - np.concatenate([[0], np.cumsum(n_atoms)[:-1]])[graph_of_atom]
+        stress = prediction.get("stress")
+        stress_names = []
+        if stress is not None:  # [G, 3, 3] -> ASE's Voigt order, NaN rows for structures without one
+            voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+            unit = unit_suffix(getattr(pl_module, "stress_unit", ""))
+            stress_names = [f"stress_{c}_{unit}" for c in ("xx", "yy", "zz", "yz", "xz", "xy")]
+            stress_names += [f"stress_ref_{c}_{unit}" for c in ("xx", "yy", "zz", "yz", "xz", "xy")]
+            ref_s = getattr(batch, "stress", None)
+            ref_s = ref_s.detach().reshape(-1, 3, 3).double().cpu().numpy() if ref_s is not None else None
+            full = stress.detach().double().cpu().numpy()
+            stress = np.stack([full[:, i, j] for i, j in voigt], axis=1)
+            ref_s = np.stack([ref_s[:, i, j] for i, j in voigt], axis=1) if ref_s is not None else np.full_like(stress, np.nan)
         if self.out.suffix == ".csv":
-            writer = self._csv(trainer, "molecules", ["id", "index", "n_atoms", *names, *ref_names])
+            writer = self._csv(trainer, "molecules", ["id", "index", "n_atoms", *names, *ref_names, *stress_names])
             for g in range(index.size):
+                extra = [*stress[g].tolist(), *ref_s[g].tolist()] if stress_names else []
                 writer.writerow([ids[g], int(index[g]), int(n_atoms[g]), *map(repr, pred[g].tolist()),
-                                 *("" if not np.isfinite(v) else repr(v) for v in ref[g].tolist())])  # fmt: skip
+                                 *("" if not np.isfinite(v) else repr(v) for v in [*ref[g].tolist(), *extra])])  # fmt: skip
             if forces is not None:
                 cols = [f"{c}_{force_unit}" for c in ("fx", "fy", "fz")]
                 atoms = self._csv(trainer, "atoms", ["id", "index", "atom", "Z", *cols, *(f"ref_{c}" for c in cols)])
@@ -129,6 +146,9 @@ class PredictionWriter(BasePredictionWriter):
         for k, (name, ref_name) in enumerate(zip(names, ref_names)):
             self._npz.setdefault(name, []).append(pred[:, k])
             self._npz.setdefault(ref_name, []).append(ref[:, k])
+        if stress_names:
+            self._npz.setdefault(stress_names[0].replace("_xx", ""), []).append(stress)
+            self._npz.setdefault(stress_names[6].replace("_xx", ""), []).append(ref_s)
         if forces is not None:
             self._npz.setdefault(f"forces_{force_unit}", []).append(forces)
             self._npz.setdefault(f"forces_ref_{force_unit}", []).append(ref_f)
