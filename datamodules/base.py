@@ -604,7 +604,44 @@ class AtomsDataModule(L.LightningDataModule):
             elements=tuple(int(z) for z in np.flatnonzero(train)),
             data_elements=tuple(int(z) for z in np.flatnonzero(present)),
             statistics=None if request is None else self._target_statistics(request, labels),
+            training_range=self.training_range(),
         )
+
+    def training_range(self) -> dict | None:
+        """The training split's shortest distance per element pair within
+        :data:`~atomzoo.nn.training_range.RADIUS` (periodic images included), as
+        :meth:`~atomzoo.nn.training_range.TrainingRange.to_record`; ``None`` for an empty split.
+        Computed once per split (read from the store in chunks of about
+        :data:`~atomzoo.nn.training_range.CHUNK_ATOMS` atoms)."""
+        from atomzoo.nn.training_range import CHUNK_ATOMS, TrainingRange
+
+        self.setup() if self.splits is None else None
+        indices = self.splits["train"]
+        cache = self.__dict__.get("_training_range")
+        if cache is not None and cache[0] is indices:
+            return cache[1]
+        idx = np.sort(indices)
+        if idx.size == 0:
+            return None
+        store = self.store
+        periodic = {"cell", "pbc"} <= set(store.molecule_arrays())
+        ends = np.cumsum(store.counts[idx])
+        pieces = np.split(idx, np.searchsorted(ends, np.arange(CHUNK_ATOMS, int(ends[-1]), CHUNK_ATOMS)))
+
+        def chunks():
+            for chunk in (c for c in pieces if c.size):
+                counts = store.counts[chunk]
+                rows = np.repeat(store.offsets[chunk] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+                batch = torch.repeat_interleave(torch.arange(chunk.size), torch.from_numpy(counts.astype(np.int64)))
+                z = torch.from_numpy(np.asarray(store.arrays["z"][rows], dtype=np.int64))
+                pos = torch.from_numpy(np.asarray(store.arrays["pos"][rows], dtype=np.float64))
+                cell = torch.from_numpy(np.asarray(store.arrays["cell"][chunk], dtype=np.float64)) if periodic else None
+                pbc = torch.from_numpy(np.asarray(store.arrays["pbc"][chunk], dtype=bool)) if periodic else None
+                yield z, pos, batch, cell, pbc
+
+        record = TrainingRange.of_structures(chunks()).to_record()
+        self.__dict__["_training_range"] = (indices, record)
+        return record
 
     def _target_statistics(self, request: StatisticsRequest, labels: np.ndarray) -> TargetStatistics:
         """The :class:`~atomzoo.nn.statistics.TargetStatistics` of ``request`` (``labels``: the training labels)."""

@@ -10,6 +10,9 @@ units, another cutoff) silently produces wrong numbers. So every objective recor
     atomref                                per-target atom references of the dataset (or None)
     label_stats                            mean / std of each target over the training split
     elements                               atomic numbers present in the training split
+    training_range                         shortest distance per element pair in the training split
+                                           (:mod:`atomzoo.nn.training_range`; not compared, read by
+                                           prediction to warn about extrapolation)
     cutoff, backbone                       the backbone's interaction radius (Angstrom) and class
     model                                  objective options that shape the restored state
                                            (atomref, standardize, pooling, forces)
@@ -74,6 +77,7 @@ def record(module, summary) -> dict[str, Any] | None:
         "atomref": {info.name: list(info.atomref) if info.atomref is not None else None for info in infos},
         "label_stats": stats,
         "elements": list(summary.elements),
+        "training_range": getattr(summary, "training_range", None),
         "cutoff": float(backbone.cutoff) if backbone is not None and hasattr(backbone, "cutoff") else None,
         "backbone": f"{type(backbone).__module__}.{type(backbone).__qualname__}" if backbone is not None else None,
         "model": {k: hparams[k] for k in MODEL_OPTIONS if k in hparams},
@@ -190,6 +194,37 @@ def on_setup(module, stage: str, summary) -> None:
         saved = model_files.read(init_from).provenance  # exports carry none; the read is shared with init_from
         if saved is not None:
             check(saved, module._atomzoo_provenance, "init_from", f"init_from={init_from}", summary.data_elements)
+
+
+def training_range(module):
+    """The :class:`~atomzoo.nn.training_range.TrainingRange` of the checkpoint ``module`` was restored from
+    (``None``: not restored from one, or one written before the range was recorded)."""
+    from atomzoo.nn.training_range import TrainingRange
+
+    saved = getattr(module, "_atomzoo_restored_provenance", None) or {}
+    return TrainingRange.from_record(saved.get("training_range"))
+
+
+def on_predict_batch(module, batch) -> None:
+    """``zoo predict``: note the structures of ``batch`` (their store rows, ``batch.idx``) with a pair
+    closer than the training range of the restored checkpoint; :func:`on_predict_end` warns once."""
+    found = getattr(module, "_atomzoo_extrapolations", None)
+    if found is None:
+        found = module._atomzoo_extrapolations = (training_range(module), [])
+    known, findings = found
+    if known is None or not hasattr(batch, "pos"):
+        return
+    cutoff = float(getattr(module.backbone, "cutoff", known.radius))
+    findings.extend(known.outside(batch.z, batch.pos, batch.batch, cutoff, getattr(batch, "cell", None),
+                                  getattr(batch, "pbc", None), structure_ids=batch.idx))  # fmt: skip
+
+
+def on_predict_end(module) -> None:
+    """Warn once about every structure :func:`on_predict_batch` noted (then forget them)."""
+    found = getattr(module, "_atomzoo_extrapolations", None)
+    module._atomzoo_extrapolations = None
+    if found is not None and found[0] is not None and found[1]:
+        found[0].warn(sorted(found[1], key=lambda f: f.structure), stacklevel=2)
 
 
 def on_save_checkpoint(module, checkpoint: dict) -> None:

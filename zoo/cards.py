@@ -8,6 +8,7 @@
      "objective": "atomzoo.objectives.regression.Regression", "backbone": {class_path, init_args},
      "targets": [{"name": "energy", "unit": "eV"}], "force_unit": "eV/A" | null,
      "elements": [1, 6, 8] | null, "periodic": true, "cutoff_A": 5.0,
+     "training_range": {"radius_A": 10.0, "elements": [1, 6, 8], "shortest_distance_A": {"H-H": 1.51, ...}} | null,
      "training_data": {class_path, init_args} | null, "config": {... the run's config.yaml ...} | null,
      "test_metrics": {"test/energy_mae_meV": ...} | null, "source_checkpoint": "...",
      "versions": {"atomzoo": ..., "torch": ..., "lightning": ..., "ase": ..., "python": ...},
@@ -16,6 +17,9 @@
 ``periodic``: the backbone builds periodic images (``Backbone.periodic``), so periodic structures are
 predicted with them. ``elements``: the atomic numbers of the training split, from the checkpoint's
 provenance record (``null`` for a checkpoint written before the record existed: no element check).
+``training_range``: the training split's shortest distance of each element pair
+(:mod:`atomzoo.nn.training_range`); predicting a structure with a pair closer than that warns that the
+prediction is an extrapolation (``null`` for checkpoints written before it was recorded: no warning).
 ``config``, ``training_data`` and ``test_metrics`` are read from the run directory of the checkpoint
 (``config.yaml`` and ``test_metrics.json`` that ``zoo fit``/``zoo test`` write next to
 ``checkpoints/``); they are ``null`` when that directory is not there -- a card never guesses, and

@@ -34,6 +34,7 @@ from torch import nn
 
 from .cards import ModelFileError, run_directory_info
 from .nn.batch import atoms_to_batch
+from .nn.training_range import TrainingRange
 from .model_files import CHECKPOINT, ModelFile, build_objective, model_spec, read
 
 #: atoms closer than this (Angstrom) are refused as unphysical (overlapping atoms, unit mistakes)
@@ -114,6 +115,9 @@ class AtomzooModel(nn.Module):
         force_unit: unit of the forces (``"eV/A"``) when the model predicts forces, else ``None``.
         elements: atomic numbers of the training data (``None`` if unknown: then not checked).
         card: the model card (exports) or the equivalent information of a checkpoint.
+        training_range: the training data's shortest distance per element pair
+            (:class:`~atomzoo.nn.training_range.TrainingRange`; ``None`` for files written before it
+            was recorded: then nothing is said about extrapolation).
     """
 
     def __init__(self, objective, card: dict, elements: Sequence[int] | None) -> None:
@@ -125,6 +129,7 @@ class AtomzooModel(nn.Module):
         self.forces = bool(objective.forces)
         self.force_unit = objective.force_unit if self.forces else None
         self.elements = sorted(int(e) for e in elements) if elements is not None else None
+        self.training_range = TrainingRange.from_record((card or {}).get("training_range"))
 
     @property
     def cutoff(self) -> float:
@@ -139,10 +144,24 @@ class AtomzooModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.objective.parameters()).dtype
 
-    def check(self, atoms, where: str = "structure") -> None:
+    def check(self, atoms, where: str = "structure", warn_range: bool = True) -> None:
         """:func:`check_atoms` against this model's training elements (periodic structures when the
-        backbone builds periodic images)."""
+        backbone builds periodic images); with ``warn_range``, also :meth:`warn_outside_training_range`."""
         check_atoms(atoms, self.elements, where, periodic_ok=self.periodic)
+        if warn_range:
+            self.warn_outside_training_range([atoms], lambda _: where)
+
+    def warn_outside_training_range(self, atoms_list, name="structure {}".format) -> None:
+        """One :class:`~atomzoo.nn.training_range.ExtrapolationWarning` naming the structures of
+        ``atoms_list`` with a pair (within the cutoff) closer than the shortest of its elements in
+        training, with the numbers (nothing when the model has no recorded range).
+        ``name(k)``: how structure ``k`` is called in the message."""
+        if self.training_range is None:
+            return
+        batch = atoms_to_batch(atoms_list, torch.float64)
+        findings = self.training_range.outside(batch.z, batch.pos, batch.batch, self.cutoff,
+                                               getattr(batch, "cell", None), getattr(batch, "pbc", None))  # fmt: skip
+        self.training_range.warn(findings, name, stacklevel=4)
 
     @property
     def periodic(self) -> bool:
@@ -193,7 +212,8 @@ class AtomzooModel(nn.Module):
         for k, atoms in enumerate(atoms_list):
             if not isinstance(atoms, Atoms):
                 raise TypeError(f"predict takes ase.Atoms or a list of them; item {k} is {type(atoms).__name__}")
-            self.check(atoms, "structure" if single else f"structure {k}")
+            self.check(atoms, "structure" if single else f"structure {k}", warn_range=False)
+        self.warn_outside_training_range(atoms_list, (lambda _: "the structure") if single else "structure {}".format)
         results = []
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start : start + batch_size]
@@ -265,6 +285,7 @@ def _checkpoint_card(model_file: ModelFile, objective) -> dict:
     return {"model_format": "lightning-checkpoint", **model_spec(model_file),
             "source_checkpoint": str(model_file.path), "training_data": run["training_data"], "config": run["config"],
             "test_metrics": run["test_metrics"], "elements": model_file.elements,
+            "training_range": model_file.training_range,
             "periodic": bool(getattr(objective.backbone, "periodic", False))}  # fmt: skip
 
 

@@ -309,6 +309,15 @@ class ModelFile:
             return [int(z) for z in self.card["elements"]]
         return None
 
+    @property
+    def training_range(self) -> dict | None:
+        """The training split's shortest distance per element pair (:mod:`atomzoo.nn.training_range`'s
+        record) from the provenance record or an export's card; ``None`` if the file predates it."""
+        for source in (self.provenance, self.card):
+            if source is not None and source.get("training_range") is not None:
+                return source["training_range"]
+        return None
+
 
 def read(path: str | Path, verify: bool = True) -> ModelFile:
     """Read a checkpoint (``.ckpt``, or any other name: unpickled) or an export (``.safetensors``) once.

@@ -166,6 +166,8 @@ class DataSummary:
         elements: atomic numbers present in the training split.
         data_elements: atomic numbers present in the training, validation or test split.
         statistics: the statistics asked for with a :class:`StatisticsRequest`, else ``None``.
+        training_range: the training split's shortest distance per element pair, as
+            :meth:`atomzoo.nn.training_range.TrainingRange.to_record` (``None``: not computed).
     """
 
     dataset: str
@@ -176,6 +178,7 @@ class DataSummary:
     elements: tuple[int, ...] = ()
     data_elements: tuple[int, ...] = ()
     statistics: TargetStatistics | None = None
+    training_range: dict | None = None
 
 
 __all__ = ["MAX_Z", "DataSummary", "StatisticsRequest", "TargetInfo", "TargetStatistics", "compute_target_statistics"]
