@@ -46,6 +46,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -394,4 +395,325 @@ class MACE(Backbone):
         return BackboneOutput(scalars=torch.cat(scalars, dim=-1), vectors=vectors, graph=graph)
 
 
-__all__ = ["MACE", "QM9_AVG_NUM_NEIGHBORS_5A", "import_mace"]
+# ----- mace-torch's saved models (MACE-MP, MACE-OFF) -> this backbone + mace's readouts ---------------
+#: the ``source_head`` kind a converted file records (:data:`atomzoo.model_files.SOURCE_HEAD_PREFIX` tensors)
+MACE_READOUT = "mace-readout"
+
+
+class MACEConversionError(ValueError):
+    """A mace-torch model that this backbone cannot represent (the message names the feature)."""
+
+
+def mace_init_args(model: torch.nn.Module) -> dict:
+    """Constructor arguments of :class:`MACE` that rebuild the network of a mace-torch ``MACE`` /
+    ``ScaleShiftMACE`` module (what ``torch.load`` of a MACE-MP / MACE-OFF / ``mace_run_train`` file gives).
+
+    Raises:
+        MACEConversionError: a feature this backbone does not have (pair repulsion / ZBL, joint
+            embeddings, a radial basis other than Bessel, a distance transform, cuequivariance layout).
+    """
+    for attribute, feature in (("pair_repulsion", "pair repulsion (ZBL)"), ("joint_embedding", "joint embeddings"),
+                               ("embedding_readout", "an embedding readout")):  # fmt: skip
+        if hasattr(model, attribute):
+            raise MACEConversionError(f"the MACE model uses {feature}, which atomzoo's MACE backbone does not have")
+    radial = model.radial_embedding
+    if type(radial.bessel_fn).__name__ != "BesselBasis" or hasattr(radial, "distance_transform"):
+        raise MACEConversionError(
+            f"the MACE model's radial basis is {type(radial.bessel_fn).__name__}"
+            f"{' with a distance transform' if hasattr(radial, 'distance_transform') else ''}; atomzoo's MACE backbone "
+            "uses Bessel functions of the plain distance"
+        )
+    interactions = list(model.interactions)
+    hidden = interactions[1].node_feats_irreps if len(interactions) > 1 else model.products[0].linear.irreps_out
+    return {
+        "cutoff": float(model.r_max),
+        "num_bessel": int(radial.out_dim),
+        "num_polynomial_cutoff": int(radial.cutoff_fn.p),
+        "max_ell": int(model.spherical_harmonics.irreps_out.lmax),
+        "correlation": [int(p.symmetric_contractions.contractions[0].correlation) for p in model.products],
+        "num_interactions": len(interactions),
+        "hidden_irreps": str(hidden),
+        "radial_MLP": [int(h) for h in interactions[0].conv_tp_weights.hs[1:-1]],
+        "avg_num_neighbors": float(interactions[0].avg_num_neighbors),
+        "atomic_numbers": [int(z) for z in model.atomic_numbers.tolist()],
+        "interaction_first": type(interactions[0]).__name__,
+        "interaction": type(interactions[-1]).__name__ if len(interactions) > 1 else "RealAgnosticResidualInteractionBlock",
+        "use_reduced_cg": bool(getattr(model, "use_reduced_cg", False)),
+        "dtype": "float64" if next(model.parameters()).dtype == torch.float64 else "float32",
+    }
+
+
+def convert_mace_state(model: torch.nn.Module, backbone: MACE) -> tuple[dict[str, Tensor], list[str]]:
+    """``backbone``'s state dict filled from a mace-torch model of the same hyperparameters (:func:`mace_init_args`).
+
+    Same names and shapes are copied. mace-torch keeps only the scalars in its last layer, this backbone
+    keeps every irrep of ``hidden_irreps``: there e3nn's flat weights of the scalar paths are the first
+    entries of this backbone's (o3.Linear and FullyConnectedTensorProduct order their paths by input
+    irrep, 0e first), so they are copied into that prefix; the paths to the non-scalars (which no
+    readout of mace-torch reads) and this backbone's own extras (mask token, conditioning) keep their
+    initial values. Returns ``(state_dict, kept)``: ``kept`` names the tensors not taken from ``model``.
+
+    Raises:
+        MACEConversionError: a parameter whose name or shape fits neither rule.
+    """
+    theirs = model.state_dict()
+    ours = backbone.state_dict()
+    parameters = {name for name, _ in backbone.named_parameters()}
+    last = f"products.{len(backbone.products) - 1}.symmetric_contractions.contractions."
+    out, kept = {}, []
+    for key, value in ours.items():
+        source = theirs.get(key)
+        if source is not None and source.shape == value.shape:
+            out[key] = source.detach().to(value.dtype).clone()
+        elif source is not None and key in parameters and value.dim() == source.dim() == 1 and source.numel() < value.numel():
+            out[key] = torch.cat([source.detach().to(value.dtype), value[source.numel():]])  # the scalar paths
+            kept.append(f"{key}[{source.numel()}:]")
+        elif key not in parameters or key.startswith((last, "mask_embedding", "conditioning")):
+            out[key] = value  # constants of this layout (output masks), non-scalar paths of the last layer, extras
+            kept.append(key)
+        else:
+            shape = None if source is None else tuple(source.shape)
+            raise MACEConversionError(f"MACE parameter {key}: mace-torch {shape}, atomzoo {tuple(value.shape)}")
+    return out, kept
+
+
+def _gate_name(readout) -> str:
+    acts = getattr(getattr(readout, "non_linearity", None), "acts", None)
+    act = getattr(acts[0], "f", acts[0]) if acts else None
+    for name in ("silu", "tanh", "gelu"):
+        if act is getattr(torch.nn.functional, name, None) or getattr(act, "__name__", None) == name:
+            return name
+    raise MACEConversionError(f"the MACE model's readout gate {act!r} is not one of silu, tanh, gelu")
+
+
+class MACEReadout(torch.nn.Module):
+    """mace-torch's energy readout on :class:`MACE`'s output: ``E = sum_i [E0(z_i) + shift + scale *
+    sum_l readout_l(h_i^l)]`` in eV (``ScaleShiftMACE``; plain ``MACE``: scale 1, shift 0).
+
+    ``readout_l`` are mace-torch's own blocks (``LinearReadoutBlock`` for every layer but the last,
+    ``NonLinearReadoutBlock`` with ``mlp_irreps`` and ``gate`` for the last) applied to layer ``l``'s
+    scalars (the ``l``-th ``num_scalars`` columns of ``BackboneOutput.scalars``). ``head``: which output
+    of a multi-head model (MACE-MP-0b3, MACE-OMAT) is read.
+
+    Args:
+        num_interactions, num_scalars: the backbone's layers and scalar channels per layer.
+        atomic_numbers: the backbone's element list (order of ``atomic_energies``' last axis).
+        mlp_irreps: hidden irreps of the last readout (mace ``MLP_irreps``, e.g. ``"16x0e"``).
+        gate: ``"silu"``, ``"tanh"`` or ``"gelu"``.
+        heads: mace-torch's head names; ``head``: the index used.
+        dtype: ``"float32"``, ``"float64"`` or None (torch's default): the dtype the blocks are built in
+            (e3nn builds constants of its linear maps then; float64 models need a float64 build).
+    """
+
+    def __init__(self, num_interactions: int, num_scalars: int, atomic_numbers: Sequence[int], mlp_irreps: str,
+                 gate: str = "silu", heads: Sequence[str] = ("Default",), head: int = 0,
+                 dtype: str | None = None) -> None:  # fmt: skip
+        mace_modules, o3 = import_mace()
+        build_dtype = torch.get_default_dtype() if dtype is None else _DTYPES[dtype]
+        super().__init__()
+        self.heads, self.head = list(heads), int(head)
+        num_heads = len(self.heads)
+        scalars = o3.Irreps(f"{num_scalars}x0e")
+        out = o3.Irreps(f"{num_heads}x0e")
+        with _quiet_torchscript(), _default_dtype(build_dtype):
+            self.readouts = torch.nn.ModuleList(
+                mace_modules.LinearReadoutBlock(scalars, out) for _ in range(num_interactions - 1)
+            )
+            self.readouts.append(mace_modules.NonLinearReadoutBlock(
+                scalars, (num_heads * o3.Irreps(mlp_irreps)).simplify(), getattr(torch.nn.functional, gate), out,
+                num_heads))  # fmt: skip
+        self.num_scalars = int(num_scalars)
+        self.register_buffer("atomic_energies", torch.zeros(num_heads, len(atomic_numbers), dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(num_heads, dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros(num_heads, dtype=torch.float64))
+
+    def forward(self, scalars: Tensor, element_index: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
+        """Energies ``[num_graphs]`` (eV) from ``scalars`` ``[N, L * num_scalars]`` and the atoms'
+        positions in the element list ``element_index`` ``[N]``."""
+        heads = torch.full_like(element_index, self.head)
+        per_atom = sum(readout(scalars[:, l * self.num_scalars:(l + 1) * self.num_scalars], heads)[:, self.head]
+                       for l, readout in enumerate(self.readouts))  # fmt: skip
+        per_atom = self.scale[self.head].to(per_atom.dtype) * per_atom + self.shift[self.head].to(per_atom.dtype)
+        per_atom = per_atom + self.atomic_energies[self.head, element_index].to(per_atom.dtype)
+        return torch.zeros(num_graphs, dtype=per_atom.dtype, device=per_atom.device).index_add(0, batch, per_atom)
+
+
+def convert_mace_readout(model: torch.nn.Module, head: str | None = None) -> tuple[dict, dict[str, Tensor]]:
+    """``(config, state_dict)`` of a :class:`MACEReadout` equal to a mace-torch model's readouts, E0 and scale/shift.
+
+    ``head``: the head to read of a multi-head model (default: its last, the fine-tuned one in mace-torch's
+    multi-head fine-tuning; MACE-MP-0 and MACE-OFF have one, ``"Default"``).
+    """
+    heads = [str(h) for h in getattr(model, "heads", None) or ["Default"]]
+    if head is not None and head not in heads:
+        raise MACEConversionError(f"head {head!r} is not one of the model's heads {heads}")
+    config = {
+        "num_interactions": len(model.interactions),
+        "num_scalars": int(model.products[0].linear.irreps_out.count((0, 1))),
+        "atomic_numbers": [int(z) for z in model.atomic_numbers.tolist()],
+        "mlp_irreps": str(model.readouts[-1].hidden_irreps[0].mul // len(heads)) + "x0e",
+        "gate": _gate_name(model.readouts[-1]), "heads": heads, "head": heads.index(head) if head else len(heads) - 1,
+        "dtype": "float64" if next(model.parameters()).dtype == torch.float64 else "float32",
+    }  # fmt: skip
+    if len(model.readouts) != config["num_interactions"]:
+        raise MACEConversionError("the MACE model reads out only its last layer (use_last_readout_only); "
+                                  "atomzoo's MACEReadout reads every layer")  # fmt: skip
+    readout = MACEReadout(**config)
+    state = {f"readouts.{k}": v.detach().clone() for k, v in model.readouts.state_dict().items()}
+    state = {k: v if readout.state_dict()[k].shape == v.shape else readout.state_dict()[k] for k, v in state.items()}
+    energies = model.atomic_energies_fn.atomic_energies.detach().to(torch.float64)
+    state["atomic_energies"] = energies.reshape(len(heads), -1)
+    scale_shift = getattr(model, "scale_shift", None)
+    for name, default in (("scale", 1.0), ("shift", 0.0)):
+        value = getattr(scale_shift, name, None)
+        value = torch.full((len(heads),), default, dtype=torch.float64) if value is None else value.detach()
+        state[name] = torch.atleast_1d(value.to(torch.float64)).expand(len(heads)).clone()
+    readout.load_state_dict(state, strict=True)
+    return config, readout.state_dict()
+
+
+class MACEPotential(torch.nn.Module):
+    """A converted mace-torch model: :class:`MACE` (the backbone, for SSL objectives and fine-tuning) +
+    :class:`MACEReadout` (mace-torch's energy), giving mace-torch's energies (eV) and forces (eV/A).
+
+    Built from a file written by :func:`export_mace_model` (``python -m atomzoo.backbones.mace convert``)
+    with :meth:`from_file`, which needs no mace-torch *file*: the weights are safetensors, the
+    hyperparameters JSON (the blocks are mace-torch's classes, so the ``[mace]`` extra is installed).
+    """
+
+    def __init__(self, backbone: MACE, readout: MACEReadout) -> None:
+        super().__init__()
+        self.backbone, self.readout = backbone, readout
+
+    @classmethod
+    def from_file(cls, path) -> "MACEPotential":
+        """The potential of a converted file or a pretrained model's name (SHA-256 checked against its card).
+
+        Raises:
+            atomzoo.cards.ModelFileError: not a converted MACE file (no ``source_head`` of kind ``mace-readout``).
+        """
+        from atomzoo import model_files
+
+        record = model_files.read(path)
+        head = (record.header or {}).get("source_head") or {}
+        if head.get("kind") != MACE_READOUT:
+            raise model_files.ModelFileError(
+                f"{path}: no mace-torch readout in the file (a backbone export of another run?); convert a mace-torch "
+                "model with `python -m atomzoo.backbones.mace convert MODEL OUT.safetensors`"
+            )
+        readout = MACEReadout(**head["config"])
+        readout.load_state_dict(record.source_head_weights, strict=True)
+        backbone = model_files.build_backbone(path)
+        return cls(backbone, readout.to(next(backbone.parameters()).dtype)).eval()
+
+    def forward(self, data) -> Tensor:
+        """Energies ``[num_graphs]`` in eV of a batch (``z``, ``pos`` in Angstrom, ``batch``)."""
+        out = self.backbone(data)
+        index = self.backbone.z_to_index[data.z]
+        return self.readout(out.scalars, index, data.batch, num_graphs(data))
+
+    def energy_and_forces(self, data) -> tuple[Tensor, Tensor]:
+        """``(energies [num_graphs] eV, forces [N, 3] eV/A)``; forces are ``-dE/dpos`` (autograd)."""
+        pos = data.pos.detach().requires_grad_(True)
+        data.pos = pos
+        energy = self(data)
+        (grad,) = torch.autograd.grad(energy.sum(), pos)
+        return energy.detach(), -grad
+
+
+def export_mace_model(source, out, head: str | None = None, check: bool = True) -> Path:
+    """Convert a mace-torch model (a module, or a file ``torch.save``-d by mace-torch: MACE-MP, MACE-OFF,
+    ``mace_run_train``) into an atomzoo backbone export with mace-torch's readout: ``OUT.safetensors`` +
+    ``OUT.card.json``. ``zoo fit --model.init_from OUT`` and ``build_backbone(OUT)`` read its backbone,
+    :meth:`MACEPotential.from_file` the whole potential.
+
+    With ``check`` the converted potential's energy and forces of one molecule of the model's elements
+    are compared with mace-torch's own calculator (relative 1e-6 in float64, 1e-4 in float32).
+    Unpickling a file runs its code: convert only files you trust. Needs mace-torch (``[mace]`` extra).
+
+    Raises:
+        MACEConversionError: a model this backbone cannot represent, or the check failed.
+    """
+    from atomzoo import model_files
+    from atomzoo.cards import BACKBONE_FORMAT, write_card
+    from atomzoo.export import _out_path, _write
+
+    import_mace()
+    model = source if isinstance(source, torch.nn.Module) else model_files.load_checkpoint_dict(source)
+    if not isinstance(model, torch.nn.Module):
+        raise MACEConversionError(f"{source}: not a saved mace-torch model (torch.load gives {type(model).__name__})")
+    model = model.eval()
+    args = mace_init_args(model)
+    backbone = MACE(**args)
+    state, kept = convert_mace_state(model, backbone)
+    backbone.load_state_dict(state, strict=True)
+    config, head_state = convert_mace_readout(model, head)
+    out = _out_path(out)
+    tensors = {**backbone.state_dict(), **{model_files.SOURCE_HEAD_PREFIX + k: v for k, v in head_state.items()}}
+    spec = {"class_path": "atomzoo.backbones.MACE", "init_args": args, "init_args_complete": True}
+    source_text = f"mace-torch {type(model).__name__}" + (f" ({source})" if not isinstance(source, torch.nn.Module) else "")
+    _write(out, tensors, {"model_format": BACKBONE_FORMAT, "objective": None, "backbone": spec, "source": source_text,
+                          "source_head": {"kind": MACE_READOUT, "config": config}})  # fmt: skip
+    write_card(out, {
+        "model_format": BACKBONE_FORMAT, "objective": None, "backbone": {k: spec[k] for k in ("class_path", "init_args")},
+        "targets": [{"name": "energy", "unit": "eV"}], "force_unit": "eV/A", "elements": args["atomic_numbers"],
+        "periodic": True, "cutoff_A": args["cutoff"], "training_data": None, "config": None, "test_metrics": None,
+        "source_checkpoint": source_text, "converted": {"kept_initial": kept, "readout": config},
+    })  # fmt: skip
+    if check:
+        _check_conversion(model, out)
+    return out
+
+
+def _check_conversion(model: torch.nn.Module, out) -> None:
+    """Compare the converted file's energy and forces with mace-torch's calculator on one molecule."""
+    from ase import Atoms
+    from mace.calculators import MACECalculator
+
+    from atomzoo.nn.batch import atoms_to_batch
+
+    zs = [int(z) for z in model.atomic_numbers.tolist()]
+    atoms = Atoms(numbers=(zs * 3)[:max(3, len(zs))], positions=[[1.1 * k, 0.3 * (k % 2), 0.2 * (k % 3)]
+                                                                 for k in range(max(3, len(zs)))])  # fmt: skip
+    dtype = next(model.parameters()).dtype
+    atoms.calc = MACECalculator(models=model, device="cpu", default_dtype=str(dtype).removeprefix("torch."))
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    potential = MACEPotential.from_file(out)
+    ours, our_forces = potential.energy_and_forces(atoms_to_batch([atoms], dtype))
+    tol = 1e-6 if dtype == torch.float64 else 1e-4
+    diff = abs(float(ours[0]) - energy) / max(1.0, abs(energy))
+    fdiff = float((our_forces.double() - torch.as_tensor(forces)).abs().max())
+    if diff > tol or fdiff > tol * max(1.0, float(abs(forces).max())):
+        raise MACEConversionError(f"{out}: converted energy {float(ours[0]):.6f} eV vs mace-torch {energy:.6f} eV "
+                                  f"(forces differ by {fdiff:.2e} eV/A): the model is not represented")  # fmt: skip
+    print(f"checked: {atoms.get_chemical_formula()} energy {energy:.6f} eV (mace-torch) vs {float(ours[0]):.6f} eV "
+          f"(atomzoo), max force difference {fdiff:.1e} eV/A")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m atomzoo.backbones.mace convert MODEL OUT.safetensors [--head NAME] [--no-check]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m atomzoo.backbones.mace",
+                                     description="Convert a mace-torch model file (MACE-MP, MACE-OFF) for atomzoo")
+    sub = parser.add_subparsers(dest="command", required=True)
+    convert = sub.add_parser("convert", help="MODEL (torch.save of a mace-torch model) -> OUT.safetensors + card")
+    convert.add_argument("model")
+    convert.add_argument("out")
+    convert.add_argument("--head", default=None, help="head of a multi-head model (default: its last)")
+    convert.add_argument("--no-check", action="store_true", help="skip the energy/force check against mace-torch")
+    args = parser.parse_args(argv)
+    try:
+        out = export_mace_model(args.model, args.out, args.head, check=not args.no_check)
+    except (MACEConversionError, FileNotFoundError, ValueError) as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    from atomzoo.cards import card_path
+
+    print(f"wrote {out} and {card_path(out)}")
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["MACE", "MACE_READOUT", "QM9_AVG_NUM_NEIGHBORS_5A", "MACEConversionError", "MACEPotential", "MACEReadout",
+           "convert_mace_readout", "convert_mace_state", "export_mace_model", "import_mace", "mace_init_args"]

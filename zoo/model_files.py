@@ -66,6 +66,9 @@ META_KEY = "atomzoo"
 PROVENANCE_KEY = "atomzoo_provenance"
 #: prefix of the backbone's entries in an objective's ``state_dict``
 BACKBONE_PREFIX = "backbone."
+#: prefix of a backbone export's tensors of the SOURCE model's own output head (a converted mace-torch
+#: model's readouts: ``atomzoo.backbones.mace.MACEReadout``); never part of ``backbone_weights``
+SOURCE_HEAD_PREFIX = "source_head."
 
 CHECKPOINT = "checkpoint"
 FULL_MODEL = "full-model"
@@ -296,9 +299,16 @@ class ModelFile:
         """The backbone's tensors under the keys of ``backbone.state_dict()`` (JEPA: the context
         backbone, not the EMA target)."""
         if self.kind == BACKBONE:
-            return dict(self.state_dict)
+            return {k: v for k, v in self.state_dict.items() if not k.startswith(SOURCE_HEAD_PREFIX)}
         n = len(BACKBONE_PREFIX)
         return {k[n:]: v for k, v in self.state_dict.items() if k.startswith(BACKBONE_PREFIX)}
+
+    @property
+    def source_head_weights(self) -> dict[str, Tensor]:
+        """A backbone export's tensors of its source model's own head (:data:`SOURCE_HEAD_PREFIX`, prefix
+        removed; described by the header's ``source_head``); empty for every other file."""
+        n = len(SOURCE_HEAD_PREFIX)
+        return {k[n:]: v for k, v in self.state_dict.items() if self.kind == BACKBONE and k.startswith(SOURCE_HEAD_PREFIX)}
 
     @property
     def elements(self) -> list[int] | None:
