@@ -8,13 +8,16 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
+from torch_geometric.utils import scatter
 
 from atomzoo.runner.__main__ import main as bench_main
 from atomzoo.runner.matrix import Comparison, expand, load_matrix
-from atomzoo.runner.probe import closed_form_probe
+from atomzoo.runner.probe import closed_form_probe, probe_matrix
 from atomzoo.runner.report import (compare_table, final_test_mae, noise_table, pretraining_table, summary_table,
                                    write_report)
 from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
@@ -327,9 +330,10 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     """A pretraining-only matrix (the objective study's shape) with curves in the report; its cell's
     compute settings are recorded; ``zoo-bench probe`` fits the closed-form probe of its backbone."""
     matrix = {
-        "name": "ssl", "output": str(tmp_path / "out"), "report": ["pretraining", "curves"],
+        "name": "ssl", "output": str(tmp_path / "out"), "report": ["probes", "pretraining", "curves"],
         "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
-        "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml")},
+        "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml"),
+                       "jepa_sigreg": str(ROOT / "configs/objectives/jepa_sigreg.yaml")},
         "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"),
                      "args": ["--data.targets", "null", *STEPS, "--trainer.val_check_interval", "1"]},
     }
@@ -339,13 +343,60 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     out, cell = tmp_path / "out", tmp_path / "out/cells/pretrain/schnet/denoising/c0"
     rows = read_rows(out / "results.csv")
     settings = {r["metric"]: r["value"] for r in rows if r["step"] == ""}
+    settings = {r["metric"]: r["value"] for r in rows if r["step"] == "" and "denoising" in r["cell"]}
     assert settings["max_steps"] == "3" and settings["batch_size"] == "8" and float(settings["wall_s"]) > 0
-    assert sorted(int(r["step"]) for r in rows if r["metric"] == "curve:val/loss") == [0, 1, 2]
+    assert sorted(int(r["step"]) for r in rows if r["metric"] == "curve:val/loss" and "denoising" in r["cell"]) == [0, 1, 2]
     report = (out / "results.md").read_text()
     assert "## Pretraining curves" in report and "### pretrain/schnet/denoising/c0" in report
     assert "| backbone | pretraining |" in report and "## Cost" not in report  # only the sections asked for
     result = closed_form_probe(cell / "run", "homo", train_size=64)
     assert result["unit"] == "meV" and result["molecules"] > 10000 and 0 < result["mae"] < 5000
+    # the matrix's probes: every finished pretraining cell and 2 random networks, into probes.csv
+    probes = probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256)
+    frame = pd.read_csv(probes, keep_default_na=False)
+    assert set(frame["model"]) == {"pretrain/schnet/denoising/c0", "pretrain/schnet/jepa_sigreg/c0",
+                                   "random/schnet/r0", "random/schnet/r1"}
+    jepa = frame[frame["objective"] == "jepa_sigreg"]
+    assert set(zip(jepa["features"], jepa["metric"])) == {
+        ("backbone", "ridge_mae"), ("backbone", "mlp_mae"), ("projector", "ridge_mae"),
+        *((f, m) for f in ("backbone", "projector") for m in ("emb_std", "emb_erank", "emb_sigreg"))}
+    assert "projector" not in set(frame[frame["objective"] == "denoising"]["features"])
+    mae = frame[frame["metric"].isin(["ridge_mae", "mlp_mae"])]["value"].astype(float)
+    assert ((mae > 0) & (mae < 5000)).all()
+    random = frame[(frame["objective"] == "random init") & (frame["metric"] == "ridge_mae")]["value"].astype(float)
+    assert random.nunique() == 2  # two different random networks
+    stamp = probes.stat().st_mtime_ns
+    probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256)
+    assert probes.stat().st_mtime_ns == stamp  # every model already probed: nothing recomputed
+    bench_main(["report", str(path)])
+    report = (out / "results.md").read_text()
+    assert "## Probes of the frozen pretrained networks" in report and "| schnet | random init | 2 |" in report
+
+
+def test_ridge_and_mlp_probes_recover_a_known_readout():
+    """The probes fit what the features determine: a target that is the mean over atoms of a nonlinear
+    per-atom function is read almost exactly by the MLP probe, and its linear part by the ridge probe."""
+    from atomzoo.runner.probe import Features, mlp_probe_mae, ridge_mae
+
+    generator = torch.Generator().manual_seed(0)
+
+    def split(molecules):
+        sizes = torch.randint(3, 9, (molecules,), generator=generator)
+        index = torch.repeat_interleave(torch.arange(molecules), sizes)
+        atoms = torch.randn(len(index), 8, generator=generator)
+        per_atom = atoms[:, 0] + 0.5 * torch.tanh(atoms[:, 1])
+        y = scatter(per_atom, index, 0, reduce="mean").double().numpy()
+        pooled = scatter(atoms, index, 0, reduce="mean").double().numpy()
+        return Features(atoms, index, pooled, None, y)
+
+    train, val, test = split(2000), split(200), split(500)
+    spread = float(np.abs(test.y - test.y.mean()).mean())
+    linear = scatter(test.atoms[:, 0], test.index, 0, reduce="mean").double().numpy()
+    assert ridge_mae(train.pooled, train.y, test.pooled, test.y) < 0.3 * spread
+    assert ridge_mae(train.pooled, train.y, test.pooled, linear) < 0.3 * spread  # reads the linear part
+    assert mlp_probe_mae(train, val, test, steps=600, batch_size=64, lr=3e-3) < 0.1 * spread
+    shuffled = Features(train.atoms, train.index, train.pooled, None, np.random.default_rng(0).permutation(train.y))
+    assert ridge_mae(shuffled.pooled, shuffled.y, test.pooled, test.y) > 0.8 * spread  # no signal, no fit
 
 
 def test_unfinished_cell_resumes_from_its_checkpoint(cache_dir, tmp_path, capsys):

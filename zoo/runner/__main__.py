@@ -63,8 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("source", type=Path,
                         help="the matrix file (its report sections, comparisons and task metrics apply) or the "
                              "output folder holding results.csv (default sections)")
-    probe = sub.add_parser("probe", help="closed-form linear probe of a pretraining run's frozen backbone (QM9)")
-    probe.add_argument("run", type=Path, help="run folder of a pretraining zoo fit (config.yaml, checkpoints/)")
+    probe = sub.add_parser("probe", help="probes of frozen pretrained networks (QM9): a run folder (closed-form "
+                                         "linear probe) or a matrix file (every finished clean pretraining cell + "
+                                         "random networks: ridge, MLP probe, embedding diagnostics -> probes.csv)")
+    probe.add_argument("run", type=Path, help="run folder of a pretraining zoo fit (config.yaml, checkpoints/), "
+                                              "or a matrix file")
+    probe.add_argument("--random-nets", type=int, default=3, help="matrix: random networks per backbone")
+    probe.add_argument("--mlp-steps", type=int, default=3000, help="matrix: training steps of the MLP probe")
     probe.add_argument("--target", default="homo")
     probe.add_argument("--train-size", type=int, default=10000)
     probe.add_argument("--ridge", type=float, default=1e-4, help="ridge strength, relative to the number of molecules")
@@ -75,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         source = load_matrix(args.source) if args.source.is_file() else args.source
         print(write_report(source))
+        return 0
+    if args.command == "probe" and args.run.is_file():
+        from .probe import probe_matrix
+
+        matrix = load_matrix(args.run)
+        print(probe_matrix(matrix, args.target, args.train_size, args.random_nets, args.mlp_steps))
+        print(write_report(matrix))
         return 0
     if args.command == "probe":
         from .probe import closed_form_probe

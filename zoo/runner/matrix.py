@@ -80,7 +80,8 @@ import yaml
 SCRATCH = "none"
 MODES = ("finetune", "linear_probe")
 #: report sections, in the order results.md shows them
-SECTIONS = ("compare", "summary", "paired", "compute", "finetuning", "noise", "pretraining", "curves", "cost", "plots")
+SECTIONS = ("compare", "summary", "paired", "compute", "finetuning", "noise", "probes", "pretraining", "curves", "cost",
+            "plots")
 DEFAULT_SECTIONS = ("compare", "summary", "noise", "pretraining", "cost", "plots")
 ORDERS = ("matrix", "seeds")
 DEFAULT_CURVES = ("val/", "train/loss", "train/emb")

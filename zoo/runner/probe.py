@@ -1,28 +1,55 @@
-"""Closed-form linear probe of a pretraining run: the reference an SGD linear probe should approach.
+"""Probes of pretrained backbones: what each objective trained into the frozen features.
 
-Mean-pools the frozen backbone's per-atom scalars over each molecule (``[B, width]``), standardises
-them on the training molecules and fits ridge regression (least squares with a small ridge) to one
-QM9 target on the first ``train_size`` training molecules; reports the test MAE on the whole test
-split. ``random_init`` probes the same backbone with random weights instead.
+Three probes and one set of diagnostics, all on frozen networks, on one QM9 target:
 
-    zoo-bench probe runs/bench/qm9_objectives/cells/pretrain/painn/denoising/c0/run \
-        --target homo --train-size 10000
+* **closed-form ridge probe** (:func:`ridge_mae`): the frozen backbone's per-atom scalars mean-pooled
+  over each molecule (``[B, width]``), standardised on the training molecules, ridge regression to the
+  target on the first ``train_size`` training molecules, MAE on the whole test split; for objectives
+  with a projector (JEPA), the same on the projector's output (the embedding the loss saw);
+* **frozen-backbone MLP probe** (:func:`mlp_probe_mae`; Zaidi et al. 2023, "Pre-training via
+  denoising", frozen-backbone experiment: only the output head trains): a per-atom MLP
+  (width -> width/2 -> 1, SiLU) on the frozen per-atom scalars, mean-pooled, L1 loss on the
+  standardised target, Adam with cosine decay; the step with the lowest validation MAE is tested;
+* **embedding diagnostics** (:func:`atomzoo.objectives.diagnostics.collapse_statistics`): per-dimension
+  std, effective rank and the SIGReg statistic of the pooled features (and the projector output) of
+  the validation molecules;
 
-Measured numbers are in docs/benchmarks.md (linear-probe section).
+each against the same probes of ``random_nets`` randomly initialised networks of the same architecture
+(seeds 0, 1, ...): a pretrained feature is only informative where it beats random ones.
+
+    zoo-bench probe runs/bench/qm9_objectives/cells/pretrain/painn/denoising/c0/run --target homo
+    zoo-bench probe benchmarks/matrices/objectives_v2.yaml     # every finished clean pretraining cell
+                                                               # + 3 random nets -> <output>/probes.csv
+
+:func:`probe_matrix` appends to ``<output>/probes.csv`` (rewritten atomically after every model; a model
+with rows there is not probed again) and the report's ``probes`` section reads it
+(:func:`probes_table`). Measured numbers: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
+import csv
+import math
+import os
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
+from torch.utils.data import Subset
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import scatter
 
 from atomzoo.datamodules import QM9DataModule
-from atomzoo.model_files import load_into_backbone, resolve_class
+from atomzoo.model_files import load_into_backbone, read, resolve_class
+
+#: columns of ``probes.csv``
+PROBE_COLUMNS = ["model", "backbone", "objective", "seed", "features", "metric", "target", "value", "commit"]
+#: the probe metrics, in table order (MAE in meV for eV targets, else the target's unit)
+PROBE_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank", "emb_sigreg")
 
 
 def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:
@@ -73,11 +100,230 @@ def closed_form_probe(run: Path, target: str = "homo", train_size: int = 10000, 
     data.setup("test")
     x_train, y_train = features(backbone, DataLoader(data.dataset("train"), batch_size=256))
     x_test, y_test = features(backbone, data.test_dataloader())
+    mae = ridge_mae(x_train, y_train, x_test, y_test, ridge)
+    unit = data.target_info(target).unit
+    scale, shown = (1000.0, "meV") if unit == "eV" else (1.0, unit)
+    return {"mae": float(scale * mae), "unit": shown, "molecules": int(len(y_test))}
+
+
+@dataclass
+class Features:
+    """Frozen features of one split: per-atom scalars ``atoms [N, F]`` with their molecule ``index [N]``,
+    mean-pooled ``pooled [B, F]``, the projector's output ``projected [B, D]`` (``None`` without a
+    projector) and the target ``y [B]`` (float64)."""
+
+    atoms: torch.Tensor
+    index: torch.Tensor
+    pooled: np.ndarray
+    projected: np.ndarray | None
+    y: np.ndarray
+
+
+@torch.no_grad()
+def extract(backbone: torch.nn.Module, loader, projector=None) -> Features:
+    """:class:`Features` of every molecule of ``loader`` (``projector``: a callable batch -> ``[B, D]``)."""
+    atoms, index, pooled, projected, ys, offset = [], [], [], [], [], 0
+    for batch in loader:
+        scalars = backbone(batch).scalars
+        atoms.append(scalars.float())
+        index.append(batch.batch + offset)
+        offset += int(batch.num_graphs)
+        pooled.append(scatter(scalars, batch.batch, 0, dim_size=int(batch.num_graphs), reduce="mean"))
+        if projector is not None:
+            projected.append(projector(batch))
+        ys.append(batch.y.reshape(-1))
+    return Features(torch.cat(atoms), torch.cat(index), torch.cat(pooled).double().numpy(),
+                    torch.cat(projected).double().numpy() if projector is not None else None,
+                    torch.cat(ys).double().numpy())
+
+
+def ridge_mae(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+              ridge: float = 1e-4) -> float:
+    """Test MAE of ridge regression (features standardised on the training rows; ``ridge`` relative to
+    the number of training rows) fitted to ``y_train``; in the targets' unit."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-12
     a, b = (x_train - mean) / std, (x_test - mean) / std
     gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
     weights = np.linalg.solve(gram, a.T @ (y_train - y_train.mean()))
-    mae = np.abs(b @ weights + y_train.mean() - y_test).mean()
+    return float(np.abs(b @ weights + y_train.mean() - y_test).mean())
+
+
+def mlp_probe_mae(train: Features, val: Features, test: Features, steps: int = 3000, batch_size: int = 64,
+                  lr: float = 1e-3, seed: int = 0, every: int = 100) -> float:
+    """Test MAE of a per-atom MLP head (``F -> F/2 -> 1``, SiLU, mean pooling) trained on frozen features.
+
+    L1 loss on the target standardised with the training molecules' mean and std; Adam, cosine decay
+    over ``steps`` steps of ``batch_size`` molecules; the head with the lowest validation MAE (checked
+    every ``every`` steps) is tested. Deterministic for ``seed``. In the targets' unit."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    width = train.atoms.shape[1]
+    head = torch.nn.Sequential(torch.nn.Linear(width, max(width // 2, 1)), torch.nn.SiLU(),
+                               torch.nn.Linear(max(width // 2, 1), 1)).double()
+    mean, std = float(train.y.mean()), float(train.y.std() + 1e-12)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    order = torch.argsort(train.index, stable=True)
+    atoms, index = train.atoms[order].double(), train.index[order]
+    starts = torch.searchsorted(index, torch.arange(len(train.y) + 1))
+    target = torch.from_numpy((train.y - mean) / std)
+
+    def predict(features: Features) -> np.ndarray:
+        with torch.no_grad():
+            out = head(features.atoms.double()).reshape(-1)
+            pooled = scatter(out, features.index, 0, dim_size=len(features.y), reduce="mean")
+        return pooled.numpy() * std + mean
+
+    best, best_state = math.inf, None
+    for step in range(steps):
+        molecules = torch.randperm(len(train.y), generator=generator)[:batch_size]
+        rows = torch.cat([torch.arange(int(starts[m]), int(starts[m + 1])) for m in molecules])
+        local = torch.repeat_interleave(torch.arange(len(molecules)), starts[molecules + 1] - starts[molecules])
+        pred = scatter(head(atoms[rows]).reshape(-1), local, 0, dim_size=len(molecules), reduce="mean")
+        loss = (pred - target[molecules]).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if (step + 1) % every == 0 or step + 1 == steps:
+            mae = float(np.abs(predict(val) - val.y).mean())
+            if mae < best:
+                best, best_state = mae, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    return float(np.abs(predict(test) - test.y).mean())
+
+
+def _instantiate(spec):
+    """An object from a saved ``{class_path, init_args}`` spec (nested specs built first); other values as they are."""
+    if isinstance(spec, dict) and "class_path" in spec:
+        return resolve_class(spec["class_path"])(**{k: _instantiate(v) for k, v in (spec.get("init_args") or {}).items()})
+    return spec
+
+
+def objective_of(run: Path, checkpoint: Path | None, random_init: bool, seed: int = 0):
+    """The objective of a ``zoo fit`` run folder (its ``config.yaml``), with the weights of ``checkpoint``
+    (or, with ``random_init``, freshly initialised from ``seed``), in eval mode."""
+    config = Path(run) / "config.yaml"
+    if not config.exists():
+        raise FileNotFoundError(f"{config} does not exist: pass the run folder of a zoo fit (it holds config.yaml)")
+    torch.manual_seed(seed)
+    objective = _instantiate(yaml.safe_load(config.read_text())["model"])
+    if not random_init:
+        objective.load_state_dict(read(checkpoint).state_dict, strict=True)
+    return objective.eval()
+
+
+def probe_objective(objective, splits: dict[str, object], target_unit: str, mlp_steps: int = 3000,
+                    seed: int = 0) -> list[dict]:
+    """Probe rows (``features``, ``metric``, ``value``) of one objective's frozen backbone (and projector,
+    when the objective has one) on ``splits`` (``train``/``val``/``test`` loaders)."""
+    from atomzoo.objectives.diagnostics import collapse_statistics
+
+    projector = objective.forward if getattr(objective, "projection", None) is not None else None
+    feats = {name: extract(objective.backbone, loader, projector) for name, loader in splits.items()}
+    scale = 1000.0 if target_unit == "eV" else 1.0
+    rows = []
+    kinds = [("backbone", lambda f: f.pooled)] + ([("projector", lambda f: f.projected)] if projector else [])
+    for kind, get in kinds:
+        rows.append((kind, "ridge_mae", scale * ridge_mae(get(feats["train"]), feats["train"].y, get(feats["test"]),
+                                                          feats["test"].y)))
+        for name, value in collapse_statistics(torch.from_numpy(get(feats["val"])).float()).items():
+            rows.append((kind, name, float(value)))
+    rows.append(("backbone", "mlp_mae", scale * mlp_probe_mae(feats["train"], feats["val"], feats["test"],
+                                                              steps=mlp_steps, seed=seed)))
+    return [{"features": f, "metric": m, "value": v} for f, m, v in rows]
+
+
+def _write_probes(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=PROBE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_nets: int = 3,
+                 mlp_steps: int = 3000, val_size: int = 1024, limit: int | None = None, log=print) -> Path:
+    """Probe every finished clean pretraining cell of ``matrix`` and ``random_nets`` random networks of each
+    backbone (the architecture of its first finished cell); rows go to ``<output>/probes.csv``.
+
+    Resumable: a model with rows in the file is skipped. ``limit`` caps the test molecules (tests).
+
+    Raises:
+        FileNotFoundError: a finished cell's run folder is gone (its weights are needed).
+    """
+    from .execute import checkpoint_of, code_version, log_dir
+    from .matrix import expand
+    from .results import finished_cells
+
+    out = Path(matrix.output) / "probes.csv"
+    rows = []
+    if out.exists():
+        with open(out, newline="") as f:
+            rows = list(csv.DictReader(f))
+    done = {r["model"] for r in rows}
+    finished = finished_cells(matrix.results_csv)
+    cells = [c for c in expand(matrix) if c.phase == "pretrain" and c.corruption_rate == 0 and c.id in finished]
+    data = QM9DataModule(targets=[target], train_size=train_size, eval_batch_size=256)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
     unit = data.target_info(target).unit
-    scale, shown = (1000.0, "meV") if unit == "eV" else (1.0, unit)
-    return {"mae": float(scale * mae), "unit": shown, "molecules": int(len(y_test))}
+    test, val = data.dataset("test"), data.dataset("val")
+    if limit is not None:
+        test = Subset(test, range(min(limit, len(test))))
+    splits = {"train": DataLoader(data.dataset("train"), batch_size=256),
+              "val": DataLoader(Subset(val, range(min(val_size, len(val)))), batch_size=256),
+              "test": DataLoader(test, batch_size=256)}
+    commit = code_version()
+    models = [(c.id, c.backbone, c.objective, c.seed, log_dir(matrix, c), checkpoint_of(matrix, c)) for c in cells]
+    for backbone in dict.fromkeys(c.backbone for c in cells):
+        first = next(c for c in cells if c.backbone == backbone)
+        models += [(f"random/{backbone}/r{k}", backbone, "random init", k, log_dir(matrix, first), None)
+                   for k in range(random_nets)]
+    for model, backbone, objective, seed, run, checkpoint in models:
+        if model in done:
+            continue
+        if not (run / "config.yaml").exists():
+            raise FileNotFoundError(f"{run}/config.yaml: the run folder of finished cell {model} is gone; "
+                                    f"rerun the cell (zoo-bench run ... --only '{model}' --rerun) to probe it")
+        log(f"probing {model}")
+        found = probe_objective(objective_of(run, checkpoint, checkpoint is None, seed), splits, unit, mlp_steps, seed)
+        rows += [{"model": model, "backbone": backbone, "objective": objective, "seed": seed, "target": target,
+                  "commit": commit, **r} for r in found]
+        _write_probes(out, rows)
+    return out
+
+
+def probes_table(output: Path) -> str:
+    """Markdown table of ``<output>/probes.csv``: per backbone x objective (random init last), the mean ±
+    std over seeds (pretraining seeds, or random networks) of every probe metric; empty without the file."""
+    path = Path(output) / "probes.csv"
+    if not path.exists():
+        return ""
+    frame = pd.read_csv(path, keep_default_na=False)
+    if frame.empty:
+        return ""
+    columns = [(f, m) for f in ("backbone", "projector") for m in PROBE_METRICS
+               if ((frame["features"] == f) & (frame["metric"] == m)).any()]
+    names = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
+             "emb_sigreg": "SIGReg"}
+    target = frame["target"].iloc[0]
+    lines = [f"| backbone | pretraining | seeds | " + " | ".join(f"{f}: {names[m]}" for f, m in columns) + " |",
+             "|---|---|---:|" + "---:|" * len(columns)]
+    order = sorted(set(zip(frame["backbone"], frame["objective"])), key=lambda r: (r[0], r[1] == "random init", r[1]))
+    for backbone, objective in order:
+        sub = frame[(frame["backbone"] == backbone) & (frame["objective"] == objective)]
+        texts = []
+        for f, m in columns:
+            values = sub[(sub["features"] == f) & (sub["metric"] == m)]["value"].astype(float).tolist()
+            if not values:
+                texts.append("–")
+                continue
+            mean = statistics.fmean(values)
+            spread = f" ± {statistics.stdev(values):.3g}" if len(values) > 1 else " (n = 1)"
+            texts.append(f"{mean:.4g}{spread}")
+        lines.append(f"| {backbone} | {objective} | {sub['seed'].nunique()} | " + " | ".join(texts) + " |")
+    return (f"Probes of the frozen pretrained networks on QM9 {target} (MAE in meV; zoo-bench probe; "
+            "random init: the same architecture with random weights):\n\n" + "\n".join(lines))

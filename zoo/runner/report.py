@@ -20,7 +20,10 @@ Sections of ``results.md``, in this order (the matrix's ``report`` key picks whi
   equal CPU time where the matrix has a step budget matched to it (e.g. ``denoising_eqcpu``).
 - ``finetuning``: per row of the summary, how the fine-tuning runs ended: stopped early or at the
   step/epoch cap, the mean stopping and best (tested) step, CPU minutes per run.
-- ``noise``: test MAE against the pretraining corruption rate, when rates were swept.
+- ``noise``: per artifact kind, test MAE against the pretraining corruption rate (clean shared) and
+  the paired change at the largest rate with its 95 % interval, when rates were swept.
+- ``probes``: the probes of the frozen pretrained networks against random ones (``probes.csv``,
+  written by ``zoo-bench probe MATRIX``; :mod:`atomzoo.runner.probe`).
 - ``pretraining``: one row per pretraining run (steps, last validation loss, wall time).
 - ``curves``: per pretraining run, every logged validation metric at each evaluated step and the
   collapse diagnostics (embedding std, effective rank, SIGReg statistic) at a few steps.
@@ -608,6 +611,12 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     noise = noise_table(ft) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+    if "probes" in sections:
+        from .probe import probes_table
+
+        probes = probes_table(output)
+        if probes:
+            parts += ["## Probes of the frozen pretrained networks", "", probes, ""]
     pretraining = pretraining_table(frame) if "pretraining" in sections else ""
     if pretraining:
         parts += ["## Pretraining runs", "", pretraining, ""]
