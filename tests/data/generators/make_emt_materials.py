@@ -64,7 +64,7 @@ def bulk_cell(element: str, rng: np.random.Generator, strain: float, rattle: flo
         atoms = bulk(element, "fcc", a=a).repeat((2, 2, 2))
     else:  # bcc with the fcc atomic volume
         atoms = bulk(element, "bcc", a=a / 2 ** (1 / 3), cubic=True).repeat((2, 1, 1))
-    if rng.random() < 0.1:  # a random binary alloy
+    if rng.random() < 0.1 and len(elements) > 1:  # a random binary alloy
         other = str(rng.choice([e for e in elements if e != element]))
         atoms.numbers[rng.random(len(atoms)) < 0.5] = atomic_numbers[other]
     eps = rng.uniform(-strain, strain, (3, 3))
