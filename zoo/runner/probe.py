@@ -137,15 +137,20 @@ def extract(backbone: torch.nn.Module, loader, projector=None) -> Features:
                     torch.cat(ys).double().numpy())
 
 
-def ridge_mae(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-              ridge: float = 1e-4) -> float:
-    """Test MAE of ridge regression (features standardised on the training rows; ``ridge`` relative to
-    the number of training rows) fitted to ``y_train``; in the targets' unit."""
+def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
+    """Predictions ``[len(x_test)]`` of ridge regression fitted to ``y_train`` (features standardised on the
+    training rows; ``ridge`` relative to the number of training rows; intercept the training mean)."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-12
     a, b = (x_train - mean) / std, (x_test - mean) / std
     gram = a.T @ a + ridge * len(a) * np.eye(a.shape[1])
     weights = np.linalg.solve(gram, a.T @ (y_train - y_train.mean()))
-    return float(np.abs(b @ weights + y_train.mean() - y_test).mean())
+    return b @ weights + y_train.mean()
+
+
+def ridge_mae(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+              ridge: float = 1e-4) -> float:
+    """Test MAE of :func:`ridge_predict`, in the targets' unit."""
+    return float(np.abs(ridge_predict(x_train, y_train, x_test, ridge) - y_test).mean())
 
 
 def mlp_probe_mae(train: Features, val: Features, test: Features, steps: int = 3000, batch_size: int = 64,

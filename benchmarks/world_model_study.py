@@ -1,0 +1,113 @@
+"""The world-model study of issue 27: does LeWorldModel's recipe learn physics from molecular dynamics?
+
+Stages, each resumable (a finished stage is skipped when its output exists), run in order by ``all``:
+
+``data``      GFN2-xTB Langevin MD of 32 QM9 molecules (5-9 heavy atoms, a seeded choice; 300/400/500/600 K
+              cycled; 150 frames 5 fs apart after 200 fs of equilibration) with
+              ``tests/data/generators/make_trajectory_fixture.py`` -> ``runs/world_model_study/xtb_qm9_md_32.extxyz``
+              (not committed: remade exactly by this command).
+``train``     ``zoo-bench run benchmarks/matrices/world_model_study.yaml --threads 1 --commit-results``: WorldModel
+              on PaiNN 64 x 3, 3 seeds, split by trajectory (24 / 4 / 4 molecules).
+``surprise``  ``python -m atomzoo.surprise`` on the 4 held-out test molecules with the 3 checkpoints, a random
+              network and the xTB energy jump -> ``docs/world_model/surprise.{csv,md,png}``.
+``probes``    ``python -m atomzoo.dynamics_probes`` (linear probes of energy, force norm and a dihedral from the
+              embedding, trained on the training molecules, tested on the held-out ones, against random
+              networks) -> ``docs/world_model/probes.{csv,md}``.
+
+    OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # ~2-3 CPU h on the 2-core dev VM
+
+Measured numbers and their reading: docs/world_model.md ("The study").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "runs/world_model_study/xtb_qm9_md_32.extxyz"
+MATRIX = ROOT / "benchmarks/matrices/world_model_study.yaml"
+DATA_CONFIG = ROOT / "configs/data/trajectories_xtb32.yaml"
+OUT = ROOT / "docs/world_model"
+MOLECULES, FRAMES, INTERVAL, EQUILIBRATE = 32, 150, 10, 400
+
+
+def chosen_molecules(count: int = MOLECULES, seed: int = 0) -> list[int]:
+    """gdb indices of ``count`` QM9 molecules with 5-9 heavy atoms, a seeded choice (sorted)."""
+    from atomzoo.datamodules.qm9 import read_qm9pack
+
+    data = read_qm9pack()
+    offsets = np.concatenate([[0], np.cumsum(data["counts"])])
+    heavy = np.add.reduceat((data["z"] > 1).astype(int), offsets[:-1])
+    eligible = np.nonzero((heavy >= 5) & (heavy <= 9))[0]
+    picked = sorted(np.random.default_rng(seed).choice(eligible, count, replace=False))
+    return [int(data["gdb_index"][i]) for i in picked]
+
+
+def run(args: list[str]) -> None:
+    print("+", " ".join(map(str, args)), flush=True)
+    subprocess.run([str(a) for a in args], cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def stage_data() -> None:
+    if DATA.exists():
+        print(f"{DATA} exists")
+        return
+    tmp = DATA.with_suffix(".tmp.extxyz")
+    run([sys.executable, "tests/data/generators/make_trajectory_fixture.py", "--out", tmp,
+         "--gdb", *chosen_molecules(), "--temperatures", "300", "400", "500", "600", "--frames", FRAMES,
+         "--interval", INTERVAL, "--equilibrate", EQUILIBRATE, "--seed", "0"])
+    os.replace(tmp, DATA)
+
+
+def checkpoints() -> list[Path]:
+    """The final checkpoints of the study's finished training cells (seed order)."""
+    sys.path.insert(0, str(ROOT))
+    from atomzoo.runner.execute import checkpoint_of
+    from atomzoo.runner.matrix import expand, load_matrix
+    from atomzoo.runner.results import finished_cells
+
+    matrix = load_matrix(MATRIX)
+    done = finished_cells(matrix.results_csv)
+    return [checkpoint_of(matrix, c) for c in expand(matrix) if c.phase == "pretrain" and c.id in done]
+
+
+def stage_train() -> None:
+    run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
+
+
+def stage_surprise() -> None:
+    if (OUT / "surprise.md").exists():
+        print(f"{OUT / 'surprise.md'} exists")
+        return
+    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *checkpoints(), "--data", DATA_CONFIG, "--split", "test",
+         "--out", OUT])
+
+
+def stage_probes() -> None:
+    if (OUT / "probes.md").exists():
+        print(f"{OUT / 'probes.md'} exists")
+        return
+    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *checkpoints(), "--data", DATA_CONFIG,
+         "--out", OUT])
+
+
+STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=[*STAGES, "all"])
+    stage = parser.parse_args().stage
+    for name, fn in STAGES.items():
+        if stage in (name, "all"):
+            fn()
+
+
+if __name__ == "__main__":
+    main()
