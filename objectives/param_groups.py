@@ -1,9 +1,12 @@
 """Optimizer parameter groups: weight decay on weight matrices only.
 
 The references decay weight matrices and nothing else: the SCD code (``get_parameter_groups``,
-TyJPerez/SelfConditionedDenoisingAtoms) exempts biases, norms, embeddings, the adaLN ``alpha`` and the
-mask token; mace-torch (``get_params_options``) exempts the element embedding and everything of an
-interaction block but its linear weights. Decaying a LayerNorm gain pulls it towards 0 (not 1), decaying
+TyJPerez/SelfConditionedDenoisingAtoms) means to exempt biases, norms, embeddings, the adaLN ``alpha``
+and the mask token; mace-torch (``get_params_options``) exempts the element embedding and everything of an
+interaction block but its linear weights. SCD decides by parameter name, so it also decays what its
+patterns miss: LayerNorm gains inside an ``nn.Sequential`` (named ``fc.2.weight``), LayerNorms named
+``layernorm`` and 1-D parameters such as trainable RBF centres; the rule here decides by module type and
+shape and decays none of those (``docs/objectives.md``, ``tests/test_weight_decay_vs_scd.py``). Decaying a LayerNorm gain pulls it towards 0 (not 1), decaying
 an embedding or a mask token shrinks learned vectors that are no weights of a map -- the SCD authors
 report that shrinking element embeddings destabilised fine-tuning.
 
