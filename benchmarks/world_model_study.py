@@ -6,15 +6,20 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               cycled; 150 frames 5 fs apart after 200 fs of equilibration) with
               ``tests/data/generators/make_trajectory_fixture.py`` -> ``runs/world_model_study/xtb_qm9_md_32.extxyz``
               (not committed: remade exactly by this command).
-``train``     ``zoo-bench run benchmarks/matrices/world_model_study.yaml --threads 1 --commit-results``: WorldModel
-              on PaiNN 64 x 3, 3 seeds, split by trajectory (24 / 4 / 4 molecules).
+``train``     ``zoo-bench run benchmarks/matrices/world_model_study.yaml --only 'pretrain/painn64/world_model/'``
+              (``--threads 1 --commit-results``): WorldModel on PaiNN 64 x 3, 3 seeds, split by trajectory
+              (24 / 4 / 4 molecules).
 ``surprise``  ``python -m atomzoo.surprise`` on the 4 held-out test molecules with the 3 checkpoints, a random
               network and the xTB energy jump -> ``docs/world_model/surprise.{csv,md,png}``.
 ``probes``    ``python -m atomzoo.dynamics_probes`` (linear probes of energy, force norm and a dihedral from the
               embedding, trained on the training molecules, tested on the held-out ones, against random
               networks) -> ``docs/world_model/probes.{csv,md}``.
+``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
+              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
+              300 frames) -> ``benchmarks/results/world_model_study/results.md``.
 
-    OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # ~2-3 CPU h on the 2-core dev VM
+    OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # one core; data ~30 min, world model
+                                                                      # ~15 min a seed, transfer ~2 h a seed
 
 Measured numbers and their reading: docs/world_model.md ("The study").
 """
@@ -74,10 +79,15 @@ def checkpoints() -> list[Path]:
 
     matrix = load_matrix(MATRIX)
     done = finished_cells(matrix.results_csv)
-    return [checkpoint_of(matrix, c) for c in expand(matrix) if c.phase == "pretrain" and c.id in done]
+    return [checkpoint_of(matrix, c) for c in expand(matrix)
+            if c.phase == "pretrain" and c.objective == "world_model" and c.id in done]
 
 
 def stage_train() -> None:
+    run(["zoo-bench", "run", MATRIX, "--only", "pretrain/painn64/world_model/", "--threads", "1", "--commit-results"])
+
+
+def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
 
@@ -97,7 +107,8 @@ def stage_probes() -> None:
          "--out", OUT])
 
 
-STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes}
+STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
+          "transfer": stage_transfer}
 
 
 def main() -> None:
