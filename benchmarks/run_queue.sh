@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 status=0
 for matrix in \
     benchmarks/matrices/objectives_v2.yaml \
+    benchmarks/matrices/objectives_v2_forces.yaml \
     benchmarks/matrices/objectives_v2_noise.yaml; do
   echo "== $(date -u +%FT%TZ) $matrix"
   zoo-bench run "$matrix" --threads 1 --commit-results || status=$?

@@ -635,3 +635,12 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     corrupted = [c for c in cells if c.corruption_rate > 0]
     assert len(corrupted) == 2 * 4 * 4 * 3 and {c.corruption for c in corrupted} == {
         "displacement", "duplicate_atoms", "missing_hydrogens", "wrong_element"}
+    # the force-transfer row fine-tunes the same pretraining cells on ethanol energy + forces
+    forces = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_forces.yaml").read_text())
+    for key in ("output", "cells", "common_args", "backbones", "pretrain", "order"):
+        assert forces[key] == main[key], key
+    assert all(main["objectives"][name] == spec for name, spec in forces["objectives"].items())
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_forces.yaml"))
+    pre = {c.id for c in cells if c.phase == "pretrain"}
+    assert pre <= main_ids and len(cells) - len(pre) == 5 * 2 * 3
+    assert all(c.depends_on in pre for c in cells if c.phase == "finetune" and c.objective != "none")
