@@ -37,6 +37,7 @@ from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, Target
 from .artifacts import Corruption
 from .duplicates import DECIMALS, HASH_ARRAY, shared_with_training
 from .loaders import BatchItems, ExactDistributedSampler, ResumableDataLoader, StoreDataLoader
+from .sampler import SizeBalancedDataLoader, SizeBalancedSampler, edge_counts
 from .splits import DEFAULT_TRAIN_FRACTION, load_splits, random_split, save_splits
 from .storage import Store, open_or_build
 
@@ -242,6 +243,11 @@ class AtomsDataModule(L.LightningDataModule):
         allow_unseen_elements: a training run (``fit``) refuses data whose validation or test split
             holds elements absent from the training split (the model has never seen them: their
             predictions are meaningless); ``True`` turns that error into a warning.
+        max_atoms: pack batches by size instead of by count: at most this many atoms per batch
+            (training and evaluation; ``batch_size`` and ``eval_batch_size`` are then unused). See
+            :mod:`atomzoo.datamodules.sampler`.
+        max_edges: at most this many edges per batch (at the model backbone's cutoff, counted once
+            and cached beside the store); alone or with ``max_atoms``.
 
     The dataset contract (what every subclass declares; see docs/datasets.md "Adding a dataset"):
     :meth:`store_path`, :meth:`fingerprint`, :meth:`label_names`, :meth:`build_store` (which must call
@@ -280,8 +286,11 @@ class AtomsDataModule(L.LightningDataModule):
         corruption_scale: float = 0.5,
         corruption_seed: int = 0,
         allow_unseen_elements: bool = False,
+        max_atoms: int | None = None,
+        max_edges: int | None = None,
     ) -> None:
         super().__init__()
+        self.max_atoms, self.max_edges = max_atoms, max_edges
         self.allow_unseen_elements = bool(allow_unseen_elements)
         self._checked_stages: set[str] = set()
         self._splits_recorded = False  # splits.npz written into the run directory (or there is none)
@@ -499,15 +508,38 @@ class AtomsDataModule(L.LightningDataModule):
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
+    def _size_balanced(self, dataset: StoreDataset, shuffle: bool, seed: int = 0) -> SizeBalancedSampler | None:
+        """The :class:`~atomzoo.datamodules.sampler.SizeBalancedSampler` of ``dataset`` when
+        ``max_atoms`` or ``max_edges`` is set, else ``None`` (batches of ``batch_size`` structures)."""
+        if self.max_atoms is None and self.max_edges is None:
+            return None
+        edges = None
+        if self.max_edges is not None:
+            module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+            cutoff = getattr(getattr(module, "backbone", None), "cutoff", None)
+            if cutoff is None:
+                raise ValueError("--data.max_edges counts edges at the model backbone's cutoff, but this run has no "
+                                 "model with a backbone; use --data.max_atoms")  # fmt: skip
+            edges = edge_counts(self.store, float(cutoff))[dataset.indices]
+        atoms = self.store.counts[dataset.indices]
+        return SizeBalancedSampler(dataset, atoms, self.max_atoms, edges, self.max_edges, shuffle=shuffle, seed=seed)
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled with ``seed_everything``'s seed and the epoch; sharded over DDP ranks; resumable."""
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        dataset = self.dataset("train")
+        sampler = self._size_balanced(dataset, shuffle=True, seed=seed)
+        if sampler is not None:
+            return SizeBalancedDataLoader(dataset, sampler, self._batches_done, **self._loader_options())
         return ResumableDataLoader(
-            self.dataset("train"), self.batch_size, seed=seed, batches_done=self._batches_done, **self._loader_options()
+            dataset, self.batch_size, seed=seed, batches_done=self._batches_done, **self._loader_options()
         )
 
     def _eval_loader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)
+        sampler = self._size_balanced(dataset, shuffle=False)
+        if sampler is not None:
+            return SizeBalancedDataLoader(dataset, sampler, **self._loader_options())
         return StoreDataLoader(
             dataset, batch_size=self.eval_batch_size, sampler=ExactDistributedSampler(dataset), **self._loader_options()
         )
