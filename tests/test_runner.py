@@ -644,3 +644,15 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     pre = {c.id for c in cells if c.phase == "pretrain"}
     assert pre <= main_ids and len(cells) - len(pre) == 5 * 2 * 3
     assert all(c.depends_on in pre for c in cells if c.phase == "finetune" and c.objective != "none")
+    # other targets and label sizes: the same pretraining cells; other backbones: everything else the same
+    targets = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_targets.yaml").read_text())
+    backbones = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_backbones.yaml").read_text())
+    for key in ("output", "cells", "common_args", "pretrain", "order", "curves"):
+        assert targets[key] == main[key] == backbones[key], key
+    assert targets["backbones"] == main["backbones"] and backbones["finetune"] == main["finetune"]
+    assert {k: v for k, v in targets["finetune"].items() if k not in ("targets", "label_budgets")} == {
+        k: v for k, v in main["finetune"].items() if k not in ("targets", "label_budgets")}
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_targets.yaml"))
+    assert {c.id for c in cells if c.phase == "pretrain"} <= main_ids
+    assert len([c for c in cells if c.phase == "finetune" and c.id not in main_ids]) == 5 * 8 * 3
+    assert len(expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_backbones.yaml"))) == 2 * 9 * 3
