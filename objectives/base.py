@@ -44,8 +44,8 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch import nn
 from torchmetrics import MeanMetric
 
-from . import provenance
-from .param_groups import parameter_groups
+from . import init_check, provenance
+from .param_groups import freeze_parameters, parameter_groups, scale_learning_rate
 
 # Objectives keep the backbone's *config* in their hyperparameters (so load_from_checkpoint rebuilds
 # it); Lightning's advice to ignore nn.Module arguments does not apply to that.
@@ -78,6 +78,15 @@ class Objective(L.LightningModule):
             file has moved (the checkpoint's own weights are loaded afterwards anyway).
         freeze_backbone: probing: the backbone's parameters get ``requires_grad=False`` (so the
             optimizer skips them) and the backbone stays in eval mode during training.
+        freeze: fine-tuning: names of modules whose parameters get ``requires_grad=False``, as prefixes of
+            the objective's parameter names (``["backbone.embedding", "backbone.layers.0"]``; a name
+            matches itself and everything under it). ``ValueError`` for a name that matches nothing.
+        backbone_lr_multiplier: the backbone's learning rate is ``lr`` times this ("soft freeze",
+            layer-wise learning rate of the pretrained part; heads keep ``lr``); every schedule scales both.
+        init_check: with ``init_from``, check that the loaded backbone is the pretrained one
+            (:mod:`atomzoo.objectives.init_check`: refuse another cutoff or elements it never saw at
+            setup; compare it with the file's own backbone on the first training batch, printing one
+            line). ``False`` skips the checks.
         drop_path: drop-path rate of the backbone's layers in training (:mod:`atomzoo.nn.droppath`):
             a number (constant), ``[start, end]`` (linear from ``start`` to ``end`` over
             ``drop_path_steps`` optimizer steps, then ``end``; SCD: 0.1 in pretraining,
@@ -106,6 +115,9 @@ class Objective(L.LightningModule):
         drop_path: float | list[float] | None = None,
         drop_path_steps: int | None = None,
         compile: bool = False,
+        freeze: list[str] | None = None,
+        backbone_lr_multiplier: float = 1.0,
+        init_check: bool = True,
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "plateau", "constant"):
@@ -137,6 +149,12 @@ class Objective(L.LightningModule):
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
             self.backbone.eval()
+        self.frozen_modules = freeze_parameters(self, freeze)  # not self.freeze: LightningModule.freeze()
+        if backbone_lr_multiplier < 0:
+            raise ValueError(f"backbone_lr_multiplier={backbone_lr_multiplier} must be >= 0 (--model.backbone_lr_multiplier)")
+        self.backbone_lr_multiplier = float(backbone_lr_multiplier)
+        self.init_check = bool(init_check)
+        self._step_zero = None  # init_check.StepZeroCheck from setup to the first training batch
 
     @staticmethod
     def _check_drop_path(option, backbone) -> tuple[float, float] | None:
@@ -154,7 +172,14 @@ class Objective(L.LightningModule):
         return rates
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        """Set the scheduled drop-path rate of the backbone (when ``drop_path`` is given)."""
+        """Set the scheduled drop-path rate of the backbone (when ``drop_path`` is given); on the first
+        batch of a fine-tune, the step-0 check of ``init_from`` (:mod:`atomzoo.objectives.init_check`)."""
+        if self._step_zero is not None:
+            check, self._step_zero = self._step_zero, None
+            if self.global_step == 0:  # not when a run resumes
+                line = check.run(self.backbone, batch)
+                if self._trainer is None or self.trainer.is_global_zero:
+                    init_check.announce(line)
         if self.drop_path_schedule is not None:
             rate = drop_path_rate(self.global_step, *self.drop_path_schedule, self.drop_path_steps)
             self.backbone.set_drop_path(rate)
@@ -256,6 +281,9 @@ class Objective(L.LightningModule):
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         summary = datamodule.data_summary(self.statistics_request()) if hasattr(datamodule, "data_summary") else None
         provenance.on_setup(self, stage, summary)
+        if self.init_from and self.init_check and stage == "fit":
+            init_check.check_settings(self.backbone, self.init_from, summary.elements if summary else None)
+            self._step_zero = init_check.StepZeroCheck(self.init_from)
         self.on_data_summary(summary)
 
     def on_fit_start(self) -> None:
@@ -382,6 +410,7 @@ class Objective(L.LightningModule):
     def configure_optimizers(self):
         # weight decay on weight matrices only (objectives/param_groups.py: as the SCD and MACE code)
         groups = parameter_groups(self, self.weight_decay, only=self.trainable_parameters())
+        groups = scale_learning_rate(groups, self.backbone.parameters(), self.backbone_lr_multiplier, self.lr)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         if self.scheduler == "plateau":
             # warmup is applied in optimizer_step; the plateau scheduler owns the lr afterwards
@@ -395,7 +424,7 @@ class Objective(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         if self.scheduler == "plateau" and self.global_step < self.warmup_steps:
             for group in optimizer.param_groups:
-                group["lr"] = self.lr * (self.global_step + 1) / self.warmup_steps
+                group["lr"] = self.lr * group.get("lr_scale", 1.0) * (self.global_step + 1) / self.warmup_steps
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.on_after_optimizer_step()
 

@@ -79,4 +79,44 @@ def parameter_groups(module: nn.Module, weight_decay: float, only: list[nn.Param
     return [g for g in groups if g["params"]]
 
 
-__all__ = ["NORM_TYPES", "decayed_parameters", "no_decay_ids", "parameter_groups"]
+def scale_learning_rate(groups: list[dict], params, multiplier: float, lr: float) -> list[dict]:
+    """Split every group into the parameters of ``params`` (the backbone) and the rest; the first get
+    ``"lr": lr * multiplier`` and ``"lr_scale": multiplier`` (layer-wise learning rate, "soft freeze"),
+    the rest ``lr`` and 1. ``multiplier == 1``: ``groups`` unchanged. Group names get ``"/backbone"``.
+    Schedules scale each group's own rate (``LambdaLR`` multiplies every ``initial_lr``)."""
+    if multiplier == 1.0:
+        return groups
+    ids = {id(p) for p in params}
+    out = []
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in ids]
+        outside = [p for p in group["params"] if id(p) not in ids]
+        if inside:
+            out.append({**group, "name": f"{group['name']}/backbone", "params": inside, "lr": lr * multiplier,
+                        "lr_scale": multiplier})  # fmt: skip
+        if outside:
+            out.append({**group, "params": outside, "lr": lr, "lr_scale": 1.0})
+    return out
+
+
+def freeze_parameters(module: nn.Module, prefixes: list[str] | None) -> list[str]:
+    """``requires_grad=False`` for every parameter of ``module`` whose name is one of ``prefixes`` or lies
+    under one (``"backbone.layers.0"`` matches ``backbone.layers.0.q_proj.weight``); returns the prefixes.
+
+    Raises:
+        ValueError: a prefix that matches no parameter, naming the modules there are (``--model.freeze``).
+    """
+    prefixes = [str(p).strip(".") for p in (prefixes or [])]
+    named = dict(module.named_parameters())
+    for prefix in prefixes:
+        matched = [n for n in named if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            names = sorted({".".join(n.split(".")[:2]) for n in named})
+            raise ValueError(f"--model.freeze {prefix!r} matches no parameter; modules: {', '.join(names)}")
+        for name in matched:
+            named[name].requires_grad_(False)
+    return prefixes
+
+
+__all__ = ["NORM_TYPES", "decayed_parameters", "freeze_parameters", "no_decay_ids", "parameter_groups",
+           "scale_learning_rate"]

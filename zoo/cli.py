@@ -241,6 +241,45 @@ def _model_from_checkpoint(argv: list[str]) -> list[str]:
     return [*argv, "--model", json.dumps({"class_path": class_path, "init_args": hparams}, default=str)]
 
 
+def _backbone_from_init_from(argv: list[str]) -> list[str]:
+    """``zoo fit --model.init_from X`` without a backbone config: add ``--model.backbone <X's backbone>``.
+
+    ``X`` (a model file or a pretrained model's name, :mod:`atomzoo.pretrained`) records its backbone's
+    class and constructor arguments; fine-tuning needs exactly those, so they are taken from the file
+    (printed in one line). Untouched when ``--model.backbone`` or a ``-c`` file with a backbone is given,
+    or when the file does not record every argument."""
+    if not argv or argv[0] != "fit":
+        return argv
+    init_from, configs, first_option = None, [], len(argv)
+    for k, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        value = arg.split("=", 1)[1] if "=" in arg else (argv[k + 1] if k + 1 < len(argv) else None)
+        if key in ("--model.init_from", "--model.init_args.init_from"):
+            init_from = value
+        elif key in ("-c", "--config") and value:
+            configs.append(value)
+        elif key in ("--model.backbone", "--model.init_args.backbone"):
+            return argv
+        elif key.startswith(("--model.backbone.", "--model.init_args.backbone.")):
+            first_option = min(first_option, k)  # e.g. --model.backbone.init_args.cutoff: after the backbone
+    if not init_from or init_from in ("null", "None"):
+        return argv
+    for config in configs:
+        path = Path(config)
+        model = (yaml.safe_load(path.read_text()) or {}).get("model") if path.is_file() else None
+        if isinstance(model, dict) and ((model.get("init_args") or {}).get("backbone") or model.get("backbone")):
+            return argv
+    try:
+        spec = model_files.read(init_from).backbone
+    except (OSError, ValueError):  # reported, in one line, when the objective loads it
+        return argv
+    if not spec.get("class_path") or not spec.get("init_args_complete"):
+        return argv
+    backbone = {"class_path": spec["class_path"], "init_args": spec.get("init_args") or {}}
+    print(f"zoo: --model.backbone taken from --model.init_from {init_from}: {json.dumps(backbone)}", file=sys.stderr)
+    return [*argv[:first_option], "--model.backbone", json.dumps(backbone), *argv[first_option:]]
+
+
 def _accepted_options(cls: type) -> list[str]:
     """The constructor arguments the parser accepts for ``cls``: its ``__init__``'s, and, through
     ``**kwargs``, those of its base classes (as jsonargparse resolves them)."""
@@ -335,7 +374,8 @@ class ZooCLI(LightningCLI):
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
         with _one_line_parse_errors(parser):
-            self.config = parser.parse_args(_model_from_checkpoint(list(sys.argv[1:] if args is None else args)))
+            argv = _model_from_checkpoint(list(sys.argv[1:] if args is None else args))
+            self.config = parser.parse_args(_backbone_from_init_from(argv))
 
     def _parse_ckpt_path(self) -> None:
         """Lightning rebuilds the model from the checkpoint's hyperparameters, silently overriding the
