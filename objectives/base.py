@@ -41,6 +41,7 @@ from atomzoo import model_files
 from atomzoo.backbones.base import Backbone
 from atomzoo.nn.droppath import check_rate, drop_path_rate
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -144,7 +145,10 @@ class Objective(L.LightningModule):
         #: per-sample means of logged validation/test quantities, filled by :meth:`log_mean`
         self.epoch_means = nn.ModuleDict()
         if init_from:
-            model_files.load_into_backbone(self.backbone, init_from)
+            loaded = model_files.load_into_backbone(self.backbone, init_from)
+            rank_zero_info(f"init_from: loaded {len(loaded.backbone_weights)} tensors from {init_from} (backbone "
+                           f"{type(self.backbone).__name__}, skipped {len(loaded.state_dict) - len(loaded.backbone_weights)} "
+                           "non-backbone tensors)")
         if self.freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)

@@ -177,20 +177,3 @@ def test_import_atomzoo_from_the_clones_parent_folder_gets_the_installed_package
     assert f"`import atomzoo` found {tmp_path / 'atomzoo'}, a clone of the atomzoo repository" in done.stderr
     assert "pip install -e" in done.stderr
 
-
-def test_first_run_says_it_builds_the_store_and_init_from_says_what_it_loaded(force_checkpoint, tmp_path, capsys):
-    """Issue 32 item 4: one line when the dataset's store is built (first run only) and one when init_from
-    loaded the pretrained backbone tensors."""
-    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16}  # force_checkpoint's backbone
-    args = ["fit", "-c", str(ROOT / "configs/experiments/rmd17_fixture_forces.yaml"),
-            "--data.init_args.root", str(ROOT / "tests/data/md17_fixture"), "--data.init_args.cache_dir", str(tmp_path / "cache"),
-            *(a for k, v in small.items() for a in (f"--model.init_args.backbone.init_args.{k}", str(v))),
-            "--model.init_args.init_from", str(force_checkpoint), "--trainer.max_steps", "2", "--test_after_fit", "false",
-            *common(tmp_path)]
-    cli = run(args)
-    err = capsys.readouterr().err
-    tensors = len(cli.model.backbone.state_dict())
-    assert f"zoo: --model.init_from loaded {tensors} backbone tensors from {force_checkpoint}" in err
-    assert f"zoo: building the RMD17DataModule store at {tmp_path / 'cache'}" in err
-    run(args)
-    assert "zoo: building" not in capsys.readouterr().err  # the second run opens the store

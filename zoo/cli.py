@@ -12,11 +12,12 @@ the DataModule's ``forces`` attribute (MD17, rMD17, ASE files with forces) to th
 
 Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, best (by
 ``val/loss``) and last checkpoints, a ``last-step.ckpt`` every 500 optimizer steps (so a killed run
-resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, progress bar,
-``seed_everything: 0``.
+resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, a progress bar for the whole run
+with its time left (:class:`atomzoo.progress.RunProgressBar`), ``seed_everything: 0``.
 ``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
 Notices on stderr, one line each: the first run of a dataset builds its store (``zoo: building the
-QM9DataModule store at ...``), ``--model.init_from`` says how many backbone tensors it loaded; warnings
+QM9 store at ...``), ``--model.init_from`` says how many backbone tensors it loaded (``init_from: loaded
+...``, logged by the objective), where the checkpoints and the test metrics were written; warnings
 of Lightning a user cannot act on are filtered (see below), so a plain run prints none.
 
 Predictions to a file (:mod:`atomzoo.prediction_writer`): the model comes from the checkpoint's
@@ -85,6 +86,8 @@ TRAINER_DEFAULTS = {
             "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
             "init_args": {"logging_interval": "step"},
         },
+        # one training bar for the whole run with its time left, validations and the test after fit included
+        {"class_path": "atomzoo.progress.RunProgressBar"},
     ],
 }
 
@@ -120,6 +123,10 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip: For seamless cloud logging")
 )
+
+
+#: measured duration of a store's first build, by DataModule (docs/results.md: QM9, all 130,831 molecules)
+FIRST_BUILD = {"QM9DataModule": "7 s"}
 
 
 def _class_or_none(class_path: str):
@@ -451,6 +458,14 @@ class ZooCLI(LightningCLI):
         if trainer is None or not trainer.get("callbacks"):
             return
         unwanted = []
+        if trainer.get("enable_progress_bar") is False:
+            unwanted.append("RunProgressBar")
+        elif self.subcommand == "fit":  # the time left counts the test after fit
+            for callback in trainer["callbacks"]:
+                if str(callback.get("class_path", "")).endswith("RunProgressBar"):
+                    if callback.get("init_args") is None:
+                        callback["init_args"] = Namespace()
+                    callback["init_args"]["test_after_fit"] = bool(config.get("test_after_fit"))
         if trainer.get("enable_checkpointing") is False:
             unwanted.append("ModelCheckpoint")
         if trainer.get("logger") is False or self.subcommand == "predict":
@@ -471,11 +486,7 @@ class ZooCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
-        init_from = getattr(self.model, "init_from", None) if self.subcommand == "fit" else None
-        if init_from:  # loaded by the objective's constructor (strict: every backbone tensor or an error)
-            count = len(self.model.backbone.state_dict())
-            print(f"zoo: --model.init_from loaded {count} backbone tensors from {init_from}", file=sys.stderr)
-        self._announce_store_build()
+        self._announce_store_build()  # (--model.init_from: the objective's constructor logs what it loaded)
 
     def _announce_store_build(self) -> None:
         """One line when the DataModule's processed store does not exist yet: the first run builds it."""
@@ -484,8 +495,10 @@ class ZooCLI(LightningCLI):
         except Exception:  # noqa: BLE001 -- a path it cannot name yet: setup() raises the real error, with its message
             return
         if path is not None and not path.exists():
-            print(f"zoo: building the {type(self.datamodule).__name__} store at {path} (first use of this dataset "
-                  "and settings; later runs open it)", file=sys.stderr)
+            name = type(self.datamodule).__name__
+            took = FIRST_BUILD.get(name)
+            print(f"zoo: building the {name.removesuffix('DataModule')} store at {path} (first run only"
+                  f"{f', ~{took}' if took else ''}; later runs open it)", file=sys.stderr)
 
     def before_fit(self) -> None:
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
@@ -500,6 +513,12 @@ class ZooCLI(LightningCLI):
                 )
 
     def after_fit(self) -> None:
+        checkpoint = self.trainer.checkpoint_callback
+        folder = Path(checkpoint.dirpath) if checkpoint is not None and checkpoint.dirpath else None
+        if folder is not None and folder.is_dir() and self.trainer.is_global_zero:
+            best = f" (best by {checkpoint.monitor}: {Path(checkpoint.best_model_path).name})" if checkpoint.best_model_path else ""
+            names = ", ".join(sorted(p.name for p in folder.glob("*.ckpt")))
+            print(f"zoo: checkpoints in {folder.resolve()}: {names}{best}", file=sys.stderr, flush=True)
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
             # the best checkpoint's path itself: ckpt_path="best" warns about the second (last-step) ModelCheckpoint
             ckpt = (self.trainer.checkpoint_callback.best_model_path or None) if self.trainer.checkpoint_callback else None
@@ -530,6 +549,7 @@ class ZooCLI(LightningCLI):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
         os.replace(tmp, path)
+        print(f"zoo: {name.split('_')[0]} metrics written to {path.resolve()}", file=sys.stderr, flush=True)
 
 
 def run(args: list[str] | None = None) -> ZooCLI:
