@@ -390,6 +390,17 @@ class ET(Backbone):
         self.neighbor_mask_embedding = nn.Parameter(torch.randn(width)) if neighbor_embedding else None
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        x, vec, edges, cond, graph = self.layer_inputs(data, condition)
+        for layer in self.layers:
+            dx, dvec = layer(x, vec, *edges, cond, data.batch)
+            x = x + dx
+            vec = vec + dvec
+        return BackboneOutput(scalars=self.out_norm(x), vectors=vec, graph=graph)
+
+    def layer_inputs(self, data, condition: Tensor | None = None):
+        """What the first attention layer takes: ``(x [N, F], vec [N, 3, F] zeros, (edge_index, length,
+        edge_rbf, unit) with self loops, the prepared condition or None, graph)`` (also used by
+        :class:`atomzoo.backbones.scd_et.SCDET`, whose layers differ only around the attention)."""
         self.check_condition(condition, num_graphs(data))
         z = data.z
         _check_num_embeddings(z, self.num_embeddings)
@@ -409,11 +420,7 @@ class ET(Backbone):
         edge_rbf = torch.cat([edge_rbf, self.rbf(length.new_zeros(n))])
         unit = torch.cat([graph.unit, graph.vec.new_zeros(n, 3)])
         vec = x.new_zeros(n, 3, self.width)
-        for layer in self.layers:
-            dx, dvec = layer(x, vec, edge_index, length, edge_rbf, unit, cond, data.batch)
-            x = x + dx
-            vec = vec + dvec
-        return BackboneOutput(scalars=self.out_norm(x), vectors=vec, graph=graph)
+        return x, vec, (edge_index, length, edge_rbf, unit), cond, graph
 
 
 __all__ = ["ET", "EquivariantAttention", "ExpNormalRBF", "NeighborEmbedding", "AdaLN"]
