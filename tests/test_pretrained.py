@@ -153,3 +153,12 @@ def test_shipped_files_are_package_data_and_small():
     assert total < 10e6, f"shipped models are {total / 1e6:.1f} MB: put large ones in $ATOMZOO_MODELS"
     for card in pretrained.SHIPPED.glob("*.card.json"):
         assert json.loads(card.read_text())["name"] == card.name[: -len(".card.json")]
+
+
+def test_docs_list_every_shipped_model_with_its_cards_numbers():
+    text = (ROOT / "docs" / "models.md").read_text()
+    for name in pretrained.list():
+        card = pretrained.card(name)
+        assert f"`{name}`" in text and card["sha256"] in text, name
+        for row in card["benchmark"]["finetune"]:
+            assert f"{row['value']:.1f} meV" in text and f"{row['scratch_value']:.1f} meV" in text, name
