@@ -31,8 +31,8 @@ import torch
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
-from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, TargetInfo, TargetStatistics,
-                                   compute_target_statistics)  # fmt: skip
+from atomzoo.nn.statistics import (MAX_Z, DataSummary, StatisticsRequest, StreamingTargetStatistics, TargetInfo,
+                                   TargetStatistics)  # fmt: skip
 
 from .artifacts import Corruption
 from .duplicates import DECIMALS, HASH_ARRAY, shared_with_training
@@ -586,7 +586,10 @@ class AtomsDataModule(L.LightningDataModule):
     def training_element_counts(self, max_z: int = 100) -> np.ndarray:
         """``[n_train, max_z + 1]`` number of atoms of each element per training molecule."""
         self.setup() if self.splits is None else None
-        idx = np.sort(self.splits["train"])
+        return self._element_counts(np.sort(self.splits["train"]), max_z)
+
+    def _element_counts(self, idx: np.ndarray, max_z: int) -> np.ndarray:
+        """``[len(idx), max_z + 1]`` number of atoms of each element of the store's molecules ``idx`` (sorted)."""
         counts = self.store.counts[idx]
         starts = self.store.offsets[idx]
         atom_rows = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
@@ -675,6 +678,31 @@ class AtomsDataModule(L.LightningDataModule):
         self.__dict__["_training_range"] = (indices, record)
         return record
 
+    def training_statistics(self, request: StatisticsRequest, chunk: int = 50_000) -> StreamingTargetStatistics:
+        """The training split's label statistics and least-squares atom references, in one pass over the
+        memory-mapped store, ``chunk`` molecules at a time (bounded memory: no ``[n_train, 101]`` element
+        count matrix; :class:`~atomzoo.nn.statistics.StreamingTargetStatistics`). ``.result()`` is what
+        :func:`~atomzoo.nn.statistics.compute_target_statistics` gives on the whole split at once."""
+        self.setup() if self.splits is None else None
+        accumulator = StreamingTargetStatistics(self.targets_info(), request.pooling, request.atomref, MAX_Z)
+        idx = np.sort(self.splits["train"])
+        for start in range(0, idx.size, chunk):
+            rows = idx[start : start + chunk]
+            labels = np.asarray(self.store.arrays["labels"][rows], dtype=np.float64)[:, self.label_columns]
+            accumulator.update(labels, self._element_counts(rows, MAX_Z))
+        return accumulator
+
+    def neighbour_statistics(self, cutoff: float) -> dict[str, float]:
+        """Neighbours within ``cutoff`` Angstrom in the training split, from the per-structure edge counts
+        (:func:`~atomzoo.datamodules.sampler.edge_counts`: computed once in chunks and cached beside
+        the store): ``mean_neighbours`` per atom (MACE's ``avg_num_neighbors``), ``mean_edges`` and
+        ``max_edges`` per structure."""
+        self.setup() if self.splits is None else None
+        idx = self.splits["train"]
+        edges, atoms = edge_counts(self.store, cutoff)[idx], self.store.counts[idx]
+        return {"mean_neighbours": float(edges.sum() / max(int(atoms.sum()), 1)),
+                "mean_edges": float(edges.mean()) if edges.size else 0.0, "max_edges": float(edges.max(initial=0))}
+
     def _target_statistics(self, request: StatisticsRequest, labels: np.ndarray) -> TargetStatistics:
         """The :class:`~atomzoo.nn.statistics.TargetStatistics` of ``request`` (``labels``: the training labels)."""
         if not self.targets:
@@ -684,9 +712,7 @@ class AtomsDataModule(L.LightningDataModule):
                 f"model targets {list(request.targets)} differ from the data's targets {self.targets}; "
                 "set them with --data.targets"
             )
-        stats = compute_target_statistics(
-            self.targets_info(), labels, self.training_element_counts(MAX_Z), request.pooling, request.atomref
-        )
+        stats = self.training_statistics(request).result()
         if not request.forces:
             return stats
         if "forces" not in self.store.atom_arrays():

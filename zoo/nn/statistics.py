@@ -7,7 +7,9 @@ neither imports the other -- both import this module (which imports only torch).
 - :data:`MAX_Z` -- the largest atomic number any reader accepts (and the size of per-element tables).
 - :class:`TargetInfo` -- what a label means (unit, default pooling, atom references).
 - :class:`TargetStatistics` and :func:`compute_target_statistics` -- the training-split statistics a
-  regression model standardises with (mean, std, atom references, pooling, force RMS).
+  regression model standardises with (mean, std, atom references, pooling, force RMS);
+  :class:`StreamingTargetStatistics` computes them chunk by chunk (data larger than memory) and fits
+  least-squares atom references on the way.
 - :class:`StatisticsRequest` -- what an objective asks for (its targets, pooling, atom references, forces).
 - :class:`DataSummary` -- the one hand-off: what ``AtomsDataModule.data_summary(request)`` returns to
   an objective at ``setup`` (the schnetpack / nequip pattern: the data module computes, the model
@@ -92,41 +94,124 @@ def compute_target_statistics(
     The sums are done in float64 (QM9's U0 is ~1e4 eV, where float32 resolves only ~1 meV).
     ``pooling`` maps target name -> ``"sum"``/``"mean"`` (missing names: ``TargetInfo.pooling``);
     ``atomref=False`` ignores the datasets' atom references. Raises ``ValueError`` for another
-    pooling name or when the shapes disagree with ``infos``.
+    pooling name or when the shapes disagree with ``infos``. One chunk of
+    :class:`StreamingTargetStatistics`, which takes the split in pieces (bounded memory).
     """
     labels = torch.as_tensor(labels, dtype=torch.float64)
     counts = torch.as_tensor(element_counts, dtype=torch.float64)
-    if labels.dim() != 2 or labels.size(1) != len(infos) or counts.dim() != 2 or counts.size(0) != labels.size(0):
+    if counts.dim() != 2:
         raise ValueError(
             f"labels {tuple(labels.shape)} and element counts {tuple(counts.shape)} do not fit {len(infos)} targets"
         )
-    n_atoms = counts.sum(1)
-    num = len(infos)
-    table = torch.zeros(num, counts.size(1), dtype=torch.float64)
-    mean = torch.zeros(num, dtype=torch.float64)
-    std = torch.ones(num, dtype=torch.float64)
-    poolings = []
-    for k, info in enumerate(infos):
-        choice = (pooling or {}).get(info.name, info.pooling)
-        if choice not in ("sum", "mean"):
-            raise ValueError(f"pooling for {info.name!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
-        poolings.append(choice)
-        if atomref and info.atomref is not None:
-            ref = torch.as_tensor(info.atomref, dtype=torch.float64)
-            table[k, : ref.numel()] = ref
-        residual = labels[:, k] - counts @ table[k]
-        if choice == "sum":
-            mean[k] = (residual / n_atoms).mean()
-            spread = residual - n_atoms * mean[k]
-        else:
-            mean[k] = residual.mean()
-            spread = residual - mean[k]
-        spread_std = spread.std() if spread.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
-        std[k] = spread_std if spread_std > 0 else 1.0
-    return TargetStatistics(
-        names=tuple(i.name for i in infos), units=tuple(i.unit for i in infos), pooling=tuple(poolings),
-        atomref=table, mean=mean, std=std, num_train=int(labels.size(0)),
-    )
+    accumulator = StreamingTargetStatistics(infos, pooling, atomref, max_z=counts.size(1) - 1)
+    accumulator.update(labels, counts)
+    return accumulator.result()
+
+
+class StreamingTargetStatistics:
+    """:class:`TargetStatistics` of a training split read in chunks, in one pass and bounded memory.
+
+    ``update(labels [c, T], element_counts [c, max_z + 1])`` per chunk; :meth:`result` gives what
+    :func:`compute_target_statistics` gives for all chunks at once (to float64 rounding). Memory is
+    ``O(T * max_z^2)``, whatever the number of structures. Per target it keeps the count, the sum of
+    the per-atom residual ``r / n`` (sum pooling's mean) and the means, second moments and co-moment
+    of the residual ``r`` and the atom count ``n``, merged chunk by chunk with the pairwise update of
+    Chan, Golub & LeVeque (1979), so no sum of squares of large energies cancels. The spread whose
+    standard deviation is reported is ``r - n * mean`` (sum pooling) or ``r - mean`` (mean pooling):
+    ``var(r - m n) = var(r) - 2 m cov(r, n) + m^2 var(n)``.
+
+    It also accumulates the normal equations ``C^T C`` and ``C^T y`` of the raw labels on the element
+    counts ``C``, from which :meth:`least_squares_atomref` fits per-element reference values (the
+    "E0s" a model without tabulated references starts from).
+
+    Raises:
+        ValueError: another pooling name; chunks whose shapes disagree with ``infos`` or ``max_z``.
+    """
+
+    def __init__(self, infos: list[TargetInfo], pooling: dict[str, str] | None = None, atomref: bool = True,
+                 max_z: int = MAX_Z) -> None:  # fmt: skip
+        self.infos = list(infos)
+        num, width = len(self.infos), max_z + 1
+        self.table = torch.zeros(num, width, dtype=torch.float64)
+        self.poolings = []
+        for k, info in enumerate(self.infos):
+            choice = (pooling or {}).get(info.name, info.pooling)
+            if choice not in ("sum", "mean"):
+                raise ValueError(f"pooling for {info.name!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
+            self.poolings.append(choice)
+            if atomref and info.atomref is not None:
+                ref = torch.as_tensor(info.atomref, dtype=torch.float64)
+                self.table[k, : ref.numel()] = ref
+        zeros = lambda: torch.zeros(num, dtype=torch.float64)  # noqa: E731
+        self.count = 0
+        self.per_atom_sum = zeros()
+        self.mean_r, self.mean_n = zeros(), zeros()
+        self.m2_r, self.m2_n, self.c_rn = zeros(), zeros(), zeros()
+        self.normal = torch.zeros(width, width, dtype=torch.float64)  # C^T C
+        self.moment = torch.zeros(width, num, dtype=torch.float64)  # C^T y
+
+    def update(self, labels, element_counts) -> None:
+        """Add a chunk: ``labels`` ``[c, T]`` (raw, in the targets' units), ``element_counts`` ``[c, max_z + 1]``."""
+        y = torch.as_tensor(labels, dtype=torch.float64)
+        counts = torch.as_tensor(element_counts, dtype=torch.float64)
+        num = len(self.infos)
+        if y.dim() != 2 or y.size(1) != num or counts.dim() != 2 or counts.size(0) != y.size(0) \
+                or counts.size(1) != self.table.size(1):  # fmt: skip
+            raise ValueError(f"labels {tuple(y.shape)} and element counts {tuple(counts.shape)} do not fit {num} "
+                             f"targets and elements 0..{self.table.size(1) - 1}")  # fmt: skip
+        c = y.size(0)
+        if c == 0:
+            return
+        n = counts.sum(1, keepdim=True)  # [c, 1]
+        r = y - counts @ self.table.T  # [c, T] residuals
+        self.per_atom_sum += (r / n).sum(0)
+        chunk_r, chunk_n = r.mean(0), n.mean(0).expand(num)
+        dr, dn = r - chunk_r, n - chunk_n
+        total = self.count + c
+        delta_r, delta_n = chunk_r - self.mean_r, chunk_n - self.mean_n
+        weight = self.count * c / total
+        self.m2_r += (dr * dr).sum(0) + delta_r * delta_r * weight
+        self.m2_n += (dn * dn).sum(0) + delta_n * delta_n * weight
+        self.c_rn += (dr * dn).sum(0) + delta_r * delta_n * weight
+        self.mean_r += delta_r * c / total
+        self.mean_n += delta_n * c / total
+        self.count = total
+        self.normal += counts.T @ counts
+        self.moment += counts.T @ y
+
+    def result(self) -> TargetStatistics:
+        """The :class:`TargetStatistics` of every chunk added (``mean`` NaN and ``std`` 1 for none)."""
+        num = len(self.infos)
+        mean = torch.full((num,), float("nan"), dtype=torch.float64)
+        std = torch.ones(num, dtype=torch.float64)
+        for k, choice in enumerate(self.poolings):
+            if self.count == 0:
+                continue
+            if choice == "sum":
+                mean[k] = self.per_atom_sum[k] / self.count
+                m2 = self.m2_r[k] - 2 * mean[k] * self.c_rn[k] + mean[k] ** 2 * self.m2_n[k]
+            else:
+                mean[k] = self.mean_r[k]
+                m2 = self.m2_r[k]
+            if self.count > 1:
+                spread_std = torch.sqrt(torch.clamp(m2, min=0.0) / (self.count - 1))
+                std[k] = spread_std if spread_std > 0 else 1.0
+        return TargetStatistics(
+            names=tuple(i.name for i in self.infos), units=tuple(i.unit for i in self.infos),
+            pooling=tuple(self.poolings), atomref=self.table.clone(), mean=mean, std=std, num_train=int(self.count),
+        )
+
+    def least_squares_atomref(self) -> torch.Tensor:
+        """``[T, max_z + 1]`` per-element values ``w`` minimising ``sum_i (y_i - sum_Z C_iZ w_Z)^2`` over the
+        chunks (raw labels), solved from the accumulated normal equations; zero for absent elements.
+        With linearly dependent counts (e.g. only one composition) the minimum-norm solution."""
+        present = torch.nonzero(torch.diagonal(self.normal) > 0).flatten()
+        out = torch.zeros(len(self.infos), self.normal.size(0), dtype=torch.float64)
+        if present.numel():
+            a = self.normal[present][:, present]
+            solution = torch.linalg.lstsq(a, self.moment[present], driver="gelsd").solution  # [P, T]
+            out[:, present] = solution.T
+        return out
 
 
 @dataclass(frozen=True)
@@ -181,4 +266,5 @@ class DataSummary:
     training_range: dict | None = None
 
 
-__all__ = ["MAX_Z", "DataSummary", "StatisticsRequest", "TargetInfo", "TargetStatistics", "compute_target_statistics"]
+__all__ = ["MAX_Z", "DataSummary", "StatisticsRequest", "StreamingTargetStatistics", "TargetInfo", "TargetStatistics",
+           "compute_target_statistics"]
