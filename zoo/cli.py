@@ -590,6 +590,27 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
+def _models_dir_option(args: list[str]) -> list[str]:
+    """``--models_dir D`` (any subcommand): look model names up in ``D`` first (``$ATOMZOO_MODELS`` is
+    prepended with it for this process, :mod:`atomzoo.pretrained`); returns ``args`` without the option."""
+    from atomzoo.pretrained import ENV
+
+    out, k = [], 0
+    while k < len(args):
+        key, _, value = args[k].partition("=")
+        if key == "--models_dir":
+            if not value:
+                k += 1
+                value = args[k] if k < len(args) else ""
+            if not value or not Path(value).is_dir():
+                raise SystemExit(f"zoo: error: --models_dir {value!r} is not a directory")
+            os.environ[ENV] = os.pathsep.join(filter(None, [value, os.environ.get(ENV, "")]))
+        else:
+            out.append(args[k])
+        k += 1
+    return out
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``zoo`` console script (``zoo models``: :func:`atomzoo.pretrained.main`).
 
@@ -606,6 +627,7 @@ def main(args: list[str] | None = None) -> None:
         from atomzoo.pretrained import main as list_models
 
         return list_models(args[1:])
+    args = _models_dir_option(args)
     debug = os.environ.get("ATOMZOO_DEBUG", "") not in ("", "0") or "--debug" in args
     args = [a for a in args if a != "--debug"]
     from lightning.pytorch.utilities.exceptions import SIGTERMException
