@@ -162,3 +162,16 @@ def test_docs_list_every_shipped_model_with_its_cards_numbers():
         assert f"`{name}`" in text and card["sha256"] in text, name
         for row in card["benchmark"]["finetune"]:
             assert f"{row['value']:.1f} meV" in text and f"{row['scratch_value']:.1f} meV" in text, name
+
+
+def test_zoo_models_dir_option_prepends_the_directory(tmp_path, monkeypatch):
+    import os
+
+    from atomzoo.cli import _models_dir_option
+
+    monkeypatch.setenv(pretrained.ENV, "/elsewhere")
+    rest = _models_dir_option(["fit", "--models_dir", str(tmp_path), "--model.init_from", BACKBONE])
+    assert rest == ["fit", "--model.init_from", BACKBONE]
+    assert os.environ[pretrained.ENV] == f"{tmp_path}{os.pathsep}/elsewhere"
+    with pytest.raises(SystemExit, match="--models_dir '/nope' is not a directory"):
+        _models_dir_option(["fit", "--models_dir=/nope"])

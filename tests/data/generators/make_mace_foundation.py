@@ -60,7 +60,11 @@ def build_model():
 
 
 def main() -> None:
+    import os
+
     from mace.calculators import MACECalculator
+
+    os.chdir(OUT.parents[2])
 
     OUT.mkdir(parents=True, exist_ok=True)
     model = build_model()
@@ -79,7 +83,8 @@ def main() -> None:
              numbers=np.concatenate(numbers), positions=np.concatenate(positions), counts=np.array(counts))  # fmt: skip
     from atomzoo.backbones.mace import main as convert
 
-    convert(["convert", str(path), str(OUT / "mace_small.safetensors")])
+    root = OUT.parents[2]  # the card names the source relative to the repository
+    convert(["convert", str(path.relative_to(root)), str(OUT / "mace_small.safetensors")])
 
 
 if __name__ == "__main__":
