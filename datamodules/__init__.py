@@ -9,6 +9,7 @@ from .base import AtomsDataModule, TargetInfo
 from .md17 import MD17DataModule, RMD17DataModule
 from .pcqm4mv2 import PCQM4Mv2DataModule
 from .qm9 import QM9DataModule
+from .spice import SPICEDataModule
 from .trajectory import TrajectoryDataModule
 
-__all__ = ["ASEFileDataModule", "AtomsDataModule", "MD17DataModule", "PCQM4Mv2DataModule", "QM9DataModule", "RMD17DataModule", "TargetInfo", "TrajectoryDataModule"]
+__all__ = ["ASEFileDataModule", "AtomsDataModule", "MD17DataModule", "PCQM4Mv2DataModule", "QM9DataModule", "RMD17DataModule", "SPICEDataModule", "TargetInfo", "TrajectoryDataModule"]
