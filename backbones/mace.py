@@ -46,7 +46,6 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -396,7 +395,8 @@ class MACE(Backbone):
 
 
 # ----- mace-torch's saved models (MACE-MP, MACE-OFF) -> this backbone + mace's readouts ---------------
-#: the ``source_head`` kind a converted file records (:data:`atomzoo.model_files.SOURCE_HEAD_PREFIX` tensors)
+#: the ``source_head`` kind a converted file records (``atomzoo.model_files.SOURCE_HEAD_PREFIX`` tensors;
+#: files are written and read by :mod:`atomzoo.convert`, so this module imports no file reader)
 MACE_READOUT = "mace-readout"
 
 
@@ -576,35 +576,14 @@ class MACEPotential(torch.nn.Module):
     """A converted mace-torch model: :class:`MACE` (the backbone, for SSL objectives and fine-tuning) +
     :class:`MACEReadout` (mace-torch's energy), giving mace-torch's energies (eV) and forces (eV/A).
 
-    Built from a file written by :func:`export_mace_model` (``python -m atomzoo.backbones.mace convert``)
-    with :meth:`from_file`, which needs no mace-torch *file*: the weights are safetensors, the
-    hyperparameters JSON (the blocks are mace-torch's classes, so the ``[mace]`` extra is installed).
+    Files: ``python -m atomzoo.convert mace`` writes a converted mace-torch model (safetensors + card);
+    :func:`atomzoo.convert.mace_potential` reads it back into this class without any mace-torch *file*
+    (the blocks are mace-torch's classes, so the ``[mace]`` extra is installed).
     """
 
     def __init__(self, backbone: MACE, readout: MACEReadout) -> None:
         super().__init__()
         self.backbone, self.readout = backbone, readout
-
-    @classmethod
-    def from_file(cls, path) -> "MACEPotential":
-        """The potential of a converted file or a pretrained model's name (SHA-256 checked against its card).
-
-        Raises:
-            atomzoo.cards.ModelFileError: not a converted MACE file (no ``source_head`` of kind ``mace-readout``).
-        """
-        from atomzoo import model_files
-
-        record = model_files.read(path)
-        head = (record.header or {}).get("source_head") or {}
-        if head.get("kind") != MACE_READOUT:
-            raise model_files.ModelFileError(
-                f"{path}: no mace-torch readout in the file (a backbone export of another run?); convert a mace-torch "
-                "model with `python -m atomzoo.backbones.mace convert MODEL OUT.safetensors`"
-            )
-        readout = MACEReadout(**head["config"])
-        readout.load_state_dict(record.source_head_weights, strict=True)
-        backbone = model_files.build_backbone(path)
-        return cls(backbone, readout.to(next(backbone.parameters()).dtype)).eval()
 
     def forward(self, data) -> Tensor:
         """Energies ``[num_graphs]`` in eV of a batch (``z``, ``pos`` in Angstrom, ``batch``)."""
@@ -621,99 +600,5 @@ class MACEPotential(torch.nn.Module):
         return energy.detach(), -grad
 
 
-def export_mace_model(source, out, head: str | None = None, check: bool = True) -> Path:
-    """Convert a mace-torch model (a module, or a file ``torch.save``-d by mace-torch: MACE-MP, MACE-OFF,
-    ``mace_run_train``) into an atomzoo backbone export with mace-torch's readout: ``OUT.safetensors`` +
-    ``OUT.card.json``. ``zoo fit --model.init_from OUT`` and ``build_backbone(OUT)`` read its backbone,
-    :meth:`MACEPotential.from_file` the whole potential.
-
-    With ``check`` the converted potential's energy and forces of one molecule of the model's elements
-    are compared with mace-torch's own calculator (relative 1e-6 in float64, 1e-4 in float32).
-    Unpickling a file runs its code: convert only files you trust. Needs mace-torch (``[mace]`` extra).
-
-    Raises:
-        MACEConversionError: a model this backbone cannot represent, or the check failed.
-    """
-    from atomzoo import model_files
-    from atomzoo.cards import BACKBONE_FORMAT, write_card
-    from atomzoo.export import _out_path, _write
-
-    import_mace()
-    model = source if isinstance(source, torch.nn.Module) else model_files.load_checkpoint_dict(source)
-    if not isinstance(model, torch.nn.Module):
-        raise MACEConversionError(f"{source}: not a saved mace-torch model (torch.load gives {type(model).__name__})")
-    model = model.eval()
-    args = mace_init_args(model)
-    backbone = MACE(**args)
-    state, kept = convert_mace_state(model, backbone)
-    backbone.load_state_dict(state, strict=True)
-    config, head_state = convert_mace_readout(model, head)
-    out = _out_path(out)
-    tensors = {**backbone.state_dict(), **{model_files.SOURCE_HEAD_PREFIX + k: v for k, v in head_state.items()}}
-    spec = {"class_path": "atomzoo.backbones.MACE", "init_args": args, "init_args_complete": True}
-    source_text = f"mace-torch {type(model).__name__}" + (f" ({source})" if not isinstance(source, torch.nn.Module) else "")
-    _write(out, tensors, {"model_format": BACKBONE_FORMAT, "objective": None, "backbone": spec, "source": source_text,
-                          "source_head": {"kind": MACE_READOUT, "config": config}})  # fmt: skip
-    write_card(out, {
-        "model_format": BACKBONE_FORMAT, "objective": None, "backbone": {k: spec[k] for k in ("class_path", "init_args")},
-        "targets": [{"name": "energy", "unit": "eV"}], "force_unit": "eV/A", "elements": args["atomic_numbers"],
-        "periodic": True, "cutoff_A": args["cutoff"], "training_data": None, "config": None, "test_metrics": None,
-        "source_checkpoint": source_text, "converted": {"kept_initial": kept, "readout": config},
-    })  # fmt: skip
-    if check:
-        _check_conversion(model, out)
-    return out
-
-
-def _check_conversion(model: torch.nn.Module, out) -> None:
-    """Compare the converted file's energy and forces with mace-torch's calculator on one molecule."""
-    from ase import Atoms
-    from mace.calculators import MACECalculator
-
-    from atomzoo.nn.batch import atoms_to_batch
-
-    zs = [int(z) for z in model.atomic_numbers.tolist()]
-    atoms = Atoms(numbers=(zs * 3)[:max(3, len(zs))], positions=[[1.1 * k, 0.3 * (k % 2), 0.2 * (k % 3)]
-                                                                 for k in range(max(3, len(zs)))])  # fmt: skip
-    dtype = next(model.parameters()).dtype
-    atoms.calc = MACECalculator(models=model, device="cpu", default_dtype=str(dtype).removeprefix("torch."))
-    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-    potential = MACEPotential.from_file(out)
-    ours, our_forces = potential.energy_and_forces(atoms_to_batch([atoms], dtype))
-    tol = 1e-6 if dtype == torch.float64 else 1e-4
-    diff = abs(float(ours[0]) - energy) / max(1.0, abs(energy))
-    fdiff = float((our_forces.double() - torch.as_tensor(forces)).abs().max())
-    if diff > tol or fdiff > tol * max(1.0, float(abs(forces).max())):
-        raise MACEConversionError(f"{out}: converted energy {float(ours[0]):.6f} eV vs mace-torch {energy:.6f} eV "
-                                  f"(forces differ by {fdiff:.2e} eV/A): the model is not represented")  # fmt: skip
-    print(f"checked: {atoms.get_chemical_formula()} energy {energy:.6f} eV (mace-torch) vs {float(ours[0]):.6f} eV "
-          f"(atomzoo), max force difference {fdiff:.1e} eV/A")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m atomzoo.backbones.mace convert MODEL OUT.safetensors [--head NAME] [--no-check]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m atomzoo.backbones.mace",
-                                     description="Convert a mace-torch model file (MACE-MP, MACE-OFF) for atomzoo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="MODEL (torch.save of a mace-torch model) -> OUT.safetensors + card")
-    convert.add_argument("model")
-    convert.add_argument("out")
-    convert.add_argument("--head", default=None, help="head of a multi-head model (default: its last)")
-    convert.add_argument("--no-check", action="store_true", help="skip the energy/force check against mace-torch")
-    args = parser.parse_args(argv)
-    try:
-        out = export_mace_model(args.model, args.out, args.head, check=not args.no_check)
-    except (MACEConversionError, FileNotFoundError, ValueError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    from atomzoo.cards import card_path
-
-    print(f"wrote {out} and {card_path(out)}")
-
-
-if __name__ == "__main__":
-    main()
-
 __all__ = ["MACE", "MACE_READOUT", "QM9_AVG_NUM_NEIGHBORS_5A", "MACEConversionError", "MACEPotential", "MACEReadout",
-           "convert_mace_readout", "convert_mace_state", "export_mace_model", "import_mace", "mace_init_args"]
+           "convert_mace_readout", "convert_mace_state", "import_mace", "mace_init_args"]

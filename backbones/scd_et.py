@@ -24,6 +24,7 @@ Unlike the reference, ``x`` is not detached in the adaLN input (forces stay exac
 Loading (:func:`load_scd_et`): a checkpoint of their trainer (``last.ckpt`` as ``--load-hf`` downloads it:
 ``hyper_parameters`` + ``state_dict`` with keys ``model.rep_model.*``), a loaded dict, or a
 ``ConditionalET`` / ``CET`` module. Unpickling a checkpoint runs code from it: load files you trust.
+``python -m atomzoo.convert scd`` writes it as an atomzoo backbone export (:mod:`atomzoo.convert`).
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def _kwargs_from_module(rep: nn.Module) -> dict[str, Any]:
             "layernorm_on_vec": bool(rep.layernorm_on_vec)}  # fmt: skip
 
 
-def _unpack(source) -> tuple[dict[str, Any], Mapping[str, Tensor]]:
+def read_scd_checkpoint(source) -> tuple[dict[str, Any], Mapping[str, Tensor]]:
+    """``(hyperparameters, state_dict)`` of an SCD checkpoint path, loaded dict, or CET / ConditionalET module."""
     if isinstance(source, (str, Path)):
         from atomzoo.model_files import load_checkpoint_dict
 
@@ -228,7 +230,7 @@ def load_scd_et(source, **overrides) -> SCDET:
     Raises:
         ValueError: an unsupported feature (:func:`scd_et_kwargs`); SCDWeightsMismatch: keys or shapes differ.
     """
-    hparams, state_dict = _unpack(source)
+    hparams, state_dict = read_scd_checkpoint(source)
     model = SCDET(**{**scd_et_kwargs(hparams), **overrides})
     mapped, _ = convert_state_dict(state_dict, model)
     dtypes = {v.dtype for v in mapped.values() if torch.is_floating_point(v)}
@@ -239,54 +241,5 @@ def load_scd_et(source, **overrides) -> SCDET:
     return model
 
 
-def export_scd_et(source, out, elements: list[int] | None = None) -> Path:
-    """Convert an SCD checkpoint (:func:`load_scd_et`) into an atomzoo backbone export ``OUT.safetensors`` +
-    ``OUT.card.json`` (never unpickled again; SHA-256 in the card), for ``zoo fit --model.init_from OUT``,
-    :func:`atomzoo.model_files.build_backbone` and ``$ATOMZOO_MODELS`` (``zoo models``). ``elements``:
-    the atomic numbers of the pretraining data for the card (the checkpoint does not record them;
-    ``None``: no element check). Returns the weights' path."""
-    from atomzoo.cards import BACKBONE_FORMAT, write_card
-    from atomzoo.export import _out_path, _write
-
-    hparams, state_dict = _unpack(source)
-    args = scd_et_kwargs(hparams)  # every constructor argument that differs from SCDET's defaults
-    model = load_scd_et({"hyper_parameters": hparams, "state_dict": state_dict})
-    out = _out_path(out)
-    spec = {"class_path": "atomzoo.backbones.scd_et.SCDET", "init_args": args}
-    source_text = str(source) if isinstance(source, (str, Path)) else f"a {type(source).__name__}"
-    _write(out, model.state_dict(), {"model_format": BACKBONE_FORMAT, "objective": None,
-                                     "backbone": {**spec, "init_args_complete": True}, "source": source_text})
-    write_card(out, {
-        "model_format": BACKBONE_FORMAT, "objective": "SCD (TyJPerez/SelfConditionedDenoisingAtoms)", "backbone": spec,
-        "targets": None, "force_unit": None, "elements": sorted(int(z) for z in elements) if elements else None,
-        "periodic": True, "cutoff_A": args["cutoff"], "training_data": None, "config": None, "test_metrics": None,
-        "source_checkpoint": source_text,
-    })  # fmt: skip
-    return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m atomzoo.backbones.scd_et convert CKPT OUT.safetensors [--elements Z ...]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m atomzoo.backbones.scd_et",
-                                     description="Convert an SCD checkpoint (ct-scd-pcq, ct-scd-amp) for atomzoo")
-    sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="CKPT (their trainer's last.ckpt) -> OUT.safetensors + card")
-    convert.add_argument("checkpoint")
-    convert.add_argument("out")
-    convert.add_argument("--elements", type=int, nargs="+", default=None,
-                         help="atomic numbers of the pretraining data, for the card (PCQM4Mv2: see its paper)")
-    args = parser.parse_args(argv)
-    try:
-        out = export_scd_et(args.checkpoint, args.out, args.elements)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(f"wrote {out} and {out.with_name(out.stem + '.card.json')}")
-
-
-if __name__ == "__main__":
-    main()
-
-__all__ = ["DyT", "SCDET", "SCDWeightsMismatch", "convert_state_dict", "export_scd_et", "load_scd_et", "main",
+__all__ = ["DyT", "SCDET", "SCDWeightsMismatch", "convert_state_dict", "load_scd_et", "read_scd_checkpoint",
            "scd_et_kwargs"]

@@ -21,8 +21,9 @@ import torch
 pytest.importorskip("mace")
 
 from atomzoo import model_files  # noqa: E402
-from atomzoo.backbones.mace import MACE, MACEPotential, convert_mace_state  # noqa: E402
+from atomzoo.backbones.mace import MACE, convert_mace_state  # noqa: E402
 from atomzoo.cards import ModelFileError  # noqa: E402
+from atomzoo.convert import mace_potential  # noqa: E402
 from atomzoo.nn.batch import atoms_to_batch  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "mace_foundation"
@@ -39,7 +40,7 @@ def reference_structures():
 
 
 def test_converted_file_reproduces_mace_torch_energies_and_forces():
-    potential = MACEPotential.from_file(CONVERTED)
+    potential = mace_potential(CONVERTED)
     mols, ref = reference_structures()
     energy, forces = potential.energy_and_forces(atoms_to_batch(mols, torch.float64))
     assert energy.dtype == torch.float64
@@ -66,7 +67,7 @@ def test_the_converted_backbone_is_an_ordinary_backbone_export(tmp_path):
     data[-3] ^= 0x01
     copy.write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="does not match its card"):
-        MACEPotential.from_file(copy)
+        mace_potential(copy)
 
 
 @pytest.mark.slow  # builds the mace-torch model (about 15 s on one CPU thread)

@@ -114,7 +114,7 @@ def test_a_modified_file_is_refused_in_one_line(tmp_path, monkeypatch):
     weights.write_bytes(bytes(data))
     monkeypatch.setenv(pretrained.ENV, str(tmp_path))
     with pytest.raises(ModelFileError, match="does not match its card") as err:
-        pretrained.load_backbone(BACKBONE)
+        model_files.build_backbone(BACKBONE)
     assert "\n" not in str(err.value)
 
 
@@ -133,7 +133,7 @@ def test_init_from_a_name_loads_the_shipped_backbone():
 
     args = pretrained.card(BACKBONE)["backbone"]["init_args"]
     objective = Regression(PaiNN(**args), targets=["homo"], init_from=BACKBONE)
-    reference = pretrained.load_backbone(BACKBONE)
+    reference = model_files.build_backbone(BACKBONE)
     for key, value in reference.state_dict().items():
         assert torch.equal(objective.backbone.state_dict()[key], value), key
 
@@ -175,3 +175,12 @@ def test_zoo_models_dir_option_prepends_the_directory(tmp_path, monkeypatch):
     assert os.environ[pretrained.ENV] == f"{tmp_path}{os.pathsep}/elsewhere"
     with pytest.raises(SystemExit, match="--models_dir '/nope' is not a directory"):
         _models_dir_option(["fit", "--models_dir=/nope"])
+
+
+def test_atomzoo_pretrained_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import atomzoo; print(atomzoo.pretrained.list())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert BACKBONE in out

@@ -17,7 +17,8 @@ import torch
 from torch_geometric.data import Data
 
 from atomzoo import model_files
-from atomzoo.backbones.scd_et import SCDET, SCDWeightsMismatch, export_scd_et, load_scd_et, scd_et_kwargs
+from atomzoo.backbones.scd_et import SCDET, SCDWeightsMismatch, load_scd_et, scd_et_kwargs
+from atomzoo.convert import convert_scd, main
 
 DATA = Path(__file__).resolve().parent / "data" / "scd_et"
 CKPT = DATA / "scd_ct_tiny.ckpt"
@@ -53,10 +54,20 @@ def test_every_reference_tensor_is_used_and_unsupported_settings_are_named():
         scd_et_kwargs({**checkpoint["hyper_parameters"], "vec_post_norm": True})
 
 
+def test_a_file_that_is_not_an_scd_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["scd", str(tmp_path / "missing.ckpt"), str(tmp_path / "out.safetensors")])
+    assert "missing.ckpt does not exist" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="SCD checkpoint path"):
+        convert_scd(42, tmp_path / "out.safetensors")
+
+
 def test_the_converted_export_is_a_backbone_for_init_from(tmp_path):
     from atomzoo.objectives import Regression
 
-    out = export_scd_et(CKPT, tmp_path / "scd-tiny.safetensors", elements=[1, 6, 7, 8])
+    main(["scd", str(CKPT), str(tmp_path / "scd-tiny.safetensors"), "--elements", "8", "1", "6", "7"])
+    out = tmp_path / "scd-tiny.safetensors"
+    assert model_files.read(out).card["elements"] == [1, 6, 7, 8]
     backbone = model_files.build_backbone(out)
     assert isinstance(backbone, SCDET) and backbone.condition_dim == 32
     fine = Regression(SCDET(**model_files.read(out).backbone["init_args"]), targets=["homo"], init_from=str(out))

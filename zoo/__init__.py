@@ -21,9 +21,14 @@ __version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    """``atomzoo.load`` (imported lazily, so ``import atomzoo`` stays light): see :func:`atomzoo.inference.load`."""
+    """``atomzoo.load`` (:func:`atomzoo.inference.load`) and ``atomzoo.pretrained`` (named models), imported
+    lazily so that ``import atomzoo`` stays light."""
     if name == "load":
         from .inference import load
 
         return load
+    if name == "pretrained":  # atomzoo.pretrained.list() after a plain `import atomzoo`
+        import importlib
+
+        return importlib.import_module(".pretrained", __name__)
     raise AttributeError(f"module 'atomzoo' has no attribute {name!r}")

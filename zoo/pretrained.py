@@ -12,7 +12,7 @@ training data, test numbers). Names are looked up, first match wins, in
 Nothing is ever downloaded. A name that is not found raises :class:`ModelNotFound` (a
 ``FileNotFoundError``) in one line naming the two files to put where. Every place that takes a
 model file takes a name too -- ``atomzoo.load(name)``, ``zoo fit --model.init_from name``,
-:func:`atomzoo.model_files.build_backbone` -- because :func:`atomzoo.model_files.read`, the one
+:func:`atomzoo.model_files.build_backbone` (the pretrained backbone) -- because :func:`atomzoo.model_files.read`, the one
 reader, resolves names with :func:`resolve`; it also checks the weights' SHA-256 against the card on
 every load (a modified file is refused in one line).
 
@@ -101,14 +101,6 @@ def resolve(path_or_name: str | os.PathLike, models_dir: str | os.PathLike | Non
     return path(os.fspath(path_or_name), models_dir)
 
 
-def load_backbone(name: str, models_dir: str | os.PathLike | None = None):
-    """The pretrained backbone ``name`` (class and constructor arguments from the file; weights loaded,
-    SHA-256 checked): :func:`atomzoo.model_files.build_backbone`."""
-    from .model_files import build_backbone
-
-    return build_backbone(path(name, models_dir))
-
-
 # ----- zoo models ----------------------------------------------------------------------------------
 def _backbone_text(entry: dict) -> str:
     backbone = entry.get("backbone") or {}
@@ -177,5 +169,5 @@ def main(argv: builtins.list[str] | None = None) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["ENV", "SHIPPED", "ModelNotFound", "card", "describe", "directories", "is_name", "list", "load_backbone",
-           "main", "path", "resolve", "test_numbers"]  # fmt: skip
+__all__ = ["ENV", "SHIPPED", "ModelNotFound", "card", "describe", "directories", "is_name", "list", "main", "path",
+           "resolve", "test_numbers"]  # fmt: skip

@@ -12,7 +12,7 @@ mace-torch's own energies and forces (issue 28, item 3a).
 3. computes energies (eV) and forces (eV/A) of five molecules (ASE's H2O, NH3, CH4, HCN and ethanol, the
    last two with atoms displaced) with mace-torch's own ASE calculator ``mace.calculators.MACECalculator``
    on that file -> ``reference.npz``;
-4. converts the file with atomzoo's converter (``python -m atomzoo.backbones.mace convert``) ->
+4. converts the file with atomzoo's converter (``python -m atomzoo.convert mace``) ->
    ``mace_small.safetensors`` + ``mace_small.card.json``: what the parity test reads (no unpickling).
 """
 
@@ -81,10 +81,10 @@ def main() -> None:
         counts.append(len(atoms))
     np.savez(OUT / "reference.npz", energy=np.array(energies), forces=np.concatenate(forces),
              numbers=np.concatenate(numbers), positions=np.concatenate(positions), counts=np.array(counts))  # fmt: skip
-    from atomzoo.backbones.mace import main as convert
+    from atomzoo.convert import main as convert
 
     root = OUT.parents[2]  # the card names the source relative to the repository
-    convert(["convert", str(path.relative_to(root)), str(OUT / "mace_small.safetensors")])
+    convert(["mace", str(path.relative_to(root)), str(OUT / "mace_small.safetensors")])
 
 
 if __name__ == "__main__":
