@@ -179,3 +179,19 @@ def test_zoo_fit_shows_the_whole_run_and_says_where_things_went(tmp_path):
     line = f"init_from: loaded {backbone} tensors from {last} (backbone SchNet, skipped {len(tensors) - backbone} non-backbone tensors)"
     assert line in second.stderr
     assert " batches [" not in second.stdout
+
+
+def test_the_qm9_store_line_gives_its_measured_first_build_time(tmp_path, capsys):
+    """QM9's first build has a measured duration (docs/results.md): the line says it; an existing store no line."""
+    from types import SimpleNamespace
+
+    from atomzoo.cli import ZooCLI
+    from atomzoo.datamodules import QM9DataModule
+
+    holder = SimpleNamespace(datamodule=QM9DataModule(targets=["homo"], cache_dir=str(tmp_path)))
+    ZooCLI._announce_store_build(holder)
+    path = holder.datamodule.store_path()
+    assert f"zoo: building the QM9 store at {path} (first run only, ~7 s; later runs open it)\n" == capsys.readouterr().err
+    Path(path).mkdir(parents=True)
+    ZooCLI._announce_store_build(holder)
+    assert capsys.readouterr().err == ""
