@@ -60,6 +60,9 @@ EXPECTED = {
     "Pretraining, then fine-tuning": (
         ["runs/pretrain_scd/laptop/checkpoints/last.ckpt", "runs/finetune_homo/from_scd/test_metrics.json"],
         ["test/homo_mae_meV"]),
+    "Pretrained models: list, fine-tune, freeze": (
+        [], ["painn64-denoising-qm9-p0", "zoo: step-0 check: the backbone reproduces init_from=painn64-denoising-qm9-p0",
+             "test/homo_mae_meV"]),
     "Use a trained force model: predictions, ASE, MD": (
         ["runs/rmd17_fixture_forces/ethanol/checkpoints/last.ckpt", "preds.csv", "preds.atoms.csv"],
         ["zoo predict: wrote 3 molecules to {work}/preds.csv", "drift"]),
