@@ -195,3 +195,19 @@ def test_the_qm9_store_line_gives_its_measured_first_build_time(tmp_path, capsys
     Path(path).mkdir(parents=True)
     ZooCLI._announce_store_build(holder)
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_run_counts_from_where_it_stopped(tmp_path):
+    """Resumed from a checkpoint after 1 of 3 epochs: the bar starts at the 4 batches done, spans all 12,
+    and the time left counts the 2 validations still to come, not 3."""
+    first, _, _ = fit(tmp_path, max_epochs=1, limit_train_batches=4)
+    ckpt = tmp_path / "after-epoch-1.ckpt"
+    first.save_checkpoint(ckpt)
+    bar = RunProgressBar()
+    record = Record(bar)
+    trainer = L.Trainer(callbacks=[bar, record], max_epochs=3, limit_train_batches=4, limit_val_batches=2, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        accelerator="cpu", devices=1)
+    trainer.fit(TimedModel(Clock()), ckpt_path=ckpt)
+    assert record.batches == 8 and bar.train_progress_bar.n == bar.train_progress_bar.total == 12
+    assert record.left[0][2].endswith("left: training, 2 validations"), record.left[0]

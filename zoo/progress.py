@@ -146,7 +146,7 @@ class RunProgressBar(TQDMProgressBar):
         self._val_batch_s: float | None = None  # per validation batch (sanity check or validation)
         self._val_start = 0.0
         self._val_batches = 0
-        self._first_batch = 0  # batches of the run done before this process (a resumed run)
+        self._first_batch: int | None = None  # batches of the run done before this process (a resumed run)
         self._test_batches: int | None = None
 
     # ----- the training bar spans the run ------------------------------------------------------------
@@ -173,10 +173,8 @@ class RunProgressBar(TQDMProgressBar):
         self.plan = RunPlan.of(trainer)
         super().on_train_start(trainer, pl_module)
         if self.plan is not None:
-            self._first_batch = self.batches_done(trainer)
             self.train_progress_bar.total = self.plan.total_batches
             self.train_progress_bar.initial = 0
-            _set_n(self.train_progress_bar, self._first_batch)
         if self.test_after_fit:
             self._test_batches = self._count_test_batches(trainer)
 
@@ -195,6 +193,8 @@ class RunProgressBar(TQDMProgressBar):
             self._train_batches += 1
         self._mark = now
         done = min(trainer.current_epoch * self.plan.batches_per_epoch + batch_idx + 1, self.plan.total_batches)
+        if self._first_batch is None:  # batches of the run before this process (a resumed run): known at its first batch
+            self._first_batch = done - 1
         bar = self.train_progress_bar
         if bar is not None and self._should_update(done, bar.total):
             bar.run_left = self.describe_left(done)
@@ -261,7 +261,7 @@ class RunProgressBar(TQDMProgressBar):
         else:
             validation_s = None
         # validations of this process counted as they end: one due at this very batch is still to come
-        validations_left = max(plan.validations - plan.validations_after(self._first_batch) - self._val_runs, 0)
+        validations_left = max(plan.validations - plan.validations_after(self._first_batch or 0) - self._val_runs, 0)
         test_s = (self._test_batches * self._val_batch_s
                   if self._test_batches is not None and self._val_batch_s is not None else None)  # fmt: skip
         left = seconds_left(plan.total_batches - batches_done, batch_s, validations_left, validation_s, test_s)
