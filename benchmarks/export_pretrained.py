@@ -100,10 +100,26 @@ def benchmark_entry(pretrain_cell: str, cells: dict[str, dict], results: Path) -
     return entry, finetunes
 
 
-def _add_to_card(weights: Path, fields: dict) -> None:
+#: card entries that change on every export although the model did not
+_VOLATILE = ("created_utc", "versions")
+
+
+def _add_to_card(weights: Path, fields: dict, previous: str | None = None) -> None:
+    """Add ``fields`` to the card just written; keep the ``previous`` card text when nothing but
+    :data:`_VOLATILE` entries differ (same weights, same numbers: no change to commit)."""
     card = read_card(weights)
     card.update(fields)
-    card_path(weights).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    text = json.dumps(card, indent=2, default=str) + "\n"
+    if previous is not None:
+        old = json.loads(previous)
+        if {k: v for k, v in old.items() if k not in _VOLATILE} == {k: v for k, v in json.loads(text).items()
+                                                                    if k not in _VOLATILE}:  # fmt: skip
+            text = previous
+    card_path(weights).write_text(text)
+
+
+def _previous_card(weights: Path) -> str | None:
+    return card_path(weights).read_text() if card_path(weights).is_file() else None
 
 
 def export_all(runs: Path, results: Path, out: Path, finetuned: bool = False) -> list[Path]:
@@ -123,9 +139,10 @@ def export_all(runs: Path, results: Path, out: Path, finetuned: bool = False) ->
             checkpoint = ROOT / checkpoint
         name = model_name(cell)
         weights = out / f"{name}.safetensors"
+        previous = _previous_card(weights)
         export_backbone(checkpoint, weights)
         objective = cells[cell]["objective"]
-        _add_to_card(weights, {
+        _add_to_card(weights, previous=previous, fields={
             "name": name, "benchmark": entry, "source_checkpoint": _relative(checkpoint),
             "description": f"{cells[cell]['backbone']} backbone pretrained with {objective} on QM9 structures "
                            f"(no labels), seed {cells[cell]['pretrain_seed']}, objectives benchmark (issue 26); "
@@ -138,8 +155,9 @@ def export_all(runs: Path, results: Path, out: Path, finetuned: bool = False) ->
                 target = f"{name}-{row['target']}-n{row['label_budget']}-s{row['seed']}"
                 full = out / f"{target}.safetensors"
                 source = _best(run) or run / "last.ckpt"
+                previous = _previous_card(full)
                 export_model(source, full)
-                _add_to_card(full, {"name": target, "benchmark": {**entry, "finetune": [row]},
+                _add_to_card(full, previous=previous, fields={"name": target, "benchmark": {**entry, "finetune": [row]},
                                     "source_checkpoint": _relative(source),
                                     "description": f"{name} fine-tuned on {row['label_budget']} QM9 {row['target']} "
                                                    f"labels (seed {row['seed']}); atomzoo.load('{target}')"})  # fmt: skip

@@ -184,3 +184,23 @@ def test_atomzoo_pretrained_after_a_plain_import():
     code = "import atomzoo; print(atomzoo.pretrained.list())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert BACKBONE in out
+
+
+def test_export_script_keeps_an_unchanged_card(tmp_path):
+    """Re-running benchmarks/export_pretrained.py leaves a card whose weights and numbers did not change."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_pretrained", ROOT / "benchmarks" / "export_pretrained.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    weights = _copy(BACKBONE, tmp_path)
+    before = (tmp_path / f"{BACKBONE}.card.json").read_text()
+    card = json.loads(before)
+    card["created_utc"] = "2000-01-01T00:00:00+00:00"
+    (tmp_path / f"{BACKBONE}.card.json").write_text(json.dumps(card))
+    module._add_to_card(weights, previous=before, fields={})
+    assert (tmp_path / f"{BACKBONE}.card.json").read_text() == before
+    module._add_to_card(weights, previous=before, fields={"description": "changed"})
+    assert json.loads((tmp_path / f"{BACKBONE}.card.json").read_text())["description"] == "changed"
+    assert module.model_name("pretrain/painn64/scd/c0/p0") == "painn64-scd-qm9-p0"
+    assert module.model_name("pretrain/painn64/denoising/c0.5/p1") == "painn64-denoising-qm9-c0.5-p1"

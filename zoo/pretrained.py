@@ -121,7 +121,11 @@ def _data_text(entry: dict) -> str:
 def test_numbers(entry: dict) -> builtins.list[str]:
     """The card's test numbers as text: the benchmark's fine-tuning results, then the run's own test metrics."""
     lines = []
-    for row in (entry.get("benchmark") or {}).get("finetune") or []:
+    benchmark = entry.get("benchmark")
+    if benchmark is not None and not benchmark.get("finetune"):
+        lines.append("no finished fine-tuning cell of the benchmark yet (python benchmarks/export_pretrained.py "
+                     "adds its numbers when one has finished)")
+    for row in (benchmark or {}).get("finetune") or []:
         scratch = row.get("scratch_value")
         lines.append(f"fine-tuned {row['target']} on {row['label_budget']} labels: {row['metric']} {row['value']:.1f}"
                      + (f" (from scratch {scratch:.1f})" if scratch is not None else ""))  # fmt: skip
