@@ -86,6 +86,11 @@ def test_an_absent_name_says_which_files_to_put_where(tmp_path, monkeypatch, cap
     message = str(err.value)
     assert "\n" not in message
     assert "scd-et-pcq.safetensors and scd-et-pcq.card.json" in message and str(tmp_path) in message
+    with pytest.raises(pretrained.ModelNotFound, match=r"Ty-Perez/ct-scd-pcq; convert it once with `python -m "
+                       rf"atomzoo.convert scd last.ckpt {tmp_path}/ct-scd-pcq.safetensors`"):  # fmt: skip
+        pretrained.path("ct-scd-pcq")
+    with pytest.raises(pretrained.ModelNotFound, match=r"python -m atomzoo.convert mace FILE.model .*mace-mp-0-medium"):
+        pretrained.path("mace-mp-0-medium")
     with pytest.raises(FileNotFoundError, match="no model named 'nope'"):
         atomzoo.load("nope")
     from atomzoo.cli import main

@@ -37,6 +37,18 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".model", ".json", ".yaml")
 
 
+#: published models atomzoo converts but does not ship (too large, or another code's licence and hosting):
+#: name -> where the source file comes from and the command that makes ``<name>.safetensors`` from it
+PUBLISHED = {
+    "ct-scd-pcq": ("SCD's PCQM4Mv2-pretrained backbone: last.ckpt of the Hugging Face repository Ty-Perez/ct-scd-pcq",
+                   "python -m atomzoo.convert scd last.ckpt {dir}/ct-scd-pcq.safetensors"),
+    "ct-scd-amp": ("SCD's published backbone ct-scd-amp: last.ckpt of the Hugging Face repository Ty-Perez/ct-scd-amp",
+                   "python -m atomzoo.convert scd last.ckpt {dir}/ct-scd-amp.safetensors"),
+}
+#: names of converted mace-torch models (any MACE-MP / MACE-OFF .model file)
+MACE_PREFIXES = ("mace-mp", "mace-off", "mace-omat", "mace-matpes")
+
+
 class ModelNotFound(FileNotFoundError):
     """A model name found in none of the model directories; the message says which files to put where."""
 
@@ -78,6 +90,17 @@ def path(name: str, models_dir: str | os.PathLike | None = None) -> Path:
             return weights
     where = f"${ENV} (now {os.environ[ENV]!r})" if os.environ.get(ENV) else f"a directory named by ${ENV}"
     known = list(models_dir)
+    target = str(models_dir or (os.environ.get(ENV, "").split(os.pathsep)[0] or "$ATOMZOO_MODELS"))
+    if name in PUBLISHED:
+        source, command = PUBLISHED[name]
+        raise ModelNotFound(f"no model named {name!r} here: it is {source}; convert it once with "
+                            f"`{command.format(dir=target)}` (writes the card too) and keep it in {where} or --models_dir")
+    if name.startswith(MACE_PREFIXES):
+        raise ModelNotFound(
+            f"no model named {name!r} here: convert the mace-torch .model file once with `python -m atomzoo.convert mace "
+            f"FILE.model {target}/{name}.safetensors` (needs mace-torch, the [mace] extra) and keep it in {where} or "
+            "--models_dir"
+        )
     raise ModelNotFound(
         f"no model named {name!r}: put {name}.safetensors and {name}.card.json (written by python -m atomzoo.export) "
         f"into {where} or --models_dir; models found: {', '.join(known) if known else 'none'}"
@@ -173,5 +196,5 @@ def main(argv: builtins.list[str] | None = None) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["ENV", "SHIPPED", "ModelNotFound", "card", "describe", "directories", "is_name", "list", "main", "path",
+__all__ = ["ENV", "MACE_PREFIXES", "PUBLISHED", "SHIPPED", "ModelNotFound", "card", "describe", "directories", "is_name", "list", "main", "path",
            "resolve", "test_numbers"]  # fmt: skip
