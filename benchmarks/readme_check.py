@@ -129,14 +129,17 @@ def argv_of(command: str, language: str, smoke: bool) -> list[str] | None:
     return argv + next((extra for start, extra in SHORTER.items() if command.startswith(start)), [])
 
 
-def run_blocks(work: Path, smoke: bool, env: dict | None = None, timeout_s: float = 3600) -> tuple[list[Block], dict]:
-    """Run every README block in ``work`` (see the module docstring); returns the blocks (times, commands
-    run, the first failure) and the output of each section (stdout + stderr of its commands). Stops at
-    the first command that fails: later blocks use earlier blocks' runs."""
+def run_blocks(work: Path, smoke: bool, env: dict | None = None, timeout_s: float = 3600,
+               only: str | None = None) -> tuple[list[Block], dict]:
+    """Run every README block in ``work`` (see the module docstring), or those whose section matches the
+    regular expression ``only``; returns the blocks (times, commands run, the first failure) and the
+    output of each section (stdout + stderr of its commands). Stops at the first command that fails:
+    later blocks use earlier blocks' runs."""
     env = dict(os.environ if env is None else env)
     env.pop("PYTHONWARNINGS", None)
     env |= {"OMP_NUM_THREADS": "1", "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
-    blocks, output = command_blocks(), {}
+    blocks = [b for b in command_blocks() if only is None or re.search(only, b.section)]
+    output = {}
     for block in blocks:
         start, cpu = time.perf_counter(), os.times()
         for command in block.commands:
@@ -158,10 +161,13 @@ def run_blocks(work: Path, smoke: bool, env: dict | None = None, timeout_s: floa
     return blocks, output
 
 
-def missing_outputs(work: Path, output: dict) -> list[str]:
-    """What :data:`EXPECTED` lists that the run did not leave (files) or print (lines), one line each."""
+def missing_outputs(work: Path, output: dict, only: str | None = None) -> list[str]:
+    """What :data:`EXPECTED` lists (for the sections matching ``only``) that the run did not leave
+    (files) or print (lines), one line each."""
     problems = []
     for section, (files, lines) in EXPECTED.items():
+        if only is not None and not re.search(only, section):
+            continue
         problems += [f"{section}: {name} missing" for name in files if not (work / name).is_file()]
         problems += [f"{section}: '{line.format(work=work)}' not printed" for line in lines
                      if line.format(work=work) not in output.get(section, "")]
@@ -173,13 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few batches per training run instead of the stated budget")
     parser.add_argument("--workdir", help="run in WORKDIR/clone (default: a temporary folder, removed afterwards)")
     parser.add_argument("--limit-min", type=float, default=None, help="fail a block that took longer (wall minutes)")
+    parser.add_argument("--only", help="run only the blocks whose README section matches this regular expression "
+                        "(a block that uses an earlier block's run needs that block too)")
     parser.add_argument("--json", help="write the per-block record (section, commands, wall_s, cpu_s, failed) here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = fresh_folder(Path(args.workdir or tmp))
-        blocks, output = run_blocks(work, args.smoke)
+        blocks, output = run_blocks(work, args.smoke, only=args.only)
         problems = [f"{b.section}: {b.failed}" for b in blocks if b.failed]
-        problems += [] if problems else missing_outputs(work, output)
+        problems += [] if problems else missing_outputs(work, output, args.only)
         if args.limit_min is not None:
             problems += [f"{b.section}: {b.wall_s / 60:.1f} min, over --limit-min {args.limit_min}"
                          for b in blocks if b.wall_s > 60 * args.limit_min]
