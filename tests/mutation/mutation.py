@@ -1,12 +1,14 @@
 """Hand-written mutation testing: reintroduce known kinds of bugs one at a time, run the tests that
 guard each, and record whether a test failed (the mutant is "killed") or all passed ("survived").
 
-    python tests/mutation/mutation.py [--only REGEX] [--out docs/testing/mutants.csv]
+    python tests/mutation/mutation.py [--only REGEX] [--out docs/testing/mutants.csv]   # in a worktree (below)
 
 Each mutant in ``tests/mutation/mutants.yaml`` names a file, an exact snippet of it, the replacement
 (the bug), the guarantee it breaks and the pytest selection that should catch it. The file is
 restored after every run (and at start-up from ``.mutation-backup/`` if an earlier run was
-killed), so run it on a clean tree. A snippet that no longer occurs exactly once is reported as
+killed), so run it on a clean tree -- and, because every mutant is written into the sources, in a
+``git worktree`` with its own editable install, never in a checkout other people or processes use (it
+refuses the main checkout unless ``--in-place``). A snippet that no longer occurs exactly once is reported as
 ``stale`` (update the YAML when the code moves). Results are written atomically to the CSV, one row
 per mutant, and a summary (mutation score) is printed. Why hand-written rather than ``mutmut``:
 the mutants are the bugs the project's guarantees are about (the docs list them), and every one
@@ -30,6 +32,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BACKUP = REPO / ".mutation-backup"
+
+
+def is_main_checkout() -> bool:
+    """The repository's main working tree (not a ``git worktree add`` one)."""
+    def ask(*args: str) -> Path:
+        out = subprocess.run(["git", "rev-parse", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return (REPO / out).resolve()
+
+    return ask("--git-dir") == ask("--git-common-dir")
 
 
 def restore_leftovers() -> None:
@@ -76,7 +87,13 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="regex on the mutant id")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--out", default=str(REPO / "docs" / "testing" / "mutants.csv"))
+    parser.add_argument("--in-place", action="store_true",
+                        help="run in the main checkout although other processes using it would see the mutants")
     args = parser.parse_args()
+    if not args.in_place and is_main_checkout():
+        sys.exit("tests/mutation/mutation.py mutates files in place, which anyone else using this checkout would run: "
+                 "run it in a worktree of its own (git worktree add ../atomzoo-mut HEAD, a virtual environment with "
+                 "pip install -e ../atomzoo-mut[all]; docs/testing.md) or pass --in-place")
     restore_leftovers()
     if subprocess.run(["git", "diff", "--quiet"], cwd=REPO).returncode != 0:
         sys.exit("tests/mutation/mutation.py mutates files in place: commit or stash your changes first")
