@@ -23,6 +23,7 @@ def example():
     return module
 
 
+@pytest.mark.slow  # ~15 s of CPU, up to 2 min wall on the loaded 2-core VM
 def test_cell_relax_example_smoke(example, tmp_path):
     report = example.run(str(tmp_path), structures=40, steps=20, relax_steps=100, npt_ps=0.04, seed=0)
     assert np.isfinite(report["training"]["validation"]["val/stress_mae_meV_per_A^3"])

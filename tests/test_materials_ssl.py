@@ -88,6 +88,7 @@ TINY_PAINN = ["--model.backbone", str(ROOT / "configs" / "backbones" / "painn.ya
               "--model.backbone.init_args.cutoff", str(CUTOFF)]  # fmt: skip
 
 
+@pytest.mark.slow  # four zoo runs: ~16 s of CPU, 30-60 s wall on the loaded 2-core VM
 def test_zoo_pretrain_finetune_with_stress_and_predict(tmp_path):
     pre = run(["fit", *common(tmp_path / "pre"), "-c", str(ROOT / "configs" / "objectives" / "denoising.yaml"),
                *TINY_PAINN, "--data.init_args.energy_key", "null", "--data.init_args.forces_key", "null",
@@ -120,3 +121,11 @@ def test_zoo_pretrain_finetune_with_stress_and_predict(tmp_path):
     np.testing.assert_allclose(table.loc[10, voigt].to_numpy(float), api[10]["stress"], atol=1e-6)
     np.testing.assert_allclose(table.loc[10, [f"stress_ref_{c}_eV_per_A^3" for c in ("xx", "yy", "zz", "yz", "xz", "xy")]]
                                .to_numpy(float), read(FIXTURE, index=10).get_stress(), atol=1e-7)  # fmt: skip
+    # without --data.init_args.stress_key the stress model predicts energies and forces only (no error)
+    plain = tmp_path / "plain.csv"
+    run(["predict", "--ckpt_path", str(checkpoint), "-c", str(ROOT / "configs" / "data" / "ase_file.yaml"),
+         "--data.init_args.path", str(FIXTURE), "--data.init_args.cache_dir", str(tmp_path / "cache"),
+         "--out", str(plain), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    plain_table = pd.read_csv(plain)
+    assert not any(c.startswith("stress") for c in plain_table.columns)
+    np.testing.assert_allclose(plain_table["energy_eV"], table["energy_eV"], atol=1e-6)
