@@ -145,7 +145,6 @@ class RunProgressBar(TQDMProgressBar):
         self._val_runs = 0
         self._val_batch_s: float | None = None  # per validation batch (sanity check or validation)
         self._val_start = 0.0
-        self._val_batches = 0
         self._first_batch: int | None = None  # batches of the run done before this process (a resumed run)
         self._test_batches: int | None = None
 
