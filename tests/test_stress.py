@@ -1,6 +1,7 @@
 """Stress ``(1/V) dE/d(strain)`` from the model: finite differences, rotation, mixed batches, the loss.
 
-Checks (issue 30, items 1 and 4): for every built-in backbone in float64 the calculator's stress
+Checks (issue 30, items 1 and 4): for every built-in backbone and a user's backbone that declares
+``periodic = True`` (examples/custom_backbone.py), in float64, the calculator's stress
 equals ASE's central-difference stress of the same calculator
 (``ase.calculators.fd.calculate_numerical_stress``, strain step 1e-5) to 1e-7 eV/A^3 absolute
 (observed ~1e-10); the stress tensor of a rotated crystal is ``R sigma R^T``; in a batch mixing a
@@ -11,6 +12,8 @@ has negative diagonal stress in both).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,12 +34,26 @@ from atomzoo.objectives.forces import energy_forces_stress, has_stress
 from atomzoo.objectives.losses import StressLoss
 
 CUTOFF = 4.0
+
+
+def custom_backbone(**kwargs):
+    """examples/custom_backbone.py's DistanceMPNN: a backbone of the user's that declares ``periodic = True``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_backbone_for_stress",
+                                                  Path(__file__).resolve().parents[1] / "examples" / "custom_backbone.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.DistanceMPNN(**kwargs)
+
+
 BACKBONES = {
     "schnet": lambda: SchNet(width=16, num_filters=16, num_interactions=2, num_rbf=8, cutoff=CUTOFF),
     "painn": lambda: PaiNN(width=16, num_interactions=2, num_rbf=8, cutoff=CUTOFF),
     "et": lambda: ET(width=16, num_interactions=2, num_rbf=8, num_heads=2, cutoff=CUTOFF),
     "mace": lambda: MACE(hidden_irreps="8x0e+8x1o", max_ell=1, correlation=2, num_interactions=2, radial_MLP=[8],
                          cutoff=CUTOFF, atomic_numbers=[1, 6, 8, 13, 29], dtype="float64"),  # fmt: skip
+    "custom": lambda: custom_backbone(width=16, num_interactions=2, num_rbf=8, cutoff=CUTOFF),
 }
 
 
@@ -140,8 +157,6 @@ def test_sign_convention_matches_emt():
 
 
 # ----- reading stress and virials (ASEFileDataModule, --data.stress_key) ---------------------------
-from pathlib import Path  # noqa: E402
-
 from ase.calculators.singlepoint import SinglePointCalculator  # noqa: E402
 from ase.io import read, write  # noqa: E402
 from ase.units import GPa  # noqa: E402
