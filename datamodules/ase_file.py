@@ -65,7 +65,8 @@ CHUNK = 10_000
 #: per-structure keys (``atoms.info``, any capitalisation) that change the physics but no backbone reads,
 #: with the value the models assume (neutral; a multiplicity of 1 is the closed-shell singlet)
 IGNORED_INFO = {"charge": 0, "total_charge": 0, "spin": 0, "spin_multiplicity": 1, "multiplicity": 1}
-#: per-structure tensors read only with ``stress_key`` (``atoms.info`` in any capitalisation, or the calculator's results)
+#: per-structure tensors read only with ``stress_key`` (``atoms.info`` in any capitalisation, or the
+#: calculator's results)
 IGNORED_TENSORS = ("stress", "virial")
 #: per-atom arrays that change the physics but no backbone reads (assumed zero)
 IGNORED_ARRAYS = ("initial_charges", "initial_magmoms")
@@ -225,7 +226,8 @@ class ASEFileDataModule(AtomsDataModule):
             "length_unit": self.file_length_unit,
             "periodic": 1,  # stores written since cell / pbc are kept
             "ignored": 3,  # stores written since the ignored-physics count is case-blind, multiplicity 1 neutral, stress
-        } | ({"stress_key": self.stress_key, "stress_unit": self.file_stress_unit} if self.stress_key else {}) | ({"allow_missing_labels": True} if self.allow_missing_labels else {})
+        } | ({"stress_key": self.stress_key, "stress_unit": self.file_stress_unit} if self.stress_key else {}) | (
+            {"allow_missing_labels": True} if self.allow_missing_labels else {})
 
     def store_path(self) -> Path:
         digest = hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:12]
@@ -282,7 +284,7 @@ class ASEFileDataModule(AtomsDataModule):
 
     def _convert(self, record: int, atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
                                                     list[float], np.ndarray | None]:
-        """``(z, pos, cell, pbc, forces, labels, stress)`` of one structure in eV / Angstrom / eV/A / eV/A^3, checked."""
+        """``(z, pos, cell, pbc, forces, labels, stress)`` of one structure in eV / A / eV/A / eV/A^3, checked."""
         where = f"{self.path}, record {record}"
         z, pos, cell, periodic = structure_arrays(atoms, self.length_factor)
         if z.size == 0:
@@ -336,13 +338,15 @@ class ASEFileDataModule(AtomsDataModule):
         if value is None:
             if periodic.all() and not self.allow_missing_labels:
                 raise DataFormatError(
-                    f"{where}: the structure is periodic but has no stress under key {key!r} (info: {sorted(atoms.info)}; "
+                    f"{where}: the structure is periodic but has no stress under key {key!r} "
+                    f"(info: {sorted(atoms.info)}; "
                     "--data.init_args.stress_key, or null for none)"
                 )
             return np.full((3, 3), np.nan)
         if not periodic.all():
             raise DataFormatError(
-                f"{where}: key {key!r} gives a stress to a structure that is not fully periodic (pbc={periodic.tolist()}); "
+                f"{where}: key {key!r} gives a stress to a structure that is not fully periodic "
+                f"(pbc={periodic.tolist()}); "
                 "only bulk crystals (pbc all true, with a cell) have a stress: remove it or set pbc=\"T T T\""
             )
         try:

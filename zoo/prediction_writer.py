@@ -124,7 +124,8 @@ class PredictionWriter(BasePredictionWriter):
             ref_s = ref_s.detach().reshape(-1, 3, 3).double().cpu().numpy() if ref_s is not None else None
             full = stress.detach().double().cpu().numpy()
             stress = np.stack([full[:, i, j] for i, j in voigt], axis=1)
-            ref_s = np.stack([ref_s[:, i, j] for i, j in voigt], axis=1) if ref_s is not None else np.full_like(stress, np.nan)
+            ref_s = (np.stack([ref_s[:, i, j] for i, j in voigt], axis=1) if ref_s is not None
+                     else np.full_like(stress, np.nan))
         if self.out.suffix == ".csv":
             writer = self._csv(trainer, "molecules", ["id", "index", "n_atoms", *names, *ref_names, *stress_names])
             for g in range(index.size):
