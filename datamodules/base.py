@@ -553,6 +553,15 @@ class AtomsDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Copy a PyG batch to a CUDA ``device`` with ``non_blocking=True``: from pinned memory
+        (``--data.pin_memory true``, configs/trainer/gpu.yaml) the copy then overlaps the host's work
+        instead of waiting (Lightning's own transfer is non-blocking only for plain tensors, not for a
+        PyG ``Batch``). Anything else goes through Lightning's transfer."""
+        if isinstance(batch, Batch) and device.type == "cuda":
+            return batch.to(device, non_blocking=True)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         """Cast the batch's floating-point tensors (positions, forces, ...) to the model's dtype, so
         ``--trainer.precision 64-true`` runs in float64 end to end (Lightning converts only plain
