@@ -116,16 +116,17 @@ class PredictionWriter(BasePredictionWriter):
         stress = prediction.get("stress")
         stress_names = []
         if stress is not None:  # [G, 3, 3] -> ASE's Voigt order, NaN rows for structures without one
-            voigt = [(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]
+            from ase.stress import full_3x3_to_voigt_6_stress as to_voigt
+
             unit = unit_suffix(getattr(pl_module, "stress_unit", ""))
             stress_names = [f"stress_{c}_{unit}" for c in ("xx", "yy", "zz", "yz", "xz", "xy")]
             stress_names += [f"stress_ref_{c}_{unit}" for c in ("xx", "yy", "zz", "yz", "xz", "xy")]
+            stress = to_voigt(stress.detach().double().cpu().numpy()).reshape(-1, 6)
             ref_s = getattr(batch, "stress", None)
-            ref_s = ref_s.detach().reshape(-1, 3, 3).double().cpu().numpy() if ref_s is not None else None
-            full = stress.detach().double().cpu().numpy()
-            stress = np.stack([full[:, i, j] for i, j in voigt], axis=1)
-            ref_s = (np.stack([ref_s[:, i, j] for i, j in voigt], axis=1) if ref_s is not None
-                     else np.full_like(stress, np.nan))
+            if ref_s is None:
+                ref_s = np.full_like(stress, np.nan)
+            else:
+                ref_s = to_voigt(ref_s.detach().reshape(-1, 3, 3).double().cpu().numpy()).reshape(-1, 6)
         if self.out.suffix == ".csv":
             writer = self._csv(trainer, "molecules", ["id", "index", "n_atoms", *names, *ref_names, *stress_names])
             for g in range(index.size):
