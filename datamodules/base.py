@@ -535,9 +535,9 @@ class AtomsDataModule(L.LightningDataModule):
             dataset, self.batch_size, seed=seed, batches_done=self._batches_done, **self._loader_options()
         )
 
-    def _eval_loader(self, split: str) -> DataLoader:
+    def _eval_loader(self, split: str, by_size: bool = True) -> DataLoader:
         dataset = self.dataset(split)
-        sampler = self._size_balanced(dataset, shuffle=False)
+        sampler = self._size_balanced(dataset, shuffle=False) if by_size else None
         if sampler is not None:
             return SizeBalancedDataLoader(dataset, sampler, **self._loader_options())
         return StoreDataLoader(
@@ -551,7 +551,9 @@ class AtomsDataModule(L.LightningDataModule):
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
+        """The test split in batches of ``eval_batch_size`` (also with ``max_atoms``/``max_edges``: Lightning
+        rebuilds a prediction loader around its own batch sampler, which a loader of packed batches has not)."""
+        return self._eval_loader("test", by_size=False)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
         """Copy a PyG batch to a CUDA ``device`` with ``non_blocking=True``: from pinned memory

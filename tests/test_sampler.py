@@ -161,6 +161,7 @@ def test_datamodule_batches_by_atoms_and_edges(spread):
         assert sorted(seen) == sorted(dm.splits["train"].tolist())
         val = [i for batch in dm.val_dataloader() for i in batch.idx.tolist()]
         assert val == dm.splits["val"].tolist()  # split order, every structure once
+        assert not isinstance(dm.predict_dataloader().sampler, SizeBalancedSampler)  # Lightning rebuilds it
         dm.max_atoms = 0
         with pytest.raises(ValueError, match="--data.max_atoms is 0"):
             dm.train_dataloader()
