@@ -201,6 +201,21 @@ def test_reader_voigt_order_units_and_virial_sign(tmp_path):
     np.testing.assert_allclose(got[0], -np.diag([1e-3, 2e-3, 3e-3]), rtol=1e-12)
 
 
+def test_reader_reads_stress_from_an_ase_database(tmp_path):
+    """An ASE database row's stress (its calculator results, as ``ase db`` stores them) is read as from extxyz."""
+    from ase.db import connect
+
+    voigt = np.array([0.01, 0.02, 0.03, -0.004, 0.005, -0.006])
+    with connect(tmp_path / "s.db") as db:
+        db.write(box(voigt))
+        db.write(box(2 * voigt))
+    dm = ASEFileDataModule(path=str(tmp_path / "s.db"), cache_dir=str(tmp_path / "cache"), stress_key="stress",
+                           stress_unit="GPa", num_train=2, num_val=0, num_test=0)  # fmt: skip
+    dm.setup()
+    stored = np.asarray(dm.store.arrays["stress"])
+    np.testing.assert_allclose(stored[1], 2 * voigt_6_to_full_3x3_stress(voigt) * GPa, rtol=1e-12)
+
+
 def test_reader_errors_name_record_key_and_fix(tmp_path):
     with pytest.raises(DataFormatError, match=r"record 0: key 'sigma' \(stress\) has shape \(4,\); a stress needs 3x3"):
         read_stress(tmp_path, [box(None, sigma=np.ones(4))], stress_key="sigma")
