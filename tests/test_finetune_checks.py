@@ -45,6 +45,16 @@ def test_step_zero_check_passes_for_the_loaded_backbone_and_prints_the_differenc
     assert model.backbone.training  # the check leaves the training mode as it was
 
 
+def test_step_zero_check_leaves_the_random_stream_as_it_was():
+    """Rebuilding the reference backbone draws initial weights; it must not shift the fine-tune's random
+    stream (dropout, noise, drop-path), or a run with the check would differ from one without it."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    StepZeroCheck(NAME)
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_step_zero_check_refuses_a_backbone_that_computes_something_else():
     """A cutoff of 4 A loads the same tensor shapes; only the numbers show it."""
     model = Regression(PaiNN(**_args(cutoff=4.0)), targets=["homo"], init_from=NAME, init_check=False)
