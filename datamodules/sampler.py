@@ -19,7 +19,8 @@ injecting its own, calls ``set_epoch`` on it, and the loader (:class:`SizeBalanc
   batches are repeated (as PyTorch's ``DistributedSampler`` repeats samples), so every rank runs the
   same number of steps and DDP's gradient all-reduce never waits on a rank that has finished. The
   number of batches can differ by a few between epochs (another permutation packs differently);
-  Lightning sizes every epoch (and the learning-rate schedule) by the first epoch's count.
+  Lightning sizes every epoch (and the learning-rate schedule) by the first epoch's count: an epoch
+  that packs into more batches stops there, leaving its last batches out (the same on every rank).
 - **Evaluation** (``shuffle=False``): structures in store order, every one exactly once (no
   repeats); to give every rank the same number of batches without repeating anything, the batch
   with the most structures is split in two until the count is a multiple of ``R`` (possible
