@@ -94,4 +94,3 @@ def _select_atoms(data: Data, index: torch.Tensor) -> None:
         value = getattr(data, name, None)
         if value is not None:
             setattr(data, name, value[index].clone())
-    data.num_nodes = int(index.numel())

@@ -36,7 +36,7 @@ def test_fixed_fraction_of_training_set_is_corrupted(cache_dir, kind):
             if changed[-1]:  # exactly the heavy atoms remain, in order, at their positions
                 heavy = b.z != 1
                 assert torch.equal(a.z, b.z[heavy]) and torch.equal(a.pos, b.pos[heavy]) and (a.z != 1).all()
-                assert a.num_nodes == a.z.numel() and torch.equal(a.y, b.y)
+                assert a.num_nodes == a.z.numel() and torch.equal(a.y, b.y)  # PyG counts the atoms left
         elif kind == "wrong_element":
             changed.append(not torch.equal(a.z, b.z))
             if changed[-1]:  # one heavy atom relabelled to another of C, N, O, F; geometry untouched
