@@ -354,6 +354,14 @@ class MACE(Backbone):
         return torch.cat([feats[:, : sl.start], scalars, feats[:, sl.stop :]], dim=-1)
 
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        """Per-atom features of ``data``. Under autocast (``--trainer.precision bf16-mixed`` / ``16-mixed``)
+        MACE runs in its parameters' dtype: e3nn's tensor products take one dtype for all operands."""
+        if torch.is_autocast_enabled(data.pos.device.type):
+            with torch.autocast(device_type=data.pos.device.type, enabled=False):
+                return self._forward(data, None if condition is None else condition.float())
+        return self._forward(data, condition)
+
+    def _forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         edge_index = graph.edge_index

@@ -44,7 +44,8 @@ class CFConv(nn.Module):
         num_pairs, width = filters.shape
         # messages to dst from src, then to src from dst, both with the pair's filter: [2, P, filters]
         messages = h.index_select(0, pairs.sender).view(2, num_pairs, width) * filters
-        out = h.new_zeros(x.size(0), width).index_add_(0, pairs.receiver, messages.view(2 * num_pairs, width))
+        # summed in the messages' dtype: under bf16 autocast h is bf16 and the enveloped filters float32
+        out = messages.new_zeros(x.size(0), width).index_add_(0, pairs.receiver, messages.view(2 * num_pairs, width))
         return self.out_proj(out)
 
 

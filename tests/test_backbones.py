@@ -184,6 +184,21 @@ def test_output_shapes_and_declared_sizes(nets, batch, name):
     assert out.graph.edge_index.shape[0] == 2 and out.graph.edge_index.numel() > 0
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_runs_under_bf16_autocast(nets, batch, name):
+    """``--trainer.precision bf16-mixed`` runs every backbone (autocast; CPU here, the same kernels' dtype
+    rules as on a GPU): SchNet sums its messages in their own dtype, MACE runs in its parameters' dtype.
+    The features stay close to float32's (bf16 keeps ~3 significant digits)."""
+    model = nets[name].eval()
+    with torch.no_grad():
+        reference = run(model, batch).scalars
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = run(model, batch).scalars
+    assert torch.isfinite(mixed).all()
+    error = (mixed.float() - reference).abs().max() / reference.abs().max()
+    assert error < 0.05, f"{name}: bf16 autocast differs from float32 by {error:.3f} of the largest feature"
+
+
 def test_declared_sizes_of_builtins():
     assert (SchNet().width, SchNet().vector_width, SchNet().cutoff) == (128, 0, 10.0)
     painn = PaiNN()
