@@ -1,7 +1,7 @@
 """Run every command block of README.md as a new user would, and check what each produces.
 
-    python benchmarks/readme_check.py                      # the README's stated budgets (about 20 min, one thread)
-    python benchmarks/readme_check.py --smoke              # a few batches per training run (about 2 min)
+    python benchmarks/readme_check.py                      # the README's stated budgets (about 20 min of CPU: docs/results.md)
+    python benchmarks/readme_check.py --smoke              # a few batches per training run (docs/testing.md: test_readme.py)
     python benchmarks/readme_check.py --json out.json      # also write the per-block record
 
 A fresh folder holds only the repository's inputs (``configs/``, ``examples/``, ``tests/`` linked,
