@@ -692,15 +692,24 @@ class AtomsDataModule(L.LightningDataModule):
     def training_statistics(self, request: StatisticsRequest, chunk: int = 50_000) -> StreamingTargetStatistics:
         """The training split's label statistics and least-squares atom references, in one pass over the
         memory-mapped store, ``chunk`` molecules at a time (bounded memory: no ``[n_train, 101]`` element
-        count matrix; :class:`~atomzoo.nn.statistics.StreamingTargetStatistics`). ``.result()`` is what
-        :func:`~atomzoo.nn.statistics.compute_target_statistics` gives on the whole split at once."""
+        count matrix; :class:`~atomzoo.nn.statistics.StreamingTargetStatistics`), and a second pass
+        when ``request.fit_atomref`` fits references for sum-pooled targets without a dataset table.
+        ``.result()`` is what :func:`~atomzoo.nn.statistics.compute_target_statistics` gives on the
+        whole split at once."""
         self.setup() if self.splits is None else None
         accumulator = StreamingTargetStatistics(self.targets_info(), request.pooling, request.atomref, MAX_Z)
         idx = np.sort(self.splits["train"])
-        for start in range(0, idx.size, chunk):
-            rows = idx[start : start + chunk]
-            labels = np.asarray(self.store.arrays["labels"][rows], dtype=np.float64)[:, self.label_columns]
-            accumulator.update(labels, self._element_counts(rows, MAX_Z))
+
+        def stream(acc: StreamingTargetStatistics) -> StreamingTargetStatistics:
+            for start in range(0, idx.size, chunk):
+                rows = idx[start : start + chunk]
+                labels = np.asarray(self.store.arrays["labels"][rows], dtype=np.float64)[:, self.label_columns]
+                acc.update(labels, self._element_counts(rows, MAX_Z))
+            return acc
+
+        accumulator = stream(accumulator)
+        if request.atomref and request.fit_atomref and accumulator.fittable():  # a second pass with fitted E0s
+            accumulator = stream(accumulator.refitted())
         return accumulator
 
     def neighbour_statistics(self, cutoff: float) -> dict[str, float]:
@@ -724,6 +733,17 @@ class AtomsDataModule(L.LightningDataModule):
                 "set them with --data.targets"
             )
         stats = self.training_statistics(request).result()
+        if request.stress:
+            if "stress" not in self.store.molecule_arrays():
+                raise ValueError(
+                    f"stress=True but {type(self).__name__} has no per-structure 'stress' array; "
+                    "read one with --data.init_args.stress_key or set --model.init_args.stress false"
+                )
+            stress = np.asarray(self.store.arrays["stress"][np.sort(self.splits["train"])], dtype=np.float64)
+            stress = stress[np.isfinite(stress).reshape(len(stress), -1).all(axis=1)]
+            rms = float(np.sqrt((stress**2).mean())) if stress.size else 1.0
+            stats = dataclasses.replace(stats, stress_rms=rms if rms > 0 else 1.0,
+                                        stress_unit=getattr(self, "stress_unit", None) or "eV/A^3")  # fmt: skip
         if not request.forces:
             return stats
         if "forces" not in self.store.atom_arrays():
@@ -745,14 +765,3 @@ class AtomsDataModule(L.LightningDataModule):
             total, count = total + float((f * f).sum()), count + f.size
         rms = (total / count) ** 0.5 if count else 1.0
         return rms if rms > 0 else 1.0
-        if request.stress:
-            if "stress" not in self.store.molecule_arrays():
-                raise ValueError(
-                    f"stress=True but {type(self).__name__} has no per-structure 'stress' array; "
-                    "read one with --data.init_args.stress_key or set --model.init_args.stress false"
-                )
-            stress = np.asarray(self.store.arrays["stress"][np.sort(self.splits["train"])], dtype=np.float64)
-            stress = stress[np.isfinite(stress).reshape(len(stress), -1).all(axis=1)]
-            rms = float(np.sqrt((stress**2).mean())) if stress.size else 1.0
-            stats = dataclasses.replace(stats, stress_rms=rms if rms > 0 else 1.0,
-                                        stress_unit=getattr(self, "stress_unit", None) or "eV/A^3")  # fmt: skip

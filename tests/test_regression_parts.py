@@ -143,7 +143,7 @@ def test_loss_modules():
 def test_datamodule_hands_the_model_one_summary(cache_dir):
     dm = RMD17DataModule(root=str(FIXTURE), molecule="ethanol", cache_dir=str(cache_dir), num_train=300, num_val=50)
     dm.setup()
-    summary = dm.data_summary(StatisticsRequest(targets=("energy",), forces=True))
+    summary = dm.data_summary(StatisticsRequest(targets=("energy",), forces=True, fit_atomref=False))
     stats = summary.statistics
     train = [dm.dataset("train")[i] for i in range(len(dm.dataset("train")))]
     energy = np.array([d.y[0, 0].item() for d in train])
@@ -158,6 +158,12 @@ def test_datamodule_hands_the_model_one_summary(cache_dir):
     assert summary.force_unit == "eV/A" and summary.data_units["energy"] == "eV"
     np.testing.assert_allclose(summary.label_stats["energy"], (energy.mean(), energy.std()), rtol=1e-12)
     assert summary.elements == (1, 6, 8) and summary.data_elements == (1, 6, 8)
+    # by default the energy's references are fitted (one composition: they carry its mean energy)
+    fitted = dm.data_summary(StatisticsRequest(targets=("energy",), forces=True)).statistics
+    assert fitted.fitted_atomref == ("energy",) and abs(fitted.mean[0].item()) < 1e-9
+    assert (2 * fitted.atomref[0, 6] + 6 * fitted.atomref[0, 1] + fitted.atomref[0, 8]).item() == pytest.approx(
+        energy.mean(), rel=1e-12)
+    assert fitted.std[0].item() == pytest.approx(energy.std(ddof=1), rel=1e-9)
     assert dm.data_summary().statistics is None  # metadata only (self-supervised objectives)
     assert dm.data_summary(StatisticsRequest(("energy",), pooling={"energy": "mean"})).statistics.pooling == ("mean",)
     with pytest.raises(ValueError, match="--data.targets"):

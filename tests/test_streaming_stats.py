@@ -131,3 +131,71 @@ def test_neighbour_statistics_count_what_ase_counts(tmp_path):
     stats = dm.neighbour_statistics(2.0)
     assert stats["mean_neighbours"] == pytest.approx(sum(pairs) / sum(len(a) for a in frames))
     assert stats["max_edges"] == max(pairs) and stats["mean_edges"] == pytest.approx(np.mean(pairs))
+
+
+ENERGY_ONLY = [TargetInfo("energy", "eV", "sum"), TargetInfo("gap", "eV", "mean")]  # no dataset table
+
+
+def test_fitted_atom_references_for_energies_without_a_table():
+    """A sum-pooled target the dataset has no references for gets least-squares "E0s" (a second pass):
+    the residual's spread is then the noise (2 eV), not the composition's (hundreds of eV); a mean-pooled
+    target and a target with a dataset table are left alone; fit_atomref=False keeps the mean per atom."""
+    from atomzoo.nn.statistics import compute_target_statistics
+
+    counts, labels, per_element = synthetic(5_000, seed=2)
+    stats = compute_target_statistics(ENERGY_ONLY, labels, counts)
+    present = [1, 6, 7, 8, 9]
+    reference = np.linalg.lstsq(counts[:, present], labels[:, 0], rcond=None)[0]
+    assert stats.fitted_atomref == ("energy",)
+    np.testing.assert_allclose(stats.atomref[0, present].numpy(), reference, rtol=1e-8)
+    assert torch.count_nonzero(stats.atomref[1]) == 0  # the gap: mean pooling, no references
+    assert abs(float(stats.mean[0])) < 0.05 and 1.8 < float(stats.std[0]) < 2.2  # the 2 eV noise
+    plain = compute_target_statistics(ENERGY_ONLY, labels, counts, fit_atomref=False)
+    assert plain.fitted_atomref == () and torch.count_nonzero(plain.atomref) == 0 and float(plain.std[0]) > 50
+    tabulated = compute_target_statistics(INFOS, labels, counts)  # energy has a (C-only) dataset table
+    assert tabulated.fitted_atomref == () and float(tabulated.atomref[0, 6]) == -1028.0
+    # streamed in uneven chunks, two passes: the same numbers
+    first = StreamingTargetStatistics(ENERGY_ONLY)
+    for start in range(0, 5_000, 777):
+        first.update(labels[start : start + 777], counts[start : start + 777])
+    second = first.refitted()
+    for start in range(0, 5_000, 1_234):
+        second.update(labels[start : start + 1_234], counts[start : start + 1_234])
+    streamed = second.result()
+    torch.testing.assert_close(streamed.atomref, stats.atomref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(streamed.std, stats.std, rtol=1e-9, atol=0)
+    assert streamed.fitted_atomref == ("energy",)
+
+
+def test_regression_takes_and_logs_the_fitted_references(tmp_path, caplog):
+    """A model trained on an ASE file's energies starts from least-squares E0s fitted on its training
+    split, logged in one line with the values per element."""
+    import logging
+
+    from ase.build import molecule
+    from ase.io import write
+
+    from atomzoo.backbones import SchNet
+    from atomzoo.datamodules import ASEFileDataModule
+    from atomzoo.objectives import Regression
+
+    e0 = {1: -13.6, 6: -1029.0, 8: -2042.0}
+    frames = [molecule(name) for name in ("CH4", "C6H6", "CH3CH2OH", "H2O", "C2H6", "CH3COOH", "CH3OH", "H2CO")]
+    for k, atoms in enumerate(frames):
+        atoms.info["energy"] = sum(e0[z] for z in atoms.numbers) + 0.01 * k
+    write(tmp_path / "m.extxyz", frames)
+    dm = ASEFileDataModule(path=str(tmp_path / "m.extxyz"), cache_dir=str(tmp_path / "cache"), forces_key=None,
+                           num_train=1.0, num_val=0.0, num_test=0.0)  # fmt: skip
+    dm.setup()
+    model = Regression(SchNet(width=16, num_filters=16, num_interactions=1), targets=["energy"])
+    with caplog.at_level(logging.INFO):
+        model.on_data_summary(dm.data_summary(model.statistics_request()))
+    for z, value in e0.items():
+        assert float(model.atomref_table[0, z]) == pytest.approx(value, abs=0.05)
+    line = next(r.getMessage() for r in caplog.records if "fitted by least squares" in r.getMessage())
+    assert line.startswith("zoo: atomref of energy fitted by least squares on 8 training structures (eV per atom): ")
+    parsed = dict(item.split() for item in line.split("per atom): ", 1)[1].split(" (--model")[0].split(", "))
+    assert set(parsed) == {"H", "C", "O"} and float(parsed["C"]) == pytest.approx(-1029.0, abs=0.05)
+    off = Regression(SchNet(width=16, num_filters=16, num_interactions=1), targets=["energy"], fit_atomref=False)
+    off.on_data_summary(dm.data_summary(off.statistics_request()))
+    assert torch.count_nonzero(off.atomref_table) == 0

@@ -53,8 +53,9 @@ class TargetStatistics:
         names: the target names.
         units: each target's physical unit (``TargetInfo.unit``).
         pooling: ``"sum"`` or ``"mean"`` per target (the option given, else the dataset's default).
-        atomref: ``[T, max_z + 1]`` per-element reference values in the target's unit (zero rows
-            where the target has none or ``atomref=False``).
+        atomref: ``[T, max_z + 1]`` per-element reference values in the target's unit: the dataset's
+            table, or for a sum-pooled target without one the least-squares fit on the training split
+            (:attr:`fitted_atomref`); zero rows where the target has none or ``atomref=False``.
         mean: ``[T]`` mean of the residual ``y - sum_i atomref(z_i)``; per atom (residual / number of
             atoms) for sum pooling, per molecule for mean pooling.
         std: ``[T]`` standard deviation (``ddof=1``) of the residual after removing the mean
@@ -67,6 +68,8 @@ class TargetStatistics:
             (those that have one; in ``stress_unit``), ``None`` unless asked for with ``stress=True``;
             1 when no training structure has a stress or all are zero.
         stress_unit: unit of the stress (``"eV/A^3"``), ``None`` unless ``stress=True``.
+        fitted_atomref: names of the targets whose ``atomref`` row was fitted by least squares on the
+            training split (the "E0s" of MACE), not taken from the dataset.
     """
 
     names: tuple[str, ...]
@@ -80,6 +83,7 @@ class TargetStatistics:
     force_unit: str | None = None
     stress_rms: float | None = None
     stress_unit: str | None = None
+    fitted_atomref: tuple[str, ...] = ()
 
 
 def compute_target_statistics(
@@ -88,13 +92,16 @@ def compute_target_statistics(
     element_counts,
     pooling: dict[str, str] | None = None,
     atomref: bool = True,
+    fit_atomref: bool = True,
 ) -> TargetStatistics:
     """:class:`TargetStatistics` from training labels ``[n, T]`` and element counts ``[n, max_z + 1]``.
 
     The sums are done in float64 (QM9's U0 is ~1e4 eV, where float32 resolves only ~1 meV).
     ``pooling`` maps target name -> ``"sum"``/``"mean"`` (missing names: ``TargetInfo.pooling``);
-    ``atomref=False`` ignores the datasets' atom references. Raises ``ValueError`` for another
-    pooling name or when the shapes disagree with ``infos``. One chunk of
+    ``atomref=False`` ignores the datasets' atom references; with ``fit_atomref`` (and ``atomref``)
+    a sum-pooled target without a dataset table gets least-squares references fitted on these
+    labels (:meth:`StreamingTargetStatistics.fitted_references`; two passes). Raises ``ValueError``
+    for another pooling name or when the shapes disagree with ``infos``. One chunk of
     :class:`StreamingTargetStatistics`, which takes the split in pieces (bounded memory).
     """
     labels = torch.as_tensor(labels, dtype=torch.float64)
@@ -105,6 +112,9 @@ def compute_target_statistics(
         )
     accumulator = StreamingTargetStatistics(infos, pooling, atomref, max_z=counts.size(1) - 1)
     accumulator.update(labels, counts)
+    if atomref and fit_atomref and accumulator.fittable():
+        accumulator = accumulator.refitted()
+        accumulator.update(labels, counts)
     return accumulator.result()
 
 
@@ -129,8 +139,12 @@ class StreamingTargetStatistics:
     """
 
     def __init__(self, infos: list[TargetInfo], pooling: dict[str, str] | None = None, atomref: bool = True,
-                 max_z: int = MAX_Z) -> None:  # fmt: skip
+                 max_z: int = MAX_Z, references: torch.Tensor | None = None,
+                 fitted: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """``references``: ``[T, max_z + 1]`` reference values to subtract instead of the datasets' tables
+        (``fitted``: the targets whose rows were fitted; :meth:`refitted` passes both)."""
         self.infos = list(infos)
+        self.pooling_option, self.atomref, self.fitted = pooling, atomref, tuple(fitted)
         num, width = len(self.infos), max_z + 1
         self.table = torch.zeros(num, width, dtype=torch.float64)
         self.poolings = []
@@ -139,9 +153,11 @@ class StreamingTargetStatistics:
             if choice not in ("sum", "mean"):
                 raise ValueError(f"pooling for {info.name!r} is {choice!r}: choose 'sum' or 'mean' (--model.pooling)")
             self.poolings.append(choice)
-            if atomref and info.atomref is not None:
+            if atomref and info.atomref is not None and references is None:
                 ref = torch.as_tensor(info.atomref, dtype=torch.float64)
                 self.table[k, : ref.numel()] = ref
+        if references is not None:
+            self.table.copy_(torch.as_tensor(references, dtype=torch.float64))
         zeros = lambda: torch.zeros(num, dtype=torch.float64)  # noqa: E731
         self.count = 0
         self.per_atom_sum = zeros()
@@ -199,7 +215,26 @@ class StreamingTargetStatistics:
         return TargetStatistics(
             names=tuple(i.name for i in self.infos), units=tuple(i.unit for i in self.infos),
             pooling=tuple(self.poolings), atomref=self.table.clone(), mean=mean, std=std, num_train=int(self.count),
+            fitted_atomref=self.fitted,
         )
+
+    def fittable(self) -> list[int]:
+        """Targets whose references a least-squares fit would supply: sum-pooled (extensive: energies),
+        with no dataset table, not already fitted."""
+        if self.fitted:
+            return []
+        return [k for k, info in enumerate(self.infos) if self.poolings[k] == "sum" and info.atomref is None]
+
+    def refitted(self) -> "StreamingTargetStatistics":
+        """A fresh accumulator (feed it the split again: the second pass) whose references are this one's,
+        with the :meth:`fittable` targets' rows replaced by :meth:`least_squares_atomref` of the labels
+        added so far (the "E0" refit of a fine-tune: mace #1452, 0.584 -> 0.025 eV/atom)."""
+        fit = self.fittable()
+        table = self.table.clone()
+        if fit:
+            table[fit] = self.least_squares_atomref()[fit]
+        return StreamingTargetStatistics(self.infos, self.pooling_option, self.atomref, self.table.size(1) - 1,
+                                         references=table, fitted=tuple(self.infos[k].name for k in fit))
 
     def least_squares_atomref(self) -> torch.Tensor:
         """``[T, max_z + 1]`` per-element values ``w`` minimising ``sum_i (y_i - sum_Z C_iZ w_Z)^2`` over the
@@ -224,6 +259,8 @@ class StatisticsRequest:
         pooling: target name -> ``"sum"`` | ``"mean"``; targets not named use their
             :class:`TargetInfo` default.
         atomref: subtract the per-element references where the dataset has them.
+        fit_atomref: with ``atomref``, fit references by least squares on the training split for the
+            sum-pooled targets the dataset has none for (energies of ASE files, MD17, SPICE).
         forces: also the training forces' RMS and unit (the data needs a per-atom ``forces`` array).
         stress: also the training stress's RMS and unit (the data needs a per-structure ``stress``).
     """
@@ -231,6 +268,7 @@ class StatisticsRequest:
     targets: tuple[str, ...] | None = None
     pooling: dict[str, str] | None = None
     atomref: bool = True
+    fit_atomref: bool = True
     forces: bool = False
     stress: bool = False
 
