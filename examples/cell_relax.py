@@ -1,6 +1,6 @@
 """Train a small model on EMT copper, relax the fcc cell with its stress, and run a short NPT simulation.
 
-    # ~4 min with one thread (docs/results.md has the numbers and the machine)
+    # 3.3 min of CPU to the end of training with one thread; wall time and machine in docs/results.md
     OMP_NUM_THREADS=1 python examples/cell_relax.py --out runs/cell_relax
 
 1. Data: ``--structures`` fcc Cu cells (4-atom conventional and 8-atom primitive 2x2x2, some bcc),
