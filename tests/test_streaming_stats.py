@@ -165,6 +165,10 @@ def test_fitted_atom_references_for_energies_without_a_table():
     torch.testing.assert_close(streamed.atomref, stats.atomref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(streamed.std, stats.std, rtol=1e-9, atol=0)
     assert streamed.fitted_atomref == ("energy",)
+    # labels missing (a label-free file read for prediction: NaN): nothing to fit, no error
+    missing = np.full_like(labels, np.nan)
+    assert compute_target_statistics(ENERGY_ONLY, missing, counts).fitted_atomref == ()
+    assert StreamingTargetStatistics(ENERGY_ONLY).fittable() == []  # nothing seen yet
 
 
 def test_regression_takes_and_logs_the_fitted_references(tmp_path, caplog):

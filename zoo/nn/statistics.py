@@ -220,10 +220,13 @@ class StreamingTargetStatistics:
 
     def fittable(self) -> list[int]:
         """Targets whose references a least-squares fit would supply: sum-pooled (extensive: energies),
-        with no dataset table, not already fitted."""
-        if self.fitted:
+        with no dataset table, with finite labels (not a label-free file read for prediction), not
+        already fitted."""
+        if self.fitted or self.count == 0:
             return []
-        return [k for k, info in enumerate(self.infos) if self.poolings[k] == "sum" and info.atomref is None]
+        finite = torch.isfinite(self.moment).all(0) & torch.isfinite(self.normal).all()  # label-free data: NaN
+        return [k for k, info in enumerate(self.infos)
+                if self.poolings[k] == "sum" and info.atomref is None and bool(finite[k])]
 
     def refitted(self) -> "StreamingTargetStatistics":
         """A fresh accumulator (feed it the split again: the second pass) whose references are this one's,
