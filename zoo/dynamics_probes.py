@@ -12,7 +12,8 @@ of the molecule along its trajectory, not which molecule it is):
   are left out of this probe.
 
 Features: the world model's embedding ``z`` (backbone -> pooled -> projector, what the predictor
-reads) and the backbone's mean-pooled per-atom scalars. A ridge probe
+reads) and the backbone's mean-pooled per-atom scalars, both centred on their trajectory's mean like
+the targets (no labels involved). A ridge probe
 (:func:`atomzoo.runner.probe.ridge_predict`) is fitted on the training split's frames and scored on
 the ``--split`` frames (default: test, molecules never seen in training) by R^2 (1 - residual / total
 sum of squares of the centred target) and MAE, for every checkpoint (seed) and for randomly
@@ -101,6 +102,14 @@ def centred(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
+def centred_rows(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` ``[F, D]`` minus the mean row of their group."""
+    out = values.copy()
+    for g in np.unique(groups):
+        out[groups == g] -= values[groups == g].mean(0)
+    return out
+
+
 @torch.no_grad()
 def features(model, data, rows: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
     """``{"embedding": [F, D], "backbone": [F, width]}`` of the frames ``rows`` (model in eval mode)."""
@@ -131,7 +140,7 @@ def _frame(store, a: int, b: int, dtype):
     from torch_geometric.data import Data
 
     return Data(z=torch.as_tensor(np.asarray(store.arrays["z"][a:b], dtype=np.int64)),
-                pos=torch.as_tensor(np.asarray(store.arrays["pos"][a:b]), dtype=dtype))
+                pos=torch.as_tensor(np.array(store.arrays["pos"][a:b]), dtype=dtype))
 
 
 def probe_scores(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> dict:
@@ -164,7 +173,10 @@ def run_probes(checkpoints: list[str], data, split: str = "test", out: str | Pat
         if random_baseline:
             detectors["random"] = random_like(trained, checkpoint, seed + i)
         for name, model in detectors.items():
-            feats = {s: features(model, data, r) for s, r in rows.items()}
+            # features centred per trajectory like the targets: the probe reads the state along a
+            # trajectory, not which molecule it is (the centring uses no labels)
+            feats = {s: {k: centred_rows(v, trajectory[r]) for k, v in features(model, data, r).items()}
+                     for s, r in rows.items()}
             for kind in ("embedding", "backbone"):
                 for quantity, unit in QUANTITIES.items():
                     scores = probe_scores(feats["train"][kind], targets["train"][quantity], feats[split][kind],
