@@ -215,19 +215,21 @@ def edge_counts(store: Store, cutoff: float, chunk_atoms: int = 200_000) -> np.n
         counts = np.load(cache)
         if counts.shape == (len(store),):
             return counts
-    from .base import StoreDataset  # (base imports this module)
-
-    dataset = StoreDataset(store, np.arange(len(store)), None)
+    periodic = {"cell", "pbc"} <= set(store.molecule_arrays())
     counts = np.zeros(len(store), dtype=np.int64)
     ends = np.searchsorted(store.offsets, np.arange(chunk_atoms, store.offsets[-1] + chunk_atoms, chunk_atoms))
     start = 0
     for end in np.unique(np.clip(ends, 1, len(store))):
         if end <= start:
             continue
-        batch = dataset.collate(np.arange(start, end))
-        graph = build_graph(batch.pos, batch.batch, float(cutoff), cell=getattr(batch, "cell", None),
-                            pbc=getattr(batch, "pbc", None))  # fmt: skip
-        counts[start:end] = np.bincount(batch.batch[graph.edge_index[1]].numpy(), minlength=end - start)
+        a, b = int(store.offsets[start]), int(store.offsets[end])
+        pos = torch.from_numpy(np.array(store.arrays["pos"][a:b], dtype=np.float32))
+        batch = torch.repeat_interleave(torch.arange(end - start), torch.from_numpy(
+            np.asarray(store.counts[start:end], dtype=np.int64)))
+        cell = torch.from_numpy(np.array(store.arrays["cell"][start:end], dtype=np.float32)) if periodic else None
+        pbc = torch.from_numpy(np.array(store.arrays["pbc"][start:end], dtype=bool)) if periodic else None
+        graph = build_graph(pos, batch, float(cutoff), cell=cell, pbc=pbc)
+        counts[start:end] = np.bincount(batch[graph.edge_index[1]].numpy(), minlength=end - start)
         start = end
     handle, tmp = tempfile.mkstemp(prefix=cache.name + ".tmp-", suffix=".npy", dir=cache.parent)
     with os.fdopen(handle, "wb") as f:
