@@ -120,6 +120,20 @@ def test_misspelt_option_suggests_the_accepted_one(capsys):
     assert line.startswith("zoo: error: --model.learning_rate: Regression has no option 'learning_rate'")
 
 
+def test_an_accepted_option_that_fails_is_not_called_misspelt():
+    """jsonargparse can reject an option the class does accept (through its base classes' **kwargs):
+    the line then gives jsonargparse's reason, never 'did you mean' the very same option."""
+    from atomzoo.cli import parse_error_line
+
+    message = ('Parser key "data":\n  Problem with given class_path \'atomzoo.datamodules.QM9DataModule\':\n'
+               "    - class_path 'atomzoo.datamodules.QM9DataModule': Option 'num_train' is not accepted\n"
+               "    - Expected a <class 'int'>. Got value: many")
+    line = parse_error_line(message)
+    assert "did you mean --data.num_train" not in line and "Expected a <class 'int'>" in line
+    misspelt = parse_error_line(message.replace("'num_train'", "'num_trian'"))
+    assert "did you mean --data.num_train" in misspelt
+
+
 def test_tab_in_yaml_config_names_the_file(capsys, tmp_path):
     config = tmp_path / "tabbed.yaml"
     config.write_text("data:\n\tbatch_size: 8\n")

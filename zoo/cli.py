@@ -312,8 +312,9 @@ def parse_error_line(message: str) -> str:
         class_path, option = rejected.groups()
         cls = _class_or_none(class_path)
         prefix = key.group(1)
-        if cls is not None:
-            close = difflib.get_close_matches(option, _accepted_options(cls), n=3, cutoff=0.6)
+        accepted = _accepted_options(cls) if cls is not None else []
+        if cls is not None and option not in accepted:  # an accepted name failed for another reason: say that
+            close = difflib.get_close_matches(option, accepted, n=3, cutoff=0.6)
             fix = (f"did you mean {' or '.join(f'--{prefix}.{c}' for c in close)}?" if close
                    else f"see `zoo fit --{prefix}.help {cls.__name__}` for its options")  # fmt: skip
             return f"--{prefix}.{option}: {cls.__name__} has no option {option!r}; {fix}"
