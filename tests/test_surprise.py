@@ -82,6 +82,20 @@ def test_auroc():
     assert auroc(np.array([2.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(0.5)
 
 
+def test_unscored_windows_rank_highest_and_are_counted():
+    """A detector that cannot score a window (xTB's SCF not converging on a teleported atom) gives it an
+    infinite score: it ranks above every scored window in the AUROC, is counted in ``failed``, and the
+    mean and z-score are those of the finite scores."""
+    from atomzoo.surprise import summarise
+
+    windows = {"true": np.arange(4), "teleport": np.arange(4)}
+    scores = {"true": np.array([1.0, 2.0, 3.0, 4.0]), "teleport": np.array([5.0, np.inf, 6.0, np.inf])}
+    rows = summarise(scores, windows)
+    assert rows["teleport"]["failed"] == 2 and rows["true"]["failed"] == 0
+    assert rows["teleport"]["auroc"] == 1.0 and rows["teleport"]["mean"] == 5.5
+    assert np.isfinite(rows["teleport"]["z_score"]) and rows["teleport"]["max_abs_change"] == 4.0  # |5 - 1|
+
+
 def test_surprise_command_end_to_end(tmp_path):
     small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -203,8 +203,13 @@ def model_surprise(model, cases: list[Case], batch_size: int = 64) -> np.ndarray
 
 
 def xtb_energy_jump(cases: list[Case]) -> np.ndarray:
-    """``|E(target) - E(last history frame)|`` in eV, GFN2-xTB (tblite), every frame computed once."""
+    """``|E(target) - E(last history frame)|`` in eV, GFN2-xTB (tblite), every frame computed once.
+
+    A frame whose SCF does not converge (GFN2-xTB cannot describe it: a swapped or teleported atom can
+    do that) gets an infinite jump: the detector flags it above every converged one (AUROC), and the
+    means and z-scores are taken over the finite scores (:func:`summarise` counts the others)."""
     from ase import Atoms
+    from ase.calculators.calculator import CalculationFailed
     from tblite.ase import TBLite
 
     cache: dict[bytes, float] = {}
@@ -214,10 +219,14 @@ def xtb_energy_jump(cases: list[Case]) -> np.ndarray:
         if key not in cache:
             atoms = Atoms(numbers=z, positions=pos)
             atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-            cache[key] = float(atoms.get_potential_energy())
+            try:
+                cache[key] = float(atoms.get_potential_energy())
+            except CalculationFailed:
+                cache[key] = float("nan")
         return cache[key]
 
-    return np.array([abs(energy(*c.frames[-1]) - energy(*c.frames[-2])) for c in cases])
+    jumps = np.array([abs(energy(*c.frames[-1]) - energy(*c.frames[-2])) for c in cases])
+    return np.where(np.isnan(jumps), np.inf, jumps)
 
 
 def random_like(trained, checkpoint: str | Path, seed: int):
@@ -246,17 +255,23 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per kind: ``n``, ``mean``, ``z_score``, ``auroc`` against ``true``, and ``max_abs_change`` (paired kinds)."""
-    true = scores["true"]
-    mu, sd = float(true.mean()), float(true.std())
+    """Per kind: ``n``, ``failed`` (infinite scores: a detector that could not score the window, e.g. an
+    unconverged SCF), ``mean`` and ``z_score`` over the finite scores, ``auroc`` against ``true`` (all
+    scores; infinity ranks highest), and ``max_abs_change`` (paired kinds, finite pairs)."""
+    true = scores["true"][np.isfinite(scores["true"])]
+    mu, sd = (float(true.mean()), float(true.std())) if true.size else (float("nan"), 0.0)
     out = {}
     for kind, s in scores.items():
-        row = {"n": int(s.size), "mean": float(s.mean()) if s.size else float("nan"),
-               "z_score": float(((s - mu) / sd).mean()) if sd > 0 and s.size else float("nan"),
-               "auroc": auroc(s, true) if kind != "true" else 0.5, "max_abs_change": float("nan")}  # fmt: skip
+        finite = s[np.isfinite(s)]
+        row = {"n": int(s.size), "failed": int(s.size - finite.size),
+               "mean": float(finite.mean()) if finite.size else float("nan"),
+               "z_score": float(((finite - mu) / sd).mean()) if sd > 0 and finite.size else float("nan"),
+               "auroc": auroc(s, scores["true"]) if kind != "true" else 0.5, "max_abs_change": float("nan")}  # fmt: skip
         if kind in GEOMETRIC:
-            paired = dict(zip(windows["true"].tolist(), true.tolist()))
-            row["max_abs_change"] = float(max(abs(v - paired[w]) for w, v in zip(windows[kind].tolist(), s.tolist())))
+            paired = dict(zip(windows["true"].tolist(), scores["true"].tolist()))
+            changes = [abs(v - paired[w]) for w, v in zip(windows[kind].tolist(), s.tolist())
+                       if np.isfinite(v) and np.isfinite(paired[w])]
+            row["max_abs_change"] = float(max(changes)) if changes else float("nan")
         out[kind] = row
     return out
 
@@ -307,7 +322,8 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
         (z, z_sd), (a, a_sd) = stat("z_score"), stat("auroc")
         summary.append({"detector": detector, "kind": kind,
                         "group": "reference" if kind == "true" else "nuisance" if kind in NUISANCE else "violation",
-                        "seeds": len(rows), "n": int(np.mean([r["n"] for r in rows])), "mean": stat("mean")[0],
+                        "seeds": len(rows), "n": int(np.mean([r["n"] for r in rows])),
+                        "failed": int(sum(r["failed"] for r in rows)), "mean": stat("mean")[0],
                         "z_score": z, "z_score_std": z_sd, "auroc": a, "auroc_std": a_sd,
                         "max_abs_change": float(np.nanmax([r["max_abs_change"] for r in rows]))
                         if kind in GEOMETRIC else float("nan")})  # fmt: skip
@@ -317,8 +333,8 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
 
 def write_summary(summary: list[dict], out: Path) -> None:
     """``surprise.csv``, ``surprise.md`` and ``surprise.png`` from the summary rows."""
-    keys = ["detector", "kind", "group", "seeds", "n", "mean", "z_score", "z_score_std", "auroc", "auroc_std",
-            "max_abs_change"]  # fmt: skip
+    keys = ["detector", "kind", "group", "seeds", "n", "failed", "mean", "z_score", "z_score_std", "auroc",
+            "auroc_std", "max_abs_change"]  # fmt: skip
     (out / "surprise.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys)
                                                                      for r in summary]) + "\n")  # fmt: skip
 
@@ -327,11 +343,11 @@ def write_summary(summary: list[dict], out: Path) -> None:
             return "-"
         return f"{value:.{digits}f}" + ("" if math.isnan(spread) else f" +- {spread:.{digits}f}")
 
-    md = ["| detector | kind | group | windows | mean score | z-score | AUROC | max abs change |",
-          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    md = ["| detector | kind | group | windows | not scored | mean score | z-score | AUROC | max abs change |",
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summary:
         change = "-" if math.isnan(r["max_abs_change"]) else f"{r['max_abs_change']:.2e}"
-        md.append(f"| {r['detector']} | {r['kind']} | {r['group']} | {r['n']} | {r['mean']:.4g} | "
+        md.append(f"| {r['detector']} | {r['kind']} | {r['group']} | {r['n']} | {r['failed']} | {r['mean']:.4g} | "
                   f"{pm(r['z_score'], r['z_score_std'], 2)} | {pm(r['auroc'], r['auroc_std'], 3)} | "
                   f"{change} |")  # fmt: skip
     (out / "surprise.md").write_text("\n".join(md) + "\n")
