@@ -206,6 +206,7 @@ class AtomzooModel(nn.Module):
             InputError: see :func:`check_atoms`.
         """
         from ase import Atoms
+        from ase.stress import full_3x3_to_voigt_6_stress
 
         single = isinstance(atoms_or_list, Atoms)
         atoms_list = [atoms_or_list] if single else list(atoms_or_list)
@@ -224,10 +225,11 @@ class AtomzooModel(nn.Module):
                 row = {name: float(out[name][g]) for name in self.targets}
                 if "forces" in out:
                     row["forces"] = out["forces"][batch.batch == g].double().cpu().numpy()
+                if "stress" in out and periodic[g]:
+                    row["stress"] = full_3x3_to_voigt_6_stress(out["stress"][g].double().cpu().numpy())
                 results.append(row)
         return results[0] if single else results
 
-        from ase.stress import full_3x3_to_voigt_6_stress
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
@@ -246,8 +248,6 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: str | torc
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ModelFileError: unknown format, a backbone-only export, a missing card, a hash mismatch, or a
-                if "stress" in out and periodic[g]:
-                    row["stress"] = full_3x3_to_voigt_6_stress(out["stress"][g].double().cpu().numpy())
             checkpoint of a pretraining objective.
     """
     from .pretrained import resolve
