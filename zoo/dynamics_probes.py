@@ -215,13 +215,10 @@ def write_tables(results: list[dict], out: Path, split: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from atomzoo.surprise import load_data
+    from atomzoo.surprise import load_data, world_model_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", nargs="+", required=True, help="WorldModel checkpoints (one per seed)")
-    p.add_argument("--data", required=True, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
-    p.add_argument("--data-path", default=None, help="override the config's trajectory file(s)")
-    p.add_argument("--cache-dir", default=None)
+    world_model_arguments(p)
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--out", default="probes")
     p.add_argument("--seed", type=int, default=0, help="seed of the first random network (then +1 per checkpoint)")

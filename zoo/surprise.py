@@ -398,12 +398,18 @@ def load_data(config: str | Path, path: str | None = None, cache_dir: str | None
     return data
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def world_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments every world-model evaluation command takes: checkpoints and trajectory data
+    (``--ckpt``, ``--data``, ``--data-path``, ``--cache-dir``; read with :func:`load_data`)."""
     p.add_argument("--ckpt", nargs="+", required=True, help="WorldModel checkpoints (one per seed)")
     p.add_argument("--data", required=True, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
     p.add_argument("--data-path", default=None, help="override the config's trajectory file(s)")
     p.add_argument("--cache-dir", default=None)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    world_model_arguments(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", default="surprise")
     p.add_argument("--seed", type=int, default=0, help="seed of the first checkpoint (then +1 per checkpoint)")

@@ -28,9 +28,7 @@ with rows there is not probed again) and the report's ``probes`` section reads i
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +180,10 @@ def mlp_probe_mae(train: Features, val: Features, test: Features, steps: int = 3
     best, best_state = math.inf, None
     for step in range(steps):
         molecules = torch.randperm(len(train.y), generator=generator)[:batch_size]
-        rows = torch.cat([torch.arange(int(starts[m]), int(starts[m + 1])) for m in molecules])
-        local = torch.repeat_interleave(torch.arange(len(molecules)), starts[molecules + 1] - starts[molecules])
+        sizes = starts[molecules + 1] - starts[molecules]
+        local = torch.repeat_interleave(torch.arange(len(molecules)), sizes)
+        first = torch.repeat_interleave(starts[molecules] - (torch.cumsum(sizes, 0) - sizes), sizes)
+        rows = first + torch.arange(int(sizes.sum()))  # each molecule's atoms, in order, without a Python loop
         pred = scatter(head(atoms[rows]).reshape(-1), local, 0, dim_size=len(molecules), reduce="mean")
         loss = (pred - target[molecules]).abs().mean()
         optimizer.zero_grad()
@@ -239,15 +239,6 @@ def probe_objective(objective, splits: dict[str, object], target_unit: str, mlp_
     return [{"features": f, "metric": m, "value": v} for f, m, v in rows]
 
 
-def _write_probes(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PROBE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_nets: int = 3,
                  mlp_steps: int = 3000, val_size: int = 1024, limit: int | None = None, log=print) -> Path:
     """Probe every finished clean pretraining cell of ``matrix`` and ``random_nets`` random networks of each
@@ -260,13 +251,10 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     """
     from .execute import checkpoint_of, code_version, log_dir
     from .matrix import expand
-    from .results import finished_cells
+    from .results import finished_cells, read_rows, write_rows
 
     out = Path(matrix.output) / "probes.csv"
-    rows = []
-    if out.exists():
-        with open(out, newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_rows(out)
     done = {r["model"] for r in rows}
     finished = finished_cells(matrix.results_csv)
     cells = [c for c in expand(matrix) if c.phase == "pretrain" and c.corruption_rate == 0 and c.id in finished]
@@ -297,7 +285,7 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
         found = probe_objective(objective_of(run, checkpoint, checkpoint is None, seed), splits, unit, mlp_steps, seed)
         rows += [{"model": model, "backbone": backbone, "objective": objective, "seed": seed, "target": target,
                   "commit": commit, **r} for r in found]
-        _write_probes(out, rows)
+        write_rows(out, rows, PROBE_COLUMNS)
     return out
 
 

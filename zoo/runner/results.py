@@ -55,17 +55,18 @@ def finished_cells(path: Path) -> set[str]:
     return {row["cell"] for row in read_rows(path)}
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` as the whole CSV at ``path`` atomically (a temporary file in the same folder, then rename).
+def write_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    """Write ``rows`` as the whole CSV at ``path`` (header ``columns``) atomically (a temporary file in the
+    same folder, then rename).
 
     Raises:
-        ValueError: a row has a column outside :data:`COLUMNS`.
+        ValueError: a row has a column outside ``columns``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
