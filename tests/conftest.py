@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: Skip a test without mace-torch. Not ``pytest.importorskip("mace")``: importing mace itself sets
+#: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` for the whole process (and every subprocess a later test
+#: starts); atomzoo's lazy import (:func:`atomzoo.backbones.mace.import_mace`) puts it back.
+requires_mace = pytest.mark.skipif(importlib.util.find_spec("mace") is None, reason="mace-torch is not installed")
+
+_WEIGHTS_ONLY_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@pytest.fixture(autouse=True)
+def _no_weights_only_override_leaks():
+    """Fail the test after which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` appeared in ``os.environ``: code that
+    leaves it set turns off torch.load's safe default in the user's process (and warns in Lightning)."""
+    before = os.environ.get(_WEIGHTS_ONLY_ENV)
+    yield
+    after = os.environ.get(_WEIGHTS_ONLY_ENV)
+    if after != before:
+        if before is None:
+            os.environ.pop(_WEIGHTS_ONLY_ENV, None)
+        else:
+            os.environ[_WEIGHTS_ONLY_ENV] = before
+        pytest.fail(f"{_WEIGHTS_ONLY_ENV} changed from {before!r} to {after!r} during this test (an import of mace?)")
 
 
 def pytest_configure(config) -> None:

@@ -149,7 +149,10 @@ def test_plain_zoo_fit_prints_no_warning_the_user_cannot_act_on(cache_dir, tmp_p
            "--data.init_args.root", str(ROOT / "tests/data/md17_fixture"), "--data.init_args.cache_dir", str(cache_dir),
            *small, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "2"]
     # Python's default filters, as a user's shell has them (DeprecationWarnings of libraries hidden)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"} | {"OMP_NUM_THREADS": "1"}
+    # and no variable a library imported by another test left in this process (mace-torch sets
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD on import; atomzoo's own import restores it)
+    unset = {"PYTHONWARNINGS", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "runs/rmd17_fixture_forces/version_0/test_metrics.json").is_file()  # fit, then test, ran

@@ -4,6 +4,8 @@ noise head and normaliser reused, SCD's per-target weights, drop-path and its sc
 import warnings
 
 import pytest
+
+from conftest import requires_mace
 import torch
 from torch_geometric.data import Batch, Data
 
@@ -148,8 +150,8 @@ def test_backbone_drop_path_hook(make):
     assert torch.equal(backbone(batch).scalars, reference)
 
 
+@requires_mace
 def test_mace_drop_path_hook_on_residual_updates():
-    pytest.importorskip("mace")
     from atomzoo.backbones.mace import MACE
 
     torch.manual_seed(0)

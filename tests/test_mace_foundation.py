@@ -11,6 +11,7 @@ mace-torch's blocks, so these tests need the ``[mace]`` extra installed (skipped
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mace")
+# find_spec, not importorskip: importing mace itself would set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD for the process
+if importlib.util.find_spec("mace") is None:
+    pytest.skip("mace-torch is not installed", allow_module_level=True)
 
 from atomzoo import model_files  # noqa: E402
 from atomzoo.backbones.mace import MACE, convert_mace_state  # noqa: E402

@@ -1,6 +1,8 @@
 """Weight decay on weight matrices only: which parameters get decay, on each backbone."""
 
 import pytest
+
+from conftest import requires_mace
 import torch
 
 from atomzoo.backbones import PaiNN, SchNet
@@ -40,8 +42,8 @@ def test_scd_mask_token_norms_and_frozen_embedding():
     assert "backbone.embedding.weight" not in decay | no_decay  # frozen in SCD pretraining: not optimised at all
 
 
+@requires_mace
 def test_mace_follows_mace_torch():
-    pytest.importorskip("mace")
     from atomzoo.backbones.mace import MACE
 
     model = Regression(MACE(num_interactions=2), targets=["homo"], weight_decay=0.01)
