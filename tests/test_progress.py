@@ -118,6 +118,36 @@ def test_the_time_left_is_measured_before_the_first_validation_from_the_sanity_c
     assert progress.seconds_left(20, None, 2, 3.0, 1.5) is None  # nothing measured yet: "measuring"
 
 
+@pytest.mark.parametrize("lines", [True, False])
+def test_in_a_log_file_the_bar_writes_whole_lines_at_its_interval(tmp_path, monkeypatch, capsys, lines):
+    """Line mode (stdout not a terminal: a batch job's log): no carriage return; a line at the first
+    batch, then at most one per ``line_interval`` (here 3.5 s of a fake clock, batches of 1 s,
+    validations of 0.5 s), one after each validation with the time left updated, one at the end; no
+    sanity-check or validation bar. On a terminal (``lines=False``) tqdm redraws with carriage returns."""
+    clock = Clock()
+    monkeypatch.setattr(progress, "time", clock)
+    bar = RunProgressBar(lines=lines, line_interval=3.5)
+    trainer = L.Trainer(callbacks=[bar], max_epochs=3, limit_train_batches=4, limit_val_batches=2, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        accelerator="cpu", devices=1)
+    trainer.fit(TimedModel(clock))
+    out = capsys.readouterr().out
+    if not lines:
+        assert "\r" in out
+        return
+    assert "\r" not in out and "\x1b" not in out
+    found = [re.match(r"Epoch (\d)/3: +\d+%\|[# \d]+\| (\d+)/12 batches \[\d\d:\d\d elapsed, ~\d\d:\d\d left: (.*);", line)
+             for line in out.splitlines()]
+    assert all(found), out
+    # batch 1 (first, clock 1.5 s); 4 after validation 1 (5.0 s); 8 when due (9.0 s) and after validation 2;
+    # 12 at the end and after the last validation
+    assert [(int(m[2]), m[3]) for m in found] == [
+        (1, "training, 3 validations"), (4, "training, 2 validations"), (8, "training, 2 validations"),
+        (8, "training, 1 validation"), (12, "1 validation"), (12, "done")]
+    with pytest.raises(ValueError, match="line_interval must be > 0"):
+        RunProgressBar(line_interval=0)
+
+
 def test_without_a_known_length_the_bar_is_lightnings_per_epoch_bar(tmp_path):
     """An iterable dataset without a length: no plan, Lightning's own bar, no error."""
 
@@ -157,7 +187,8 @@ def test_zoo_fit_shows_the_whole_run_and_says_where_things_went(tmp_path):
     first says what init_from loaded and builds no store; ``--trainer.enable_progress_bar false`` works."""
     cache = tmp_path / "cache"
     first = zoo("--trainer.max_epochs", "3", cwd=tmp_path, cache=cache)
-    bars = [line for line in re.split(r"[\r\n]", first.stdout) if " batches [" in line]
+    assert "\r" not in first.stdout  # a pipe, not a terminal: whole lines (line mode)
+    bars = [line for line in first.stdout.splitlines() if " batches [" in line]
     assert any(re.match(r"Epoch 3/3: 100%\|.*\| 12/12 batches \[\d\d:\d\d elapsed, ~\d\d:\d\d left: test;", b) for b in bars)
     assert any(re.search(r"\| [1-9]/12 batches \[.*~\d\d:\d\d left: training, 3 validations, test;", b) for b in bars)
     run = tmp_path / "runs/rmd17_fixture_forces/version_0"

@@ -17,6 +17,9 @@ the validation batches) times the validations left, plus, with ``--test_after_fi
 at the validation's time per batch. Early stopping or ``max_time`` can end the run sooner; the time
 left is then an upper bound. Wall time, so other jobs on a shared machine lengthen it as they slow
 the run.
+
+When stdout is not a terminal (a batch job's log), the bars write whole lines, one every 30 s
+(``line_interval``) and one after each validation, instead of carriage returns.
 """
 
 from __future__ import annotations
@@ -107,14 +110,61 @@ def seconds_left(batches_left: int, batch_s: float | None, validations_left: int
     return batches_left * batch_s + validations_left * (validation_s or 0.0) + (test_s or 0.0)
 
 
+class _LineStream:
+    """tqdm's output stream when stdout is not a terminal (a batch job's log file, a pipe, ``tee``):
+    every refresh becomes one line. On a terminal tqdm rewrites its line with carriage returns; in a
+    file those pile up into one line megabytes long that ``less`` and ``grep`` show as one record."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._last = ""
+
+    def write(self, text: str) -> int:
+        for part in text.replace("\x1b[A", "").split("\r"):  # tqdm's cursor-up and carriage returns
+            part = part.strip()
+            if part and part != self._last:  # a closing bar repeats its last state: once is enough
+                self._stream.write(part + "\n")
+                self._last = part
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 class _RunTqdm(Tqdm):
-    """Lightning's tqdm with one more field for ``bar_format``: ``{run_left}``, set by the callback."""
+    """Lightning's tqdm with one more field for ``bar_format``: ``{run_left}``, set by the callback; in
+    line mode (``line_interval`` seconds, not None) a refresh writes a line at most every
+    ``line_interval`` seconds, and always at the first and the last batch."""
 
     run_left = "time left: measuring"
+
+    def __init__(self, *args, line_interval: float | None = None, **kwargs) -> None:
+        self.line_interval = line_interval
+        self._line_at: float | None = None
+        self._wrote_end = False
+        self.hold = False  # line mode: no line while set (the callback writes one when it is done)
+        super().__init__(*args, **kwargs)
 
     @property
     def format_dict(self) -> dict:
         return {**super().format_dict, "run_left": self.run_left}
+
+    def refresh(self, nolock: bool = False, lock_args=None, force: bool = False):
+        if self.line_interval is not None and not self.disable:
+            if self.hold:
+                return None
+            now = time.perf_counter()
+            at_end = self.total is not None and self.n >= self.total
+            due = self.n > 0 and (self._line_at is None or now - self._line_at >= self.line_interval)
+            if not (force or (at_end and not self._wrote_end) or (due and not at_end)):
+                return None
+            self._line_at, self._wrote_end = now, at_end
+        return super().refresh(nolock=nolock, lock_args=lock_args)
+
+    def close(self) -> None:
+        if self.line_interval is not None and self._wrote_end:
+            self.leave = False  # its last state is written already; tqdm would write it once more
+        super().close()
 
 
 class RunProgressBar(TQDMProgressBar):
@@ -126,16 +176,58 @@ class RunProgressBar(TQDMProgressBar):
         test_after_fit: count the test after fit in the time left (the ``zoo`` command sets it from
             ``--test_after_fit``).
         leave, process_position: Lightning's options.
+        line_interval: in line mode, seconds between two lines of a bar (> 0; ``ValueError`` otherwise).
+        lines: line mode on / off; ``None`` (default): on when stdout is not a terminal.
+
+    Line mode is for logs (a batch job's output file, a pipe): each bar writes whole lines -- at its
+    first batch, then at most one every ``line_interval`` seconds, after each validation (with its
+    metrics) and at its end -- instead of the carriage returns that redraw a bar on a terminal; the
+    sanity check's and fit's validation bars are not shown (the run's bar counts them).
     """
 
     RUN_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} batches [{elapsed} elapsed, {run_left}; {rate_noinv_fmt}{postfix}]"
 
     def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False,
-                 test_after_fit: bool = False) -> None:
+                 test_after_fit: bool = False, line_interval: float = 30.0, lines: bool | None = None) -> None:
         super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
+        if not line_interval > 0:
+            raise ValueError(f"RunProgressBar: line_interval must be > 0 seconds, got {line_interval}")
         self.test_after_fit = test_after_fit
+        self.line_interval = float(line_interval)
+        self._lines = lines
         self.plan: RunPlan | None = None
         self._reset_clocks()
+
+    @property
+    def lines(self) -> bool:
+        """Line mode: stdout is not a terminal (unless ``lines`` was given)."""
+        if self._lines is not None:
+            return self._lines
+        isatty = getattr(sys.stdout, "isatty", None)
+        return not (isatty and isatty())
+
+    def _bar(self, desc: str, leave: bool, disable: bool = False, position: int = 0, **kwargs) -> _RunTqdm:
+        """A tqdm bar on stdout: on a terminal Lightning's, in line mode one line per ``line_interval``."""
+        lines = self.lines
+        return _RunTqdm(desc=desc, position=0 if lines else 2 * self.process_position + position,
+                        disable=self.is_disabled or disable, leave=leave, dynamic_ncols=not lines,
+                        file=_LineStream(sys.stdout) if lines else sys.stdout,
+                        line_interval=self.line_interval if lines else None, **kwargs)
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        # in line mode the sanity check and fit's validations have no bar: the run's bar says when they ran
+        return self._bar(self.sanity_check_description, leave=False, disable=self.lines, bar_format=self.BAR_FORMAT)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        in_fit = self.trainer.state.fn != "validate"
+        return self._bar(self.validation_description, leave=not in_fit, disable=in_fit and self.lines,
+                         position=int(in_fit), bar_format=self.BAR_FORMAT)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._bar("Testing", leave=True, bar_format=self.BAR_FORMAT)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return self._bar(self.predict_description, leave=True, smoothing=0, bar_format=self.BAR_FORMAT)
 
     def _reset_clocks(self) -> None:
         self._train_s = 0.0  # wall time of training batches in this process (validation excluded)
@@ -150,9 +242,8 @@ class RunProgressBar(TQDMProgressBar):
 
     # ----- the training bar spans the run ------------------------------------------------------------
     def init_train_tqdm(self) -> Tqdm:
-        return _RunTqdm(desc=self.train_description, position=2 * self.process_position, disable=self.is_disabled,
-                        leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=self.RUN_BAR_FORMAT,
-                        unit=" batches")
+        return self._bar(self.train_description, leave=True, smoothing=0, bar_format=self.RUN_BAR_FORMAT,
+                         unit=" batches")
 
     def on_fit_start(self, trainer, pl_module) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -195,10 +286,11 @@ class RunProgressBar(TQDMProgressBar):
         if self._first_batch is None:  # batches of the run before this process (a resumed run): known at its first batch
             self._first_batch = done - 1
         bar = self.train_progress_bar
-        if bar is not None and self._should_update(done, bar.total):
+        if bar is not None and not bar.disable and self._should_update(done, bar.total):
             bar.run_left = self.describe_left(done)
-            _set_n(bar, done)
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.n = done
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
 
     def batches_done(self, trainer) -> int:
         """Training batches of the run done so far (earlier processes of a resumed run included), outside
@@ -220,7 +312,14 @@ class RunProgressBar(TQDMProgressBar):
             self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
+        bar = self.train_progress_bar if self._train_progress_bar is not None else None
+        if bar is not None:
+            bar.hold = True  # Lightning's postfix update: the line comes below, with the time left updated
+        try:
+            super().on_validation_end(trainer, pl_module)
+        finally:
+            if bar is not None:
+                bar.hold = False
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         now = time.perf_counter()
@@ -231,8 +330,11 @@ class RunProgressBar(TQDMProgressBar):
             self._val_batch_s = self._val_s / (self._val_runs * batches)
         self._mark = now  # the next training interval starts after validation (and its checkpoints)
         if self.plan is not None and self.train_progress_bar is not None:
-            self.train_progress_bar.run_left = self.describe_left(self.batches_done(trainer))
-            self.train_progress_bar.refresh()
+            bar = self.train_progress_bar
+            bar.run_left = self.describe_left(self.batches_done(trainer))
+            if not bar.disable:
+                bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+                bar.refresh(force=True)  # in line mode: one line after each validation, with its metrics
 
     def _count_test_batches(self, trainer) -> int | None:
         """Test batches of the test after fit (the DataModule's test loader, else the model's;
@@ -272,9 +374,3 @@ class RunProgressBar(TQDMProgressBar):
         if self.test_after_fit:
             parts.append("test")
         return f"~{tqdm.format_interval(left)} left: {', '.join(parts) or 'done'}"
-
-
-def _set_n(bar: tqdm, value: int) -> None:
-    if not bar.disable:
-        bar.n = value
-        bar.refresh()
