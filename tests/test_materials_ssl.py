@@ -117,7 +117,16 @@ def test_zoo_pretrain_finetune_with_stress_and_predict(tmp_path):
     import atomzoo
     from ase.io import read
 
-    api = atomzoo.load(checkpoint).predict(read(FIXTURE, index=":12"))
+    loaded = atomzoo.load(checkpoint)
+    api = loaded.predict(read(FIXTURE, index=":12"))
+    # the stress unit travels with the model: checkpoint -> export (header and card) -> atomzoo.load
+    from atomzoo.cards import read_card
+    from atomzoo.export import export_model
+
+    export_model(checkpoint, tmp_path / "stress_model")
+    card = read_card(tmp_path / "stress_model.safetensors")
+    assert loaded.stress_unit == card["stress_unit"] == "eV/A^3" and card["force_unit"] == "eV/A"
+    assert atomzoo.load(tmp_path / "stress_model.safetensors").stress_unit == "eV/A^3"
     np.testing.assert_allclose(table.loc[10, voigt].to_numpy(float), api[10]["stress"], atol=1e-6)
     reference = [name.replace("stress_", "stress_ref_") for name in voigt]
     expected = read(FIXTURE, index=10).get_stress()

@@ -7,6 +7,7 @@
      "weights": "<name>.safetensors", "sha256": "<hex digest of the weights file>",
      "objective": "atomzoo.objectives.regression.Regression", "backbone": {class_path, init_args},
      "targets": [{"name": "energy", "unit": "eV"}], "force_unit": "eV/A" | null,
+     "stress_unit": "eV/A^3" | null,
      "elements": [1, 6, 8] | null, "periodic": true, "cutoff_A": 5.0,
      "training_range": {"radius_A": 10.0, "elements": [1, 6, 8], "shortest_distance_A": {"H-H": 1.51, ...}} | null,
      "training_data": {class_path, init_args} | null, "config": {... the run's config.yaml ...} | null,
@@ -14,9 +15,11 @@
      "versions": {"atomzoo": ..., "torch": ..., "lightning": ..., "ase": ..., "python": ...},
      "created_utc": "..."}
 
-``periodic``: the backbone builds periodic images (``Backbone.periodic``), so periodic structures are
-predicted with them. ``elements``: the atomic numbers of the training split, from the checkpoint's
-provenance record (``null`` for a checkpoint written before the record existed: no element check).
+``stress_unit``: the unit of the predicted stress (ASE's sign: ``sigma = (1/V) dE/d(strain)``), ``null``
+for a model not trained on stress. ``periodic``: the backbone builds periodic images
+(``Backbone.periodic``), so periodic structures are predicted with them. ``elements``: the atomic
+numbers of the training split, from the checkpoint's provenance record (``null`` for a checkpoint
+written before the record existed: no element check).
 ``training_range``: the training split's shortest distance of each element pair
 (:mod:`atomzoo.nn.training_range`); predicting a structure with a pair closer than that warns that the
 prediction is an extrapolation (``null`` for checkpoints written before it was recorded: no warning).

@@ -93,7 +93,7 @@ def export_model(checkpoint: str | Path, out: str | Path, elements: list[int] | 
     return write_card(out, {
         "model_format": FULL_FORMAT, "objective": spec["objective"]["class_path"], "backbone": spec["backbone"],
         "targets": [{"name": t, "unit": u} for t, u in zip(spec["targets"], spec["units"])],
-        "force_unit": spec["force_unit"], "elements": _elements(model, elements),
+        "force_unit": spec["force_unit"], "stress_unit": spec.get("stress_unit"), "elements": _elements(model, elements),
         "training_range": model.training_range,
         "periodic": bool(getattr(objective.backbone, "periodic", False)), "cutoff_A": spec["cutoff_A"],
         "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],
@@ -128,7 +128,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, elements: list[int]
     return write_card(out, {
         "model_format": BACKBONE_FORMAT, "objective": model.objective,
         "backbone": {"class_path": backbone["class_path"], "init_args": backbone["init_args"]},
-        "targets": None, "force_unit": None, "elements": _elements(model, elements),
+        "targets": None, "force_unit": None, "stress_unit": None, "elements": _elements(model, elements),
         "training_range": model.training_range,
         "periodic": bool(getattr(backbone_cls, "periodic", False)), "cutoff_A": backbone["init_args"].get("cutoff"),
         "training_data": run["training_data"], "config": run["config"], "test_metrics": run["test_metrics"],

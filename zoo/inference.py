@@ -113,6 +113,7 @@ class AtomzooModel(nn.Module):
         objective: the :class:`~atomzoo.objectives.Regression` module (backbone, heads, buffers), eval mode.
         targets, units: predicted properties and their units (e.g. ``["energy"]``, ``["eV"]``).
         force_unit: unit of the forces (``"eV/A"``) when the model predicts forces, else ``None``.
+        stress_unit: unit of the stress (``"eV/A^3"``, ASE's sign) when the model was trained on stress, else ``None``.
         elements: atomic numbers of the training data (``None`` if unknown: then not checked).
         card: the model card (exports) or the equivalent information of a checkpoint.
         training_range: the training data's shortest distance per element pair
@@ -128,6 +129,7 @@ class AtomzooModel(nn.Module):
         self.units = list(objective.units)
         self.forces = bool(objective.forces)
         self.force_unit = objective.force_unit if self.forces else None
+        self.stress_unit = objective.stress_unit if getattr(objective, "stress", False) else None
         self.elements = sorted(int(e) for e in elements) if elements is not None else None
         self.training_range = TrainingRange.from_record((card or {}).get("training_range"))
 

@@ -272,6 +272,7 @@ class ModelFile:
             (``checkpoint["atomzoo_provenance"]``), ``None`` for exports and for checkpoints written
             before the record existed.
         target_units, force_unit: units of the targets and forces (Regression files), else ``None``.
+        stress_unit: unit of the stress (``"eV/A^3"``; Regression files trained on stress), else ``None``.
         card: the model card (exports written with one), else ``None``.
         header: the export's header description (:data:`META_KEY`, class paths translated), else ``None``.
         checkpoint: the unpickled checkpoint with ``hyper_parameters`` translated (checkpoints), for the
@@ -289,6 +290,7 @@ class ModelFile:
     provenance: dict[str, Any] | None = None
     target_units: list[str] | None = None
     force_unit: str | None = None
+    stress_unit: str | None = None
     card: dict[str, Any] | None = None
     header: dict[str, Any] | None = None
     checkpoint: dict[str, Any] | None = field(default=None, repr=False)
@@ -435,7 +437,8 @@ def _read_checkpoint(path: Path) -> ModelFile:
         path=path, kind=CHECKPOINT, state_dict=state, hyperparameters=hparams,
         objective=hparams.get("_class_path"), backbone=_backbone_of_hyperparameters(hparams),
         provenance=checkpoint.get(PROVENANCE_KEY), target_units=checkpoint.get("target_units"),
-        force_unit=checkpoint.get("force_unit"), checkpoint=checkpoint, renamed=renamed,
+        force_unit=checkpoint.get("force_unit"), stress_unit=checkpoint.get("stress_unit"), checkpoint=checkpoint,
+        renamed=renamed,
     )  # fmt: skip
 
 
@@ -490,8 +493,8 @@ def _read_export(path: Path, verify: bool) -> ModelFile:
         return ModelFile(
             path=path, kind=kind, state_dict=tensors, hyperparameters=dict(meta["objective"].get("init_args") or {}),
             objective=meta["objective"]["class_path"], backbone={**meta["backbone"], "init_args_complete": True},
-            target_units=list(meta.get("units") or []) or None, force_unit=meta.get("force_unit"), card=card,
-            header=meta, renamed=renamed,
+            target_units=list(meta.get("units") or []) or None, force_unit=meta.get("force_unit"),
+            stress_unit=meta.get("stress_unit"), card=card, header=meta, renamed=renamed,
         )  # fmt: skip
     if isinstance(meta.get("backbone"), dict):  # this version's backbone export
         backbone = dict(meta["backbone"])
@@ -514,7 +517,8 @@ def model_spec(model: ModelFile) -> dict:
     """The JSON description that rebuilds a regression model without unpickling (a full export's header).
 
     Returns ``{"objective": {"class_path", "init_args"}, "backbone": {"class_path", "init_args"},
-    "targets", "units", "force_unit", "forces", "cutoff_A"}``.
+    "targets", "units", "force_unit", "forces", "stress_unit", "cutoff_A"}`` (``stress_unit`` ``None`` for a
+    model not trained on stress).
 
     Raises:
         ModelFileError: a backbone-only export or a checkpoint of a pretraining objective (no property
@@ -554,6 +558,7 @@ def model_spec(model: ModelFile) -> dict:
         "units": list(model.target_units or ["" for _ in targets]),
         "force_unit": model.force_unit if init_args.get("forces") else None,
         "forces": bool(init_args.get("forces", False)),
+        "stress_unit": (model.stress_unit or "eV/A^3") if init_args.get("stress") else None,
         "cutoff_A": float(backbone.get("init_args", {}).get("cutoff", float("nan"))),
     }
 
@@ -578,6 +583,8 @@ def build_objective(model: ModelFile):
     objective.units = list(spec.get("units") or objective.units)
     if spec.get("force_unit"):
         objective.force_unit = spec["force_unit"]
+    if spec.get("stress_unit"):
+        objective.stress_unit = spec["stress_unit"]
     if not bool(objective.stats_ready):
         raise ModelFileError(
             f"{model.path}: the model's target statistics (mean/std) were never fitted: it was not trained"
