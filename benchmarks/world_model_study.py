@@ -14,6 +14,10 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
 ``probes``    ``python -m atomzoo.dynamics_probes`` (linear probes of energy, force norm and a dihedral from the
               embedding, trained on the training molecules, tested on the held-out ones, against random
               networks) -> ``docs/world_model/probes.{csv,md}``.
+``residual``  the ablation (not in LeWM): the same world model with ``--model.residual true`` (the predictor outputs
+              the change of the embedding, starting at "no change"), 3 seeds
+              (``benchmarks/matrices/world_model_residual.yaml``), then the same surprise test and probes ->
+              ``docs/world_model/residual/``.
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
               same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
               300 frames) -> ``benchmarks/results/world_model_study/results.md``.
@@ -37,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "runs/world_model_study/xtb_qm9_md_32.extxyz"
 MATRIX = ROOT / "benchmarks/matrices/world_model_study.yaml"
+RESIDUAL_MATRIX = ROOT / "benchmarks/matrices/world_model_residual.yaml"
 DATA_CONFIG = ROOT / "configs/data/trajectories_xtb32.yaml"
 OUT = ROOT / "docs/world_model"
 MOLECULES, FRAMES, INTERVAL, EQUILIBRATE = 32, 150, 10, 400
@@ -70,17 +75,17 @@ def stage_data() -> None:
     os.replace(tmp, DATA)
 
 
-def checkpoints() -> list[Path]:
-    """The final checkpoints of the study's finished training cells (seed order)."""
+def checkpoints(matrix_file: Path = MATRIX, objective: str = "world_model") -> list[Path]:
+    """The final checkpoints of the finished ``objective`` pretraining cells of ``matrix_file`` (seed order)."""
     sys.path.insert(0, str(ROOT))
     from atomzoo.runner.execute import checkpoint_of
     from atomzoo.runner.matrix import expand, load_matrix
     from atomzoo.runner.results import finished_cells
 
-    matrix = load_matrix(MATRIX)
+    matrix = load_matrix(matrix_file)
     done = finished_cells(matrix.results_csv)
     return [checkpoint_of(matrix, c) for c in expand(matrix)
-            if c.phase == "pretrain" and c.objective == "world_model" and c.id in done]
+            if c.phase == "pretrain" and c.objective == objective and c.id in done]
 
 
 def stage_train() -> None:
@@ -91,24 +96,31 @@ def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
 
-def stage_surprise() -> None:
-    if (OUT / "surprise.md").exists():
-        print(f"{OUT / 'surprise.md'} exists")
+def stage_surprise(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+    if (out / "surprise.md").exists():
+        print(f"{out / 'surprise.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *checkpoints(), "--data", DATA_CONFIG, "--split", "test",
-         "--out", OUT])
+    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+         "--split", "test", "--out", out])
 
 
-def stage_probes() -> None:
-    if (OUT / "probes.md").exists():
-        print(f"{OUT / 'probes.md'} exists")
+def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+    if (out / "probes.md").exists():
+        print(f"{out / 'probes.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *checkpoints(), "--data", DATA_CONFIG,
-         "--out", OUT])
+    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+         "--out", out])
+
+
+def stage_residual() -> None:
+    run(["zoo-bench", "run", RESIDUAL_MATRIX, "--threads", "1", "--commit-results"])
+    ckpts = checkpoints(RESIDUAL_MATRIX, "world_model_residual")
+    stage_surprise(ckpts, OUT / "residual")
+    stage_probes(ckpts, OUT / "residual")
 
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
-          "transfer": stage_transfer}
+          "residual": stage_residual, "transfer": stage_transfer}
 
 
 def main() -> None:

@@ -66,6 +66,12 @@ Differences from LeWM (arXiv 2603.19312, lucas-maes/le-wm ``train.py``, ``jepa.p
   LeWM's learning-rate schedule is a linear warmup and cosine per epoch; here per optimizer step.
 * LeWM trains in bf16; SIGReg here always runs in float32 (:mod:`atomzoo.objectives.sigreg`).
 * SIGReg is DDP-exact (global batch); LeWM's module is single-GPU.
+
+An option LeWM does not have, off by default: ``residual=True`` predicts the change of the
+embedding, ``pred = z_t + pred_proj(...)`` with the head's last Linear zero-initialised, so the
+predictor starts as "no change" (``pred_loss == persistence_loss`` at step 0) and learns only what
+moves. It is the ablation for a predictor that does not get below the persistence floor (measured in
+docs/world_model.md); the surprise test and the probes run on either.
 """
 
 from __future__ import annotations
@@ -191,6 +197,8 @@ class WorldModel(Objective):
         horizon_scale, temperature_scale: fs and K that the action's horizon and temperature are divided by.
         sigreg_weight: lambda (0.1); sigreg_slices: random directions per step (1,024).
         diagnostics_every_n_steps: collapse diagnostics every this many steps.
+        residual: predict the change from the last history frame, ``z_t + head(...)``, the head's last
+            Linear zero-initialised (not in LeWM; module docstring). Default False: LeWM's absolute prediction.
         lr, weight_decay: AdamW (LeWM: 5e-5, 1e-3). Other arguments: :class:`~atomzoo.objectives.base.Objective`.
 
     Raises:
@@ -215,6 +223,7 @@ class WorldModel(Objective):
         sigreg_weight: float = 0.1,
         sigreg_slices: int = 1024,
         diagnostics_every_n_steps: int = 50,
+        residual: bool = False,
         lr: float = 5e-5,
         weight_decay: float = 1e-3,
         **kwargs,
@@ -237,6 +246,10 @@ class WorldModel(Objective):
                                          predictor_mlp, predictor_dropout)  # fmt: skip
         # LeWM's pred_proj is the same BatchNorm MLP class as its projector
         self.prediction_head = SIGRegProjector(dim, hidden, dim)
+        self.residual = bool(residual)
+        if self.residual:  # start at "no change": the head adds nothing until it learns a change
+            nn.init.zeros_(self.prediction_head.net[-1].weight)
+            nn.init.zeros_(self.prediction_head.net[-1].bias)
 
     # ----- encoder ----------------------------------------------------------------------------------
     def forward(self, data) -> Tensor:
@@ -266,10 +279,12 @@ class WorldModel(Objective):
         return z[order].view(w, p, z.size(-1))
 
     def predict(self, history: Tensor, horizon: Tensor, temperature: Tensor) -> Tensor:
-        """``[W, D]``: the predicted target embedding from ``history`` ``[W, h, D]`` and the action."""
+        """``[W, D]``: the predicted target embedding from ``history`` ``[W, h, D]`` and the action
+        (with ``residual``: the last history embedding plus the predicted change)."""
         action = self.action_encoder(horizon, temperature).to(history.dtype)  # [W, D]
         tokens = self.predictor(history, action.unsqueeze(1).expand_as(history))
-        return self.prediction_head(tokens[:, -1])
+        out = self.prediction_head(tokens[:, -1])
+        return history[:, -1] + out if self.residual else out
 
     def compute_loss(self, batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """``{"loss", "pred_loss", "sigreg", "target_std", "persistence_loss", "embedding"}`` of one window batch.

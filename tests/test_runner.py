@@ -656,3 +656,25 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     assert {c.id for c in cells if c.phase == "pretrain"} <= main_ids
     assert len([c for c in cells if c.phase == "finetune" and c.id not in main_ids]) == 5 * 8 * 3
     assert len(expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_backbones.yaml"))) == 2 * 9 * 3
+
+
+def test_every_shipped_matrix_loads_and_expands():
+    """Every matrix file under benchmarks/matrices is valid and has cells (a broken one fails here, not in
+    the background queue hours later)."""
+    paths = sorted((ROOT / "benchmarks/matrices").glob("*.yaml"))
+    assert len(paths) >= 10
+    for path in paths:
+        assert expand(load_matrix(path)), path
+
+
+def test_the_residual_world_model_ablation_changes_only_the_predictor():
+    """benchmarks/matrices/world_model_residual.yaml is the study's world model with --model.residual true:
+    same data, backbone, steps, seeds and shared arguments, one extra option."""
+    study = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_study.yaml").read_text())
+    ablation = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_residual.yaml").read_text())
+    for key in ("common_args", "backbones", "pretrain"):
+        assert ablation[key] == study[key], key
+    base, residual = study["objectives"]["world_model"], ablation["objectives"]["world_model_residual"]
+    assert residual["config"] == base["config"]
+    assert residual["args"] == [*base["args"], "--model.residual", "true"]
+    assert "finetune" not in ablation

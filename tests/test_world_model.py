@@ -121,6 +121,25 @@ def test_each_loss_term_is_the_documented_one(tmp_path):
     assert terms["pred_loss"] > 0 and terms["sigreg"] > 0
 
 
+def test_the_residual_predictor_starts_at_no_change_and_predicts_the_change(tmp_path):
+    """``residual=True`` (not LeWM's): pred = z_t + head(...), the head's last Linear zero-initialised, so at
+    step 0 the prediction error is exactly the persistence error; once the head moves, pred - z_t is its output."""
+    batch = window_batch(tmp_path)
+    model = small_model(residual=True).eval()
+    terms = model.compute_loss(batch)
+    assert torch.equal(terms["pred_loss"], terms["persistence_loss"]) and terms["pred_loss"] > 0
+    with torch.no_grad():
+        model.prediction_head.net[-1].bias.fill_(0.5)
+    z = model.embed_windows(batch)
+    pred = model.predict(z[:, :3], batch.horizon, batch.temperature)
+    torch.testing.assert_close(pred - z[:, 2], torch.full_like(pred, 0.5), rtol=0, atol=1e-6)
+    # the default is LeWM's absolute prediction: not the last frame at initialisation
+    absolute = small_model().eval().compute_loss(batch)
+    assert not torch.allclose(absolute["pred_loss"], absolute["persistence_loss"])
+    # recorded with the hyperparameters, so a checkpoint rebuilds the same predictor
+    assert WorldModel(SchNet(**SCHNET), residual=True).hparams.residual is True
+
+
 def test_no_stop_gradient_the_target_embedding_receives_the_mse_gradient(tmp_path):
     batch = window_batch(tmp_path)
     model = small_model().eval()
