@@ -333,7 +333,8 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
         "name": "ssl", "output": str(tmp_path / "out"), "report": ["probes", "pretraining", "curves"],
         "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
         "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml"),
-                       "jepa_sigreg": str(ROOT / "configs/objectives/jepa_sigreg.yaml")},
+                       "jepa_sigreg": str(ROOT / "configs/objectives/jepa_sigreg.yaml"),
+                       "scd": str(ROOT / "configs/objectives/scd.yaml")},
         "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"),
                      "args": ["--data.targets", "null", *STEPS, "--trainer.val_check_interval", "1"]},
     }
@@ -355,11 +356,12 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     probes = probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256)
     frame = pd.read_csv(probes, keep_default_na=False)
     assert set(frame["model"]) == {"pretrain/schnet/denoising/c0", "pretrain/schnet/jepa_sigreg/c0",
-                                   "random/schnet/r0", "random/schnet/r1"}
-    jepa = frame[frame["objective"] == "jepa_sigreg"]
-    assert set(zip(jepa["features"], jepa["metric"])) == {
-        ("backbone", "ridge_mae"), ("backbone", "mlp_mae"), ("projector", "ridge_mae"),
-        *((f, m) for f in ("backbone", "projector") for m in ("emb_std", "emb_erank", "emb_sigreg"))}
+                                   "pretrain/schnet/scd/c0", "random/schnet/r0", "random/schnet/r1"}
+    for name in ("jepa_sigreg", "scd"):  # JEPA's projector output; SCD's condition (its embed)
+        rows = frame[frame["objective"] == name]
+        assert set(zip(rows["features"], rows["metric"])) == {
+            ("backbone", "ridge_mae"), ("backbone", "mlp_mae"), ("projector", "ridge_mae"),
+            *((f, m) for f in ("backbone", "projector") for m in ("emb_std", "emb_erank", "emb_sigreg"))}, name
     assert "projector" not in set(frame[frame["objective"] == "denoising"]["features"])
     mae = frame[frame["metric"].isin(["ridge_mae", "mlp_mae"])]["value"].astype(float)
     assert ((mae > 0) & (mae < 5000)).all()
@@ -656,6 +658,17 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     assert {c.id for c in cells if c.phase == "pretrain"} <= main_ids
     assert len([c for c in cells if c.phase == "finetune" and c.id not in main_ids]) == 5 * 8 * 3
     assert len(expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_backbones.yaml"))) == 2 * 9 * 3
+    # the references' fine-tuning recipes: the same pretraining cells, objectives_v2's fine-tuning settings but
+    # for the recipe of each task (its -c config and final_args: batch 128, the reference's clipping)
+    recipes = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_recipes.yaml").read_text())
+    for key in ("output", "cells", "common_args", "backbones", "pretrain", "order", "curves"):
+        assert recipes[key] == main[key], key
+    assert all(main["objectives"][name] == spec for name, spec in recipes["objectives"].items())
+    assert {k: v for k, v in recipes["finetune"].items() if k not in ("targets", "tasks")} == {
+        k: v for k, v in main["finetune"].items() if k not in ("targets", "tasks")}
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_recipes.yaml"))
+    pre = {c.id for c in cells if c.phase == "pretrain"}
+    assert pre <= main_ids and not ({c.id for c in cells} - pre) & main_ids and len(cells) - len(pre) == 2 * 3 * 3
 
 
 def test_every_shipped_matrix_loads_and_expands():

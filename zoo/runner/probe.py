@@ -218,13 +218,24 @@ def objective_of(run: Path, checkpoint: Path | None, random_init: bool, seed: in
     return objective.eval()
 
 
+def embedding_of(objective):
+    """The objective's molecular embedding beyond the backbone's pooled features, as a callable
+    ``batch -> [G, D]``, or ``None``: SCD's condition (``embed``: pooled scalars through its projection),
+    JEPA's and the world model's projector output (``forward``); denoising has none."""
+    if callable(getattr(objective, "embed", None)):
+        return objective.embed
+    if getattr(objective, "projection", None) is not None:
+        return objective.forward
+    return None
+
+
 def probe_objective(objective, splits: dict[str, object], target_unit: str, mlp_steps: int = 3000,
                     seed: int = 0) -> list[dict]:
     """Probe rows (``features``, ``metric``, ``value``) of one objective's frozen backbone (and projector,
     when the objective has one) on ``splits`` (``train``/``val``/``test`` loaders)."""
     from atomzoo.objectives.diagnostics import collapse_statistics
 
-    projector = objective.forward if getattr(objective, "projection", None) is not None else None
+    projector = embedding_of(objective)
     feats = {name: extract(objective.backbone, loader, projector) for name, loader in splits.items()}
     scale = 1000.0 if target_unit == "eV" else 1.0
     rows = []
