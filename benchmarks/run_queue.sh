@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The objective benchmark's studies in the order of issue 26 (most important first: PaiNN HOMO 1k, its
-# noise study, other targets and label sizes, SchNet and ET, the force-field row), each resumable:
+# The objective benchmark's studies in the order of issue 26 (most important first: PaiNN HOMO 1k and
+# the references' fine-tuning recipes on its checkpoints, its noise study, other targets and label
+# sizes, SchNet and ET, the force-field row), each resumable:
 # a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
 # any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
 # other core stays free. Start it in the background from the repository root:
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 status=0
 for matrix in \
     benchmarks/matrices/objectives_v2.yaml \
+    benchmarks/matrices/objectives_v2_recipes.yaml \
     benchmarks/matrices/objectives_v2_noise.yaml \
     benchmarks/matrices/objectives_v2_targets.yaml \
     benchmarks/matrices/objectives_v2_backbones.yaml \

@@ -59,6 +59,11 @@ class Objective(L.LightningModule):
     Args:
         backbone: the representation network (any ``atomzoo.backbones.Backbone`` subclass).
         lr: peak learning rate of AdamW.
+        betas: AdamW's ``(beta1, beta2)``, the decay rates of its running means of the gradient and of
+            its square; each in ``[0, 1)`` (``ValueError`` naming ``--model.betas`` otherwise). Default
+            PyTorch's ``(0.9, 0.999)``; SCD's QM9 fine-tuning uses ``(0.995, 0.999)``
+            (TyJPerez/SelfConditionedDenoisingAtoms ``configs/finetune_qm9.yaml``: ``beta1: 0.995``;
+            ``train.py``: ``--beta2`` default 0.999). CLI: ``--model.betas "[0.995, 0.999]"``.
         weight_decay: AdamW weight decay, applied to weight matrices only (not to biases, norms,
             embeddings, scalars such as adaLN's alpha or a mask token), as the SCD and MACE code do;
             see :func:`atomzoo.objectives.param_groups.parameter_groups`.
@@ -119,6 +124,7 @@ class Objective(L.LightningModule):
         freeze: list[str] | None = None,
         backbone_lr_multiplier: float = 1.0,
         init_check: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "plateau", "constant"):
@@ -130,6 +136,7 @@ class Objective(L.LightningModule):
             )
         self.backbone = backbone
         self.lr = lr
+        self.betas = self._check_betas(betas)
         self.weight_decay = weight_decay
         self.scheduler = scheduler
         self.warmup_steps = warmup_steps
@@ -159,6 +166,17 @@ class Objective(L.LightningModule):
         self.backbone_lr_multiplier = float(backbone_lr_multiplier)
         self.init_check = bool(init_check)
         self._step_zero = None  # init_check.StepZeroCheck from setup to the first training batch
+
+    @staticmethod
+    def _check_betas(option) -> tuple[float, float]:
+        """AdamW's ``(beta1, beta2)`` as two floats in ``[0, 1)``; ``ValueError`` naming the option otherwise."""
+        try:
+            betas = tuple(float(b) for b in option)
+        except (TypeError, ValueError):
+            betas = ()
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas={option!r}: give two numbers in [0, 1), e.g. [0.9, 0.999] (--model.betas)")
+        return betas
 
     @staticmethod
     def _check_drop_path(option, backbone) -> tuple[float, float] | None:
@@ -415,7 +433,7 @@ class Objective(L.LightningModule):
         # weight decay on weight matrices only (objectives/param_groups.py: as the SCD and MACE code)
         groups = parameter_groups(self, self.weight_decay, only=self.trainable_parameters())
         groups = scale_learning_rate(groups, self.backbone.parameters(), self.backbone_lr_multiplier, self.lr)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
         if self.scheduler == "plateau":
             # warmup is applied in optimizer_step; the plateau scheduler owns the lr afterwards
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(

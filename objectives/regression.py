@@ -10,7 +10,8 @@ to physical units:
 where ``ref(z)`` is the optional sum of per-element reference energies (QM9's atom references for
 U0/U/H/G), ``mu`` the training-set mean (per atom for sum pooling) and ``sigma`` the training-set
 standard deviation of the residual. The loss (L1 or MSE) is taken on ``(y_hat - y) / sigma`` so that
-several targets weigh equally. The final sums are done in float64: QM9's U0 is ~1e4 eV, where
+several targets weigh equally (``standardize_loss=False``: on ``y_hat - y`` in the target's unit, as SCD's
+and Zaidi et al.'s QM9 fine-tuning). The final sums are done in float64: QM9's U0 is ~1e4 eV, where
 float32 resolves only ~1 meV.
 
 Metrics: mean absolute error per target in the target's unit, shown in meV for eV targets
@@ -133,6 +134,14 @@ class Regression(Objective):
             refit). ``False``: only the mean per atom is removed.
         standardize: scale outputs by training-set statistics (strongly recommended).
         loss: ``"l1"`` or ``"mse"`` on standardised errors.
+        standardize_loss: ``True`` (default): the target loss is ``L((y_hat - y) / sigma)``, dimensionless.
+            ``False``: ``L(y_hat - y)`` on the error in the target's unit (eV for QM9 HOMO; with ``mse``,
+            eV^2), the outputs still de-standardised by ``standardize``'s statistics -- SCD's and Zaidi
+            et al.'s QM9 fine-tuning (torchmd-net's ``mse_loss(pred, batch.y)`` on the prediction
+            ``std * sum_i o_i + mean``: TyJPerez/SelfConditionedDenoisingAtoms ``models/trainer.py``
+            ``training_step`` / ``step``, shehzaidi/pre-training-via-denoising ``torchmdnet/module.py``).
+            The loss scale then grows with sigma^2 (MSE), which changes its weight against the auxiliary
+            denoising term and the gradient clipping. Force and stress terms are unaffected.
         head_hidden: hidden size of the per-atom heads (default ``width // 2``; 0: one Linear layer,
             which with ``freeze_backbone`` is a linear probe).
         forces: also predict forces ``-dE/dpos`` of the target ``energy`` and train on them (needs
@@ -172,6 +181,7 @@ class Regression(Objective):
         aux_denoising_weight: float | str = 0.0,
         aux_denoising_sigma: float = 0.005,
         aux_denoising_pretrained_head: bool = True,
+        standardize_loss: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
@@ -188,6 +198,7 @@ class Regression(Objective):
         self.use_atomref = atomref
         self.fit_atomref = fit_atomref
         self.standardize = standardize
+        self.standardize_loss = bool(standardize_loss)
         self.loss_name = loss
         num = len(self.targets)
         self.heads = nn.ModuleList(AtomwiseMLP(backbone.width, 1, head_hidden) for _ in range(num))
@@ -431,9 +442,9 @@ class Regression(Objective):
 
     # ----- the loss (the objective contract) and the steps ------------------------------------------
     def supervised_loss(self, pred: Tensor, forces: Tensor | None, batch, stress: Tensor | None = None) -> Tensor:
-        """Standardised target loss, plus the weighted force loss when ``forces`` is given and the
-        weighted stress loss when ``stress`` is (module docstring)."""
-        loss = self.target_loss(pred, batch.y, self.std)
+        """Standardised target loss (in the target's unit with ``standardize_loss=False``), plus the weighted
+        force loss when ``forces`` is given and the weighted stress loss when ``stress`` is (module docstring)."""
+        loss = self.target_loss(pred, batch.y, self.std if self.standardize_loss else torch.ones_like(self.std))
         if forces is None:
             return loss
         loss = self.energy_weight * loss + self.force_weight * self.force_loss(forces, batch.forces, self.force_rms)

@@ -10,7 +10,8 @@ objective's own terms, not only that a loss came out:
   encoder, the masked context view (``mask_ratio`` 0.15 as shipped) works with this backbone;
 * JEPA-SIGReg: the logged total is prediction + 0.1 x SIGReg;
 * regression / fine-tuning: the HOMO MAE in meV; fine-tuning's auxiliary denoising and drop-path
-  schedule (0.15 at the start) are active.
+  schedule (0.15 at the start) are active; the references' recipes (``finetune_*_recipe``): MSE in
+  eV, sum pooling, their betas, and Zaidi et al.'s lr, weight decay, weight 0.1 and no drop-path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from atomzoo.cli import run
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTIVES = sorted(p.stem for p in (ROOT / "configs/objectives").glob("*.yaml"))
 BACKBONES = sorted(p.stem for p in (ROOT / "configs/backbones").glob("*.yaml"))
-SUPERVISED = {"regression", "finetune"}
+SUPERVISED = {"regression", "finetune", "finetune_scd_recipe", "finetune_zaidi_recipe"}
 #: objectives trained on time-ordered trajectories (windows of frames), not on single QM9 structures
 TRAJECTORY = {"world_model"}
 FIXTURE = ROOT / "tests/data/trajectories/xtb_qm9_md.extxyz"
@@ -88,6 +89,12 @@ def test_shipped_objective_with_shipped_backbone(objective, backbone, cache_dir,
         assert m["train/loss"] == pytest.approx(m["train/pred_loss"] + 0.1 * m["train/sigreg"], rel=1e-4)
     if objective in SUPERVISED:
         assert m["val/homo_mae_meV"] > 0
-    if objective == "finetune":
+    if objective in ("finetune", "finetune_scd_recipe"):
         assert "train/aux_denoising" in m
         assert m["train/drop_path"] == pytest.approx(0.15, abs=1e-3)
+    if objective.endswith("_recipe"):  # the references' recipes: MSE in eV, sum pooling (their headers)
+        assert model.loss_name == "mse" and not model.standardize_loss and bool(model.sum_pooled.all())
+        assert model.betas == ((0.995, 0.999) if objective == "finetune_scd_recipe" else (0.9, 0.999))
+    if objective == "finetune_zaidi_recipe":
+        assert "train/aux_denoising" in m and model.aux_denoising_weight == pytest.approx(0.1)
+        assert m["train/drop_path"] == 0.0 and model.lr == pytest.approx(4e-4) and model.weight_decay == 0.0

@@ -37,6 +37,8 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
           data: configs/data/rmd17.yaml       # default: finetune.data
           args: [--data.molecule, ethanol]    # placed where a target's --data.targets goes
           metric: test/forces_mae_meV_per_A   # the test metric reported (default test/<task>_mae_<unit>)
+          final_args: [--trainer.gradient_clip_val, "1.0"]   # optional: placed last (after common_args,
+                                              # finetune.args and probe_args), so they win over both
           overrides: {mace: {avg_num_neighbors: 8.0}}   # backbone init_args for this task only
       label_budgets: [1000, 10000]
       seeds: [0, 1, 2]
@@ -149,13 +151,16 @@ class Cell:
 @dataclass
 class Task:
     """A fine-tuning task: its data config (``None``: the section's), CLI arguments, reported test
-    metric (``None``: ``test/<name>_mae_<unit>``) and per-backbone ``init_args`` overrides."""
+    metric (``None``: ``test/<name>_mae_<unit>``), per-backbone ``init_args`` overrides and the CLI
+    arguments placed last in its cells (``final_args``: they win over ``common_args`` and
+    ``finetune.args``, e.g. a fine-tuning recipe's batch size or gradient clipping)."""
 
     name: str
     args: list[str]
     data: str | None = None
     metric: str | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    final_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -242,9 +247,10 @@ def _tasks(finetune: dict[str, Any]) -> dict[str, Task]:
     tasks = {}
     for name, spec in finetune["tasks"].items():
         spec = dict(spec or {})
-        _unknown(spec, {"data", "args", "metric", "overrides"}, f"finetune.tasks.{name}")
+        _unknown(spec, {"data", "args", "metric", "overrides", "final_args"}, f"finetune.tasks.{name}")
         tasks[str(name)] = Task(str(name), [str(a) for a in spec.get("args", [])], spec.get("data"), spec.get("metric"),
-                                {str(b): dict(o) for b, o in (spec.get("overrides") or {}).items()})
+                                {str(b): dict(o) for b, o in (spec.get("overrides") or {}).items()},
+                                [str(a) for a in spec.get("final_args", [])])
     return tasks
 
 
@@ -457,6 +463,7 @@ def _finetune_cell(matrix: Matrix, backbone: str, objective: str, rate: float, t
     args += [*matrix.common_args, *map(str, ft["args"])]
     if mode == "linear_probe":
         args += [*map(str, ft["probe_args"])]
+    args += task.final_args
     args += _early_stopping_args(ft.get("early_stopping"), task)
     scratch = matrix.objectives[objective] is None
     pretrain_seed = None if scratch else pretrain_seed
