@@ -62,7 +62,9 @@ ATOM_MASK = "atom_mask"
 
 #: Parameters that may be absent from checkpoints written before atom masking existed (atomzoo <= 0.2):
 #: loading such a checkpoint keeps this module's freshly initialised value (see ``_load_from_state_dict``).
-OPTIONAL_PARAMETERS = ("mask_embedding", "neighbor_mask_embedding")
+#: ``avg_num_neighbors``: MACE's buffer, saved only when it is not the configured number ("auto"), so
+#: files of an explicit number lack it; MACE's ``_load_from_state_dict`` then keeps its own value.
+OPTIONAL_PARAMETERS = ("mask_embedding", "neighbor_mask_embedding", "avg_num_neighbors")
 
 
 def atom_mask(data) -> Tensor | None:

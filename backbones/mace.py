@@ -43,9 +43,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -63,6 +65,25 @@ _WEIGHTS_ONLY_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 #: Average number of neighbours within 5 A in QM9: 15.6, measured on 5,000 random molecules of the
 #: qm9pack CSVs (18.1 atoms per molecule on average). MACE divides every aggregated message by it.
 QM9_AVG_NUM_NEIGHBORS_5A = 15.6
+
+#: ``avg_num_neighbors="auto"``: computed from the training split at setup (mace-torch's
+#: ``--compute_avg_num_neighbors``, on by default in ``mace_run_train``).
+AUTO = "auto"
+
+
+def _avg_num_neighbors_value(value) -> float:
+    """The buffer value of the ``avg_num_neighbors`` option: NaN for ``"auto"`` (not computed yet), else the
+    number. Raises ``ValueError`` for anything but ``"auto"`` or a finite number > 0."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return math.nan
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"MACE avg_num_neighbors must be 'auto' or a positive number, got {value!r} "
+                         "(--model.backbone.init_args.avg_num_neighbors)")  # fmt: skip
+    return number
 
 
 def import_mace():
@@ -159,9 +180,25 @@ class MACE(Backbone):
         hidden_irreps: node feature irreps of every layer; must contain ``0e`` (scalars), and ``1o``
             for vector outputs. Use ``"Cx0e+Cx1o"`` with one multiplicity C, as mace-torch does.
         radial_MLP: hidden sizes of the MLP that turns the radial basis into tensor-product weights.
-        avg_num_neighbors: messages are divided by this number. The default, 15.6, is the average
-            number of neighbours within 5 A in QM9 (:data:`QM9_AVG_NUM_NEIGHBORS_5A`); set it for
-            your data set / cutoff (mace-torch computes it from the training set).
+        avg_num_neighbors: every aggregated message is divided by this number (mace-torch's
+            ``avg_num_neighbors``). ``"auto"`` (the default of ``configs/backbones/mace.yaml``, as
+            ``mace_run_train``'s ``--compute_avg_num_neighbors`` is on by default): the mean number of
+            neighbours per atom within ``cutoff`` over the TRAINING split, computed once when an
+            objective is set up on an atomzoo DataModule (``AtomsDataModule.neighbour_statistics``:
+            cached per-structure edge counts of the model's own neighbour list, periodic images
+            included, streamed from the store) and logged in one line; until then ``forward`` raises
+            ``ValueError``. Pure Python without a Trainer: :meth:`set_avg_num_neighbors`. A number is
+            used as given. The Python default stays 15.6, the average number of neighbours within
+            5 A in QM9 (:data:`QM9_AVG_NUM_NEIGHBORS_5A`). Either way the value used is the buffer
+            ``avg_num_neighbors`` (float64), saved in the state dict whenever it is not the configured
+            number ("auto", :meth:`set_avg_num_neighbors`, or loaded from such a file; an explicit
+            number's state dict keeps mace-torch's keys), so checkpoints, exports and ``atomzoo.load``
+            keep it without data, and ``init_from`` takes the pretrained model's (as mace-torch's
+            fine-tuning keeps the foundation model's; a configured number it replaces is warned about). mace-torch's
+            ``compute_avg_num_neighbors`` averages over atoms with at least one neighbour; this is
+            edges / atoms (an isolated atom counts 0): the same whenever every atom has a neighbour.
+            ``ValueError``: neither ``"auto"`` nor a positive number; a training split without
+            neighbours within the cutoff.
         atomic_numbers: the element set the one-hot node attributes cover; default H, C, N, O, F
             (QM9). Other elements raise an error; widen the list for other data sets (PCQM4Mv2...).
         interaction_first / interaction: names of mace-torch interaction classes
@@ -209,7 +246,7 @@ class MACE(Backbone):
         num_interactions: int = 2,
         hidden_irreps: str = "128x0e+128x1o",
         radial_MLP: Sequence[int] = (64, 64, 64),
-        avg_num_neighbors: float = QM9_AVG_NUM_NEIGHBORS_5A,
+        avg_num_neighbors: float | Literal["auto"] = QM9_AVG_NUM_NEIGHBORS_5A,
         atomic_numbers: Sequence[int] = (1, 6, 7, 8, 9),
         interaction_first: str = "RealAgnosticInteractionBlock",
         interaction: str = "RealAgnosticResidualInteractionBlock",
@@ -218,6 +255,7 @@ class MACE(Backbone):
         condition_dim: int = 0,
         dtype: str | None = None,
     ) -> None:
+        neighbours = _avg_num_neighbors_value(avg_num_neighbors)
         mace_modules, o3 = import_mace()
         if dtype is not None and dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
@@ -255,6 +293,12 @@ class MACE(Backbone):
         self._scalar_slice = scalar_slice
         self._vector_slice = vector_slice
         self.register_buffer("atomic_numbers", torch.tensor(zs, dtype=torch.int64))
+        # the message normalisation in use, NaN while "auto" is not computed; float64. In the state dict when it
+        # is not the configured number ("auto", set or loaded): an explicit number's files stay as they were
+        self.register_buffer("avg_num_neighbors", torch.tensor(neighbours, dtype=torch.float64),
+                             persistent=math.isnan(neighbours))  # fmt: skip
+        self._avg_num_neighbors_pending = math.isnan(neighbours)
+        self._avg_num_neighbors_given = None if math.isnan(neighbours) else neighbours  # a number in the config
         z_to_index = torch.full((max(zs) + 1,), -1, dtype=torch.int64)
         z_to_index[torch.tensor(zs)] = torch.arange(len(zs))
         self.register_buffer("z_to_index", z_to_index, persistent=False)
@@ -294,7 +338,7 @@ class MACE(Backbone):
                     edge_feats_irreps=edge_feats_irreps,
                     target_irreps=interaction_irreps_first if i == 0 else interaction_irreps,
                     hidden_irreps=hidden,
-                    avg_num_neighbors=float(avg_num_neighbors),
+                    avg_num_neighbors=neighbours,
                     radial_MLP=[int(h) for h in radial_MLP],
                 )
                 self.interactions.append(block)
@@ -312,6 +356,98 @@ class MACE(Backbone):
             self.conditioning = condition_modules(num_interactions, num_scalars, condition_dim)
             self.mask_embedding = torch.nn.Parameter(torch.full((len(zs),), 1.0 / len(zs)))
         self.drop_path = DropPath()  # per-atom stochastic depth of each residual update; rate set by objectives
+
+    # ----- avg_num_neighbors: "auto" is computed from the training split at setup -----------------
+    def set_avg_num_neighbors(self, value: float) -> None:
+        """Use ``value`` (a finite number > 0) as the message normalisation: the buffer and every
+        interaction block's ``avg_num_neighbors``. For "auto" in pure Python, e.g.
+        ``backbone.set_avg_num_neighbors(datamodule.neighbour_statistics(backbone.cutoff)["mean_neighbours"])``.
+
+        Raises:
+            ValueError: ``value`` is not a finite number > 0.
+        """
+        self.avg_num_neighbors.fill_(_avg_num_neighbors_value(float(value)))
+        self._non_persistent_buffers_set.discard("avg_num_neighbors")  # saved from now on
+        self._sync_avg_num_neighbors()
+
+    def _sync_avg_num_neighbors(self) -> None:
+        """Give mace-torch's interaction blocks (a Python float each) the buffer's value."""
+        buffer = self._buffers.get("avg_num_neighbors")
+        if buffer is None or buffer.is_meta:
+            return
+        value = float(buffer)
+        for block in self.interactions:
+            block.avg_num_neighbors = value
+        self._avg_num_neighbors_pending = math.isnan(value)
+
+    def neighbour_statistics_cutoff(self) -> float | None:
+        """The cutoff (Angstrom) at which this backbone needs the training split's neighbour statistics
+        (``DataSummary.neighbours``) at setup: its ``cutoff`` while ``avg_num_neighbors="auto"`` is not
+        computed, else ``None``. :meth:`atomzoo.objectives.base.Objective.setup` asks for it."""
+        return self.cutoff if getattr(self, "_avg_num_neighbors_pending", False) else None
+
+    def on_data_summary(self, summary) -> str | None:
+        """Take ``avg_num_neighbors="auto"`` from the DataModule's
+        :class:`~atomzoo.nn.statistics.DataSummary` (``summary.neighbours["mean_neighbours"]``, the
+        training split's neighbours per atom within ``cutoff``), called by the objective at setup.
+
+        A value already set (a number, one computed before, or loaded from a checkpoint / ``init_from``
+        file) is kept: the weights were trained with it. Without neighbour statistics (``summary``
+        ``None``: not an atomzoo DataModule) nothing changes and ``forward`` raises.
+
+        Returns:
+            the line to log (the value, the cutoff and the split it comes from), or ``None``.
+
+        Raises:
+            ValueError: statistics at another cutoff; a training split without neighbours within the cutoff.
+        """
+        stats = getattr(summary, "neighbours", None)
+        if not getattr(self, "_avg_num_neighbors_pending", False) or stats is None:
+            return None
+        if abs(float(stats["cutoff_A"]) - self.cutoff) > 1e-9:
+            raise ValueError(f"MACE avg_num_neighbors='auto': neighbour statistics at {stats['cutoff_A']} A, "
+                             f"the backbone's cutoff is {self.cutoff} A")  # fmt: skip
+        mean = float(stats["mean_neighbours"])
+        if not mean > 0:
+            raise ValueError(
+                f"MACE avg_num_neighbors='auto': the training split has no neighbours within the cutoff "
+                f"({self.cutoff:g} A); give a number with --model.backbone.init_args.avg_num_neighbors or a larger cutoff"
+            )
+        self.set_avg_num_neighbors(mean)
+        unusual = "; unusual (mace-torch warns outside 2-100)" if not 2 <= mean <= 100 else ""
+        return (f"MACE avg_num_neighbors = {mean:.6g} (auto: mean neighbours per atom within {self.cutoff:g} A "
+                f"over the training split, {summary.dataset}{unusual})")  # fmt: skip
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # fmt: skip
+        # a file with the buffer ("auto" or set): its value replaces ours, and is saved from now on; a file
+        # without it (an explicit number's, or written before the buffer existed) keeps the constructor's number
+        key = prefix + "avg_num_neighbors"
+        if "avg_num_neighbors" in self._buffers:
+            if key in state_dict:
+                self._non_persistent_buffers_set.discard("avg_num_neighbors")
+            elif "avg_num_neighbors" not in self._non_persistent_buffers_set:
+                state_dict[key] = self.avg_num_neighbors.detach().clone()
+        given = getattr(self, "_avg_num_neighbors_given", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self._sync_avg_num_neighbors()  # the loaded value: what the weights were trained with
+        loaded = self.interactions[0].avg_num_neighbors if len(self.interactions) else math.nan
+        if given is not None and math.isfinite(loaded) and loaded != given:
+            warnings.warn(f"MACE avg_num_neighbors: the loaded weights were trained with {loaded:.6g}, which replaces "
+                          f"the configured {given:g} (as mace-torch's fine-tuning keeps the foundation model's)",
+                          stacklevel=2)  # fmt: skip
+
+    def _apply(self, fn, recurse=True):
+        # .float() / .half() / .to(dtype) convert every floating buffer: keep this one float64 (the blocks'
+        # Python float is exact), so a model loaded in float32 or trained in 16-true saves the number it uses
+        module = super()._apply(fn, recurse)
+        buffer = self._buffers.get("avg_num_neighbors")
+        blocks = self._modules.get("interactions")
+        if buffer is not None and buffer.dtype != torch.float64 and not buffer.is_meta and blocks:
+            value = float(blocks[0].avg_num_neighbors)
+            self._buffers["avg_num_neighbors"] = torch.tensor(value, dtype=torch.float64, device=buffer.device)
+        return module
 
     def element_embedding_parameters(self) -> list[torch.nn.Parameter]:
         """The element embedding is mace's ``LinearNodeEmbeddingBlock`` (one-hot -> C0 scalars).
@@ -362,6 +498,12 @@ class MACE(Backbone):
         return self._forward(data, condition)
 
     def _forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
+        if getattr(self, "_avg_num_neighbors_pending", False):
+            raise ValueError(
+                "MACE avg_num_neighbors='auto' has not been computed: train through a Trainer with an atomzoo "
+                "DataModule (set up from the training split), call backbone.set_avg_num_neighbors(value), or give "
+                "a number (avg_num_neighbors=15.6 / --model.backbone.init_args.avg_num_neighbors 15.6)"
+            )
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
         edge_index = graph.edge_index
@@ -608,5 +750,5 @@ class MACEPotential(torch.nn.Module):
         return energy.detach(), -grad
 
 
-__all__ = ["MACE", "MACE_READOUT", "QM9_AVG_NUM_NEIGHBORS_5A", "MACEConversionError", "MACEPotential", "MACEReadout",
+__all__ = ["AUTO", "MACE", "MACE_READOUT", "QM9_AVG_NUM_NEIGHBORS_5A", "MACEConversionError", "MACEPotential", "MACEReadout",
            "convert_mace_readout", "convert_mace_state", "import_mace", "mace_init_args"]

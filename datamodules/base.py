@@ -608,7 +608,8 @@ class AtomsDataModule(L.LightningDataModule):
         mol = np.repeat(np.arange(idx.size), counts)
         return np.bincount(mol * (max_z + 1) + z, minlength=idx.size * (max_z + 1)).reshape(idx.size, max_z + 1)
 
-    def data_summary(self, request: StatisticsRequest | None = None) -> DataSummary:
+    def data_summary(self, request: StatisticsRequest | None = None,
+                     neighbour_cutoff: float | None = None) -> DataSummary:  # fmt: skip
         """What a model takes from this data, in one :class:`~atomzoo.nn.statistics.DataSummary`.
 
         The one hand-off between data and model: every objective calls it once at ``setup`` (after
@@ -619,13 +620,17 @@ class AtomsDataModule(L.LightningDataModule):
         Args:
             request: the training statistics to compute (a regression model's targets, pooling, atom
                 references, forces); ``None``: metadata only (``statistics`` is then ``None``).
+            neighbour_cutoff: also the training split's :meth:`neighbour_statistics` within this cutoff
+                (Angstrom), as ``neighbours`` (with ``cutoff_A``); what a backbone's
+                ``neighbour_statistics_cutoff()`` asks for (MACE's ``avg_num_neighbors="auto"``).
+                ``None``: not computed.
 
         Returns:
             the dataset's name, the selected targets' :class:`~atomzoo.nn.statistics.TargetInfo`,
             the force unit it trains with, the store's unit record, the raw training labels' mean and
             std, the elements of the training split and of all splits, and the statistics asked for
             (:func:`~atomzoo.nn.statistics.compute_target_statistics`; with ``forces``, the training
-            forces' RMS and unit).
+            forces' RMS and unit), the neighbour statistics when ``neighbour_cutoff`` is given.
 
         Raises:
             ValueError: statistics asked of data that selects no targets, or for targets that
@@ -651,6 +656,8 @@ class AtomsDataModule(L.LightningDataModule):
             data_elements=tuple(int(z) for z in np.flatnonzero(present)),
             statistics=None if request is None else self._target_statistics(request, labels),
             training_range=self.training_range(),
+            neighbours=None if neighbour_cutoff is None else {
+                "cutoff_A": float(neighbour_cutoff), **self.neighbour_statistics(float(neighbour_cutoff))},
         )
 
     def training_range(self) -> dict | None:

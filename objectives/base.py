@@ -297,15 +297,31 @@ class Objective(L.LightningModule):
         """Lightning hook, called after the DataModule's own ``setup(stage)``: ask the DataModule once for
         its :class:`~atomzoo.nn.statistics.DataSummary` (``datamodule.data_summary(self.statistics_request())``;
         ``None`` when the data is not an AtomsDataModule), record the provenance
-        (:func:`atomzoo.objectives.provenance.on_setup`) and hand the summary to :meth:`on_data_summary`."""
+        (:func:`atomzoo.objectives.provenance.on_setup`) and hand the summary to :meth:`on_data_summary`.
+
+        A backbone may take statistics of the data too (optional hooks, duck-typed, on every submodule
+        that has them: the backbone and copies of it such as JEPA's EMA target): when one's
+        ``neighbour_statistics_cutoff()`` returns a cutoff, the summary also holds the training split's
+        neighbour statistics there (``DataSummary.neighbours``), and each one's ``on_data_summary(summary)``
+        receives the summary (before the objective's) and returns a line to log or ``None``. MACE uses
+        them for ``avg_num_neighbors="auto"`` (mace-torch's ``compute_avg_num_neighbors``)."""
         trainer = self._trainer
         self._check_precision(trainer)
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        summary = datamodule.data_summary(self.statistics_request()) if hasattr(datamodule, "data_summary") else None
+        # a backbone that takes a statistic of the data (MACE's avg_num_neighbors="auto") says at which cutoff;
+        # every such module of the objective (JEPA's EMA target is a copy of the backbone) is handed the summary
+        takers = [m for m in self.modules() if callable(getattr(m, "neighbour_statistics_cutoff", None))]
+        cutoffs = [c for c in (m.neighbour_statistics_cutoff() for m in takers) if c is not None]
+        options = {"neighbour_cutoff": cutoffs[0]} if cutoffs else {}
+        summary = (datamodule.data_summary(self.statistics_request(), **options)
+                   if hasattr(datamodule, "data_summary") else None)  # fmt: skip
         provenance.on_setup(self, stage, summary)
         if self.init_from and self.init_check and stage == "fit":
             init_check.check_settings(self.backbone, self.init_from, summary.elements if summary else None)
             self._step_zero = init_check.StepZeroCheck(self.init_from)
+        lines = [m.on_data_summary(summary) for m in takers if callable(getattr(m, "on_data_summary", None))]
+        for line in dict.fromkeys(line for line in lines if line):  # once each (the EMA copy logs the same)
+            rank_zero_info(line)
         self.on_data_summary(summary)
 
     def on_fit_start(self) -> None:

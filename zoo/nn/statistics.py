@@ -294,6 +294,10 @@ class DataSummary:
         statistics: the statistics asked for with a :class:`StatisticsRequest`, else ``None``.
         training_range: the training split's shortest distance per element pair, as
             :meth:`atomzoo.nn.training_range.TrainingRange.to_record` (``None``: not computed).
+        neighbours: the training split's neighbour statistics at the cutoff a backbone asked for
+            (``data_summary(neighbour_cutoff=...)``; MACE's ``avg_num_neighbors="auto"``):
+            ``{"cutoff_A", "mean_neighbours" (per atom), "mean_edges", "max_edges" (per structure)}``;
+            ``None``: not asked for.
     """
 
     dataset: str
@@ -305,6 +309,7 @@ class DataSummary:
     data_elements: tuple[int, ...] = ()
     statistics: TargetStatistics | None = None
     training_range: dict | None = None
+    neighbours: dict | None = None
 
 
 __all__ = ["MAX_Z", "DataSummary", "StatisticsRequest", "StreamingTargetStatistics", "TargetInfo", "TargetStatistics",
