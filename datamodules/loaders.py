@@ -42,17 +42,21 @@ def _world() -> tuple[int, int]:
 class ResumableSampler(DistributedSampler):
     """Seeded, epoch-dependent shuffling, sharded across ranks, able to skip already-seen samples.
 
-    ``skip`` samples (of this rank's share) are dropped from the start of the next iteration only.
+    ``skip`` samples (of this rank's share) are dropped from the start of the next iteration only, and
+    only when that iteration is of epoch ``skip_epoch`` (``None``: any): a run saved at an epoch's last
+    batch resumes with the next epoch, whose samples are all new.
     """
 
     def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0) -> None:
         replicas, rank = _world()
         super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.skip = 0
+        self.skip_epoch: int | None = None
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        skip, self.skip = self.skip, 0
+        skip = self.skip if self.skip_epoch in (None, self.epoch) else 0
+        self.skip, self.skip_epoch = 0, None
         return iter(indices[skip:])
 
 
@@ -145,6 +149,7 @@ class ResumableDataLoader(StoreDataLoader):
     def load_state_dict(self, state: dict) -> None:
         self.resumable_sampler.set_epoch(state["epoch"])
         self.resumable_sampler.skip = state["batches_done"] * self.batch_size
+        self.resumable_sampler.skip_epoch = int(state["epoch"])  # of this epoch only (see ResumableSampler)
 
 
 __all__ = [

@@ -27,7 +27,8 @@ injecting its own, calls ``set_epoch`` on it, and the loader (:class:`SizeBalanc
   while there are at least ``R`` structures). Metrics are sample-weighted means, so batches of
   unequal size do not bias them.
 - **Resuming mid-epoch**: the loader's ``state_dict`` records the epoch and the batches already
-  trained on; on restore the sampler skips exactly those batches of the epoch's (deterministic) list.
+  trained on; on restore the sampler skips exactly those batches of the epoch's (deterministic) list,
+  and only of that epoch: a checkpoint at an epoch's last batch resumes with the whole next epoch.
 
 Edge counts depend on the model's cutoff, which the store does not know when it is built: they are
 computed once per cutoff with the model's own neighbour list (:func:`atomzoo.nn.graph.build_graph`,
@@ -115,7 +116,8 @@ class SizeBalancedSampler(DistributedSampler):
             raise ValueError(f"{self.atoms.size} atom counts for a dataset of {len(dataset)} structures")
         self.max_atoms = None if max_atoms is None else int(max_atoms)
         self.max_edges = None if max_edges is None else int(max_edges)
-        self.skip = 0  #: batches of this rank's list to leave out of the next iteration only (resuming)
+        self.skip = 0  #: batches of this rank's list to leave out of the next iteration only (resuming) ...
+        self.skip_epoch: int | None = None  #: ... when that iteration is of this epoch (None: any)
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
     def batches(self) -> list[np.ndarray]:
@@ -144,8 +146,13 @@ class SizeBalancedSampler(DistributedSampler):
         return self.batches()[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
-        skip, self.skip = self.skip, 0
-        return iter([batch.tolist() for batch in self.rank_batches()[skip:]])
+        # a generator: the epoch and the skip are read at the first batch, not when the loader's iterator is
+        # made. Lightning makes the iterator of a resumed run before it calls set_epoch, and after a checkpoint
+        # at an epoch's last batch it moves on to the next epoch, whose batches are all new (no skip).
+        skip = self.skip if self.skip_epoch in (None, self.epoch) else 0
+        self.skip, self.skip_epoch = 0, None
+        for batch in self.rank_batches()[skip:]:
+            yield batch.tolist()
 
     def __len__(self) -> int:
         return len(self.rank_batches())
@@ -177,8 +184,11 @@ class SizeBalancedDataLoader(StoreDataLoader):
         return {"epoch": int(self.balanced_sampler.epoch), "batches_done": done}
 
     def load_state_dict(self, state: dict) -> None:
+        # the batches done are of the saved epoch only: a checkpoint at an epoch's last batch resumes with
+        # the next epoch (Lightning calls set_epoch) from its first batch
         self.balanced_sampler.set_epoch(state["epoch"])
         self.balanced_sampler.skip = int(state["batches_done"])
+        self.balanced_sampler.skip_epoch = int(state["epoch"])
 
 
 class _Batches(torch.utils.data.Dataset):

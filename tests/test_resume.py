@@ -50,17 +50,20 @@ def records(path: Path) -> list[dict]:
     return rows
 
 
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(cache_dir, tmp_path):
+@pytest.mark.parametrize("packing", [[], ["--data.max_atoms", "150"]], ids=["fixed", "packed-by-atoms"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(cache_dir, tmp_path, packing):
+    """Fixed batches of 8, and batches packed up to 150 atoms (``SizeBalancedSampler``: 7-9 molecules of
+    QM9, the epoch's packing seeded by the epoch), both resume at the next batch of the interrupted epoch."""
     a = zoo(tmp_path, "-c", str(callbacks_file(tmp_path, "a", -1)), "--trainer.default_root_dir", "a",
-            "--trainer.logger.init_args.save_dir", "a")
+            "--trainer.logger.init_args.save_dir", "a", *packing)
     assert a.returncode == 0, a.stderr[-2000:]
-    # killed at step 12, in the middle of the second epoch (8 batches per epoch); last checkpoint: step 9
+    # killed at step 12, in the middle of the second epoch (about 8 batches per epoch); last checkpoint: step 9
     b = zoo(tmp_path, "-c", str(callbacks_file(tmp_path, "b", 12)), "--trainer.default_root_dir", "b",
-            "--trainer.logger.init_args.save_dir", "b")
+            "--trainer.logger.init_args.save_dir", "b", *packing)
     assert b.returncode == -9
     resumed = zoo(tmp_path, "-c", str(callbacks_file(tmp_path, "b", -1)), "--trainer.default_root_dir", "b",
                   "--trainer.logger.init_args.save_dir", "b", "--trainer.logger.init_args.version", "0",
-                  "--ckpt_path", "last")
+                  "--ckpt_path", "last", *packing)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Restored all states" in resumed.stderr + resumed.stdout
 
@@ -69,7 +72,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(cache_dir, tmp_
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     assert steps[restart] == 10  # continued right after the step-9 checkpoint
     stitched = interrupted[: steps[restart] - 1] + interrupted[restart:]
-    assert [r["step"] for r in stitched] == list(range(1, 25))  # the same final step
+    assert [r["step"] for r in stitched] == [r["step"] for r in full] == list(range(1, len(full) + 1))
+    assert len(full) == 24 or packing  # fixed: 3 epochs of 8 batches
     assert [r["idx"] for r in stitched] == [r["idx"] for r in full]  # the same data, in the same order
     np.testing.assert_allclose([r["loss"] for r in stitched], [r["loss"] for r in full], rtol=0, atol=1e-6)
 

@@ -128,6 +128,42 @@ def test_loader_resumes_mid_epoch_with_the_next_batch(spread):
         assert spread.store.counts[batch].sum() <= 300 or len(batch) == 1
 
 
+def test_a_checkpoint_at_an_epochs_last_batch_resumes_with_the_whole_next_epoch(spread):
+    """Saved after the last batch of epoch 2 (``batches_done`` = the epoch's batches), restored, the iterator
+    made, then Lightning starts epoch 3 (``set_epoch(3)``, Lightning 2.6's order on such a resume): every
+    batch of epoch 3, none skipped -- for packed and fixed batches. (It once trained no batch at all in the
+    epoch after the checkpoint: the whole epoch was skipped.)"""
+    from atomzoo.datamodules.loaders import ResumableDataLoader
+
+    dataset = spread.dataset("train")
+    atoms = spread.store.counts[dataset.indices]
+    makers = {
+        "packed": lambda n: SizeBalancedDataLoader(dataset, SizeBalancedSampler(dataset, atoms, 300, seed=3),
+                                                   batches_done=lambda: n),
+        "fixed": lambda n: ResumableDataLoader(dataset, 4, seed=3, batches_done=lambda: n),
+    }
+    for name, make in makers.items():
+        loader = make(0)
+        loader.sampler.set_epoch(3)
+        epoch3 = [batch.idx.tolist() for batch in loader]
+        loader.sampler.set_epoch(2)
+        batches2 = len(list(loader))
+        finished = make(batches2)
+        finished.sampler.set_epoch(2)
+        saved = finished.state_dict()
+        assert saved == {"epoch": 2, "batches_done": batches2} and len(epoch3) >= 6
+        resumed = make(0)
+        resumed.load_state_dict(saved)
+        batches = iter(resumed)  # Lightning makes the iterator from the restored state first (setup_data) ...
+        resumed.sampler.set_epoch(3)  # ... then moves to the next epoch, the saved one being finished
+        assert [batch.idx.tolist() for batch in batches] == epoch3, name
+        # the same state continued in its own epoch skips the batches done: nothing is left of epoch 2
+        again = make(0)
+        again.load_state_dict(saved)
+        again.sampler.set_epoch(2)
+        assert [batch.idx.tolist() for batch in again] == [], name
+
+
 def test_edge_counts_are_the_model_graphs_and_cached(spread):
     store = spread.store
     counts = edge_counts(store, 3.0)
