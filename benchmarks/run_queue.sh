@@ -4,7 +4,9 @@
 # sizes, SchNet and ET, the force-field row), each resumable:
 # a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
 # any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
-# other core stays free. Start it in the background from the repository root:
+# other core stays free. After the main table and the backbones table, `zoo-bench probe` adds the
+# probes of their finished pretraining cells (probes.csv, committed). Start it in the background from
+# the repository root:
 #   nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
 # Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time).
 set -u
@@ -19,5 +21,11 @@ for matrix in \
     benchmarks/matrices/objectives_v2_forces.yaml; do
   echo "== $(date -u +%FT%TZ) $matrix"
   zoo-bench run "$matrix" --threads 1 --commit-results || status=$?
+  case "$matrix" in
+    *objectives_v2.yaml|*objectives_v2_backbones.yaml)  # the probes of its finished pretraining cells (resumable)
+      zoo-bench probe "$matrix" || status=$?
+      git commit -q -m "objectives_v2 probes after $(basename "$matrix")" -- benchmarks/results/objectives_v2/probes.csv \
+          benchmarks/results/objectives_v2/results.md || true ;;
+  esac
 done
 exit $status
