@@ -66,6 +66,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(cache_dir, tmp_
                   "--ckpt_path", "last", *packing)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Restored all states" in resumed.stderr + resumed.stdout
+    assert "best by None" not in resumed.stderr  # its only ModelCheckpoint has no monitor: no "best" to name
 
     full, interrupted = records(tmp_path / "a.jsonl"), records(tmp_path / "b.jsonl")
     steps = [r["step"] for r in interrupted]

@@ -517,7 +517,9 @@ class ZooCLI(LightningCLI):
         checkpoint = self.trainer.checkpoint_callback
         folder = Path(checkpoint.dirpath) if checkpoint is not None and checkpoint.dirpath else None
         if folder is not None and folder.is_dir() and self.trainer.is_global_zero:
-            best = f" (best by {checkpoint.monitor}: {Path(checkpoint.best_model_path).name})" if checkpoint.best_model_path else ""
+            best = ""
+            if checkpoint.best_model_path and checkpoint.monitor:  # a checkpoint without a monitor has no "best"
+                best = f" (best by {checkpoint.monitor}: {Path(checkpoint.best_model_path).name})"
             names = ", ".join(sorted(p.name for p in folder.glob("*.ckpt")))
             print(f"zoo: checkpoints in {folder.resolve()}: {names}{best}", file=sys.stderr, flush=True)
         if self.config.get(self.subcommand, {}).get("test_after_fit"):
