@@ -16,10 +16,10 @@ channel dimension, or built from unit edge vectors; scalars only see vector norm
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.utils import scatter
 
 from atomzoo.nn.batch import num_graphs
 from atomzoo.nn.conditioning import condition_modules
@@ -38,6 +38,78 @@ def enveloped_basis(rbf: Tensor, envelope: Tensor) -> Tensor:
     return torch.cat([rbf * envelope, envelope], dim=-1)
 
 
+#: On CPU, the message blocks work through the atom pairs in chunks whose largest per-edge tensor
+#: (``[2, pairs, 3, F]``) holds at most this many bytes. The numbers are the same up to summation order;
+#: what changes is the allocator's behaviour: glibc's ``malloc`` serves blocks above its mmap threshold
+#: (at most 32 MiB) with a fresh ``mmap`` whose pages are faulted in and zeroed on first touch, and
+#: releases them with ``munmap``,
+#: so a 53 MB ``[E, 3, F]`` temporary (QM9 batch of 128: E = 35,000 edges, F = 128) cost about 50 ms to
+#: allocate and touch against 5-7 ms for the arithmetic (``docs/performance.md``, "PaiNN with forces,
+#: 2026-12-06").
+#: Chunks of a few MB are recycled from the heap. Not used on CUDA (its caching allocator recycles
+#: blocks; one launch per op is better there) nor under ``torch.compile`` (inductor fuses the work).
+CPU_CHUNK_BYTES = 8 * 2**20
+
+
+class PairChunk(NamedTuple):
+    """One chunk of ``P`` atom pairs, both directions: ``2P`` messages.
+
+    Attributes:
+        sender, receiver: ``[2P]`` long: the pairs' selected direction ``(src, dst)`` followed by the
+            reverse ``(dst, src)``; a message flows from ``sender`` to ``receiver``.
+        unit: ``[2, P, 3]`` unit vectors from receiver to sender (the second half is the first negated).
+        radial: ``[P, R + 1]`` enveloped radial basis of the pair distances (:func:`enveloped_basis`).
+    """
+
+    sender: Tensor
+    receiver: Tensor
+    unit: Tensor
+    radial: Tensor
+
+
+class PairGeometry:
+    """What PaiNN's message blocks need of the radius graph, one entry per atom pair.
+
+    The radial filter depends on the distance only and the unit edge vector of the reverse edge is the
+    negated one, so both are computed once per pair (``P = E / 2`` edges selected by
+    :meth:`atomzoo.nn.graph.Graph.pair_mask`, as SchNet's :class:`~atomzoo.backbones.schnet.PairGraph`)
+    and used for both messages of the pair. The results equal a per-edge computation up to the order
+    of summation.
+
+    Attributes:
+        src, dst: ``[P]`` long, the selected direction of every pair.
+        unit: ``[P, 3]`` unit vectors ``vec / length`` of the selected direction.
+        radial: ``[P, R + 1]`` :func:`enveloped_basis` of the pair distances.
+    """
+
+    def __init__(self, src: Tensor, dst: Tensor, unit: Tensor, radial: Tensor) -> None:
+        self.src, self.dst, self.unit, self.radial = src, dst, unit, radial
+
+    @classmethod
+    @torch.compiler.disable  # boolean selection: data-dependent size, eager under torch.compile
+    def of(cls, graph: Graph, rbf: nn.Module, cutoff: float) -> "PairGeometry":
+        pair = graph.pair_mask()
+        src, dst = graph.edge_index[:, pair]
+        vec, length = graph.vec[pair], graph.length[pair]
+        unit = vec / length.clamp_min(1e-9).unsqueeze(-1)  # as Graph.unit
+        return cls(src, dst, unit, enveloped_basis(rbf(length), cosine_cutoff(length, cutoff)))
+
+    def chunks(self, pairs_per_chunk: int | None) -> list[PairChunk]:
+        """The pairs in consecutive chunks of at most ``pairs_per_chunk`` (None: one chunk); always at
+        least one chunk, possibly empty (a graph without edges)."""
+        if pairs_per_chunk is None:  # no Python arithmetic on the (symbolic, under torch.compile) pair count
+            return [PairChunk(torch.cat([self.src, self.dst]), torch.cat([self.dst, self.src]),
+                              torch.stack([self.unit, -self.unit]), self.radial)]
+        total, size = self.src.numel(), max(pairs_per_chunk, 1)
+        out = []
+        for start in range(0, max(total, 1), size):
+            src, dst = self.src[start:start + size], self.dst[start:start + size]
+            unit = self.unit[start:start + size]
+            out.append(PairChunk(torch.cat([src, dst]), torch.cat([dst, src]), torch.stack([unit, -unit]),
+                                 self.radial[start:start + size]))
+        return out
+
+
 class PaiNNMessage(nn.Module):
     """Message block (paper eqs. 7-8, Fig. 2b).
 
@@ -53,21 +125,31 @@ class PaiNNMessage(nn.Module):
         self.phi = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 3 * width))
         self.filter = nn.Linear(num_rbf, 3 * width)
 
-    def forward(self, s: Tensor, v: Tensor, graph: Graph, radial: Tensor) -> tuple[Tensor, Tensor]:
-        """``s`` ``[N, F]``, ``v`` ``[N, 3, F]``, ``radial`` ``[E, R + 1]`` (:func:`enveloped_basis`) -> ``(ds, dv)``.
+    def forward(self, s: Tensor, v: Tensor | None, chunks: list[PairChunk]) -> tuple[Tensor, Tensor]:
+        """``s`` ``[N, F]``, ``v`` ``[N, 3, F]`` or None (all zero: the first block), ``chunks`` from
+        :meth:`PairGeometry.chunks` -> ``(ds [N, F], dv [N, 3, F])``.
 
         The filter times the envelope, ``(W rbf + b) * fcut``, is computed as one product
-        ``[rbf * fcut, fcut] @ [W, b]^T``: the same numbers without an ``[E, 3F]`` multiplication
-        (the step is memory-bound on its ``[E, 3F]`` and ``[E, 3, F]`` tensors).
+        ``[rbf * fcut, fcut] @ [W, b]^T`` per pair (``[P, 3F]``) and broadcast over the pair's two
+        messages. With ``v = None`` the neighbour-vector term ``v_j * gate`` is zero and skipped (its
+        gradient is zero too). Messages are summed with ``index_add_`` in the messages' dtype.
         """
-        src, dst = graph.edge_index
+        n, width = s.size(0), self.width
         weight = torch.cat([self.filter.weight, self.filter.bias.unsqueeze(-1)], dim=-1)  # [3F, R + 1]
-        x = self.phi(s).index_select(0, src) * nn.functional.linear(radial, weight)  # [E, 3F]
-        ds_edge, gate_v, gate_dir = torch.split(x, self.width, dim=-1)
-        dv_edge = v.index_select(0, src) * gate_v.unsqueeze(1) + graph.unit.unsqueeze(-1) * gate_dir.unsqueeze(1)
-        n = s.size(0)
-        ds = scatter(ds_edge, dst, dim=0, dim_size=n, reduce="sum")
-        dv = scatter(dv_edge, dst, dim=0, dim_size=n, reduce="sum")
+        h = self.phi(s)  # [N, 3F]
+        ds = dv = None
+        for chunk in chunks:
+            pairs = chunk.radial.size(0)
+            # [2, P, 3F]: both directions of every pair share the pair's filter
+            x = h.index_select(0, chunk.sender).view(2, pairs, 3 * width) * nn.functional.linear(chunk.radial, weight)
+            ds_edge, gate_v, gate_dir = torch.split(x, width, dim=-1)
+            dv_edge = chunk.unit.unsqueeze(-1) * gate_dir.unsqueeze(2)  # [2, P, 3, F]
+            if v is not None:
+                dv_edge = v.index_select(0, chunk.sender).view(2, pairs, 3, width) * gate_v.unsqueeze(2) + dv_edge
+            if ds is None:
+                ds, dv = ds_edge.new_zeros(n, width), dv_edge.new_zeros(n, 3, width)
+            ds.index_add_(0, chunk.receiver, ds_edge.reshape(2 * pairs, width))
+            dv.index_add_(0, chunk.receiver, dv_edge.view(2 * pairs, 3, width))
         return ds, dv
 
 
@@ -107,9 +189,10 @@ class PaiNNInteraction(nn.Module):
         self.message = PaiNNMessage(width, num_rbf)
         self.update = PaiNNUpdate(width)
 
-    def forward(self, s: Tensor, v: Tensor, graph: Graph, radial: Tensor) -> tuple[Tensor, Tensor]:
-        ds_m, dv_m = self.message(s, v, graph, radial)
-        ds_u, dv_u = self.update(s + ds_m, v + dv_m)
+    def forward(self, s: Tensor, v: Tensor | None, chunks: list[PairChunk]) -> tuple[Tensor, Tensor]:
+        """``v = None`` stands for zero vectors (before the first block)."""
+        ds_m, dv_m = self.message(s, v, chunks)
+        ds_u, dv_u = self.update(s + ds_m, dv_m if v is None else v + dv_m)
         return ds_m + ds_u, dv_m + dv_u
 
 
@@ -144,6 +227,10 @@ class PaiNN(Backbone):
     ``sqrt(6 / (fan_in + fan_out_fused))``, as in schnetpack.
 
     Output: scalars ``[N, F]`` (invariant), vectors ``[N, 3, F]`` (equivariant, x/y/z on dim 1).
+
+    Implementation (speed, not maths): filters and unit vectors once per atom pair
+    (:class:`PairGeometry`), the first block without the zero neighbour-vector term, and on CPU the
+    per-edge work in chunks of at most :data:`CPU_CHUNK_BYTES` (``docs/performance.md``).
     """
 
     periodic = True  # all geometry comes from self.graph(data), periodic images included
@@ -190,20 +277,24 @@ class PaiNN(Backbone):
     def forward(self, data, condition: Tensor | None = None) -> BackboneOutput:
         self.check_condition(condition, num_graphs(data))
         graph = self.graph(data)
-        radial = enveloped_basis(self.rbf(graph.length), cosine_cutoff(graph.length, self.cutoff))
         s = self.apply_atom_mask(self.embedding(data.z), data, self.mask_embedding)
-        v = s.new_zeros(s.size(0), 3, self.width)
+        pairs = PairGeometry.of(graph, self.rbf, self.cutoff)
+        chunked = s.device.type == "cpu" and not torch.compiler.is_compiling()
+        chunks = pairs.chunks(CPU_CHUNK_BYTES // (6 * self.width * s.element_size()) if chunked else None)
+        v = None  # vectors start at zero; the first block skips them
         cond = self.conditioning.prepare(condition, num_graphs(data)) if self.conditioning is not None else None
         for i, interaction in enumerate(self.interactions):
             if cond is None:
-                ds, dv = interaction(s, v, graph, radial)
+                ds, dv = interaction(s, v, chunks)
             else:
                 s_mod, gate = self.conditioning[i](s, cond, data.batch)
-                ds, dv = interaction(s_mod, v, graph, radial)
+                ds, dv = interaction(s_mod, v, chunks)
                 ds = gate * ds
             ds, dv = self.drop_path(ds, dv)
             s = s + ds
-            v = v + dv
+            v = dv if v is None else v + dv
+        if v is None:  # no interaction blocks
+            v = s.new_zeros(s.size(0), 3, self.width)
         return BackboneOutput(scalars=s, vectors=v, graph=graph)
 
 
