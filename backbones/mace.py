@@ -380,6 +380,17 @@ class MACE(Backbone):
             block.avg_num_neighbors = value
         self._avg_num_neighbors_pending = math.isnan(value)
 
+    def file_buffers(self, init_args: dict) -> dict[str, torch.Tensor]:
+        """Buffers a model file implies through its recorded constructor arguments but does not hold: a file
+        of an explicit ``avg_num_neighbors`` (converted mace-torch models, files written before the buffer
+        existed) loaded into this backbone while its ``"auto"`` is not computed yet gives that number, as
+        mace-torch's fine-tuning keeps the foundation model's. :func:`atomzoo.model_files.load_into_backbone`
+        adds them to the file's weights when missing. ``{}`` when the number is set here already."""
+        number = init_args.get("avg_num_neighbors")
+        if not getattr(self, "_avg_num_neighbors_pending", False) or isinstance(number, str) or number is None:
+            return {}
+        return {"avg_num_neighbors": torch.tensor(_avg_num_neighbors_value(float(number)), dtype=torch.float64)}
+
     def neighbour_statistics_cutoff(self) -> float | None:
         """The cutoff (Angstrom) at which this backbone needs the training split's neighbour statistics
         (``DataSummary.neighbours``) at setup: its ``cutoff`` while ``avg_num_neighbors="auto"`` is not

@@ -296,9 +296,10 @@ def test_shipped_mace_files_keep_their_number(tmp_path):
 
 
 @requires_mace
-def test_auto_fine_tuned_from_a_file_of_another_number_is_refused_at_step_0(tmp_path):
-    """A file of an explicit number holds no buffer: "auto" computes its own from the fine-tuning data, so the
-    loaded backbone no longer reproduces the pretrained one and init_from's step-0 check refuses, naming it."""
+def test_auto_fine_tuned_from_a_file_of_a_number_keeps_that_number(tmp_path):
+    """A file of an explicit number holds no buffer; its recorded init_args give the number. "auto" fine-tuned
+    from it keeps the file's 3.0 (as mace-torch's fine-tuning keeps the foundation model's), so the step-0 check
+    passes and the fine-tuning data's own count (about 8) is not used."""
     from atomzoo.backbones import MACE
     from atomzoo.datamodules import RMD17DataModule
     from atomzoo.model_files import read
@@ -307,7 +308,30 @@ def test_auto_fine_tuned_from_a_file_of_another_number_is_refused_at_step_0(tmp_
     converted = ROOT / "tests" / "data" / "mace_foundation" / "mace_small.safetensors"
     args = {**read(converted).backbone["init_args"], "avg_num_neighbors": "auto"}
     model = Regression(MACE(**args), targets=["energy"], forces=False, warmup_steps=1, init_from=str(converted))
+    assert float(model.backbone.avg_num_neighbors) == 3.0 and model.backbone.interactions[0].avg_num_neighbors == 3.0
     dm = RMD17DataModule(root=str(MD17), molecule="ethanol", cache_dir=str(tmp_path), num_train=20, num_val=5,
                          num_test=5, batch_size=5)  # fmt: skip
-    with pytest.raises(ValueError, match=r"step-0 check failed.*avg_num_neighbors: file 3\.0, model \d"):
-        L.Trainer(**{**QUIET, "precision": "64-true"}).fit(model, datamodule=dm)
+    L.Trainer(**{**QUIET, "precision": "64-true"}).fit(model, datamodule=dm)
+    assert model.backbone.interactions[0].avg_num_neighbors == 3.0
+
+
+@requires_mace
+def test_a_number_configured_backbone_fine_tunes_from_an_auto_file(tmp_path):
+    """The other way round: a backbone configured with a number, init_from a file trained with "auto" (its
+    buffer saved): the file's number is loaded (with a warning), not refused as an unknown tensor."""
+    from atomzoo.backbones import MACE
+    from atomzoo.export import export_backbone
+    from atomzoo.objectives import Regression
+
+    auto = Regression(MACE(**TINY, atomic_numbers=SLAB_ELEMENTS, avg_num_neighbors="auto"), targets=["energy"],
+                      forces=False, warmup_steps=1)  # fmt: skip
+    trainer = L.Trainer(**QUIET)
+    trainer.fit(auto, datamodule=slab_data(tmp_path))
+    value = float(auto.backbone.avg_num_neighbors)
+    assert math.isfinite(value) and value != 15.6
+    ckpt = tmp_path / "auto.ckpt"
+    trainer.save_checkpoint(ckpt)
+    with pytest.warns(UserWarning, match=f"trained with {value:.6g}, which replaces the configured 15.6"):
+        tuned = Regression(MACE(**TINY, atomic_numbers=SLAB_ELEMENTS, avg_num_neighbors=15.6), targets=["energy"],
+                           forces=False, warmup_steps=1, init_from=str(ckpt))  # fmt: skip
+    assert tuned.backbone.interactions[0].avg_num_neighbors == value

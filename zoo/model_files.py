@@ -615,7 +615,10 @@ def check_backbone_compatible(backbone: nn.Module, weights: Mapping[str, Tensor]
             )
     own = backbone.state_dict()
     missing = sorted(k for k in set(own) - set(weights) if k not in OPTIONAL_PARAMETERS)
-    unexpected = sorted(set(weights) - set(own))
+    # a buffer the backbone has but does not save (MACE's avg_num_neighbors when given as a number) may come
+    # with the file: the backbone's own loading decides what to do with it
+    buffers = {name for name, _ in backbone.named_buffers()}
+    unexpected = sorted(set(weights) - set(own) - buffers)
     shapes = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape)]  # fmt: skip
     if missing or unexpected or shapes:
@@ -647,10 +650,18 @@ def load_into_backbone(backbone: nn.Module, path: str | Path) -> ModelFile:
             f"init_from: {path} does not exist (to reload a fine-tuned checkpoint without it, pass init_from=None)"
         )
     model = read(path)
-    weights = model.backbone_weights
+    weights = _with_file_buffers(backbone, model.backbone_weights, model.backbone)
     check_backbone_compatible(backbone, weights, model.backbone, str(path))
     backbone.load_state_dict(weights, strict=True)
     return model
+
+
+def _with_file_buffers(backbone: nn.Module, weights: Mapping[str, Tensor], spec: dict) -> dict[str, Tensor]:
+    """``weights`` plus the buffers the file implies through its constructor arguments and does not hold
+    (the backbone's optional ``file_buffers(init_args)``, e.g. MACE's ``avg_num_neighbors``)."""
+    implied = getattr(backbone, "file_buffers", None)
+    extra = implied(spec.get("init_args") or {}) if callable(implied) else {}
+    return {**{k: v for k, v in extra.items() if k not in weights}, **weights}
 
 
 def build_backbone(path: str | Path) -> nn.Module:
