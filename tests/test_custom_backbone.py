@@ -25,7 +25,7 @@ def examples_on_path(monkeypatch):
 
 @pytest.mark.parametrize("objective", OBJECTIVES, ids=lambda p: p.stem)
 def test_custom_backbone_trains_with_every_objective(objective, cache_dir, tmp_path, examples_on_path):
-    supervised = objective.stem == "regression"
+    supervised = objective.stem == "regression" or objective.stem.startswith("finetune_")  # the reference recipes
     if objective.stem == "world_model":  # trains on windows of a time-ordered trajectory
         data = ["-c", str(ROOT / "configs/data/trajectories.yaml"),
                 "--data.path", str(ROOT / "tests/data/trajectories/xtb_qm9_md.extxyz")]
