@@ -236,7 +236,7 @@ def test_cli_checkpoint_export_and_load_keep_the_auto_value(tmp_path, cache_dir)
             *(a for k, v in TINY.items() for a in (f"--model.backbone.init_args.{k}", str(v).replace(" ", ""))),
             "--model.backbone.init_args.atomic_numbers", str(SLAB_ELEMENTS).replace(" ", ""),
             "--data.path", str(SLABS), "--data.cache_dir", str(cache_dir), "--data.batch_size", "8",
-            "--data.num_train", "0.6", "--data.num_val", "0.2", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+            "--data.num_train", "0.6", "--data.num_val", "0.2", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]  # fmt: skip
     run(["fit", *args])

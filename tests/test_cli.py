@@ -87,7 +87,7 @@ def test_test_after_fit_records_the_splits(cache_dir, tmp_path):
     the run directory must still record which molecules were trained, validated and tested on."""
     cli = run(["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, *TINY_SCHNET,
                "--data.targets", "[homo]", "--data.train_size", "32", "--data.batch_size", "16",
-               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+               "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2",
                "--test_after_fit", "true", *common(tmp_path)])
     splits = np.load(Path(cli.trainer.log_dir) / "splits.npz")
     for name in ("train", "val", "test"):

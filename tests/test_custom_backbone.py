@@ -73,7 +73,7 @@ def test_custom_backbone_trains_on_periodic_structures(cache_dir, tmp_path, exam
         "--model.backbone.class_path", "custom_backbone.DistanceMPNN",
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_interactions", "1",
         "--model.backbone.init_args.cutoff", "4.0",
-        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--trainer.logger", "false",
+        "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2", "--trainer.logger", "false",
         "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
     ])

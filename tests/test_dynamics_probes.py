@@ -75,7 +75,7 @@ def test_probes_command_end_to_end(tmp_path):
          *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
          "--model.predictor_depth", "2", "--data.init_args.path", str(FIXTURE),
          "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
+         "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0",
          "--trainer.enable_progress_bar", "false", "--trainer.logger", json.dumps(logger),
          "--trainer.default_root_dir", str(tmp_path)])
     (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")

@@ -76,7 +76,7 @@ def test_toy_periodic_backbone_as_documented(user_module, cache_dir, tmp_path):
         "--data.path", str(CU_BULK), "--data.batch_size", "4", "--data.eval_batch_size", "4",
         "--model.backbone.class_path", f"{module}.MyNet", "--model.backbone.init_args.width", "16",
         "--model.backbone.init_args.cutoff", "4.0",
-        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.max_steps", "1", "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path),
         *QUIET,
     ])
     assert type(cli.model.backbone).__name__ == "MyNet" and cli.model.forces  # energies and forces of the file
@@ -128,7 +128,7 @@ def test_toy_dataset_as_documented(user_module, cache_dir, tmp_path):
         "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
         "--model.backbone.init_args.num_interactions", "1",
-        "--trainer.max_steps", "5", "--trainer.limit_val_batches", "1", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.max_steps", "5", "--trainer.limit_val_batches", "2", "--trainer.default_root_dir", str(tmp_path),
         *QUIET,
     ])
     assert type(cli.datamodule).__name__ == "ToyDimers" and len(cli.datamodule.store) == 64

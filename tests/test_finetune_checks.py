@@ -132,7 +132,7 @@ def test_the_readme_fine_tune_of_a_shipped_model_prints_its_step_zero_check(cach
     main(["fit", "-c", str(ROOT / "configs/data/qm9.yaml"), "-c", str(ROOT / "configs/objectives/finetune.yaml"),
           "--model.init_from", NAME, "--data.cache_dir", str(cache_dir), "--data.train_size", "16",
           "--data.batch_size", "8", "--data.eval_batch_size", "8", "--trainer.max_steps", "2",
-          "--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+          "--trainer.limit_val_batches", "2", "--trainer.logger", "false", "--trainer.callbacks", "[]",
           "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
           "--trainer.default_root_dir", str(tmp_path), "--model.warmup_steps", "1"])  # fmt: skip
     err = capsys.readouterr().err

@@ -188,7 +188,7 @@ def test_recipe_cell_runs_through_zoo_fit(recipe, cache_dir, tmp_path):
     cli = run(["fit", *args, "--data.cache_dir", str(cache_dir), "--data.train_size", "32",
                "--data.eval_batch_size", "16", "--model.backbone.init_args.width", "16",
                "--model.backbone.init_args.num_interactions", "1",
-               "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "1",
+               "--trainer.max_steps", "2", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "2",
                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                "--trainer.default_root_dir", str(tmp_path)])
     model, trainer = cli.model, cli.trainer

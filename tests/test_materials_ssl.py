@@ -92,7 +92,7 @@ TINY_PAINN = ["--model.backbone", str(ROOT / "configs" / "backbones" / "painn.ya
 def test_zoo_pretrain_finetune_with_stress_and_predict(tmp_path):
     pre = run(["fit", *common(tmp_path / "pre"), "-c", str(ROOT / "configs" / "objectives" / "denoising.yaml"),
                *TINY_PAINN, "--data.init_args.energy_key", "null", "--data.init_args.forces_key", "null",
-               "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1", "--model.warmup_steps", "1"])  # fmt: skip
+               "--trainer.max_steps", "4", "--trainer.limit_val_batches", "2", "--model.warmup_steps", "1"])  # fmt: skip
     pretrained = Path(pre.trainer.log_dir) / "checkpoints" / "last.ckpt"
     fine = run(["fit", *common(tmp_path / "fine"), "-c", str(ROOT / "configs" / "objectives" / "finetune.yaml"),
                 *TINY_PAINN, "--data.init_args.stress_key", "stress", "--model.init_from", str(pretrained),

@@ -23,7 +23,7 @@ def args(tmp_path, target, *extra, cutoff="5.0"):
             "--model.backbone.init_args.num_interactions", "1", "--model.backbone.init_args.cutoff", cutoff,
             "--data.path", str(PROPS), "--data.energy_key", "null", "--data.forces_key", "null",
             "--data.property_keys", "[propA,propB]", "--data.targets", f"[{target}]", "--data.num_train", "0.6",
-            "--data.num_val", "0.2", "--data.batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+            "--data.num_val", "0.2", "--data.batch_size", "8", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "2",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path), *extra]  # fmt: skip
 

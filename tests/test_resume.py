@@ -108,7 +108,7 @@ def test_a_pretraining_run_resumes_from_its_checkpoint(cache_dir, tmp_path):
         "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
         "--model.backbone.init_args.width", "16", "--model.backbone.init_args.num_filters", "16",
         "--model.backbone.init_args.num_interactions", "1", "--data.train_size", "64", "--data.batch_size", "8",
-        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger.init_args.save_dir", str(tmp_path),
     ]

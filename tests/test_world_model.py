@@ -53,7 +53,7 @@ def zoo_fit(tmp_path, backbone: str, *extra: str, logger: str = "false"):
 def test_trains_with_every_shipped_backbone_through_zoo_fit(backbone, tmp_path):
     assert {"schnet", "painn", "mace", "et"} <= set(BACKBONES) and set(BACKBONES) <= set(SMALL)
     cli = zoo_fit(tmp_path, backbone, "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2",
-                  "--trainer.limit_val_batches", "1", "--trainer.callbacks", "[]",
+                  "--trainer.limit_val_batches", "2", "--trainer.callbacks", "[]",
                   "--trainer.enable_checkpointing", "false")  # fmt: skip
     model, m = cli.model, {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert isinstance(model, WorldModel) and cli.trainer.global_step == 2
@@ -202,7 +202,7 @@ def test_needs_window_batches_and_enough_history_slots(tmp_path):
 def test_init_from_a_world_model_checkpoint_into_regression(tmp_path):
     backbone = {f"--model.backbone.init_args.{k}": str(v) for k, v in SCHNET.items()}
     cli = zoo_fit(tmp_path, "schnet", *(a for kv in backbone.items() for a in kv), "--trainer.max_steps", "3",
-                  "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+                  "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
                   logger=logger_option("TensorBoardLogger", save_dir=str(tmp_path), name="wm"))  # fmt: skip
     (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")
     trained = cli.model.backbone.state_dict()
