@@ -30,7 +30,11 @@ def test_cell_relax_example_smoke(example, tmp_path):
     emt, model = report["relaxation"]["emt"], report["relaxation"]["model"]
     assert emt["converged"] and emt["a_A"] == pytest.approx(3.590, abs=0.002)  # EMT's fcc Cu
     assert model["converged"] and model["steps"] >= 2, report  # it moved from 3.75 A
-    assert model["a_spread_A"] < 1e-6  # a cubic start under a symmetric stress stays cubic
+    # cubic up to the model's own instability: this 20-step model has an unstable internal mode at the fcc
+    # sites, which BFGS grows from rounding-level forces (1e-14 eV/A at the cubic start: the stress is isotropic
+    # to 1e-17 there) to 0.2 eV/A within ~6 steps, so the cell ends a few mA from cubic (2.1 mA measured with the
+    # PaiNN of 2026-12-06, whose summation order differs from the earlier one's, which stayed cubic to 1e-13 A)
+    assert model["a_spread_A"] < 5e-3
     assert 3.4 < model["a_A"] < 3.75, report  # shrank towards copper's lattice constant
     assert model["residual_stress_GPa"] < 0.05
     for run in report["npt"]["model"], report["npt"]["emt"]:
