@@ -14,6 +14,8 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
 ``probes``    ``python -m atomzoo.dynamics_probes`` (linear probes of energy, force norm and a dihedral from the
               embedding, trained on the training molecules, tested on the held-out ones, against random
               networks) -> ``docs/world_model/probes.{csv,md}``.
+``transfer0`` replicate 0 of the ``transfer`` stage below (seed-0 pretraining and its fine-tuning cells), so a
+              first transfer answer exists before the ablation runs.
 ``residual``  the ablation (not in LeWM): the same world model with ``--model.residual true`` (the predictor outputs
               the change of the embedding, starting at "no change"), 3 seeds
               (``benchmarks/matrices/world_model_residual.yaml``), then the same surprise test and probes ->
@@ -92,6 +94,11 @@ def stage_train() -> None:
     run(["zoo-bench", "run", MATRIX, "--only", "pretrain/painn64/world_model/", "--threads", "1", "--commit-results"])
 
 
+def stage_transfer_first() -> None:
+    """Replicate 0 of the transfer rows (pretraining seed 0 and its fine-tuning cells) before the ablation."""
+    run(["zoo-bench", "run", MATRIX, "--only", "/(p0|s0)$", "--threads", "1", "--commit-results"])
+
+
 def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
@@ -120,7 +127,7 @@ def stage_residual() -> None:
 
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
-          "residual": stage_residual, "transfer": stage_transfer}
+          "transfer0": stage_transfer_first, "residual": stage_residual, "transfer": stage_transfer}
 
 
 def main() -> None:
