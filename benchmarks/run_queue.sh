@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The objective benchmark's studies in the order of issue 26 (most important first: PaiNN HOMO 1k and
-# the references' fine-tuning recipes on its checkpoints, its noise study, other targets and label
+# an 8,000-step fine-tuning cap on its replicate 0, the references' fine-tuning recipes on its checkpoints, its noise study, other targets and label
 # sizes, SchNet and ET, the force-field row), each resumable:
 # a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
 # any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 status=0
 for matrix in \
     benchmarks/matrices/objectives_v2.yaml \
+    benchmarks/matrices/objectives_v2_cap.yaml \
     benchmarks/matrices/objectives_v2_recipes.yaml \
     benchmarks/matrices/objectives_v2_noise.yaml \
     benchmarks/matrices/objectives_v2_targets.yaml \

@@ -669,6 +669,17 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_recipes.yaml"))
     pre = {c.id for c in cells if c.phase == "pretrain"}
     assert pre <= main_ids and not ({c.id for c in cells} - pre) & main_ids and len(cells) - len(pre) == 2 * 3 * 3
+    # the fine-tuning cap: the same cells and settings, one task whose final_args raise the cap to 8,000 steps
+    cap = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_cap.yaml").read_text())
+    for key in ("output", "cells", "common_args", "backbones", "pretrain", "order", "curves"):
+        assert cap[key] == main[key], key
+    assert cap["objectives"] == {k: v for k, v in main["objectives"].items() if k not in ("denoising_eqcpu", "scd_frozen_mask")}
+    assert {k: v for k, v in cap["finetune"].items() if k not in ("targets", "tasks", "seeds")} == {
+        k: v for k, v in main["finetune"].items() if k not in ("targets", "tasks", "seeds")}
+    assert cap["finetune"]["tasks"]["homo_cap8000"]["final_args"] == ["--trainer.max_steps", "8000"]
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_cap.yaml"))
+    pre = {c.id for c in cells if c.phase == "pretrain"}
+    assert pre <= main_ids and not ({c.id for c in cells} - pre) & main_ids and len(cells) - len(pre) == 5
 
 
 def test_every_shipped_matrix_loads_and_expands():
