@@ -139,8 +139,11 @@ def test_parallel_run_waits_for_pretraining(cache_dir, tmp_path):
 def test_failed_pretraining_blocks_its_finetuning(cache_dir, tmp_path, capsys):
     path = write_matrix(tmp_path, {"none": None, "broken": "configs/objectives/no_such_objective.yaml"}, seeds=(0,))
     assert bench_main(["run", str(path), "--parallel", "2"]) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "failed 1" in out and "blocked by a failed pretraining 1" in out
+    # not a terminal (a log file): the cell bar writes whole lines, no carriage-return redraws
+    assert "\r" not in captured.err and "cell" in captured.err and len(captured.err.splitlines()) >= 2
     cells = tmp_path / "out/cells"
     assert "no_such_objective.yaml" in (cells / "pretrain/schnet/broken/c0/log.txt").read_text()
     assert not (cells / "finetune/schnet/broken").exists()

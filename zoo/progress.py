@@ -34,6 +34,8 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from tqdm import tqdm
 
+from .line_stream import LineStream
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -108,27 +110,6 @@ def seconds_left(batches_left: int, batch_s: float | None, validations_left: int
     if batch_s is None:
         return None
     return batches_left * batch_s + validations_left * (validation_s or 0.0) + (test_s or 0.0)
-
-
-class _LineStream:
-    """tqdm's output stream when stdout is not a terminal (a batch job's log file, a pipe, ``tee``):
-    every refresh becomes one line. On a terminal tqdm rewrites its line with carriage returns; in a
-    file those pile up into one line megabytes long that ``less`` and ``grep`` show as one record."""
-
-    def __init__(self, stream) -> None:
-        self._stream = stream
-        self._last = ""
-
-    def write(self, text: str) -> int:
-        for part in text.replace("\x1b[A", "").split("\r"):  # tqdm's cursor-up and carriage returns
-            part = part.strip()
-            if part and part != self._last:  # a closing bar repeats its last state: once is enough
-                self._stream.write(part + "\n")
-                self._last = part
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
 
 
 class _RunTqdm(Tqdm):
@@ -211,7 +192,7 @@ class RunProgressBar(TQDMProgressBar):
         lines = self.lines
         return _RunTqdm(desc=desc, position=0 if lines else 2 * self.process_position + position,
                         disable=self.is_disabled or disable, leave=leave, dynamic_ncols=not lines,
-                        file=_LineStream(sys.stdout) if lines else sys.stdout,
+                        file=LineStream(sys.stdout) if lines else sys.stdout,
                         line_interval=self.line_interval if lines else None, **kwargs)
 
     def init_sanity_tqdm(self) -> Tqdm:

@@ -26,6 +26,7 @@ from typing import IO
 import yaml
 from tqdm import tqdm
 
+from ..line_stream import LineStream
 from .matrix import Cell, Matrix
 from .results import finished_cells, merge_rows
 
@@ -294,7 +295,11 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     env = _child_env(matrix, parallel, threads)
     pending = list(todo)
     running: list[_Running] = []
-    bar = tqdm(total=len(todo), unit="cell", dynamic_ncols=True)
+    # in a log file (the background queue's), whole lines: one per change of the running cells and one every
+    # 5 minutes, instead of a carriage-return redraw every 5 seconds that piles up into one endless line
+    lines = not (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
+    bar = tqdm(total=len(todo), unit="cell", dynamic_ncols=True, file=LineStream(sys.stderr) if lines else None)
+    refresh_every = 300.0 if lines else 5.0
 
     def ready(dep: str) -> bool:
         return dep in outcome["done"] or (dep in finished and dep not in fresh)
@@ -365,7 +370,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             if shown != last_shown:  # (tqdm's own postfix string is not what was set: compare with ours)
                 bar.set_postfix_str(shown)
                 last_shown = shown
-            elif time.time() - last_refresh > 5.0:  # (refresh() does not move tqdm's last_print_t)
+            elif time.time() - last_refresh > refresh_every:  # (refresh() does not move tqdm's last_print_t)
                 bar.refresh()  # keep elapsed/remaining time moving while long cells run
                 last_refresh = time.time()
             time.sleep(0.2)
