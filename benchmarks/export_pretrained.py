@@ -1,18 +1,21 @@
 """Ship the benchmark's pretrained backbones as named models (issue 28, item 2).
 
     python benchmarks/export_pretrained.py [--runs runs/bench/objectives_v2] \\
-        [--results benchmarks/results/objectives_v2/results.csv] [--out zoo/models] [--finetuned]
+        [--results benchmarks/results/objectives_v2/results.csv] [--out zoo/models] [--cells REGEX] [--best] \\
+        [--finetuned [REGEX]]
 
 For every FINISHED pretraining cell of the objectives benchmark (``<runs>/pretrain/<backbone>/
-<objective>/c<k>/p<seed>/DONE.json``) it writes, with :func:`atomzoo.export.export_backbone`, the
+<objective>/c<k>/p<seed>/DONE.json``) that ``--cells`` selects (default :data:`SHIPPED`: the clean
+runs of the four objectives on PaiNN and SchNet; ``--best`` keeps, of the seeds of one objective, the
+one whose fine-tuning reached the lowest validation MAE, never chosen by a test number) it writes, with :func:`atomzoo.export.export_backbone`, the
 backbone-only export ``<out>/<backbone>-<objective>-qm9[-c<k>]-p<seed>.safetensors`` and its model card
 (backbone weights only: the pretraining heads are not needed to fine-tune). The checkpoint exported is
 the one the benchmark's fine-tuning cells started from (their ``--model.init_from``; ``last.ckpt``
 when no fine-tuning cell finished yet). The card gets a ``name``, a ``description`` and a
 ``benchmark`` entry read from the results file: the commit and the exact command of the pretraining
 run and, for every finished fine-tuning cell that started from it, its test MAE, the matching
-from-scratch cell's number and the fine-tuning command. ``--finetuned`` also exports every such
-fine-tuned model in full (heads and normalisation included, for ``atomzoo.load(name)``) as
+from-scratch cell's number and the fine-tuning command. ``--finetuned`` also exports the fine-tuned
+models of those cells that its pattern selects (default :data:`SHIPPED_FINETUNED`) in full (heads and normalisation included, for ``atomzoo.load(name)``) as
 ``<name>-<target>-n<labels>-s<seed>``. Files that exist with the same source are rewritten (the
 cards' numbers follow the results file).
 
@@ -46,6 +49,9 @@ def _cells(results: Path) -> dict[str, dict]:
                                              "seed", "pretrain_seed")})  # fmt: skip
             if not row["step"]:
                 cell["metrics"][row["metric"]] = float(row["value"])
+            elif row["metric"].startswith("curve:val/") and row["metric"].endswith("_mae_meV"):
+                best = cell.setdefault("best_val", {})
+                best[row["metric"][6:]] = min(float(row["value"]), best.get(row["metric"][6:], float("inf")))
             cell["command"] = row["command"] or cell["command"]
             cell["commit"] = row["commit"] or cell["commit"]
     return dict(cells)
@@ -122,13 +128,53 @@ def _previous_card(weights: Path) -> str | None:
     return card_path(weights).read_text() if card_path(weights).is_file() else None
 
 
-def export_all(runs: Path, results: Path, out: Path, finetuned: bool = False) -> list[Path]:
-    """Export every finished pretraining cell under ``runs`` into ``out``; returns the weights written."""
+#: the pretraining cells shipped by default: the clean (c0) runs of the four objectives on PaiNN and SchNet
+#: (ET and the noise study's corrupted runs go through ``$ATOMZOO_MODELS``, not the package)
+SHIPPED = r"^pretrain/(painn64|schnet64)/(denoising|scd|jepa_ema|jepa_sigreg)/c0/p\d+$"
+#: the fine-tuned full models shipped by default (``--finetuned`` without a pattern)
+SHIPPED_FINETUNED = r"^finetune/painn64/denoising/c0/p\d+/homo/n1000/finetune/s\d+$"
+
+
+def best_validation(pretrain_cell: str, cells: dict[str, dict]) -> float | None:
+    """The lowest validation MAE (meV) any finished fine-tuning cell reached from ``pretrain_cell``'s model,
+    on the first of their tasks in sorted order (the number early stopping selected on; never a test number).
+    ``None`` when none finished."""
+    prefix = pretrain_cell.replace("pretrain/", "finetune/", 1) + "/"
+    for cell in sorted(c for c in cells if c.startswith(prefix)):
+        if _test_metric(cells[cell]["metrics"]) and cells[cell].get("best_val"):
+            return min(cells[cell]["best_val"].values())
+    return None
+
+
+def select_cells(finished: list[str], cells: dict[str, dict], pattern: str = SHIPPED, best: bool = False) -> list[str]:
+    """The finished pretraining cells matching ``pattern``; with ``best``, of the cells that differ only in the
+    pretraining seed, the one whose fine-tuning reached the lowest validation MAE (:func:`best_validation`;
+    all of them while none of their fine-tunings has finished)."""
+    chosen = [c for c in finished if re.search(pattern, c)]
+    if not best:
+        return chosen
+    groups: dict[str, list[str]] = defaultdict(list)
+    for cell in chosen:
+        groups[cell.rsplit("/", 1)[0]].append(cell)
+    kept = []
+    for members in groups.values():
+        scored = [(best_validation(c, cells), c) for c in members]
+        ranked = sorted((v, c) for v, c in scored if v is not None)
+        kept.extend([ranked[0][1]] if ranked else members)
+    return sorted(kept)
+
+
+def export_all(runs: Path, results: Path, out: Path, finetuned: str | None = None, pattern: str = SHIPPED,
+               best: bool = False) -> list[Path]:
+    """Export the finished pretraining cells under ``runs`` that match ``pattern`` (:func:`select_cells`) into
+    ``out``, and with ``finetuned`` (a pattern of fine-tuning cells) their matching fine-tuned models in full;
+    returns the weights written."""
     cells = _cells(results)
     written = []
-    for done in sorted((runs / "pretrain").glob("*/*/*/*/DONE.json")):
-        cell_dir = done.parent
-        cell = "pretrain/" + str(cell_dir.relative_to(runs / "pretrain"))
+    finished = ["pretrain/" + str(done.parent.relative_to(runs / "pretrain"))
+                for done in sorted((runs / "pretrain").glob("*/*/*/*/DONE.json"))]
+    for cell in select_cells(finished, cells, pattern, best):
+        cell_dir = runs / cell.replace("pretrain/", "", 1)
         if cell not in cells:
             print(f"skip {cell}: not in {results}", file=sys.stderr)
             continue
@@ -150,7 +196,7 @@ def export_all(runs: Path, results: Path, out: Path, finetuned: bool = False) ->
         })  # fmt: skip
         written.append(weights)
         if finetuned:
-            for row in finetunes:
+            for row in [r for r in finetunes if re.search(finetuned, r["cell"])]:
                 run = ROOT / _default_root(row["command"]) / "run" / "checkpoints"
                 target = f"{name}-{row['target']}-n{row['label_budget']}-s{row['seed']}"
                 full = out / f"{target}.safetensors"
@@ -186,9 +232,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench/objectives_v2")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/objectives_v2/results.csv")
     parser.add_argument("--out", type=Path, default=ROOT / "zoo/models")
-    parser.add_argument("--finetuned", action="store_true", help="also export the fine-tuned full models")
+    parser.add_argument("--cells", default=SHIPPED, help=f"regular expression of the pretraining cells to export "
+                        f"(default: {SHIPPED})")
+    parser.add_argument("--best", action="store_true", help="of the cells that differ only in the pretraining seed, "
+                        "only the one whose fine-tuning reached the lowest validation MAE")
+    parser.add_argument("--finetuned", nargs="?", const=SHIPPED_FINETUNED, default=None, metavar="REGEX",
+                        help="also export the fine-tuned full models of these fine-tuning cells "
+                             f"(default pattern: {SHIPPED_FINETUNED})")
     args = parser.parse_args(argv)
-    written = export_all(args.runs.resolve(), args.results.resolve(), args.out, args.finetuned)
+    written = export_all(args.runs.resolve(), args.results.resolve(), args.out, args.finetuned, args.cells, args.best)
     total = sum(p.stat().st_size + card_path(p).stat().st_size for p in written)
     for weights in written:
         print(f"wrote {weights} ({weights.stat().st_size / 1e6:.2f} MB) and {card_path(weights).name}")

@@ -209,3 +209,15 @@ def test_export_script_keeps_an_unchanged_card(tmp_path):
     assert json.loads((tmp_path / f"{BACKBONE}.card.json").read_text())["description"] == "changed"
     assert module.model_name("pretrain/painn64/scd/c0/p0") == "painn64-scd-qm9-p0"
     assert module.model_name("pretrain/painn64/denoising/c0.5/p1") == "painn64-denoising-qm9-c0.5-p1"
+    # what is shipped: the clean cells of the four objectives (not ET, not corrupted, not the ablations);
+    # --best keeps the seed whose fine-tuning reached the lowest VALIDATION MAE (the test numbers would pick p0)
+    finished = [f"pretrain/{b}/{o}/{c}/p{k}" for b in ("painn64", "et64") for o in ("scd", "scd_frozen_mask")
+                for c in ("c0", "c30") for k in (0, 1)]
+    assert module.select_cells(finished, {}) == ["pretrain/painn64/scd/c0/p0", "pretrain/painn64/scd/c0/p1"]
+    cells = {"finetune/painn64/scd/c0/p0/homo/n1000/finetune/s0": {"metrics": {"test/homo_mae_meV": 150.0},
+                                                                  "best_val": {"val/homo_mae_meV": 170.0}},
+             "finetune/painn64/scd/c0/p1/homo/n1000/finetune/s1": {"metrics": {"test/homo_mae_meV": 160.0},
+                                                                  "best_val": {"val/homo_mae_meV": 165.0}}}
+    assert module.select_cells(finished, cells, best=True) == ["pretrain/painn64/scd/c0/p1"]
+    assert module.best_validation("pretrain/painn64/scd/c0/p0", cells) == 170.0
+    assert module.select_cells(finished, {}, best=True) == ["pretrain/painn64/scd/c0/p0", "pretrain/painn64/scd/c0/p1"]
