@@ -118,9 +118,9 @@ def test_surprise_command_end_to_end(tmp_path):
     assert {p.name for p in out.iterdir()} == {"surprise.csv", "surprise.md", "surprise.png", "surprise_windows.csv"}
     assert (out / "surprise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {(r["detector"], r["kind"]): r for r in summary}
-    assert set(rows) == {(d, k) for d in ("trained", "random", "xtb") for k in KINDS}
+    assert set(rows) == {(d, k) for d in ("trained", "persistence", "random", "xtb") for k in KINDS}
     assert all(r["seeds"] == 2 and r["n"] == 16 for r in summary)
-    for detector in ("trained", "random"):
+    for detector in ("trained", "persistence", "random"):
         # an invariant encoder: rotation and permutation change nothing but rounding
         assert rows[(detector, "rotation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
         assert rows[(detector, "permutation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
@@ -129,7 +129,23 @@ def test_surprise_command_end_to_end(tmp_path):
     for kind in ("teleport", "swap", "stretch"):
         assert rows[("xtb", kind)]["auroc"] > 0.9 and rows[("xtb", kind)]["z_score"] > 3
     scores = list(csv.DictReader((out / "surprise_windows.csv").open()))
-    assert len(scores) == 3 * 2 * len(KINDS) * 16
+    assert len(scores) == 4 * 2 * len(KINDS) * 16
+    # the persistence detector is the trained encoder without its predictor: ||z_t - z_target||^2, recomputed
+    import torch
+    from atomzoo.objectives import WorldModel
+    from atomzoo.surprise import load_data, model_surprise, window_batch
+
+    model = WorldModel.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    data = load_data(ROOT / "configs/data/trajectories.yaml", str(FIXTURE), str(tmp_path / "cache"))
+    cases = make_cases(data, "test", ["true"], np.random.default_rng(0), max_windows=4)
+    with torch.no_grad():
+        z = model.embed_windows(window_batch(cases).to(model.device))
+        expected = (z[:, -2] - z[:, -1]).pow(2).sum(-1).double().numpy()
+        predicted = (model.predict(z[:, :-1], window_batch(cases).horizon, window_batch(cases).temperature)
+                     - z[:, -1]).pow(2).sum(-1).double().numpy()
+    assert np.allclose(model_surprise(model, cases, persistence=True), expected, rtol=1e-5)
+    assert np.allclose(model_surprise(model, cases), predicted, rtol=1e-5)
+    assert not np.allclose(expected, predicted)
     assert {r["kind"] for r in scores} == set(KINDS) and set(GEOMETRIC) < set(KINDS)
     table = (out / "surprise.md").read_text()
     assert table.startswith("| detector | kind |") and "| xtb | teleport | violation | 16 |" in table

@@ -24,6 +24,10 @@ target replaced by (one draw per window, seeded):
 Detectors, each scoring the same perturbed windows:
 
 * ``trained``: the checkpoint's world model;
+* ``persistence``: the same trained encoder without its predictor, ``||z_t - z_target||^2`` with ``z_t``
+  the embedding of the last history frame (the "nothing moves" prediction). The control that says
+  whether the predictor matters: an encoder whose embedding jumps for any odd structure is "surprised"
+  by a violation without knowing any dynamics, and then this detector does as well as ``trained``;
 * ``random``: the same architecture randomly initialised (seeded; the checkpoint's hyperparameters);
 * ``xtb``: the physical reference, ``|E(target) - E(x_t)|`` with GFN2-xTB (tblite) energies of the
   (perturbed) target and the last history frame (needs ``pip install tblite``; ``--no-xtb`` skips it).
@@ -189,15 +193,17 @@ def window_batch(cases: list[Case], dtype=torch.float32):
 
 
 @torch.no_grad()
-def model_surprise(model, cases: list[Case], batch_size: int = 64) -> np.ndarray:
-    """``||pred - z_target||^2`` of every case (the model in eval mode)."""
+def model_surprise(model, cases: list[Case], batch_size: int = 64, persistence: bool = False) -> np.ndarray:
+    """``||pred - z_target||^2`` of every case (the model in eval mode); with ``persistence``, the no-change
+    prediction instead: ``||z_last - z_target||^2``, ``z_last`` the embedding of the last history frame
+    (the same encoder without its predictor)."""
     model.eval()
     dtype = next(model.parameters()).dtype
     out = []
     for start in range(0, len(cases), batch_size):
         batch = window_batch(cases[start:start + batch_size], dtype).to(model.device)
         z = model.embed_windows(batch)
-        pred = model.predict(z[:, :-1], batch.horizon, batch.temperature)
+        pred = z[:, -2] if persistence else model.predict(z[:, :-1], batch.horizon, batch.temperature)
         out.append((pred - z[:, -1]).pow(2).sum(-1).double().cpu().numpy())
     return np.concatenate(out)
 
@@ -294,14 +300,15 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
         by_kind = {k: [c for c in cases if c.kind == k] for k in kinds}
         by_kind = {k: v for k, v in by_kind.items() if v}
         windows = {k: np.array([c.window for c in v]) for k, v in by_kind.items()}
-        detectors = {"trained": WorldModel.load_from_checkpoint(checkpoint, map_location="cpu")}
+        trained = WorldModel.load_from_checkpoint(checkpoint, map_location="cpu")
+        detectors = {"trained": (trained, False), "persistence": (trained, True)}
         if random_baseline:
-            detectors["random"] = random_like(detectors["trained"], checkpoint, seed + i)
-        for name, model in detectors.items():
+            detectors["random"] = (random_like(trained, checkpoint, seed + i), False)
+        for name, (model, no_change) in detectors.items():
             if model.history < len(by_kind["true"][0].frames) - 1:
                 raise ValueError(f"{checkpoint}: the model covers {model.history} history frames, the data has "
                                  f"{len(by_kind['true'][0].frames) - 1} (--data history)")  # fmt: skip
-            scores = {k: model_surprise(model, v) for k, v in by_kind.items()}
+            scores = {k: model_surprise(model, v, persistence=no_change) for k, v in by_kind.items()}
             for kind, row in summarise(scores, windows).items():
                 per_seed.setdefault((name, kind), []).append(row)
             lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{s!r}"
