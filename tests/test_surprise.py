@@ -94,6 +94,22 @@ def test_unscored_windows_rank_highest_and_are_counted():
     assert rows["teleport"]["failed"] == 2 and rows["true"]["failed"] == 0
     assert rows["teleport"]["auroc"] == 1.0 and rows["teleport"]["mean"] == 5.5
     assert np.isfinite(rows["teleport"]["z_score"]) and rows["teleport"]["max_abs_change"] == 4.0  # |5 - 1|
+    # the median z-score: of (5 - 2.5) / sd and (6 - 2.5) / sd, sd the population std of the true scores
+    assert np.isclose(rows["teleport"]["z_median"], 3.0 / np.std([1.0, 2.0, 3.0, 4.0]))
+    outlier = summarise({"true": np.array([1.0, 2.0, 3.0, 4.0]), "teleport": np.array([5.0, 6.0, 7.0, 1e20])},
+                        {"true": np.arange(4), "teleport": np.arange(4)})["teleport"]
+    assert outlier["z_score"] > 1e18 and np.isclose(outlier["z_median"], 4.0 / np.std([1.0, 2.0, 3.0, 4.0]))
+
+
+def table_of(summary: list[dict]) -> str:
+    """surprise.md of ``summary`` (what write_summary writes)."""
+    import tempfile
+
+    from atomzoo.surprise import write_summary
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_summary(summary, Path(folder))
+        return (Path(folder) / "surprise.md").read_text()
 
 
 def test_surprise_command_end_to_end(tmp_path):
@@ -130,6 +146,13 @@ def test_surprise_command_end_to_end(tmp_path):
         assert rows[("xtb", kind)]["auroc"] > 0.9 and rows[("xtb", kind)]["z_score"] > 3
     scores = list(csv.DictReader((out / "surprise_windows.csv").open()))
     assert len(scores) == 4 * 2 * len(KINDS) * 16
+    assert all(np.isfinite(float(r["score"])) or r["detector"] == "xtb" for r in scores)  # plain numbers
+    # the summary recomputed from the windows file alone is the run's summary
+    again = main(["--from-windows", str(out / "surprise_windows.csv"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again/surprise.md").read_text() == table_of(summary)
+    key = lambda r: (r["detector"], r["kind"])  # noqa: E731
+    for a, b in zip(sorted(summary, key=key), sorted(again, key=key)):
+        assert a.keys() == b.keys() and all(a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]) for k in a), (a, b)
     # the persistence detector is the trained encoder without its predictor: ||z_t - z_target||^2, recomputed
     import torch
     from atomzoo.objectives import WorldModel

@@ -33,13 +33,15 @@ Detectors, each scoring the same perturbed windows:
   (perturbed) target and the last history frame (needs ``pip install tblite``; ``--no-xtb`` skips it).
 
 Per detector and kind: the mean score; the z-score, the mean over windows of ``(s - mean(s_true)) /
-std(s_true)``; the AUROC of telling the kind's scores from the true ones (Mann-Whitney, ties 1/2);
+std(s_true)``, and its median over windows (the table shows the median: a few enormous scores, e.g.
+an atom teleported onto another, swamp the mean); the AUROC of telling the kind's scores from the true ones (Mann-Whitney, ties 1/2);
 and for the geometric kinds the largest ``|s - s_true|`` of a window (``max_abs_change``). With
 several checkpoints (seeds ``seed, seed + 1, ...``; perturbations and the random network are drawn
 per seed), means and standard deviations over seeds.
 
 Writes, under ``--out``: ``surprise_windows.csv`` (every score), ``surprise.csv`` (the summary),
 ``surprise.md`` (the summary as a table) and ``surprise.png`` (AUROC per kind and detector).
+``--from-windows surprise_windows.csv --out DIR`` recomputes the summary from the scores alone.
 """
 
 from __future__ import annotations
@@ -262,8 +264,10 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Per kind: ``n``, ``failed`` (infinite scores: a detector that could not score the window, e.g. an
-    unconverged SCF), ``mean`` and ``z_score`` over the finite scores, ``auroc`` against ``true`` (all
-    scores; infinity ranks highest), and ``max_abs_change`` (paired kinds, finite pairs)."""
+    unconverged SCF), ``mean`` and ``z_score`` over the finite scores, ``z_median`` (the median of the
+    windows' z-scores: the robust summary, which a few enormous scores -- an atom teleported onto another
+    -- cannot swamp as they do the mean), ``auroc`` against ``true`` (all scores; infinity ranks highest),
+    and ``max_abs_change`` (paired kinds, finite pairs)."""
     true = scores["true"][np.isfinite(scores["true"])]
     mu, sd = (float(true.mean()), float(true.std())) if true.size else (float("nan"), 0.0)
     out = {}
@@ -272,6 +276,7 @@ def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> 
         row = {"n": int(s.size), "failed": int(s.size - finite.size),
                "mean": float(finite.mean()) if finite.size else float("nan"),
                "z_score": float(((finite - mu) / sd).mean()) if sd > 0 and finite.size else float("nan"),
+               "z_median": float(np.median((finite - mu) / sd)) if sd > 0 and finite.size else float("nan"),
                "auroc": auroc(s, scores["true"]) if kind != "true" else 0.5, "max_abs_change": float("nan")}  # fmt: skip
         if kind in GEOMETRIC:
             paired = dict(zip(windows["true"].tolist(), scores["true"].tolist()))
@@ -311,37 +316,70 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
             scores = {k: model_surprise(model, v, persistence=no_change) for k, v in by_kind.items()}
             for kind, row in summarise(scores, windows).items():
                 per_seed.setdefault((name, kind), []).append(row)
-            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{s!r}"
+            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
                       for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
         if xtb:
             scores = {k: xtb_energy_jump(v) for k, v in by_kind.items()}
             for kind, row in summarise(scores, windows).items():
                 per_seed.setdefault(("xtb", kind), []).append(row)
-            lines += [f"xtb,{seed + i},{k},{c.window},{c.trajectory},{s!r}"
+            lines += [f"xtb,{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
                       for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
     (out / "surprise_windows.csv").write_text("\n".join(lines) + "\n")
+    summary = aggregate(per_seed)
+    write_summary(summary, out)
+    return summary
+
+
+def aggregate(per_seed: dict[tuple[str, str], list[dict]]) -> list[dict]:
+    """The summary rows from :func:`summarise`'s rows per ``(detector, kind)``, one per seed: means and
+    standard deviations over seeds (NaN for one seed)."""
     summary = []
     for (detector, kind), rows in per_seed.items():
         def stat(key):
             values = np.array([r[key] for r in rows], dtype=float)
             return float(np.nanmean(values)), float(np.nanstd(values)) if len(rows) > 1 else float("nan")
 
-        (z, z_sd), (a, a_sd) = stat("z_score"), stat("auroc")
+        (z, z_sd), (zm, zm_sd), (a, a_sd) = stat("z_score"), stat("z_median"), stat("auroc")
         summary.append({"detector": detector, "kind": kind,
                         "group": "reference" if kind == "true" else "nuisance" if kind in NUISANCE else "violation",
                         "seeds": len(rows), "n": int(np.mean([r["n"] for r in rows])),
                         "failed": int(sum(r["failed"] for r in rows)), "mean": stat("mean")[0],
-                        "z_score": z, "z_score_std": z_sd, "auroc": a, "auroc_std": a_sd,
+                        "z_score": z, "z_score_std": z_sd, "z_median": zm, "z_median_std": zm_sd,
+                        "auroc": a, "auroc_std": a_sd,
                         "max_abs_change": float(np.nanmax([r["max_abs_change"] for r in rows]))
                         if kind in GEOMETRIC else float("nan")})  # fmt: skip
+    return summary
+
+
+def summary_from_windows(path: str | Path, out: str | Path | None = None) -> list[dict]:
+    """Recompute the summary from a ``surprise_windows.csv`` (no model, no xTB: the scores are in the file)
+    and write ``surprise.csv``, ``surprise.md`` and ``surprise.png`` beside it (or under ``out``)."""
+    import csv
+
+    path = Path(path)
+    grouped: dict[tuple[str, str], dict[str, tuple[list[int], list[float]]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            kinds = grouped.setdefault((row["detector"], row["seed"]), {})
+            windows, scores = kinds.setdefault(row["kind"], ([], []))
+            windows.append(int(row["window"]))
+            scores.append(float(row["score"]))
+    per_seed: dict[tuple[str, str], list[dict]] = {}
+    for (detector, _seed), kinds in grouped.items():
+        rows = summarise({k: np.array(v[1]) for k, v in kinds.items()}, {k: np.array(v[0]) for k, v in kinds.items()})
+        for kind in (k for k in KINDS if k in rows):
+            per_seed.setdefault((detector, kind), []).append(rows[kind])
+    summary = aggregate(per_seed)
+    out = Path(out) if out is not None else path.parent
+    out.mkdir(parents=True, exist_ok=True)
     write_summary(summary, out)
     return summary
 
 
 def write_summary(summary: list[dict], out: Path) -> None:
     """``surprise.csv``, ``surprise.md`` and ``surprise.png`` from the summary rows."""
-    keys = ["detector", "kind", "group", "seeds", "n", "failed", "mean", "z_score", "z_score_std", "auroc",
-            "auroc_std", "max_abs_change"]  # fmt: skip
+    keys = ["detector", "kind", "group", "seeds", "n", "failed", "mean", "z_score", "z_score_std", "z_median",
+            "z_median_std", "auroc", "auroc_std", "max_abs_change"]  # fmt: skip
     (out / "surprise.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys)
                                                                      for r in summary]) + "\n")  # fmt: skip
 
@@ -350,12 +388,12 @@ def write_summary(summary: list[dict], out: Path) -> None:
             return "-"
         return f"{value:.{digits}f}" + ("" if math.isnan(spread) else f" +- {spread:.{digits}f}")
 
-    md = ["| detector | kind | group | windows | not scored | mean score | z-score | AUROC | max abs change |",
+    md = ["| detector | kind | group | windows | not scored | mean score | median z-score | AUROC | max abs change |",
           "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summary:
         change = "-" if math.isnan(r["max_abs_change"]) else f"{r['max_abs_change']:.2e}"
         md.append(f"| {r['detector']} | {r['kind']} | {r['group']} | {r['n']} | {r['failed']} | {r['mean']:.4g} | "
-                  f"{pm(r['z_score'], r['z_score_std'], 2)} | {pm(r['auroc'], r['auroc_std'], 3)} | "
+                  f"{pm(r['z_median'], r['z_median_std'], 2)} | {pm(r['auroc'], r['auroc_std'], 3)} | "
                   f"{change} |")  # fmt: skip
     (out / "surprise.md").write_text("\n".join(md) + "\n")
 
@@ -405,18 +443,18 @@ def load_data(config: str | Path, path: str | None = None, cache_dir: str | None
     return data
 
 
-def world_model_arguments(p: argparse.ArgumentParser) -> None:
+def world_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """The arguments every world-model evaluation command takes: checkpoints and trajectory data
     (``--ckpt``, ``--data``, ``--data-path``, ``--cache-dir``; read with :func:`load_data`)."""
-    p.add_argument("--ckpt", nargs="+", required=True, help="WorldModel checkpoints (one per seed)")
-    p.add_argument("--data", required=True, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
+    p.add_argument("--ckpt", nargs="+", required=required, help="WorldModel checkpoints (one per seed)")
+    p.add_argument("--data", required=required, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
     p.add_argument("--data-path", default=None, help="override the config's trajectory file(s)")
     p.add_argument("--cache-dir", default=None)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    world_model_arguments(p)
+    world_model_arguments(p, required=False)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", default="surprise")
     p.add_argument("--seed", type=int, default=0, help="seed of the first checkpoint (then +1 per checkpoint)")
@@ -425,7 +463,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--min-separation", type=int, default=10, help="frames between the target and an ensemble frame")
     p.add_argument("--stretch-margin", type=float, default=0.3, help="A beyond a bond's largest length")
     p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows (a seeded choice)")
+    p.add_argument("--from-windows", default=None, metavar="CSV", help="recompute the summary (surprise.csv, .md, "
+                   ".png, into --out) from a surprise_windows.csv; no model, no data")
     args = p.parse_args(argv)
+    if args.from_windows:
+        summary = summary_from_windows(args.from_windows, args.out)
+        print((Path(args.out) / "surprise.md").read_text())
+        return summary
+    if not args.ckpt or not args.data:
+        p.error("--ckpt and --data are required (or --from-windows CSV)")
     data = load_data(args.data, args.data_path, args.cache_dir)
     summary = run_surprise(args.ckpt, data, args.split, args.out, args.seed, not args.no_random, not args.no_xtb,
                            args.min_separation, args.stretch_margin, args.max_windows)  # fmt: skip
