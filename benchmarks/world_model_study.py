@@ -23,6 +23,10 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
               same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
               300 frames) -> ``benchmarks/results/world_model_study/results.md``.
+``encoders``  the surprise test's "nothing moves" distance on the pooled backbone features of the world model and
+              of the denoising and JEPA-SIGReg networks of the transfer rows (same frames, same steps, seed k
+              with seed k) -> ``docs/world_model/encoders/``: is the world-model objective what makes an encoder
+              flag broken geometry, or does any pretraining on the same frames?
 
     OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # one core; data ~30 min, world model
                                                                       # ~15 min a seed, transfer ~2 h a seed
@@ -126,8 +130,25 @@ def stage_residual() -> None:
     stage_probes(ckpts, OUT / "residual")
 
 
+def stage_encoders(out: Path = OUT / "encoders") -> None:
+    """The surprise test's "nothing moves" distance on the pooled backbone features of the world model and of
+    the denoising and JEPA-SIGReg networks pretrained on the same frames (the transfer rows' pretraining
+    cells), seed k with seed k: is the world-model objective what makes an encoder flag broken geometry?"""
+    if (out / "surprise.md").exists():
+        print(f"{out / 'surprise.md'} exists")
+        return
+    world, others = checkpoints(), {name: checkpoints(MATRIX, name) for name in ("denoising", "jepa_sigreg")}
+    if any(len(c) < len(world) for c in others.values()):
+        print(f"encoders: waiting for the transfer stage's pretraining cells ({ {k: len(v) for k, v in others.items()} })")
+        return
+    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *world, "--data", DATA_CONFIG, "--split", "test",
+         "--no-xtb", "--no-random", "--out", out,
+         "--encoder-ckpt", *(f"{name}={c}" for name, ckpts in others.items() for c in ckpts)])
+
+
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
-          "transfer0": stage_transfer_first, "residual": stage_residual, "transfer": stage_transfer}
+          "transfer0": stage_transfer_first, "residual": stage_residual, "transfer": stage_transfer,
+          "encoders": stage_encoders}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from atomzoo.cli import run
 from atomzoo.datamodules import TrajectoryDataModule
-from atomzoo.surprise import GEOMETRIC, KINDS, auroc, bonds, main, make_cases, perturb
+from atomzoo.surprise import GEOMETRIC, KINDS, Case, auroc, bonds, main, make_cases, perturb
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "trajectories" / "xtb_qm9_md.extxyz"
@@ -116,27 +116,38 @@ def test_surprise_command_end_to_end(tmp_path):
     small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
     logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
               "init_args": {"save_dir": str(tmp_path), "name": "wm"}}
-    cli = run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"),
-               "-c", str(ROOT / "configs/objectives/world_model.yaml"),
-               "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
-               *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
-               "--model.predictor_depth", "2", "--data.init_args.path", str(FIXTURE),
-               "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3",
-               "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
-               "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
-               "--trainer.logger", json.dumps(logger), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    def fit(objective: str, name: str, *extra: str):
+        logged = {**logger, "init_args": {**logger["init_args"], "name": name}}
+        return run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"), "-c", str(ROOT / objective),
+                    "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+                    *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
+                    *extra, "--data.init_args.path", str(FIXTURE),
+                    "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3",
+                    "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+                    "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+                    "--trainer.logger", json.dumps(logged), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+
+    cli = fit("configs/objectives/world_model.yaml", "wm", "--model.predictor_depth", "2")
     (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")
+    fit("configs/objectives/denoising.yaml", "dn")  # another objective's encoder, on the same frames
+    (denoising,) = tmp_path.glob("dn/version_*/checkpoints/last.ckpt")
     out = tmp_path / "surprise"
-    summary = main(["--ckpt", str(ckpt), str(ckpt), "--data", str(ROOT / "configs/data/trajectories.yaml"),
-                    "--data-path", str(FIXTURE), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-                    "--max-windows", "16"])  # fmt: skip
+    common = ["--data", str(ROOT / "configs/data/trajectories.yaml"), "--data-path", str(FIXTURE),
+              "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    summary = main(["--ckpt", str(ckpt), str(ckpt), *common, "--out", str(out), "--max-windows", "16",
+                    "--encoder-ckpt", str(denoising), f"noised={denoising}"])  # fmt: skip
     assert cli.trainer.global_step == 3
     assert {p.name for p in out.iterdir()} == {"surprise.csv", "surprise.md", "surprise.png", "surprise_windows.csv"}
     assert (out / "surprise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {(r["detector"], r["kind"]): r for r in summary}
-    assert set(rows) == {(d, k) for d in ("trained", "persistence", "random", "xtb") for k in KINDS}
-    assert all(r["seeds"] == 2 and r["n"] == 16 for r in summary)
-    for detector in ("trained", "persistence", "random"):
+    detectors = ("trained", "persistence", "random", "xtb", "backbone:worldmodel", "backbone:denoising",
+                 "backbone:noised")  # NAME=FILE names a detector
+    assert set(rows) == {(d, k) for d in detectors for k in KINDS}
+    # one denoising file: scored on the first checkpoint's draws only; every other detector on both seeds
+    single = ("backbone:denoising", "backbone:noised")
+    assert all(r["seeds"] == (1 if r["detector"] in single else 2) and r["n"] == 16 for r in summary)
+    assert rows[("backbone:noised", "swap")]["auroc"] == rows[("backbone:denoising", "swap")]["auroc"]  # same file
+    for detector in ("trained", "persistence", "random", "backbone:worldmodel", "backbone:denoising"):
         # an invariant encoder: rotation and permutation change nothing but rounding
         assert rows[(detector, "rotation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
         assert rows[(detector, "permutation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
@@ -145,7 +156,7 @@ def test_surprise_command_end_to_end(tmp_path):
     for kind in ("teleport", "swap", "stretch"):
         assert rows[("xtb", kind)]["auroc"] > 0.9 and rows[("xtb", kind)]["z_score"] > 3
     scores = list(csv.DictReader((out / "surprise_windows.csv").open()))
-    assert len(scores) == 4 * 2 * len(KINDS) * 16
+    assert len(scores) == (5 * 2 + 2) * len(KINDS) * 16
     assert all(np.isfinite(float(r["score"])) or r["detector"] == "xtb" for r in scores)  # plain numbers
     # the summary recomputed from the windows file alone is the run's summary
     again = main(["--from-windows", str(out / "surprise_windows.csv"), "--out", str(tmp_path / "again")])
@@ -169,6 +180,17 @@ def test_surprise_command_end_to_end(tmp_path):
     assert np.allclose(model_surprise(model, cases, persistence=True), expected, rtol=1e-5)
     assert np.allclose(model_surprise(model, cases), predicted, rtol=1e-5)
     assert not np.allclose(expected, predicted)
+    # the encoder distance: zero when the target is the last history frame, positive for another frame
+    from atomzoo.model_files import build_backbone
+    from atomzoo.surprise import backbone_distance
+
+    backbone = build_backbone(denoising)
+    same = [Case(c.kind, c.window, c.trajectory, [*c.frames[:-1], c.frames[-2]], c.horizon, c.temperature)
+            for c in cases]
+    assert np.all(backbone_distance(backbone, same) < 1e-10) and np.all(backbone_distance(backbone, cases) > 0)
+    with pytest.raises(ValueError, match="--encoder-ckpt: 2 files of backbone:denoising for 1 --ckpt"):
+        main(["--ckpt", str(ckpt), *common, "--out", str(tmp_path / "x"), "--max-windows", "2", "--no-xtb",
+              "--encoder-ckpt", str(denoising), str(denoising)])
     assert {r["kind"] for r in scores} == set(KINDS) and set(GEOMETRIC) < set(KINDS)
     table = (out / "surprise.md").read_text()
     assert table.startswith("| detector | kind |") and "| xtb | teleport | violation | 16 |" in table

@@ -28,6 +28,10 @@ Detectors, each scoring the same perturbed windows:
   the embedding of the last history frame (the "nothing moves" prediction). The control that says
   whether the predictor matters: an encoder whose embedding jumps for any odd structure is "surprised"
   by a violation without knowing any dynamics, and then this detector does as well as ``trained``;
+* ``backbone:<objective>`` (with ``--encoder-ckpt``): the same "nothing moves" distance on the mean-pooled
+  backbone features of other pretrained networks (any objective: coordinate denoising, JEPA, ...) and of
+  the world model's own backbone (``backbone:worldmodel``): is the world-model objective what makes an
+  encoder flag broken geometry, or does any pretraining on the same frames?
 * ``random``: the same architecture randomly initialised (seeded; the checkpoint's hyperparameters);
 * ``xtb``: the physical reference, ``|E(target) - E(x_t)|`` with GFN2-xTB (tblite) energies of the
   (perturbed) target and the last history frame (needs ``pip install tblite``; ``--no-xtb`` skips it).
@@ -210,6 +214,36 @@ def model_surprise(model, cases: list[Case], batch_size: int = 64, persistence: 
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def backbone_distance(backbone, cases: list[Case], batch_size: int = 64) -> np.ndarray:
+    """``||f(x_t) - f(x_target)||^2`` of every case, ``f`` the backbone's mean-pooled per-atom scalar features
+    (``[F]`` per frame; the features a fine-tuning head reads) and ``x_t`` the last history frame: the
+    "nothing moves" detector of any pretrained encoder, whatever its objective (eval mode)."""
+    from torch_geometric.data import Batch, Data
+    from torch_geometric.utils import scatter
+
+    backbone.eval()
+    dtype = next(backbone.parameters()).dtype
+    out = []
+    for start in range(0, len(cases), batch_size):
+        chunk = cases[start:start + batch_size]
+        batch = Batch.from_data_list([Data(z=torch.as_tensor(z, dtype=torch.long), pos=torch.as_tensor(pos, dtype=dtype))
+                                      for case in chunk for z, pos in case.frames[-2:]])  # fmt: skip
+        scalars = backbone(batch).scalars
+        pooled = scatter(scalars, batch.batch, 0, dim_size=int(batch.num_graphs), reduce="mean").view(len(chunk), 2, -1)
+        out.append((pooled[:, 0] - pooled[:, 1]).pow(2).sum(-1).double().cpu().numpy())
+    return np.concatenate(out)
+
+
+def encoder_name(path: str | Path) -> str:
+    """``backbone:<objective>`` of a model file: its objective's class name in lower case
+    (``backbone:denoising``, ``backbone:jepa``, ...; ``backbone:unknown`` when the file does not record it)."""
+    from atomzoo.model_files import read
+
+    objective = read(path).objective
+    return "backbone:" + (objective.rsplit(".", 1)[-1].lower() if objective else "unknown")
+
+
 def xtb_energy_jump(cases: list[Case]) -> np.ndarray:
     """``|E(target) - E(last history frame)|`` in eV, GFN2-xTB (tblite), every frame computed once.
 
@@ -289,11 +323,27 @@ def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> 
 
 def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | Path = "surprise", seed: int = 0,
                  random_baseline: bool = True, xtb: bool = True, min_separation: int = 10, stretch_margin: float = 0.3,
-                 max_windows: int | None = None, kinds: tuple[str, ...] = KINDS) -> list[dict]:  # fmt: skip
+                 max_windows: int | None = None, kinds: tuple[str, ...] = KINDS,
+                 encoders: list[str] | None = None) -> list[dict]:  # fmt: skip
     """Run the test (module docstring) with the set-up TrajectoryDataModule ``data``; write the files; return
     the summary rows (``detector``, ``kind``, ``group``, ``seeds``, ``mean``, ``z_score``, ``z_score_std``,
-    ``auroc``, ``auroc_std``, ``max_abs_change``, ``n``)."""
+    ``z_median``, ``z_median_std``, ``auroc``, ``auroc_std``, ``max_abs_change``, ``n``).
+
+    ``encoders``: model files of other pretrained networks (any objective; :func:`backbone_distance`),
+    each ``FILE`` (detector :func:`encoder_name`) or ``NAME=FILE`` (detector ``backbone:NAME``, e.g. to tell
+    JEPA-EMA from JEPA-SIGReg, one class); the k-th file of a detector is scored on the k-th checkpoint's
+    draws (pair seeds by order). ``ValueError`` when an objective has more files than there are checkpoints."""
+    from atomzoo.model_files import build_backbone
     from atomzoo.objectives import WorldModel
+
+    by_encoder: dict[str, list[str]] = {}
+    for entry in encoders or []:
+        name, _, path = str(entry).rpartition("=") if "=" in str(entry) else ("", "", str(entry))
+        by_encoder.setdefault(f"backbone:{name}" if name else encoder_name(path), []).append(path)
+    for name, paths in by_encoder.items():
+        if len(paths) > len(checkpoints):
+            raise ValueError(f"--encoder-ckpt: {len(paths)} files of {name} for {len(checkpoints)} --ckpt seeds; "
+                             "give at most one per seed, in seed order")  # fmt: skip
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -314,6 +364,14 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
                 raise ValueError(f"{checkpoint}: the model covers {model.history} history frames, the data has "
                                  f"{len(by_kind['true'][0].frames) - 1} (--data history)")  # fmt: skip
             scores = {k: model_surprise(model, v, persistence=no_change) for k, v in by_kind.items()}
+            for kind, row in summarise(scores, windows).items():
+                per_seed.setdefault((name, kind), []).append(row)
+            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
+                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+        backbones = {"backbone:worldmodel": trained.backbone} if by_encoder else {}
+        backbones.update({name: build_backbone(paths[i]) for name, paths in by_encoder.items() if i < len(paths)})
+        for name, backbone in backbones.items():
+            scores = {k: backbone_distance(backbone, v) for k, v in by_kind.items()}
             for kind, row in summarise(scores, windows).items():
                 per_seed.setdefault((name, kind), []).append(row)
             lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
@@ -463,6 +521,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--min-separation", type=int, default=10, help="frames between the target and an ensemble frame")
     p.add_argument("--stretch-margin", type=float, default=0.3, help="A beyond a bond's largest length")
     p.add_argument("--max-windows", type=int, default=None, help="score at most this many windows (a seeded choice)")
+    p.add_argument("--encoder-ckpt", nargs="+", default=None, metavar="[NAME=]FILE",
+                   help="other pretrained networks (any objective's checkpoint or export): their backbone's pooled-"
+                        "feature distance ||f(x_t) - f(target)||^2 as detectors backbone:NAME (default NAME: the "
+                        "objective's class, lower case; the k-th file of a NAME paired with the k-th --ckpt), and "
+                        "the world model's own as backbone:worldmodel")
     p.add_argument("--from-windows", default=None, metavar="CSV", help="recompute the summary (surprise.csv, .md, "
                    ".png, into --out) from a surprise_windows.csv; no model, no data")
     args = p.parse_args(argv)
@@ -474,7 +537,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         p.error("--ckpt and --data are required (or --from-windows CSV)")
     data = load_data(args.data, args.data_path, args.cache_dir)
     summary = run_surprise(args.ckpt, data, args.split, args.out, args.seed, not args.no_random, not args.no_xtb,
-                           args.min_separation, args.stretch_margin, args.max_windows)  # fmt: skip
+                           args.min_separation, args.stretch_margin, args.max_windows,
+                           encoders=args.encoder_ckpt)  # fmt: skip
     print((Path(args.out) / "surprise.md").read_text())
     return summary
 
