@@ -142,7 +142,7 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
         print(f"encoders: waiting for the transfer stage's pretraining cells ({ {k: len(v) for k, v in others.items()} })")
         return
     run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *world, "--data", DATA_CONFIG, "--split", "test",
-         "--no-xtb", "--no-random", "--out", out,
+         "--no-xtb", "--out", out,
          "--encoder-ckpt", *(f"{name}={c}" for name, ckpts in others.items() for c in ckpts)])
 
 

@@ -140,14 +140,15 @@ def test_surprise_command_end_to_end(tmp_path):
     assert {p.name for p in out.iterdir()} == {"surprise.csv", "surprise.md", "surprise.png", "surprise_windows.csv"}
     assert (out / "surprise.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = {(r["detector"], r["kind"]): r for r in summary}
-    detectors = ("trained", "persistence", "random", "xtb", "backbone:worldmodel", "backbone:denoising",
-                 "backbone:noised")  # NAME=FILE names a detector
+    detectors = ("trained", "persistence", "random", "random_persistence", "xtb", "backbone:worldmodel",
+                 "backbone:random", "backbone:denoising", "backbone:noised")  # NAME=FILE names a detector
     assert set(rows) == {(d, k) for d in detectors for k in KINDS}
     # one denoising file: scored on the first checkpoint's draws only; every other detector on both seeds
     single = ("backbone:denoising", "backbone:noised")
     assert all(r["seeds"] == (1 if r["detector"] in single else 2) and r["n"] == 16 for r in summary)
     assert rows[("backbone:noised", "swap")]["auroc"] == rows[("backbone:denoising", "swap")]["auroc"]  # same file
-    for detector in ("trained", "persistence", "random", "backbone:worldmodel", "backbone:denoising"):
+    for detector in ("trained", "persistence", "random", "random_persistence", "backbone:worldmodel",
+                     "backbone:random", "backbone:denoising"):
         # an invariant encoder: rotation and permutation change nothing but rounding
         assert rows[(detector, "rotation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
         assert rows[(detector, "permutation")]["max_abs_change"] < 1e-4 * rows[(detector, "true")]["mean"]
@@ -156,7 +157,7 @@ def test_surprise_command_end_to_end(tmp_path):
     for kind in ("teleport", "swap", "stretch"):
         assert rows[("xtb", kind)]["auroc"] > 0.9 and rows[("xtb", kind)]["z_score"] > 3
     scores = list(csv.DictReader((out / "surprise_windows.csv").open()))
-    assert len(scores) == (5 * 2 + 2) * len(KINDS) * 16
+    assert len(scores) == (7 * 2 + 2) * len(KINDS) * 16
     assert all(np.isfinite(float(r["score"])) or r["detector"] == "xtb" for r in scores)  # plain numbers
     # the summary recomputed from the windows file alone is the run's summary
     again = main(["--from-windows", str(out / "surprise_windows.csv"), "--out", str(tmp_path / "again")])

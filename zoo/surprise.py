@@ -32,7 +32,9 @@ Detectors, each scoring the same perturbed windows:
   backbone features of other pretrained networks (any objective: coordinate denoising, JEPA, ...) and of
   the world model's own backbone (``backbone:worldmodel``): is the world-model objective what makes an
   encoder flag broken geometry, or does any pretraining on the same frames?
-* ``random``: the same architecture randomly initialised (seeded; the checkpoint's hyperparameters);
+* ``random``: the same architecture randomly initialised (seeded; the checkpoint's hyperparameters), and
+  ``random_persistence``, its "nothing moves" distance (the baseline of ``persistence``; with
+  ``--encoder-ckpt`` also ``backbone:random``, the baseline of the ``backbone:`` detectors);
 * ``xtb``: the physical reference, ``|E(target) - E(x_t)|`` with GFN2-xTB (tblite) energies of the
   (perturbed) target and the last history frame (needs ``pip install tblite``; ``--no-xtb`` skips it).
 
@@ -358,7 +360,8 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
         trained = WorldModel.load_from_checkpoint(checkpoint, map_location="cpu")
         detectors = {"trained": (trained, False), "persistence": (trained, True)}
         if random_baseline:
-            detectors["random"] = (random_like(trained, checkpoint, seed + i), False)
+            twin = random_like(trained, checkpoint, seed + i)
+            detectors.update({"random": (twin, False), "random_persistence": (twin, True)})
         for name, (model, no_change) in detectors.items():
             if model.history < len(by_kind["true"][0].frames) - 1:
                 raise ValueError(f"{checkpoint}: the model covers {model.history} history frames, the data has "
@@ -369,6 +372,8 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
             lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
                       for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
         backbones = {"backbone:worldmodel": trained.backbone} if by_encoder else {}
+        if by_encoder and random_baseline:
+            backbones["backbone:random"] = twin.backbone
         backbones.update({name: build_backbone(paths[i]) for name, paths in by_encoder.items() if i < len(paths)})
         for name, backbone in backbones.items():
             scores = {k: backbone_distance(backbone, v) for k, v in by_kind.items()}
