@@ -47,7 +47,8 @@ SMOKE = ["--trainer.max_steps", "-1", "--trainer.max_epochs", "1", "--trainer.li
          "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"]
 #: appended with ``--smoke`` to other commands, by their start
 SHORTER = {"python examples/md_relax.py": ["--time-ps", "0.005", "--fmax", "0.5"],
-           "zoo-bench run": ["--only", "^finetune/painn64/none/"]}
+           "zoo-bench run": ["--only", "^finetune/painn64/none/"],
+           "python -m atomzoo.surprise": ["--max-windows", "8"]}
 #: commands never run here, by their start, with the reason
 NOT_RUN = {"pip install": "the install itself (CI's .ci/run does it in a clean environment)",
            "python -m pytest": "the test suite (tests/test_readme.py is part of it)"}
@@ -66,6 +67,9 @@ EXPECTED = {
     "Use a trained force model: predictions, ASE, MD": (
         ["runs/rmd17_fixture_forces/ethanol/checkpoints/last.ckpt", "preds.csv", "preds.atoms.csv"],
         ["zoo predict: wrote 3 molecules to {work}/preds.csv", "drift"]),
+    "A world model of molecular dynamics, and its surprise test": (
+        ["runs/wm/demo/checkpoints/last.ckpt", "runs/wm/demo/surprise/surprise.md",
+         "runs/wm/demo/surprise/surprise.png"], ["| trained | teleport | violation |", "| persistence | swap |"]),
     "Benchmark matrices": (["benchmarks/results/objectives_v2-quick/results.csv"], ["failed 0"]),
 }
 
