@@ -172,15 +172,22 @@ def test_surprise_command_end_to_end(tmp_path):
 
     model = WorldModel.load_from_checkpoint(ckpt, map_location="cpu").eval()
     data = load_data(ROOT / "configs/data/trajectories.yaml", str(FIXTURE), str(tmp_path / "cache"))
-    cases = make_cases(data, "test", ["true"], np.random.default_rng(0), max_windows=4)
+    # the run's own draws for its first checkpoint (seed 0), true targets only
+    cases = [c for c in make_cases(data, "test", list(KINDS), np.random.default_rng(0), max_windows=16)
+             if c.kind == "true"]
     with torch.no_grad():
         z = model.embed_windows(window_batch(cases).to(model.device))
         expected = (z[:, -2] - z[:, -1]).pow(2).sum(-1).double().numpy()
         predicted = (model.predict(z[:, :-1], window_batch(cases).horizon, window_batch(cases).temperature)
                      - z[:, -1]).pow(2).sum(-1).double().numpy()
-    assert np.allclose(model_surprise(model, cases, persistence=True), expected, rtol=1e-5)
-    assert np.allclose(model_surprise(model, cases), predicted, rtol=1e-5)
+    prediction, persistence = model_surprise(model, cases)
+    assert np.allclose(persistence, expected, rtol=1e-5) and np.allclose(prediction, predicted, rtol=1e-5)
     assert not np.allclose(expected, predicted)
+
+    def written(detector: str) -> np.ndarray:  # the windows file's seed-0 true-target scores, in window order
+        return np.array([float(r["score"]) for r in scores if (r["detector"], r["seed"], r["kind"]) == (detector, "0", "true")])
+
+    assert np.allclose(written("trained"), predicted, rtol=1e-5) and np.allclose(written("persistence"), expected, rtol=1e-5)
     # the encoder distance: zero when the target is the last history frame, positive for another frame
     from atomzoo.model_files import build_backbone
     from atomzoo.surprise import backbone_distance
@@ -189,6 +196,8 @@ def test_surprise_command_end_to_end(tmp_path):
     same = [Case(c.kind, c.window, c.trajectory, [*c.frames[:-1], c.frames[-2]], c.horizon, c.temperature)
             for c in cases]
     assert np.all(backbone_distance(backbone, same) < 1e-10) and np.all(backbone_distance(backbone, cases) > 0)
+    assert np.allclose(written("backbone:denoising"), backbone_distance(backbone, cases), rtol=1e-5)
+    assert np.allclose(written("backbone:worldmodel"), backbone_distance(model.backbone, cases), rtol=1e-5)
     with pytest.raises(ValueError, match="--encoder-ckpt: 2 files of backbone:denoising for 1 --ckpt"):
         main(["--ckpt", str(ckpt), *common, "--out", str(tmp_path / "x"), "--max-windows", "2", "--no-xtb",
               "--encoder-ckpt", str(denoising), str(denoising)])

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -201,19 +201,20 @@ def window_batch(cases: list[Case], dtype=torch.float32):
 
 
 @torch.no_grad()
-def model_surprise(model, cases: list[Case], batch_size: int = 64, persistence: bool = False) -> np.ndarray:
-    """``||pred - z_target||^2`` of every case (the model in eval mode); with ``persistence``, the no-change
-    prediction instead: ``||z_last - z_target||^2``, ``z_last`` the embedding of the last history frame
-    (the same encoder without its predictor)."""
+def model_surprise(model, cases: list[Case], batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``(prediction, persistence)`` of every case, from one encoder pass (the model in eval mode):
+    ``||pred - z_target||^2``, the world model's surprise, and ``||z_last - z_target||^2``, the no-change
+    prediction (``z_last`` the embedding of the last history frame: the same encoder without its predictor)."""
     model.eval()
     dtype = next(model.parameters()).dtype
-    out = []
+    prediction, persistence = [], []
     for start in range(0, len(cases), batch_size):
         batch = window_batch(cases[start:start + batch_size], dtype).to(model.device)
         z = model.embed_windows(batch)
-        pred = z[:, -2] if persistence else model.predict(z[:, :-1], batch.horizon, batch.temperature)
-        out.append((pred - z[:, -1]).pow(2).sum(-1).double().cpu().numpy())
-    return np.concatenate(out)
+        pred = model.predict(z[:, :-1], batch.horizon, batch.temperature)
+        prediction.append((pred - z[:, -1]).pow(2).sum(-1).double().cpu().numpy())
+        persistence.append((z[:, -2] - z[:, -1]).pow(2).sum(-1).double().cpu().numpy())
+    return np.concatenate(prediction), np.concatenate(persistence)
 
 
 @torch.no_grad()
@@ -221,16 +222,14 @@ def backbone_distance(backbone, cases: list[Case], batch_size: int = 64) -> np.n
     """``||f(x_t) - f(x_target)||^2`` of every case, ``f`` the backbone's mean-pooled per-atom scalar features
     (``[F]`` per frame; the features a fine-tuning head reads) and ``x_t`` the last history frame: the
     "nothing moves" detector of any pretrained encoder, whatever its objective (eval mode)."""
-    from torch_geometric.data import Batch, Data
     from torch_geometric.utils import scatter
 
     backbone.eval()
     dtype = next(backbone.parameters()).dtype
     out = []
     for start in range(0, len(cases), batch_size):
-        chunk = cases[start:start + batch_size]
-        batch = Batch.from_data_list([Data(z=torch.as_tensor(z, dtype=torch.long), pos=torch.as_tensor(pos, dtype=dtype))
-                                      for case in chunk for z, pos in case.frames[-2:]])  # fmt: skip
+        chunk = [replace(case, frames=case.frames[-2:]) for case in cases[start:start + batch_size]]
+        batch = window_batch(chunk, dtype)
         scalars = backbone(batch).scalars
         pooled = scatter(scalars, batch.batch, 0, dim_size=int(batch.num_graphs), reduce="mean").view(len(chunk), 2, -1)
         out.append((pooled[:, 0] - pooled[:, 1]).pow(2).sum(-1).double().cpu().numpy())
@@ -358,35 +357,31 @@ def run_surprise(checkpoints: list[str], data, split: str = "test", out: str | P
         by_kind = {k: v for k, v in by_kind.items() if v}
         windows = {k: np.array([c.window for c in v]) for k, v in by_kind.items()}
         trained = WorldModel.load_from_checkpoint(checkpoint, map_location="cpu")
-        detectors = {"trained": (trained, False), "persistence": (trained, True)}
+
+        def record(name: str, scores: dict[str, np.ndarray]) -> None:
+            for kind, row in summarise(scores, windows).items():
+                per_seed.setdefault((name, kind), []).append(row)
+            lines.extend(f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
+                         for k, v in by_kind.items() for c, s in zip(v, scores[k]))  # fmt: skip
+
+        worlds = {("trained", "persistence"): trained}  # detector names: (its prediction, its no-change distance)
         if random_baseline:
-            twin = random_like(trained, checkpoint, seed + i)
-            detectors.update({"random": (twin, False), "random_persistence": (twin, True)})
-        for name, (model, no_change) in detectors.items():
+            worlds[("random", "random_persistence")] = twin = random_like(trained, checkpoint, seed + i)
+        for (predicted, no_change), model in worlds.items():
             if model.history < len(by_kind["true"][0].frames) - 1:
                 raise ValueError(f"{checkpoint}: the model covers {model.history} history frames, the data has "
                                  f"{len(by_kind['true'][0].frames) - 1} (--data history)")  # fmt: skip
-            scores = {k: model_surprise(model, v, persistence=no_change) for k, v in by_kind.items()}
-            for kind, row in summarise(scores, windows).items():
-                per_seed.setdefault((name, kind), []).append(row)
-            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
-                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+            both = {k: model_surprise(model, v) for k, v in by_kind.items()}
+            record(predicted, {k: v[0] for k, v in both.items()})
+            record(no_change, {k: v[1] for k, v in both.items()})
         backbones = {"backbone:worldmodel": trained.backbone} if by_encoder else {}
         if by_encoder and random_baseline:
             backbones["backbone:random"] = twin.backbone
         backbones.update({name: build_backbone(paths[i]) for name, paths in by_encoder.items() if i < len(paths)})
         for name, backbone in backbones.items():
-            scores = {k: backbone_distance(backbone, v) for k, v in by_kind.items()}
-            for kind, row in summarise(scores, windows).items():
-                per_seed.setdefault((name, kind), []).append(row)
-            lines += [f"{name},{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
-                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+            record(name, {k: backbone_distance(backbone, v) for k, v in by_kind.items()})
         if xtb:
-            scores = {k: xtb_energy_jump(v) for k, v in by_kind.items()}
-            for kind, row in summarise(scores, windows).items():
-                per_seed.setdefault(("xtb", kind), []).append(row)
-            lines += [f"xtb,{seed + i},{k},{c.window},{c.trajectory},{float(s)!r}"
-                      for k, v in by_kind.items() for c, s in zip(v, scores[k])]  # fmt: skip
+            record("xtb", {k: xtb_energy_jump(v) for k, v in by_kind.items()})
     (out / "surprise_windows.csv").write_text("\n".join(lines) + "\n")
     summary = aggregate(per_seed)
     write_summary(summary, out)
