@@ -20,13 +20,15 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               the change of the embedding, starting at "no change"), 3 seeds
               (``benchmarks/matrices/world_model_residual.yaml``), then the same surprise test and probes ->
               ``docs/world_model/residual/``.
-``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
-              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
-              300 frames) -> ``benchmarks/results/world_model_study/results.md``.
+``pretrain``  the transfer rows' remaining pretraining cells (denoising and JEPA-SIGReg, seeds 1-2), which the
+              ``encoders`` stage needs, before the fine-tuning cells of seeds 1-2.
 ``encoders``  the surprise test's "nothing moves" distance on the pooled backbone features of the world model and
               of the denoising and JEPA-SIGReg networks of the transfer rows (same frames, same steps, seed k
               with seed k) -> ``docs/world_model/encoders/``: is the world-model objective what makes an encoder
               flag broken geometry, or does any pretraining on the same frames?
+``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
+              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
+              300 frames) -> ``benchmarks/results/world_model_study/results.md``.
 
     OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # one core; data ~30 min, world model
                                                                       # ~15 min a seed, transfer ~2 h a seed
@@ -103,6 +105,11 @@ def stage_transfer_first() -> None:
     run(["zoo-bench", "run", MATRIX, "--only", "/(p0|s0)$", "--threads", "1", "--commit-results"])
 
 
+def stage_pretrain() -> None:
+    """Every pretraining cell of the matrix (the transfer rows' seeds 1-2), which ``encoders`` needs."""
+    run(["zoo-bench", "run", MATRIX, "--only", "^pretrain/", "--threads", "1", "--commit-results"])
+
+
 def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
@@ -147,8 +154,8 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
-          "transfer0": stage_transfer_first, "residual": stage_residual, "transfer": stage_transfer,
-          "encoders": stage_encoders}
+          "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
+          "encoders": stage_encoders, "transfer": stage_transfer}
 
 
 def main() -> None:
