@@ -14,11 +14,16 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
 ``probes``    ``python -m atomzoo.dynamics_probes`` (linear probes of energy, force norm and a dihedral from the
               embedding, trained on the training molecules, tested on the held-out ones, against random
               networks) -> ``docs/world_model/probes.{csv,md}``.
+``predictability`` ``python -m atomzoo.predictability``: closed-form linear predictors of the target frame fitted
+              on the training windows, in the world model's embedding, its backbone features, a random twin's
+              and the interatomic distances, against the world model's own predictor, each relative to
+              "nothing moves" -> ``docs/world_model/predictability.{csv,md}``: is there motion to predict?
 ``transfer0`` replicate 0 of the ``transfer`` stage below (seed-0 pretraining and its fine-tuning cells), so a
               first transfer answer exists before the ablation runs.
 ``residual``  the ablation (not in LeWM): the same world model with ``--model.residual true`` (the predictor outputs
               the change of the embedding, starting at "no change"), 3 seeds
-              (``benchmarks/matrices/world_model_residual.yaml``), then the same surprise test and probes ->
+              (``benchmarks/matrices/world_model_residual.yaml``), then the same surprise test, probes and
+              predictability ->
               ``docs/world_model/residual/``.
 ``pretrain``  the transfer rows' remaining pretraining cells (denoising and JEPA-SIGReg, seeds 1-2), which the
               ``encoders`` stage needs, before the fine-tuning cells of seeds 1-2.
@@ -130,11 +135,20 @@ def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
          "--out", out])
 
 
+def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+    if (out / "predictability.md").exists():
+        print(f"{out / 'predictability.md'} exists")
+        return
+    run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+         "--out", out])
+
+
 def stage_residual() -> None:
     run(["zoo-bench", "run", RESIDUAL_MATRIX, "--threads", "1", "--commit-results"])
     ckpts = checkpoints(RESIDUAL_MATRIX, "world_model_residual")
     stage_surprise(ckpts, OUT / "residual")
     stage_probes(ckpts, OUT / "residual")
+    stage_predictability(ckpts, OUT / "residual")
 
 
 def stage_encoders(out: Path = OUT / "encoders") -> None:
@@ -154,7 +168,7 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
-          "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
+          "predictability": stage_predictability, "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
           "encoders": stage_encoders, "transfer": stage_transfer}
 
 

@@ -594,12 +594,19 @@ class TrajectoryDataModule(AtomsDataModule):
         self.setup() if self._windows is None else None
         return self._windows[split]["rows"]
 
-    def dataset(self, split: str) -> WindowDataset:
+    def window_table(self, split: str) -> dict[str, np.ndarray]:
+        """The windows of ``split``: ``rows`` ``[W, h+1]`` (store rows, history oldest first, then the target),
+        ``horizon`` ``[W]`` (fs), ``temperature`` ``[W]`` (K, the trajectory's thermostat), ``trajectory`` ``[W]``
+        (index into :attr:`trajectory_table`) and ``time`` ``[W]`` (fs of the last history frame)."""
         if self.store is None or self.splits is None:
             self.setup()
         w = self._windows[split]
         temperature = np.array([t["temperature_K"] for t in self.trajectory_table])[w["trajectory"].astype(np.int64)]
-        return WindowDataset(self.store, w["rows"], w["horizon"], temperature, w["trajectory"], w["time"],
+        return {**w, "temperature": temperature}
+
+    def dataset(self, split: str) -> WindowDataset:
+        w = self.window_table(split)
+        return WindowDataset(self.store, w["rows"], w["horizon"], w["temperature"], w["trajectory"], w["time"],
                              self.label_columns)  # fmt: skip
 
     def setup(self, stage: str | None = None) -> None:
