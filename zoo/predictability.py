@@ -16,7 +16,11 @@ TrajectoryDataModule's windows) and a representation ``r`` of a frame, the predi
 * ``ridge``: ``r_t + W d + b``, a full linear map of the ``h - 1`` history differences ``d`` per target
   offset (ridge regression on standardised differences, ``ridge`` x windows; fixed-size
   representations only);
-* ``world_model``: the checkpoint's own predictor on its embedding (eval mode), the learned answer.
+* ``world_model``: the checkpoint's own predictor on its embedding (eval mode), the learned answer;
+* ``refit lr=<lr>`` (with ``--refit-steps N``): a fresh copy of that predictor (same architecture and
+  options, seeded random weights; :func:`refit_predictor`) trained alone, for ``N`` steps, on the frozen
+  embeddings of the training windows: can the predictor learn what the closed-form ones find when the
+  encoder holds still?
 
 Representations: ``embedding`` (the world model's ``z``: backbone -> pooled -> projector), ``backbone`` (the
 mean-pooled per-atom scalars), for the trained checkpoint and its randomly initialised twin
@@ -135,6 +139,48 @@ def world_model_scores(model, embedding: np.ndarray, table: dict) -> list[dict]:
     return out
 
 
+def refit_predictor(model, embedding: np.ndarray, table: dict, steps: int, lr: float, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = (0.9, 0.999), seed: int = 0, batch_size: int = 32):
+    """Train ``model``'s predictor alone on frozen embeddings; return ``model`` in eval mode.
+
+    ``model`` is a :class:`~atomzoo.objectives.WorldModel` with fresh weights (in the command, the
+    checkpoint's architecture and options with seeded random weights, :func:`atomzoo.surprise.random_like`:
+    the residual head zero-initialised as in training); its encoder is never used. Its action encoder,
+    transformer and head learn ``MSE(predict(z_history, action), z_{t+k})`` on windows drawn uniformly
+    with replacement from ``table`` (the training windows, :meth:`TrajectoryDataModule.window_table`),
+    ``batch_size`` per step: AdamW at ``lr`` with ``weight_decay`` and ``betas`` on every predictor
+    parameter, linear warm-up over the first 5 % of the steps then cosine decay to 0, gradients clipped at
+    norm 1.0 (LeWM's), dropout as configured. Seeded (``seed``) window draws.
+
+    Args:
+        embedding: ``[frames, D]`` the trained encoder's embedding of every store row.
+        steps: optimiser steps (>= 1).
+    """
+    parts = (model.action_encoder, model.predictor, model.prediction_head)
+    params = [p for part in parts for p in part.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(1, steps - warmup))))
+    dtype = next(model.parameters()).dtype
+    z = torch.as_tensor(embedding, dtype=dtype)
+    rows = torch.as_tensor(table["rows"])
+    horizon = torch.as_tensor(table["horizon"], dtype=dtype)
+    temperature = torch.as_tensor(table["temperature"], dtype=dtype)
+    generator = torch.Generator().manual_seed(seed)
+    for part in parts:
+        part.train()
+    for _ in range(steps):
+        i = torch.randint(len(rows), (batch_size,), generator=generator)
+        loss = (model.predict(z[rows[i, :-1]], horizon[i], temperature[i]) - z[rows[i, -1]]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+    return model.eval()
+
+
 def distances(store) -> np.ndarray:
     """``[frames, P]`` every interatomic distance of every store row (A; upper triangle, row-major),
     zero-padded to the largest molecule's pair count."""
@@ -151,9 +197,11 @@ def distances(store) -> np.ndarray:
 
 
 def run_predictability(checkpoints: list[str], data, split: str = "test", out: str | Path = "predictability",
-                       seed: int = 0, random_baseline: bool = True) -> list[dict]:
+                       seed: int = 0, random_baseline: bool = True, refit_steps: int = 0,
+                       refit_lrs: list[float] | None = None) -> list[dict]:
     """Score every predictor on every representation (module docstring); write ``predictability.csv`` and
-    ``predictability.md`` under ``out``; return the rows."""
+    ``predictability.md`` under ``out``; return the rows. ``refit_steps > 0`` adds the refitted predictor
+    at every learning rate of ``refit_lrs`` (default: the checkpoint's)."""
     from atomzoo.dynamics_probes import features
     from atomzoo.objectives import WorldModel
     from atomzoo.surprise import random_like
@@ -175,6 +223,11 @@ def run_predictability(checkpoints: list[str], data, split: str = "test", out: s
                 rows = closed_form_scores(feats[kind], train["rows"], test["rows"])
                 if name == "trained" and kind == "embedding":
                     rows += world_model_scores(model, feats[kind], test)
+                    for lr in (refit_lrs or [float(trained.hparams["lr"])]) if refit_steps > 0 else []:
+                        fresh = random_like(trained, checkpoint, seed + i)
+                        refit = refit_predictor(fresh, feats[kind], train, refit_steps, lr, trained.weight_decay,
+                                                trained.betas, seed + i)
+                        rows += [{**r, "predictor": f"refit lr={lr:g}"} for r in world_model_scores(refit, feats[kind], test)]
                 results += [{"representation": kind, "detector": name, "seed": seed + i, **r} for r in rows]
     write_tables(results, out, split)
     return results
@@ -216,9 +269,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", default="predictability")
     p.add_argument("--seed", type=int, default=0, help="seed of the first random network (then +1 per checkpoint)")
     p.add_argument("--no-random", action="store_true", help="skip the randomly initialised networks")
+    p.add_argument("--refit-steps", type=int, default=0,
+                   help="also train a fresh copy of each checkpoint's predictor alone on the frozen embeddings for "
+                        "this many steps (0: off)")  # fmt: skip
+    p.add_argument("--refit-lr", type=float, nargs="+", default=None,
+                   help="learning rate(s) of the refitted predictor (default: the checkpoint's)")
     args = p.parse_args(argv)
+    if args.refit_steps < 0:
+        p.error(f"--refit-steps {args.refit_steps}: give 0 (off) or a number of steps")
     data = load_data(args.data, args.data_path, args.cache_dir)
-    results = run_predictability(args.ckpt, data, args.split, args.out, args.seed, not args.no_random)
+    results = run_predictability(args.ckpt, data, args.split, args.out, args.seed, not args.no_random,
+                                 args.refit_steps, args.refit_lr)
     print((Path(args.out) / "predictability.md").read_text())
     return results
 
