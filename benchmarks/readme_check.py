@@ -69,7 +69,8 @@ EXPECTED = {
         ["zoo predict: wrote 3 molecules to {work}/preds.csv", "drift"]),
     "A world model of molecular dynamics, and its surprise test": (
         ["runs/wm/demo/checkpoints/last.ckpt", "runs/wm/demo/surprise/surprise.md",
-         "runs/wm/demo/surprise/surprise.png"], ["| trained | teleport | violation |", "| persistence | swap |"]),
+         "runs/wm/demo/surprise/surprise.png", "runs/wm/demo/predictability/predictability.md"],
+        ["| trained | teleport | violation |", "| persistence | swap |", "| embedding | trained | world_model |"]),
     "Benchmark matrices": (["benchmarks/results/objectives_v2-quick/results.csv"], ["failed 0"]),
 }
 

@@ -135,12 +135,12 @@ def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
          "--out", out])
 
 
-def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit: list[str] = ()) -> None:
     if (out / "predictability.md").exists():
         print(f"{out / 'predictability.md'} exists")
         return
     run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
-         "--out", out])
+         "--out", out, *refit])
 
 
 def stage_residual() -> None:
@@ -148,7 +148,8 @@ def stage_residual() -> None:
     ckpts = checkpoints(RESIDUAL_MATRIX, "world_model_residual")
     stage_surprise(ckpts, OUT / "residual")
     stage_probes(ckpts, OUT / "residual")
-    stage_predictability(ckpts, OUT / "residual")
+    # the residual predictor also retrained alone on its frozen embedding, at the study's lr and LeWM's
+    stage_predictability(ckpts, OUT / "residual", ["--refit-steps", "1500", "--refit-lr", "5e-4", "5e-5"])
 
 
 def stage_encoders(out: Path = OUT / "encoders") -> None:

@@ -123,9 +123,7 @@ def test_world_model_ratio_uses_the_windows_frames():
 def test_refitted_predictor_learns_predictable_motion_and_leaves_the_encoder():
     """Embeddings decaying towards 0 (``z_{t+1} = 0.9 z_t``, the change a linear map of the last frame): a
     small residual predictor, starting at "no change", trained alone on 50 trajectories goes well below
-    persistence on their windows and on 10 held-out trajectories; the encoder's weights do not change.
-    (With motion that needs the history differences -- constant velocity -- this predictor learns far
-    less in the same steps: docs/world_model.md.)"""
+    persistence on their windows and on 10 held-out trajectories; the encoder's weights do not change."""
     from atomzoo.backbones import SchNet
     from atomzoo.objectives import WorldModel
 
