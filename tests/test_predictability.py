@@ -138,7 +138,8 @@ def test_refitted_predictor_learns_predictable_motion_and_leaves_the_encoder():
         parts.append(rng.normal(size=8) * 0.9 ** np.arange(30)[:, None])
         rows["train" if trajectory < 50 else "test"].append(windows(30 * trajectory, 30))
     embedding = np.concatenate(parts)
-    tables = {s: {"rows": np.concatenate(r), "temperature": np.full(sum(len(w) for w in r), 300.0)} for s, r in rows.items()}
+    tables = {s: {"rows": np.concatenate(r), "temperature": np.full(sum(len(w) for w in r), 300.0)}
+              for s, r in rows.items()}
     for table in tables.values():
         table["horizon"] = offsets(table["rows"]) * 5.0
     before = world_model_scores(model.eval(), embedding, tables["test"])

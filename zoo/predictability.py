@@ -86,7 +86,8 @@ def fit_ridge(diffs: np.ndarray, change: np.ndarray, ridge: float = 1e-3):
     return lambda d: ((d.reshape(len(d), -1) - mean) / std) @ weights + y_mean
 
 
-def closed_form_scores(rep: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray, ridge: bool = True) -> list[dict]:
+def closed_form_scores(rep: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+                       ridge: bool = True) -> list[dict]:
     """Error ratios to persistence of the closed-form predictors, per target offset (module docstring).
 
     Args:
@@ -160,8 +161,13 @@ def refit_predictor(model, embedding: np.ndarray, table: dict, steps: int, lr: f
     params = [p for part in parts for p in part.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(1, steps - warmup))))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + np.cos(np.pi * (step - warmup) / max(1, steps - warmup)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     dtype = next(model.parameters()).dtype
     z = torch.as_tensor(embedding, dtype=dtype)
     rows = torch.as_tensor(table["rows"])
@@ -227,7 +233,8 @@ def run_predictability(checkpoints: list[str], data, split: str = "test", out: s
                         fresh = random_like(trained, checkpoint, seed + i)
                         refit = refit_predictor(fresh, feats[kind], train, refit_steps, lr, trained.weight_decay,
                                                 trained.betas, seed + i)
-                        rows += [{**r, "predictor": f"refit lr={lr:g}"} for r in world_model_scores(refit, feats[kind], test)]
+                        rows += [{**r, "predictor": f"refit lr={lr:g}"}
+                                 for r in world_model_scores(refit, feats[kind], test)]
                 results += [{"representation": kind, "detector": name, "seed": seed + i, **r} for r in rows]
     write_tables(results, out, split)
     return results
