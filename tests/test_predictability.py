@@ -168,14 +168,24 @@ def test_predictability_command_end_to_end(tmp_path):
     out = tmp_path / "pred"
     results = main(["--ckpt", str(ckpt), "--data", str(ROOT / "configs/data/trajectories.yaml"),
                     "--data-path", str(FIXTURE), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
-                    "--refit-steps", "2", "--refit-lr", "1e-3"])
+                    "--refit-steps", "2", "--refit-lr", "1e-3", "--refit-set", "predictor_depth=1",
+                    "predictor_dropout=0"])
     assert {p.name for p in out.iterdir()} == {"predictability.csv", "predictability.md"}
     keys = {(r["representation"], r["detector"], r["predictor"]) for r in results}
     assert ("distances", "physics", "shared_ar") in keys and ("distances", "physics", "ridge") not in keys
     assert ("embedding", "trained", "world_model") in keys and ("embedding", "random", "world_model") not in keys
-    assert ("embedding", "trained", "refit lr=0.001") in keys
+    assert ("embedding", "trained", "refit lr=0.001 predictor_depth=1 predictor_dropout=0") in keys
     assert {(rep, d, "ridge") for rep in ("embedding", "backbone") for d in ("trained", "random")} <= keys
     assert all(r["ratio"] == 1.0 for r in results if r["predictor"] == "persistence")
     assert all(np.isfinite(r["ratio"]) and r["windows"] > 0 for r in results)
     table = (out / "predictability.md").read_text()
     assert "| distances | physics | shared_ar |" in table and "| embedding | trained | world_model |" in table
+
+
+@pytest.mark.parametrize("bad, message", [(["--refit-set", "predictor_depth"], "write OPTION=VALUE"),
+                                          (["--refit-set", "predictor_width=3"], "not WorldModel options"),
+                                          (["--refit-steps", "-1"], "--refit-steps -1")])
+def test_bad_refit_options_are_refused_in_one_line(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["--ckpt", "missing.ckpt", "--data", str(ROOT / "configs/data/trajectories.yaml"), *bad])
+    assert message in capsys.readouterr().err

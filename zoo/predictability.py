@@ -20,7 +20,8 @@ TrajectoryDataModule's windows) and a representation ``r`` of a frame, the predi
 * ``refit lr=<lr>`` (with ``--refit-steps N``): a fresh copy of that predictor (same architecture and
   options, seeded random weights; :func:`refit_predictor`) trained alone, for ``N`` steps, on the frozen
   embeddings of the training windows: can the predictor learn what the closed-form ones find when the
-  encoder holds still?
+  encoder holds still? ``--refit-set predictor_depth=1 predictor_dropout=0 ...`` changes the copy's
+  WorldModel options (its size, dropout, ...), named in the row.
 
 Representations: ``embedding`` (the world model's ``z``: backbone -> pooled -> projector), ``backbone`` (the
 mean-pooled per-atom scalars), for the trained checkpoint and its randomly initialised twin
@@ -204,10 +205,11 @@ def distances(store) -> np.ndarray:
 
 def run_predictability(checkpoints: list[str], data, split: str = "test", out: str | Path = "predictability",
                        seed: int = 0, random_baseline: bool = True, refit_steps: int = 0,
-                       refit_lrs: list[float] | None = None) -> list[dict]:
+                       refit_lrs: list[float] | None = None, refit_options: dict | None = None) -> list[dict]:
     """Score every predictor on every representation (module docstring); write ``predictability.csv`` and
     ``predictability.md`` under ``out``; return the rows. ``refit_steps > 0`` adds the refitted predictor
-    at every learning rate of ``refit_lrs`` (default: the checkpoint's)."""
+    at every learning rate of ``refit_lrs`` (default: the checkpoint's), built with the WorldModel options
+    ``refit_options`` changed."""
     from atomzoo.dynamics_probes import features
     from atomzoo.objectives import WorldModel
     from atomzoo.surprise import random_like
@@ -230,11 +232,11 @@ def run_predictability(checkpoints: list[str], data, split: str = "test", out: s
                 if name == "trained" and kind == "embedding":
                     rows += world_model_scores(model, feats[kind], test)
                     for lr in (refit_lrs or [float(trained.hparams["lr"])]) if refit_steps > 0 else []:
-                        fresh = random_like(trained, checkpoint, seed + i)
+                        fresh = random_like(trained, checkpoint, seed + i, **(refit_options or {}))
                         refit = refit_predictor(fresh, feats[kind], train, refit_steps, lr, trained.weight_decay,
                                                 trained.betas, seed + i)
-                        rows += [{**r, "predictor": f"refit lr={lr:g}"}
-                                 for r in world_model_scores(refit, feats[kind], test)]
+                        label = " ".join([f"refit lr={lr:g}", *(f"{k}={v}" for k, v in (refit_options or {}).items())])
+                        rows += [{**r, "predictor": label} for r in world_model_scores(refit, feats[kind], test)]
                 results += [{"representation": kind, "detector": name, "seed": seed + i, **r} for r in rows]
     write_tables(results, out, split)
     return results
@@ -268,6 +270,11 @@ def write_tables(results: list[dict], out: Path, split: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    import inspect
+
+    import yaml
+
+    from atomzoo.objectives import WorldModel
     from atomzoo.surprise import load_data, world_model_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,12 +288,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "this many steps (0: off)")  # fmt: skip
     p.add_argument("--refit-lr", type=float, nargs="+", default=None,
                    help="learning rate(s) of the refitted predictor (default: the checkpoint's)")
+    p.add_argument("--refit-set", nargs="+", default=[], metavar="OPTION=VALUE",
+                   help="WorldModel options of the refitted predictor, e.g. predictor_depth=1 predictor_dropout=0")
     args = p.parse_args(argv)
     if args.refit_steps < 0:
         p.error(f"--refit-steps {args.refit_steps}: give 0 (off) or a number of steps")
+    refit_options = {}
+    for item in args.refit_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--refit-set {item!r}: write OPTION=VALUE, e.g. predictor_depth=1")
+        refit_options[key] = yaml.safe_load(value)
+    unknown = set(refit_options) - set(inspect.signature(WorldModel).parameters)
+    if unknown:
+        p.error(f"--refit-set: {sorted(unknown)} are not WorldModel options (atomzoo.objectives.WorldModel)")
     data = load_data(args.data, args.data_path, args.cache_dir)
     results = run_predictability(args.ckpt, data, args.split, args.out, args.seed, not args.no_random,
-                                 args.refit_steps, args.refit_lr)
+                                 args.refit_steps, args.refit_lr, refit_options)
     print((Path(args.out) / "predictability.md").read_text())
     return results
 

@@ -272,9 +272,10 @@ def xtb_energy_jump(cases: list[Case]) -> np.ndarray:
     return np.where(np.isnan(jumps), np.inf, jumps)
 
 
-def random_like(trained, checkpoint: str | Path, seed: int):
-    """``trained``'s architecture (the checkpoint's backbone arguments and objective options) with fresh,
-    seeded random weights. Raises ``ValueError`` when the checkpoint does not record every backbone argument."""
+def random_like(trained, checkpoint: str | Path, seed: int, **overrides):
+    """``trained``'s architecture (the checkpoint's backbone arguments and objective options, with
+    ``overrides`` of the objective's options) with fresh, seeded random weights. Raises ``ValueError`` when
+    the checkpoint does not record every backbone argument."""
     from atomzoo import model_files
 
     spec = model_files.read(checkpoint).backbone
@@ -284,7 +285,7 @@ def random_like(trained, checkpoint: str | Path, seed: int):
     torch.manual_seed(seed)
     backbone = type(trained.backbone)(**spec.get("init_args", {}))
     options = {k: v for k, v in trained.hparams.items() if k not in ("backbone", "init_from")}
-    return type(trained)(backbone, **options)
+    return type(trained)(backbone, **{**options, **overrides})
 
 
 # ----- statistics --------------------------------------------------------------------------------------------
