@@ -31,6 +31,10 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               of the denoising and JEPA-SIGReg networks of the transfer rows (same frames, same steps, seed k
               with seed k) -> ``docs/world_model/encoders/``: is the world-model objective what makes an encoder
               flag broken geometry, or does any pretraining on the same frames?
+``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
+              differences`` (the predictor reads the normalised differences of consecutive history embeddings,
+              then z_t), 3 seeds (``benchmarks/matrices/world_model_differences.yaml``), then the same surprise
+              test, probes and predictability -> ``docs/world_model/differences/``.
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
               same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
               300 frames) -> ``benchmarks/results/world_model_study/results.md``.
@@ -55,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "runs/world_model_study/xtb_qm9_md_32.extxyz"
 MATRIX = ROOT / "benchmarks/matrices/world_model_study.yaml"
 RESIDUAL_MATRIX = ROOT / "benchmarks/matrices/world_model_residual.yaml"
+DIFFERENCES_MATRIX = ROOT / "benchmarks/matrices/world_model_differences.yaml"
 DATA_CONFIG = ROOT / "configs/data/trajectories_xtb32.yaml"
 OUT = ROOT / "docs/world_model"
 MOLECULES, FRAMES, INTERVAL, EQUILIBRATE = 32, 150, 10, 400
@@ -152,6 +157,15 @@ def stage_residual() -> None:
     stage_predictability(ckpts, OUT / "residual", ["--refit-steps", "1500", "--refit-lr", "5e-4", "5e-5"])
 
 
+def stage_differences() -> None:
+    """The second ablation: the residual world model whose predictor reads the history's differences."""
+    run(["zoo-bench", "run", DIFFERENCES_MATRIX, "--threads", "1", "--commit-results"])
+    ckpts = checkpoints(DIFFERENCES_MATRIX, "world_model_differences")
+    stage_surprise(ckpts, OUT / "differences")
+    stage_probes(ckpts, OUT / "differences")
+    stage_predictability(ckpts, OUT / "differences")
+
+
 def stage_encoders(out: Path = OUT / "encoders") -> None:
     """The surprise test's "nothing moves" distance on the pooled backbone features of the world model and of
     the denoising and JEPA-SIGReg networks pretrained on the same frames (the transfer rows' pretraining
@@ -170,7 +184,7 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
           "predictability": stage_predictability, "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
-          "encoders": stage_encoders, "transfer": stage_transfer}
+          "encoders": stage_encoders, "differences": stage_differences, "transfer": stage_transfer}
 
 
 def main() -> None:

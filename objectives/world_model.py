@@ -72,6 +72,15 @@ embedding, ``pred = z_t + pred_proj(...)`` with the head's last Linear zero-init
 predictor starts as "no change" (``pred_loss == persistence_loss`` at step 0) and learns only what
 moves. It is the ablation for a predictor that does not get below the persistence floor (measured in
 docs/world_model.md); the surprise test and the probes run on either.
+
+A second option LeWM does not have, off by default: ``predictor_input="differences"`` gives the
+predictor the history's consecutive differences ``z_{t-h+2} - z_{t-h+1}, ..., z_t - z_{t-1}`` (through a
+BatchNorm1d without affine parameters, which brings them to the embedding tokens' scale) followed by
+the last embedding ``z_t``, instead of the ``h`` embeddings themselves. The same information, but the
+motion is no longer a 0.3-0.6 % difference between large tokens: on frozen world-model embeddings
+a predictor fed the embeddings learns none of the change that a linear rule of the differences
+predicts, while one fed the differences learns part of it (docs/world_model.md, "Is there motion to
+predict?").
 """
 
 from __future__ import annotations
@@ -199,10 +208,14 @@ class WorldModel(Objective):
         diagnostics_every_n_steps: collapse diagnostics every this many steps.
         residual: predict the change from the last history frame, ``z_t + head(...)``, the head's last
             Linear zero-initialised (not in LeWM; module docstring). Default False: LeWM's absolute prediction.
+        predictor_input: ``"embeddings"`` (LeWM: the history's embeddings) or ``"differences"`` (the
+            normalised differences of consecutive history embeddings, then the last one; not in LeWM;
+            module docstring).
         lr, weight_decay: AdamW (LeWM: 5e-5, 1e-3). Other arguments: :class:`~atomzoo.objectives.base.Objective`.
 
     Raises:
         ValueError: ``history < 1``, negative ``sigreg_weight``, ``sigreg_slices < 1``, non-positive scales,
+        an unknown ``predictor_input``,
         or (at the first batch) a batch without the window fields or with more history frames than ``history``.
     """
 
@@ -224,6 +237,7 @@ class WorldModel(Objective):
         sigreg_slices: int = 1024,
         diagnostics_every_n_steps: int = 50,
         residual: bool = False,
+        predictor_input: str = "embeddings",
         lr: float = 5e-5,
         weight_decay: float = 1e-3,
         **kwargs,
@@ -235,6 +249,9 @@ class WorldModel(Objective):
         if sigreg_weight < 0 or int(sigreg_slices) < 1:
             raise ValueError(f"need sigreg_weight >= 0 and sigreg_slices >= 1, got {sigreg_weight}, {sigreg_slices} "
                              "(--model.sigreg_weight, --model.sigreg_slices)")  # fmt: skip
+        if predictor_input not in ("embeddings", "differences"):
+            raise ValueError(f"predictor_input={predictor_input!r}: choose 'embeddings' (LeWM) or 'differences' "
+                             "(--model.predictor_input)")  # fmt: skip
         self.history = int(history)
         self.sigreg_weight, self.sigreg_slices = float(sigreg_weight), int(sigreg_slices)
         self.diagnostics_every_n_steps = diagnostics_every_n_steps
@@ -250,6 +267,9 @@ class WorldModel(Objective):
         if self.residual:  # start at "no change": the head adds nothing until it learns a change
             nn.init.zeros_(self.prediction_head.net[-1].weight)
             nn.init.zeros_(self.prediction_head.net[-1].bias)
+        self.predictor_input = predictor_input
+        # consecutive differences are a few per cent of the embedding's scale: normalised per dimension
+        self.difference_norm = nn.BatchNorm1d(dim, affine=False) if predictor_input == "differences" else None
 
     # ----- encoder ----------------------------------------------------------------------------------
     def forward(self, data) -> Tensor:
@@ -278,11 +298,21 @@ class WorldModel(Objective):
         z = self(batch)
         return z[order].view(w, p, z.size(-1))
 
+    def predictor_tokens(self, history: Tensor) -> Tensor:
+        """``[W, h, D]`` the predictor's input tokens: ``history`` itself, or with ``predictor_input=
+        "differences"`` its ``h - 1`` normalised consecutive differences followed by its last embedding."""
+        if self.difference_norm is None:
+            return history
+        differences = history[:, 1:] - history[:, :-1]
+        if differences.size(1):
+            differences = self.difference_norm(differences.reshape(-1, differences.size(-1))).view_as(differences)
+        return torch.cat([differences, history[:, -1:]], dim=1)
+
     def predict(self, history: Tensor, horizon: Tensor, temperature: Tensor) -> Tensor:
         """``[W, D]``: the predicted target embedding from ``history`` ``[W, h, D]`` and the action
         (with ``residual``: the last history embedding plus the predicted change)."""
         action = self.action_encoder(horizon, temperature).to(history.dtype)  # [W, D]
-        tokens = self.predictor(history, action.unsqueeze(1).expand_as(history))
+        tokens = self.predictor(self.predictor_tokens(history), action.unsqueeze(1).expand_as(history))
         out = self.prediction_head(tokens[:, -1])
         return history[:, -1] + out if self.residual else out
 

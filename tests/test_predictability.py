@@ -159,7 +159,8 @@ def test_predictability_command_end_to_end(tmp_path):
     run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"), "-c", str(ROOT / "configs/objectives/world_model.yaml"),
          "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
          *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
-         "--model.predictor_depth", "2", "--model.residual", "true", "--data.init_args.path", str(FIXTURE),
+         "--model.predictor_depth", "2", "--model.residual", "true", "--model.predictor_input", "differences",
+         "--data.init_args.path", str(FIXTURE),
          "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2",
          "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
          "--trainer.enable_progress_bar", "false", "--trainer.logger", json.dumps(logger),
@@ -175,6 +176,9 @@ def test_predictability_command_end_to_end(tmp_path):
     assert ("distances", "physics", "shared_ar") in keys and ("distances", "physics", "ridge") not in keys
     assert ("embedding", "trained", "world_model") in keys and ("embedding", "random", "world_model") not in keys
     assert ("embedding", "trained", "refit lr=0.001 predictor_depth=1 predictor_dropout=0") in keys
+    from atomzoo.objectives import WorldModel
+
+    assert WorldModel.load_from_checkpoint(ckpt, map_location="cpu").predictor_input == "differences"
     assert {(rep, d, "ridge") for rep in ("embedding", "backbone") for d in ("trained", "random")} <= keys
     assert all(r["ratio"] == 1.0 for r in results if r["predictor"] == "persistence")
     assert all(np.isfinite(r["ratio"]) and r["windows"] > 0 for r in results)

@@ -705,3 +705,11 @@ def test_the_residual_world_model_ablation_changes_only_the_predictor():
     assert residual["config"] == base["config"]
     assert residual["args"] == [*base["args"], "--model.residual", "true"]
     assert "finetune" not in ablation
+    # the second ablation: the residual one with the predictor reading the history's differences
+    second = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_differences.yaml").read_text())
+    for key in ("common_args", "backbones", "pretrain"):
+        assert second[key] == study[key], key
+    differences = second["objectives"]["world_model_differences"]
+    assert differences["config"] == base["config"]
+    assert differences["args"] == [*residual["args"], "--model.predictor_input", "differences"]
+    assert "finetune" not in second

@@ -140,6 +140,42 @@ def test_the_residual_predictor_starts_at_no_change_and_predicts_the_change(tmp_
     assert WorldModel(SchNet(**SCHNET), residual=True).hparams.residual is True
 
 
+def test_difference_input_feeds_the_normalised_differences_then_the_last_embedding(tmp_path):
+    """``predictor_input="differences"`` (not LeWM's): the predictor's tokens are BatchNorm(z_{t-1} - z_{t-2}),
+    BatchNorm(z_t - z_{t-1}), z_t; the default feeds the embeddings themselves; the BatchNorm learns the
+    differences' statistics in training; an unknown choice is refused naming the option."""
+    batch = window_batch(tmp_path)
+    seen = {}
+
+    def capture(module, inputs):
+        seen["tokens"] = inputs[0].detach().clone()
+
+    for option in ("embeddings", "differences"):
+        model = small_model(predictor_input=option, residual=True).eval()
+        handle = model.predictor.register_forward_pre_hook(capture)
+        with torch.no_grad():
+            z = model.embed_windows(batch)
+            model.predict(z[:, :3], batch.horizon, batch.temperature)
+        handle.remove()
+        tokens, history = seen["tokens"], z[:, :3]
+        if option == "embeddings":
+            assert torch.equal(tokens, history) and model.difference_norm is None
+            continue
+        assert torch.equal(tokens[:, -1], history[:, -1])  # the last embedding, untouched
+        norm = model.difference_norm  # fresh running statistics: mean 0, variance 1
+        torch.testing.assert_close(tokens[:, :2], (history[:, 1:] - history[:, :-1]) / (1 + norm.eps) ** 0.5)
+        # training mode: the differences are standardised over the batch, and the statistics move
+        model.train()
+        with torch.no_grad():
+            tokens = model.predictor_tokens(history)
+        d = tokens[:, :2].reshape(-1, tokens.size(-1))
+        torch.testing.assert_close(d.mean(0), torch.zeros_like(d.mean(0)), rtol=0, atol=1e-5)
+        assert float(norm.running_var.mean()) < 1.0 and norm.num_batches_tracked == 1
+        assert WorldModel(SchNet(**SCHNET), predictor_input="differences").hparams.predictor_input == "differences"
+    with pytest.raises(ValueError, match="--model.predictor_input"):
+        small_model(predictor_input="deltas")
+
+
 def test_no_stop_gradient_the_target_embedding_receives_the_mse_gradient(tmp_path):
     batch = window_batch(tmp_path)
     model = small_model().eval()

@@ -158,7 +158,8 @@ def refit_predictor(model, embedding: np.ndarray, table: dict, steps: int, lr: f
         embedding: ``[frames, D]`` the trained encoder's embedding of every store row.
         steps: optimiser steps (>= 1).
     """
-    parts = (model.action_encoder, model.predictor, model.prediction_head)
+    parts = (model.action_encoder, model.predictor, model.prediction_head,
+             *([model.difference_norm] if getattr(model, "difference_norm", None) is not None else []))
     params = [p for part in parts for p in part.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     warmup = max(1, steps // 20)
