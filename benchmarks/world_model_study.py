@@ -148,22 +148,24 @@ def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit
          "--out", out, *refit])
 
 
+def ablation(matrix_file: Path, objective: str, out: Path, refit: list[str] = ()) -> None:
+    """Train an ablation matrix's world models, then the surprise test, probes and predictability on them."""
+    run(["zoo-bench", "run", matrix_file, "--threads", "1", "--commit-results"])
+    ckpts = checkpoints(matrix_file, objective)
+    stage_surprise(ckpts, out)
+    stage_probes(ckpts, out)
+    stage_predictability(ckpts, out, refit)
+
+
 def stage_residual() -> None:
-    run(["zoo-bench", "run", RESIDUAL_MATRIX, "--threads", "1", "--commit-results"])
-    ckpts = checkpoints(RESIDUAL_MATRIX, "world_model_residual")
-    stage_surprise(ckpts, OUT / "residual")
-    stage_probes(ckpts, OUT / "residual")
     # the residual predictor also retrained alone on its frozen embedding, at the study's lr and LeWM's
-    stage_predictability(ckpts, OUT / "residual", ["--refit-steps", "1500", "--refit-lr", "5e-4", "5e-5"])
+    ablation(RESIDUAL_MATRIX, "world_model_residual", OUT / "residual",
+             ["--refit-steps", "1500", "--refit-lr", "5e-4", "5e-5"])
 
 
 def stage_differences() -> None:
     """The second ablation: the residual world model whose predictor reads the history's differences."""
-    run(["zoo-bench", "run", DIFFERENCES_MATRIX, "--threads", "1", "--commit-results"])
-    ckpts = checkpoints(DIFFERENCES_MATRIX, "world_model_differences")
-    stage_surprise(ckpts, OUT / "differences")
-    stage_probes(ckpts, OUT / "differences")
-    stage_predictability(ckpts, OUT / "differences")
+    ablation(DIFFERENCES_MATRIX, "world_model_differences", OUT / "differences")
 
 
 def stage_encoders(out: Path = OUT / "encoders") -> None:

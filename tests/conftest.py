@@ -87,3 +87,32 @@ def force_checkpoint(cache_dir, tmp_path_factory) -> Path:
     ])  # fmt: skip
     (ckpt,) = out.glob("rmd17_fixture_forces/version_*/checkpoints/last.ckpt")
     return ckpt
+
+
+@pytest.fixture
+def fit_on_trajectories(tmp_path):
+    """``fit(objective_config, name, *extra) -> last.ckpt``: ``zoo fit`` (in-process) of a small SchNet (32
+    wide, 2 interactions, cutoff 5 A) with the objective config (relative to the repository) on the committed
+    GFN2-xTB trajectory fixture, 3 steps of 3 batches, validated on 2, logged under ``tmp_path/name``; ``extra``
+    are further CLI options. The trajectory store is cached in ``tmp_path/cache``."""
+    import json
+
+    from atomzoo.cli import run
+
+    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
+
+    def fit(objective: str, name: str, *extra: str) -> Path:
+        logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                  "init_args": {"save_dir": str(tmp_path), "name": name}}
+        run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"), "-c", str(ROOT / objective),
+             "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
+             *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
+             *extra, "--data.init_args.path", str(ROOT / "tests/data/trajectories/xtb_qm9_md.extxyz"),
+             "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3",
+             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2",
+             "--trainer.num_sanity_val_steps", "0", "--trainer.enable_progress_bar", "false",
+             "--trainer.logger", json.dumps(logger), "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+        (ckpt,) = tmp_path.glob(f"{name}/version_*/checkpoints/last.ckpt")
+        return ckpt
+
+    return fit

@@ -4,13 +4,11 @@ committed trajectories with a world model trained by ``zoo fit`` and its random 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from atomzoo.cli import run
 from atomzoo.datamodules import TrajectoryDataModule
 from atomzoo.dynamics_probes import QUANTITIES, centred, cos_dihedral, frame_quantities, main, probe_scores, torsion_chain
 
@@ -66,19 +64,8 @@ def test_probe_reads_a_linear_quantity_and_not_noise():
     assert probe_scores(x_train, x_train @ w, x_test, y)["frames"] == 150
 
 
-def test_probes_command_end_to_end(tmp_path):
-    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
-    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-              "init_args": {"save_dir": str(tmp_path), "name": "wm"}}
-    run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"), "-c", str(ROOT / "configs/objectives/world_model.yaml"),
-         "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
-         *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
-         "--model.predictor_depth", "2", "--data.init_args.path", str(FIXTURE),
-         "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3", "--trainer.limit_train_batches", "3",
-         "--trainer.limit_val_batches", "2", "--trainer.num_sanity_val_steps", "0",
-         "--trainer.enable_progress_bar", "false", "--trainer.logger", json.dumps(logger),
-         "--trainer.default_root_dir", str(tmp_path)])
-    (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")
+def test_probes_command_end_to_end(tmp_path, fit_on_trajectories):
+    ckpt = fit_on_trajectories("configs/objectives/world_model.yaml", "wm", "--model.predictor_depth", "2")
     out = tmp_path / "probes"
     results = main(["--ckpt", str(ckpt), str(ckpt), "--data", str(ROOT / "configs/data/trajectories.yaml"),
                     "--data-path", str(FIXTURE), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])

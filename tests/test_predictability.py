@@ -4,14 +4,12 @@ own predictor is scored on the right frames; the command runs end to end on the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from atomzoo.cli import run
 from atomzoo.predictability import (closed_form_scores, distances, main, offsets, refit_predictor, window_parts,
                                     world_model_scores)
 
@@ -152,20 +150,9 @@ def test_refitted_predictor_learns_predictable_motion_and_leaves_the_encoder():
     assert not model.training
 
 
-def test_predictability_command_end_to_end(tmp_path):
-    small = {"width": 32, "num_filters": 32, "num_interactions": 2, "num_rbf": 16, "cutoff": 5.0}
-    logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-              "init_args": {"save_dir": str(tmp_path), "name": "wm"}}
-    run(["fit", "-c", str(ROOT / "configs/data/trajectories.yaml"), "-c", str(ROOT / "configs/objectives/world_model.yaml"),
-         "--model.backbone", str(ROOT / "configs/backbones/schnet.yaml"),
-         *(a for k, v in small.items() for a in (f"--model.backbone.init_args.{k}", str(v))),
-         "--model.predictor_depth", "2", "--model.residual", "true", "--model.predictor_input", "differences",
-         "--data.init_args.path", str(FIXTURE),
-         "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "2", "--trainer.limit_train_batches", "2",
-         "--trainer.limit_val_batches", "1", "--trainer.num_sanity_val_steps", "0",
-         "--trainer.enable_progress_bar", "false", "--trainer.logger", json.dumps(logger),
-         "--trainer.default_root_dir", str(tmp_path)])
-    (ckpt,) = tmp_path.glob("wm/version_*/checkpoints/last.ckpt")
+def test_predictability_command_end_to_end(tmp_path, fit_on_trajectories):
+    ckpt = fit_on_trajectories("configs/objectives/world_model.yaml", "wm", "--model.predictor_depth", "2",
+                               "--model.residual", "true", "--model.predictor_input", "differences")
     out = tmp_path / "pred"
     results = main(["--ckpt", str(ckpt), "--data", str(ROOT / "configs/data/trajectories.yaml"),
                     "--data-path", str(FIXTURE), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),

@@ -218,11 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from atomzoo.surprise import load_data, world_model_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    world_model_arguments(p)
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--out", default="probes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first random network (then +1 per checkpoint)")
-    p.add_argument("--no-random", action="store_true", help="skip the randomly initialised networks")
+    world_model_arguments(p, out="probes")
     args = p.parse_args(argv)
     data = load_data(args.data, args.data_path, args.cache_dir)
     results = run_probes(args.ckpt, data, args.split, args.out, args.seed, not args.no_random)

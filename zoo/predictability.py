@@ -159,7 +159,7 @@ def refit_predictor(model, embedding: np.ndarray, table: dict, steps: int, lr: f
         steps: optimiser steps (>= 1).
     """
     parts = (model.action_encoder, model.predictor, model.prediction_head,
-             *([model.difference_norm] if getattr(model, "difference_norm", None) is not None else []))
+             *([model.difference_norm] if model.difference_norm is not None else []))
     params = [p for part in parts for p in part.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     warmup = max(1, steps // 20)
@@ -279,11 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from atomzoo.surprise import load_data, world_model_arguments
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    world_model_arguments(p)
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--out", default="predictability")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first random network (then +1 per checkpoint)")
-    p.add_argument("--no-random", action="store_true", help="skip the randomly initialised networks")
+    world_model_arguments(p, out="predictability")
     p.add_argument("--refit-steps", type=int, default=0,
                    help="also train a fresh copy of each checkpoint's predictor alone on the frozen embeddings for "
                         "this many steps (0: off)")  # fmt: skip

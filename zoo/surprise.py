@@ -502,13 +502,20 @@ def load_data(config: str | Path, path: str | None = None, cache_dir: str | None
     return data
 
 
-def world_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+def world_model_arguments(p: argparse.ArgumentParser, required: bool = True, out: str | None = None) -> None:
     """The arguments every world-model evaluation command takes: checkpoints and trajectory data
-    (``--ckpt``, ``--data``, ``--data-path``, ``--cache-dir``; read with :func:`load_data`)."""
+    (``--ckpt``, ``--data``, ``--data-path``, ``--cache-dir``; read with :func:`load_data`); with ``out``
+    (the default output folder) also those of the commands that score the test split against random twins:
+    ``--split`` (val / test), ``--out``, ``--seed`` and ``--no-random``."""
     p.add_argument("--ckpt", nargs="+", required=required, help="WorldModel checkpoints (one per seed)")
     p.add_argument("--data", required=required, help="TrajectoryDataModule config, e.g. configs/data/trajectories.yaml")
     p.add_argument("--data-path", default=None, help="override the config's trajectory file(s)")
     p.add_argument("--cache-dir", default=None)
+    if out is not None:
+        p.add_argument("--split", default="test", choices=["val", "test"])
+        p.add_argument("--out", default=out)
+        p.add_argument("--seed", type=int, default=0, help="seed of the first random network (then +1 per checkpoint)")
+        p.add_argument("--no-random", action="store_true", help="skip the randomly initialised networks")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
