@@ -33,8 +33,25 @@ def _no_weights_only_override_leaks():
         pytest.fail(f"{_WEIGHTS_ONLY_ENV} changed from {before!r} to {after!r} during this test (an import of mace?)")
 
 
+def _threads_per_worker() -> None:
+    """Under pytest-xdist (``-n N``), give each worker its share of the cores: torch's default, one thread per
+    core in every worker, oversubscribes the machine N-fold, and small einsums and convolutions then spend
+    most of their time waiting on each other (a MACE build on the 2-core dev VM: 2 s alone, 45-100 s with
+    two workers and two background jobs). Subprocesses the tests start inherit the same share through
+    ``OMP_NUM_THREADS`` unless it is set already."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 1:
+        return
+    share = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 def pytest_configure(config) -> None:
     """Refuse to test anything but this checkout (subprocesses import ``atomzoo`` the same way)."""
+    _threads_per_worker()
     import atomzoo
 
     where = Path(atomzoo.__file__).resolve().parent
