@@ -35,6 +35,13 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               differences`` (the predictor reads the normalised differences of consecutive history embeddings,
               then z_t), 3 seeds (``benchmarks/matrices/world_model_differences.yaml``), then the same surprise
               test, probes and predictability -> ``docs/world_model/differences/``.
+``frames1fs`` the same 32 molecules' MD saved every 1 fs (300 frames after the same equilibration; about 20 s a
+              molecule) -> ``runs/world_model_study/xtb_qm9_md_32_1fs.extxyz``; the study's world model and the
+              residual ablation trained on it, 3 seeds each (``benchmarks/matrices/world_model_1fs.yaml``,
+              ``configs/data/trajectories_xtb32_1fs.yaml``: targets 1, 2, 5 fs ahead), then the same surprise
+              test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,residual}/``: at 5 fs the
+              X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
+              the motion?
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
               same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
               300 frames) -> ``benchmarks/results/world_model_study/results.md``.
@@ -61,8 +68,12 @@ MATRIX = ROOT / "benchmarks/matrices/world_model_study.yaml"
 RESIDUAL_MATRIX = ROOT / "benchmarks/matrices/world_model_residual.yaml"
 DIFFERENCES_MATRIX = ROOT / "benchmarks/matrices/world_model_differences.yaml"
 DATA_CONFIG = ROOT / "configs/data/trajectories_xtb32.yaml"
+DATA_1FS = ROOT / "runs/world_model_study/xtb_qm9_md_32_1fs.extxyz"
+DATA_CONFIG_1FS = ROOT / "configs/data/trajectories_xtb32_1fs.yaml"
+MATRIX_1FS = ROOT / "benchmarks/matrices/world_model_1fs.yaml"
 OUT = ROOT / "docs/world_model"
 MOLECULES, FRAMES, INTERVAL, EQUILIBRATE = 32, 150, 10, 400
+FRAMES_1FS, INTERVAL_1FS = 300, 2   # the frames1fs stage: 300 frames 1 fs apart (MD steps are 0.5 fs)
 
 
 def chosen_molecules(count: int = MOLECULES, seed: int = 0) -> list[int]:
@@ -82,15 +93,17 @@ def run(args: list[str]) -> None:
     subprocess.run([str(a) for a in args], cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def stage_data() -> None:
-    if DATA.exists():
-        print(f"{DATA} exists")
+def stage_data(out: Path = DATA, frames: int = FRAMES, interval: int = INTERVAL) -> None:
+    """The xTB MD of the chosen molecules (same molecules, temperatures, equilibration and seed for every
+    frame spacing), written atomically to ``out``."""
+    if out.exists():
+        print(f"{out} exists")
         return
-    tmp = DATA.with_suffix(".tmp.extxyz")
+    tmp = out.with_suffix(".tmp.extxyz")
     run([sys.executable, "tests/data/generators/make_trajectory_fixture.py", "--out", tmp,
-         "--gdb", *chosen_molecules(), "--temperatures", "300", "400", "500", "600", "--frames", FRAMES,
-         "--interval", INTERVAL, "--equilibrate", EQUILIBRATE, "--seed", "0"])
-    os.replace(tmp, DATA)
+         "--gdb", *chosen_molecules(), "--temperatures", "300", "400", "500", "600", "--frames", frames,
+         "--interval", interval, "--equilibrate", EQUILIBRATE, "--seed", "0"])
+    os.replace(tmp, out)
 
 
 def checkpoints(matrix_file: Path = MATRIX, objective: str = "world_model") -> list[Path]:
@@ -124,37 +137,38 @@ def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
 
-def stage_surprise(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+def stage_surprise(ckpts: list[Path] | None = None, out: Path = OUT, data: Path = DATA_CONFIG) -> None:
     if (out / "surprise.md").exists():
         print(f"{out / 'surprise.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *(ckpts or checkpoints()), "--data", data,
          "--split", "test", "--out", out])
 
 
-def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT) -> None:
+def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT, data: Path = DATA_CONFIG) -> None:
     if (out / "probes.md").exists():
         print(f"{out / 'probes.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *(ckpts or checkpoints()), "--data", data,
          "--out", out])
 
 
-def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit: list[str] = ()) -> None:
+def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit: list[str] = (),
+                         data: Path = DATA_CONFIG) -> None:
     if (out / "predictability.md").exists():
         print(f"{out / 'predictability.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *(ckpts or checkpoints()), "--data", DATA_CONFIG,
+    run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *(ckpts or checkpoints()), "--data", data,
          "--out", out, *refit])
 
 
-def ablation(matrix_file: Path, objective: str, out: Path, refit: list[str] = ()) -> None:
+def ablation(matrix_file: Path, objective: str, out: Path, refit: list[str] = (), data: Path = DATA_CONFIG) -> None:
     """Train an ablation matrix's world models, then the surprise test, probes and predictability on them."""
     run(["zoo-bench", "run", matrix_file, "--threads", "1", "--commit-results"])
     ckpts = checkpoints(matrix_file, objective)
-    stage_surprise(ckpts, out)
-    stage_probes(ckpts, out)
-    stage_predictability(ckpts, out, refit)
+    stage_surprise(ckpts, out, data)
+    stage_probes(ckpts, out, data)
+    stage_predictability(ckpts, out, refit, data)
 
 
 def stage_residual() -> None:
@@ -166,6 +180,15 @@ def stage_residual() -> None:
 def stage_differences() -> None:
     """The second ablation: the residual world model whose predictor reads the history's differences."""
     ablation(DIFFERENCES_MATRIX, "world_model_differences", OUT / "differences")
+
+
+def stage_frames1fs() -> None:
+    """The same molecules' MD saved every 1 fs (momentum visible in a 3-frame history), the study's world model
+    and the residual ablation trained on it (3 seeds each), then the surprise test, probes and predictability
+    of each -> ``docs/world_model/frames_1fs/{lewm,residual}/``."""
+    stage_data(DATA_1FS, FRAMES_1FS, INTERVAL_1FS)
+    for objective, folder in (("world_model", "lewm"), ("world_model_residual", "residual")):
+        ablation(MATRIX_1FS, objective, OUT / "frames_1fs" / folder, data=DATA_CONFIG_1FS)
 
 
 def stage_encoders(out: Path = OUT / "encoders") -> None:
@@ -186,7 +209,8 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
           "predictability": stage_predictability, "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
-          "encoders": stage_encoders, "differences": stage_differences, "transfer": stage_transfer}
+          "encoders": stage_encoders, "differences": stage_differences, "frames1fs": stage_frames1fs,
+          "transfer": stage_transfer}
 
 
 def main() -> None:
