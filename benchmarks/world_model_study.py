@@ -31,10 +31,6 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               of the denoising and JEPA-SIGReg networks of the transfer rows (same frames, same steps, seed k
               with seed k) -> ``docs/world_model/encoders/``: is the world-model objective what makes an encoder
               flag broken geometry, or does any pretraining on the same frames?
-``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
-              differences`` (the predictor reads the normalised differences of consecutive history embeddings,
-              then z_t), 3 seeds (``benchmarks/matrices/world_model_differences.yaml``), then the same surprise
-              test, probes and predictability -> ``docs/world_model/differences/``.
 ``frames1fs`` the same 32 molecules' MD saved every 1 fs (300 frames after the same equilibration; about 20 s a
               molecule) -> ``runs/world_model_study/xtb_qm9_md_32_1fs.extxyz``; the study's world model and the
               residual ablation trained on it, 3 seeds each (``benchmarks/matrices/world_model_1fs.yaml``,
@@ -42,6 +38,10 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,residual}/``: at 5 fs the
               X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
               the motion?
+``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
+              differences`` (the predictor reads the normalised differences of consecutive history embeddings,
+              then z_t), 3 seeds (``benchmarks/matrices/world_model_differences.yaml``), then the same surprise
+              test, probes and predictability -> ``docs/world_model/differences/``.
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
               same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
               300 frames) -> ``benchmarks/results/world_model_study/results.md``.
@@ -209,7 +209,7 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
           "predictability": stage_predictability, "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
-          "encoders": stage_encoders, "differences": stage_differences, "frames1fs": stage_frames1fs,
+          "encoders": stage_encoders, "frames1fs": stage_frames1fs, "differences": stage_differences,
           "transfer": stage_transfer}
 
 
