@@ -43,10 +43,11 @@ def _threads_per_worker() -> None:
     if workers < 1:
         return
     share = max(1, len(os.sched_getaffinity(0)) // workers) if hasattr(os, "sched_getaffinity") else 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+    if not os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        os.environ["OMP_NUM_THREADS"] = str(share)
     import torch
 
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 def pytest_configure(config) -> None:
