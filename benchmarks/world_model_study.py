@@ -33,9 +33,9 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               flag broken geometry, or does any pretraining on the same frames?
 ``frames1fs`` the same 32 molecules' MD saved every 1 fs (300 frames after the same equilibration; about 20 s a
               molecule) -> ``runs/world_model_study/xtb_qm9_md_32_1fs.extxyz``; the study's world model and the
-              residual ablation trained on it, 3 seeds each (``benchmarks/matrices/world_model_1fs.yaml``,
+              difference-fed ablation (``differences`` below) trained on it, 3 seeds each (``benchmarks/matrices/world_model_1fs.yaml``,
               ``configs/data/trajectories_xtb32_1fs.yaml``: targets 1, 2, 5 fs ahead), then the same surprise
-              test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,residual}/``: at 5 fs the
+              test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,differences}/``: at 5 fs the
               X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
               the motion?
 ``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
@@ -184,10 +184,10 @@ def stage_differences() -> None:
 
 def stage_frames1fs() -> None:
     """The same molecules' MD saved every 1 fs (momentum visible in a 3-frame history), the study's world model
-    and the residual ablation trained on it (3 seeds each), then the surprise test, probes and predictability
-    of each -> ``docs/world_model/frames_1fs/{lewm,residual}/``."""
+    and the difference-fed ablation trained on it (3 seeds each), then the surprise test, probes and
+    predictability of each -> ``docs/world_model/frames_1fs/{lewm,differences}/``."""
     stage_data(DATA_1FS, FRAMES_1FS, INTERVAL_1FS)
-    for objective, folder in (("world_model", "lewm"), ("world_model_residual", "residual")):
+    for objective, folder in (("world_model", "lewm"), ("world_model_differences", "differences")):
         ablation(MATRIX_1FS, objective, OUT / "frames_1fs" / folder, data=DATA_CONFIG_1FS)
 
 

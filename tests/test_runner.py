@@ -716,16 +716,16 @@ def test_the_residual_world_model_ablation_changes_only_the_predictor():
 
 
 def test_the_1fs_world_model_matrix_changes_only_the_frame_spacing():
-    """benchmarks/matrices/world_model_1fs.yaml trains the study's world model and its residual ablation exactly
+    """benchmarks/matrices/world_model_1fs.yaml trains the study's world model and its difference-fed ablation exactly
     as they are, on the same molecules' MD saved every 1 fs: only the data config differs, and that config
     differs from the 5 fs one only in its file and its horizons (same split, so the same test molecules)."""
     study = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_study.yaml").read_text())
-    residual = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_residual.yaml").read_text())
+    second = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_differences.yaml").read_text())
     fine = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_1fs.yaml").read_text())
     for key in ("common_args", "backbones"):
         assert fine[key] == study[key], key
     assert fine["objectives"] == {"world_model": study["objectives"]["world_model"],
-                                  "world_model_residual": residual["objectives"]["world_model_residual"]}
+                                  "world_model_differences": second["objectives"]["world_model_differences"]}
     assert {k: v for k, v in fine["pretrain"].items() if k != "data"} == {
         k: v for k, v in study["pretrain"].items() if k != "data"}
     assert fine["pretrain"]["data"] == "configs/data/trajectories_xtb32_1fs.yaml" and "finetune" not in fine
