@@ -137,11 +137,20 @@ def stage_transfer() -> None:
     run(["zoo-bench", "run", MATRIX, "--threads", "1", "--commit-results"])
 
 
+def _or_main(ckpts: list[Path] | None) -> list[Path]:
+    """``ckpts``, or the main study's world-model checkpoints when None; an empty list is an error (an
+    ablation whose cells are not finished must not be evaluated on the main study's networks)."""
+    ckpts = checkpoints() if ckpts is None else ckpts
+    if not ckpts:
+        raise SystemExit("world_model_study: no finished checkpoints to evaluate")
+    return ckpts
+
+
 def stage_surprise(ckpts: list[Path] | None = None, out: Path = OUT, data: Path = DATA_CONFIG) -> None:
     if (out / "surprise.md").exists():
         print(f"{out / 'surprise.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *(ckpts or checkpoints()), "--data", data,
+    run([sys.executable, "-m", "atomzoo.surprise", "--ckpt", *_or_main(ckpts), "--data", data,
          "--split", "test", "--out", out])
 
 
@@ -149,7 +158,7 @@ def stage_probes(ckpts: list[Path] | None = None, out: Path = OUT, data: Path = 
     if (out / "probes.md").exists():
         print(f"{out / 'probes.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *(ckpts or checkpoints()), "--data", data,
+    run([sys.executable, "-m", "atomzoo.dynamics_probes", "--ckpt", *_or_main(ckpts), "--data", data,
          "--out", out])
 
 
@@ -158,7 +167,7 @@ def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit
     if (out / "predictability.md").exists():
         print(f"{out / 'predictability.md'} exists")
         return
-    run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *(ckpts or checkpoints()), "--data", data,
+    run([sys.executable, "-m", "atomzoo.predictability", "--ckpt", *_or_main(ckpts), "--data", data,
          "--out", out, *refit])
 
 
