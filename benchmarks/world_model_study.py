@@ -33,8 +33,9 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               flag broken geometry, or does any pretraining on the same frames?
 ``frames1fs`` the same 32 molecules' MD saved every 1 fs (300 frames after the same equilibration; about 20 s a
               molecule) -> ``runs/world_model_study/xtb_qm9_md_32_1fs.extxyz``; the study's world model and the
-              difference-fed ablation (``differences`` below) trained on it, 3 seeds each (``benchmarks/matrices/world_model_1fs.yaml``,
-              ``configs/data/trajectories_xtb32_1fs.yaml``: targets 1, 2, 5 fs ahead), then the same surprise
+              difference-fed ablation (``differences`` below) trained on it, 3 seeds each
+              (``benchmarks/matrices/world_model_1fs.yaml``, ``configs/data/trajectories_xtb32_1fs.yaml``:
+              targets 1, 2, 5 fs ahead), then the same surprise
               test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,differences}/``: at 5 fs the
               X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
               the motion?
