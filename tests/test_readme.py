@@ -2,7 +2,8 @@
 fresh folder that holds only the repository's inputs, one block after the other, each command as a
 subprocess; then the files and lines the README says each block produces (``readme_check.EXPECTED``).
 
-In the default suite the blocks run at a smoke budget (``--smoke``: every ``zoo fit`` 1 epoch of 3
+In the default suite the blocks run one README section per test, each section in its own fresh folder
+(a section's commands use only that section's earlier ones), at a smoke budget (``--smoke``: every ``zoo fit`` 1 epoch of 3
 batches, the README's own options still parsed and validated; ``md_relax.py`` a shorter trajectory; the
 benchmark's ``--quick`` matrix one cell); its duration is in docs/testing.md. At the README's stated
 budgets, with ``ATOMZOO_README_BUDGET=1`` (about 20 min of CPU: too long for the suite; measured in
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -48,20 +50,33 @@ def test_smoke_budget_is_appended_only_with_smoke():
     assert readme_check.argv_of("pip install -e .", "bash", smoke=False) is None
 
 
-def run_and_check(tmp_path: Path, cache_dir: Path, smoke: bool) -> list:
+def run_and_check(tmp_path: Path, cache_dir: Path, smoke: bool, only: str | None = None) -> list:
     work = readme_check.fresh_folder(tmp_path)
     env = dict(os.environ) | {"ATOMZOO_CACHE": str(cache_dir)}
-    blocks, output = readme_check.run_blocks(work, smoke=smoke, env=env, timeout_s=600 if smoke else 3600)
+    blocks, output = readme_check.run_blocks(work, smoke=smoke, env=env, timeout_s=600 if smoke else 3600,
+                                             only=only)
     failed = [f"{b.section}: {b.failed}" for b in blocks if b.failed]
     assert not failed, failed[0]
-    assert readme_check.missing_outputs(work, output) == []
-    assert sum(len(b.ran) for b in blocks) >= 9
+    assert readme_check.missing_outputs(work, output, only=only) == []
+    assert sum(len(b.ran) for b in blocks) >= (9 if only is None else 1)
     return blocks
 
 
+#: README sections with a command the smoke run executes (the install and test commands are not run). Each
+#: section's blocks depend only on that section's earlier commands, so every section runs in its own fresh
+#: folder and pytest-xdist can spread them over its workers.
+RUN_SECTIONS = sorted({b.section for b in readme_check.command_blocks()
+                       if any(readme_check.argv_of(c, b.language, smoke=True) for c in b.commands)})
+
+
+def test_every_section_with_expected_outputs_is_run():
+    assert set(readme_check.EXPECTED) <= set(RUN_SECTIONS) and len(RUN_SECTIONS) >= 7
+
+
 @pytest.mark.slow
-def test_every_readme_command_block_runs_in_a_fresh_folder(cache_dir, tmp_path):
-    run_and_check(tmp_path, cache_dir, smoke=True)
+@pytest.mark.parametrize("section", RUN_SECTIONS)
+def test_every_readme_command_block_runs_in_a_fresh_folder(section, cache_dir, tmp_path):
+    run_and_check(tmp_path, cache_dir, smoke=True, only=f"^{re.escape(section)}$")
 
 
 @pytest.mark.slow
