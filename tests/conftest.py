@@ -36,8 +36,9 @@ def _no_weights_only_override_leaks():
 def _threads_per_worker() -> None:
     """Under pytest-xdist (``-n N``), give each worker its share of the cores: torch's default, one thread per
     core in every worker, oversubscribes the machine N-fold, and small einsums and convolutions then spend
-    most of their time waiting on each other (a MACE build on the 2-core dev VM: 2 s alone, 45-100 s with
-    two workers and two background jobs). Subprocesses the tests start inherit the same share through
+    most of their time waiting on each other (a shipped-size MACE build on the 2-core dev VM: 2.2 s on one
+    thread, about 100 s on torch's default two while other jobs held both cores). Subprocesses the tests
+    start inherit the same share through
     ``OMP_NUM_THREADS`` unless it is set already."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers < 1:
