@@ -510,6 +510,10 @@ def test_early_stopping_cpu_time_provenance_and_committed_results(cache_dir, tmp
     rows = read_rows(repo / "out/results.csv")
     final = {r["metric"]: r for r in rows if r["step"] == ""}
     assert float(final["cpu_s"]["value"]) > 1.0 and final["resumed"]["value"] == "0"
+    # the run's checkpointed training clock: one attempt, part of the process's CPU time (no start-up or test)
+    assert float(final["train_attempts"]["value"]) == 1 and final["train_clock_complete"]["value"] == "1"
+    assert 0 < float(final["train_cpu_s"]["value"]) == float(final["train_attempt_cpu_s"]["value"]) < float(
+        final["cpu_s"]["value"])
     assert final["stopped_early"]["value"] == "1" and final["hit_cap"]["value"] == "0"
     # checks after steps 2, 4, 6; the best is the first
     assert final["steps"]["value"] == "6" and final["best_step"]["value"] == "2"
@@ -581,14 +585,22 @@ def test_compute_and_finetuning_tables(tmp_path):
         rows += [{**row, "metric": k, "value": v} for k, v in extra.items()]
     base = {"phase": "pretrain", "backbone": "painn", "objective": "scd", "target": "", "label_budget": 0, "mode": "",
             "corruption_rate": 0.0, "step": ""}
-    for seed in (0, 1):
+    # seed 0: never resumed (1 h); seed 1: resumed, its clock holds the first attempt's 2 of its 2.5 h of
+    # training, the last process took 0.5 h + 0.1 h (start-up): 2.6 h; seed 2: resumed before the clock
+    # existed (its last process's 0.2 h is not the run's time): left out of the means
+    timing = {0: (("cpu_s", 3600.0), ("resumed", 0)),
+              1: (("cpu_s", 2160.0), ("resumed", 1), ("train_cpu_s", 9000.0), ("train_attempt_cpu_s", 1800.0),
+                  ("train_clock_complete", 1)),
+              2: (("cpu_s", 720.0), ("resumed", 1))}
+    for seed in (0, 1, 2):
         rows += [{**base, "cell": f"pre{seed}", "seed": seed, "metric": k, "value": v}
-                 for k, v in (("steps", 3000), ("cpu_s", 3600.0 * (1 + seed)), ("max_steps", 3000))]
+                 for k, v in (("steps", 3000), ("max_steps", 3000), *timing[seed])]
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     frame = load(tmp_path / "results.csv")
     compute = compute_table(frame, final_test_mae(frame)).splitlines()
     assert compute[2].startswith("| painn | none | – | – | – | 31.00 [")
-    assert compute[3].startswith("| painn | scd | 3000 | 1.50 | 1800 | 26.00 [13.29, 38.71]")  # 12.706 * 1 / sqrt 2
+    # (1 h + 2.6 h) / 2 = 1.80 h; (1.2 + 3.12) / 2 s per step = 2,160 ms
+    assert compute[3].startswith("| painn | scd | 3000 | 1.80 (2 of 3 timed) | 2160 | 26.00 [13.29, 38.71]")  # 12.706/sqrt 2
     ends = finetuning_table(frame).splitlines()
     assert ends[2] == "| painn | none | homo | 1000 | finetune | 2 | 1 | 1 | 160 | 140 | 10.0 |"
     assert ends[3] == "| painn | scd | homo | 1000 | finetune | 2 | 2 | 0 | 120 | 80 | 10.0 |"

@@ -456,6 +456,10 @@ class ZooCLI(LightningCLI):
             self.save_config_callback = None
         _apply_backbone_defaults(config)
         trainer = config.get("trainer") if config is not None else None
+        if self.subcommand == "fit" and trainer is not None:  # the run's compute, across resumed attempts
+            callbacks = list(trainer.get("callbacks") or [])
+            if not any(str(c.get("class_path", "")).endswith("TrainingClock") for c in callbacks):
+                trainer["callbacks"] = callbacks + [Namespace(class_path="atomzoo.training_clock.TrainingClock")]
         if trainer is None or not trainer.get("callbacks"):
             return
         unwanted = []

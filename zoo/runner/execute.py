@@ -27,6 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from ..line_stream import LineStream
+from ..training_clock import CLOCK_FILE
 from .matrix import Cell, Matrix
 from .results import finished_cells, merge_rows
 
@@ -200,6 +201,12 @@ def collect(matrix: Matrix, cell: Cell, wall_s: float, cpu_s: float | None = Non
     curves = read_curves(run)
     progress = run_progress(run, curves, cell.args)
     rows += [{**base, "metric": k, "step": "", "value": v} for k, v in {**_run_settings(run), **progress}.items()]
+    clock = run / CLOCK_FILE  # the training compute of all attempts (atomzoo.training_clock)
+    if clock.exists():
+        timed = json.loads(clock.read_text())
+        rows += [{**base, "metric": f"train_{k}", "step": "", "value": float(timed[k])}
+                 for k in ("cpu_s", "wall_s", "attempts", "attempt_cpu_s")]
+        rows.append({**base, "metric": "train_clock_complete", "step": "", "value": int(bool(timed["complete"]))})
     metrics_file = log_dir(matrix, cell) / "test_metrics.json"
     if metrics_file.exists():
         for name, value in json.loads(metrics_file.read_text()).items():

@@ -16,8 +16,9 @@ Sections of ``results.md``, in this order (the matrix's ``report`` key picks whi
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
   interval excluding 0 needs (:func:`seeds_needed`).
 - ``compute``: per pretraining objective, its optimiser steps, measured CPU time (hours, per run and
-  per step) and the fine-tuned test MAE (mean and 95 % interval): objectives at equal steps, and at
-  equal CPU time where the matrix has a step budget matched to it (e.g. ``denoising_eqcpu``).
+  per step, over the runs whose whole CPU time is known: :func:`run_cpu_s`) and the fine-tuned test
+  MAE (mean and 95 % interval): objectives at equal steps, and at equal CPU time where the matrix has a
+  step budget matched to it (e.g. ``denoising_eqcpu``).
 - ``finetuning``: per row of the summary, how the fine-tuning runs ended: stopped early or at the
   step/epoch cap, the mean stopping and best (tested) step, CPU minutes per run.
 - ``noise``: per artifact kind, test MAE against the pretraining corruption rate (clean shared) and
@@ -226,9 +227,34 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> 
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def run_cpu_s(values: dict[str, float]) -> float | None:
+    """A finished cell's whole CPU time, s, from its step-less metrics (:mod:`atomzoo.runner.results`), or
+    None where it is not known.
+
+    ``cpu_s`` (the last process's, ``os.wait4``) when the cell never resumed; for a resumed cell, that
+    plus the earlier attempts' training time from the run's checkpointed clock, ``cpu_s + train_cpu_s -
+    train_attempt_cpu_s`` (:class:`atomzoo.training_clock.TrainingClock`; earlier attempts' start-up and
+    the work lost after their last checkpoint are not counted); None for a resumed cell without a
+    complete clock (finished before the clock existed), whose earlier attempts' time is lost.
+    """
+    if "cpu_s" not in values:
+        return None
+    if not values.get("resumed", 0):
+        return values["cpu_s"]
+    if values.get("train_clock_complete") == 1 and "train_cpu_s" in values and "train_attempt_cpu_s" in values:
+        return values["cpu_s"] + values["train_cpu_s"] - values["train_attempt_cpu_s"]
+    return None
+
+
+def _timed_note(runs: int, timed: int) -> str:
+    """`` (k of n timed)`` when only ``timed`` of ``runs`` runs have a known CPU time, else ``""``."""
+    return f" ({timed} of {runs} timed)" if timed < runs else ""
+
+
 def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
     """Markdown table: per backbone x pretraining objective (x corruption rate), the pretraining
-    steps and measured CPU time (mean over its pretraining runs) and the fine-tuned test MAE of every
+    steps and measured CPU time (mean over its pretraining runs whose whole CPU time is known,
+    :func:`run_cpu_s`; "(k of n timed)" when some are not) and the fine-tuned test MAE of every
     task x budget (fine-tuning mode; mean and 95 % interval over seeds). Scratch has no pretraining."""
     cells = _per_cell(frame)
     pre: dict[tuple, list[dict[str, float]]] = defaultdict(list)
@@ -249,9 +275,9 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
     for b, o, r, k in rows:
         runs = pre.get((b, o, r, k), [])
         steps = [v.get("steps", v.get("max_steps")) for v in runs if v.get("steps", v.get("max_steps")) is not None]
-        cpu = [v["cpu_s"] for v in runs if "cpu_s" in v]
-        per_step = [v["cpu_s"] / v.get("steps", v.get("max_steps")) for v in runs
-                    if "cpu_s" in v and v.get("steps", v.get("max_steps"))]
+        timed = [(run_cpu_s(v), v.get("steps", v.get("max_steps"))) for v in runs if run_cpu_s(v) is not None]
+        cpu = [c for c, _ in timed]
+        per_step = [c / n for c, n in timed if n]
         texts = []
         for t, n, u in columns:
             values = sub[(sub["backbone"] == b) & (sub["objective"] == o) & (sub["target"] == t)
@@ -260,7 +286,8 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
             texts.append(_interval_text(*paired_interval(values), sign="") if values else "–")
         label = _label(o, r, k)
         lines.append(f"| {b} | {label} | {statistics.fmean(steps):.0f} | " if steps else f"| {b} | {label} | – | ")
-        lines[-1] += (f"{statistics.fmean(cpu) / 3600:.2f} | " if cpu else "– | ")
+        lines[-1] += (f"{statistics.fmean(cpu) / 3600:.2f}{_timed_note(len(runs), len(cpu))} | " if cpu
+                      else f"–{_timed_note(len(runs), 0) if runs else ''} | ")
         lines[-1] += f"{1000 * statistics.fmean(per_step):.0f} | " if per_step else "– | "
         lines[-1] += " | ".join(texts) + " |"
     return "\n".join(lines)
@@ -282,6 +309,10 @@ def finetuning_table(frame: pd.DataFrame) -> str:
         found = [v[key] for v in values if key in v]
         return f"{statistics.fmean(found) / scale:.{digits}f}" if found else "–"
 
+    def cpu_minutes(values: list[dict[str, float]]) -> str:
+        found = [c for c in map(run_cpu_s, values) if c is not None]
+        return (f"{statistics.fmean(found) / 60:.1f}" if found else "–") + _timed_note(len(values), len(found))
+
     for (b, o, r, t, n, mode), values in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != SCRATCH,
                                                                                   kv[0][1:])):
         early = sum(int(v.get("stopped_early", 0)) for v in values)
@@ -289,7 +320,7 @@ def finetuning_table(frame: pd.DataFrame) -> str:
         label = _label(o, *r)
         lines.append(f"| {b} | {label} | {t} | {n} | {mode} | {len(values)} | {early} | {cap} | "
                      f"{mean_of(values, 'steps')} | {mean_of(values, 'best_step')} | "
-                     f"{mean_of(values, 'cpu_s', 60.0, 1)} |")
+                     f"{cpu_minutes(values)} |")
     return "\n".join(lines)
 
 
@@ -603,7 +634,10 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     if "compute" in sections:
         table = compute_table(frame, ft)
         if table:
-            parts += ["## Equal compute: pretraining steps, measured CPU time and the fine-tuned MAE", "", table, ""]
+            parts += ["## Equal compute: pretraining steps, measured CPU time and the fine-tuned MAE", "", table, "",
+                      "CPU time: user + system of the whole run, every attempt of a resumed run included (the last "
+                      "process's plus the earlier attempts' training time kept in the checkpoints); a run resumed "
+                      "before that clock existed has no known total and is left out (\"k of n timed\").", ""]
     if "finetuning" in sections:
         table = finetuning_table(frame)
         if table:

@@ -11,6 +11,13 @@ Long format, one row per cell, metric and step::
 - ``wall_s`` and ``cpu_s``: wall time and CPU time (user + system, of the ``zoo fit`` process and
   its children, from ``os.wait4``) of the cell's last attempt, s; ``resumed`` 1 when that attempt
   continued from a checkpoint of an earlier one (whose time is then not included);
+- ``train_cpu_s`` and ``train_wall_s``: CPU and wall time of training (the loop with its validations,
+  not start-up or the test) summed over every attempt of the cell, each counted up to the checkpoint
+  the next one resumed from (:class:`atomzoo.training_clock.TrainingClock`); ``train_attempts``;
+  ``train_attempt_cpu_s`` (the last attempt's share); ``train_clock_complete`` 0 when an attempt
+  resumed from a checkpoint written before the clock existed (its earlier time unknown). A cell's
+  whole CPU time is ``cpu_s`` when it never resumed, else ``cpu_s + train_cpu_s - train_attempt_cpu_s``
+  with a complete clock, else unknown (:func:`atomzoo.runner.report.run_cpu_s`);
 - ``max_steps`` and ``batch_size`` (from its resolved ``config.yaml``); ``steps``: optimiser steps
   taken (the ``global_step`` of its last checkpoint); what equal-compute comparisons need;
 - with early stopping: ``best_step`` (step of the best checkpoint, the one tested), ``stopped_early``
