@@ -39,13 +39,14 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               test, probes and predictability -> ``docs/world_model/frames_1fs/{lewm,differences}/``: at 5 fs the
               X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
               the motion?
+``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
+              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
+              300 frames) -> ``benchmarks/results/world_model_study/results.md``. Run before ``differences``:
+              the study's answer needs the transfer rows' intervals over seeds more than the 5 fs ablation.
 ``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
               differences`` (the predictor reads the normalised differences of consecutive history embeddings,
               then z_t), 3 seeds (``benchmarks/matrices/world_model_differences.yaml``), then the same surprise
               test, probes and predictability -> ``docs/world_model/differences/``.
-``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
-              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
-              300 frames) -> ``benchmarks/results/world_model_study/results.md``.
 
     OMP_NUM_THREADS=1 python benchmarks/world_model_study.py all     # one core; data ~30 min, world model
                                                                       # ~15 min a seed, transfer ~2 h a seed
@@ -219,8 +220,8 @@ def stage_encoders(out: Path = OUT / "encoders") -> None:
 
 STAGES = {"data": stage_data, "train": stage_train, "surprise": stage_surprise, "probes": stage_probes,
           "predictability": stage_predictability, "transfer0": stage_transfer_first, "residual": stage_residual, "pretrain": stage_pretrain,
-          "encoders": stage_encoders, "frames1fs": stage_frames1fs, "differences": stage_differences,
-          "transfer": stage_transfer}
+          "encoders": stage_encoders, "frames1fs": stage_frames1fs, "transfer": stage_transfer,
+          "differences": stage_differences}
 
 
 def main() -> None:
