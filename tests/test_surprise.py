@@ -100,6 +100,26 @@ def test_unscored_windows_rank_highest_and_are_counted():
     assert outlier["z_score"] > 1e18 and np.isclose(outlier["z_median"], 4.0 / np.std([1.0, 2.0, 3.0, 4.0]))
 
 
+def test_violations_are_also_scored_against_frames_of_the_same_ensemble():
+    """``auroc_vs_ensemble``: P(violation > another frame of the trajectory), the specificity a detector of
+    physics needs beyond "not the next frame"; NaN for the nuisances, and without ensemble frames."""
+    from atomzoo.surprise import aggregate, summarise
+
+    windows = {k: np.arange(4) for k in ("true", "ensemble", "teleport")}
+    scores = {"true": np.array([1.0, 2.0, 3.0, 4.0]), "ensemble": np.array([5.0, 6.0, 7.0, 8.0]),
+              "teleport": np.array([6.0, 7.0, 8.0, 9.0])}
+    rows = summarise(scores, windows)
+    assert rows["teleport"]["auroc"] == 1.0 and rows["ensemble"]["auroc"] == 1.0
+    # teleport 6, 7, 8, 9 against ensemble 5-8: 1.5 + 2.5 + 3.5 + 4 of 16 pairs (ties count a half)
+    assert rows["teleport"]["auroc_vs_ensemble"] == 11.5 / 16
+    assert np.isnan(rows["ensemble"]["auroc_vs_ensemble"]) and np.isnan(rows["true"]["auroc_vs_ensemble"])
+    assert np.isnan(summarise({"true": scores["true"], "teleport": scores["teleport"]},
+                              windows)["teleport"]["auroc_vs_ensemble"])
+    summary = aggregate({("trained", "teleport"): [rows["teleport"], {**rows["teleport"], "auroc_vs_ensemble": 0.5}]})
+    assert np.isclose(summary[0]["auroc_vs_ensemble"], (11.5 / 16 + 0.5) / 2)
+    assert "| 0.609 +- 0.109 |" in table_of(summary)  # the table's "AUROC vs ensemble frame" column
+
+
 def table_of(summary: list[dict]) -> str:
     """surprise.md of ``summary`` (what write_summary writes)."""
     import tempfile

@@ -303,7 +303,9 @@ def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> 
     unconverged SCF), ``mean`` and ``z_score`` over the finite scores, ``z_median`` (the median of the
     windows' z-scores: the robust summary, which a few enormous scores -- an atom teleported onto another
     -- cannot swamp as they do the mean), ``auroc`` against ``true`` (all scores; infinity ranks highest),
-    and ``max_abs_change`` (paired kinds, finite pairs)."""
+    ``auroc_vs_ensemble`` of a violation against ``ensemble`` (another frame of the same trajectory: a
+    plausible state that is not the next one; NaN without it): whether the detector flags what breaks
+    physics more than what is merely not the next frame, and ``max_abs_change`` (paired kinds, finite pairs)."""
     true = scores["true"][np.isfinite(scores["true"])]
     mu, sd = (float(true.mean()), float(true.std())) if true.size else (float("nan"), 0.0)
     out = {}
@@ -313,7 +315,9 @@ def summarise(scores: dict[str, np.ndarray], windows: dict[str, np.ndarray]) -> 
                "mean": float(finite.mean()) if finite.size else float("nan"),
                "z_score": float(((finite - mu) / sd).mean()) if sd > 0 and finite.size else float("nan"),
                "z_median": float(np.median((finite - mu) / sd)) if sd > 0 and finite.size else float("nan"),
-               "auroc": auroc(s, scores["true"]) if kind != "true" else 0.5, "max_abs_change": float("nan")}  # fmt: skip
+               "auroc": auroc(s, scores["true"]) if kind != "true" else 0.5, "max_abs_change": float("nan"),
+               "auroc_vs_ensemble": auroc(s, scores["ensemble"])
+               if kind not in NUISANCE and kind != "true" and "ensemble" in scores else float("nan")}  # fmt: skip
         if kind in GEOMETRIC:
             paired = dict(zip(windows["true"].tolist(), scores["true"].tolist()))
             changes = [abs(v - paired[w]) for w, v in zip(windows[kind].tolist(), s.tolist())
@@ -399,12 +403,13 @@ def aggregate(per_seed: dict[tuple[str, str], list[dict]]) -> list[dict]:
             return float(np.nanmean(values)), float(np.nanstd(values)) if len(rows) > 1 else float("nan")
 
         (z, z_sd), (zm, zm_sd), (a, a_sd) = stat("z_score"), stat("z_median"), stat("auroc")
+        ae, ae_sd = stat("auroc_vs_ensemble")
         summary.append({"detector": detector, "kind": kind,
                         "group": "reference" if kind == "true" else "nuisance" if kind in NUISANCE else "violation",
                         "seeds": len(rows), "n": int(np.mean([r["n"] for r in rows])),
                         "failed": int(sum(r["failed"] for r in rows)), "mean": stat("mean")[0],
                         "z_score": z, "z_score_std": z_sd, "z_median": zm, "z_median_std": zm_sd,
-                        "auroc": a, "auroc_std": a_sd,
+                        "auroc": a, "auroc_std": a_sd, "auroc_vs_ensemble": ae, "auroc_vs_ensemble_std": ae_sd,
                         "max_abs_change": float(np.nanmax([r["max_abs_change"] for r in rows]))
                         if kind in GEOMETRIC else float("nan")})  # fmt: skip
     return summary
@@ -438,7 +443,7 @@ def summary_from_windows(path: str | Path, out: str | Path | None = None) -> lis
 def write_summary(summary: list[dict], out: Path) -> None:
     """``surprise.csv``, ``surprise.md`` and ``surprise.png`` from the summary rows."""
     keys = ["detector", "kind", "group", "seeds", "n", "failed", "mean", "z_score", "z_score_std", "z_median",
-            "z_median_std", "auroc", "auroc_std", "max_abs_change"]  # fmt: skip
+            "z_median_std", "auroc", "auroc_std", "auroc_vs_ensemble", "auroc_vs_ensemble_std", "max_abs_change"]  # fmt: skip
     (out / "surprise.csv").write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys)
                                                                      for r in summary]) + "\n")  # fmt: skip
 
@@ -447,13 +452,14 @@ def write_summary(summary: list[dict], out: Path) -> None:
             return "-"
         return f"{value:.{digits}f}" + ("" if math.isnan(spread) else f" +- {spread:.{digits}f}")
 
-    md = ["| detector | kind | group | windows | not scored | mean score | median z-score | AUROC | max abs change |",
-          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    md = ["| detector | kind | group | windows | not scored | mean score | median z-score | AUROC | "
+          "AUROC vs ensemble frame | max abs change |",
+          "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in summary:
         change = "-" if math.isnan(r["max_abs_change"]) else f"{r['max_abs_change']:.2e}"
         md.append(f"| {r['detector']} | {r['kind']} | {r['group']} | {r['n']} | {r['failed']} | {r['mean']:.4g} | "
                   f"{pm(r['z_median'], r['z_median_std'], 2)} | {pm(r['auroc'], r['auroc_std'], 3)} | "
-                  f"{change} |")  # fmt: skip
+                  f"{pm(r['auroc_vs_ensemble'], r['auroc_vs_ensemble_std'], 3)} | {change} |")  # fmt: skip
     (out / "surprise.md").write_text("\n".join(md) + "\n")
 
     import matplotlib
