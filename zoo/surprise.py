@@ -399,7 +399,7 @@ def aggregate(per_seed: dict[tuple[str, str], list[dict]]) -> list[dict]:
     summary = []
     for (detector, kind), rows in per_seed.items():
         def stat(key):
-            values = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+            values = np.array([r[key] for r in rows], dtype=float)
             if np.isnan(values).all():  # e.g. a nuisance's AUROC against the ensemble frames: no numpy warning
                 return float("nan"), float("nan")
             return float(np.nanmean(values)), float(np.nanstd(values)) if len(rows) > 1 else float("nan")

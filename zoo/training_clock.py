@@ -5,7 +5,9 @@ process, so the CPU time the operating system reports for the last process (``os
 last attempt's. Comparisons "at equal pretraining CPU time" need the whole run's. :class:`TrainingClock`
 keeps it in the run's checkpoints: each checkpoint stores the training time accumulated up to the
 moment it was written, a resumed attempt starts from the checkpoint's value, and so work done after
-the last checkpoint of a killed attempt (and repeated by the next one) is counted once.
+the last checkpoint of a killed attempt (and repeated by the next one) is counted once. (Lightning's
+``Timer`` callback keeps elapsed wall time in checkpoints the same way, but no CPU time, which is
+what a comparison on a shared or loaded machine needs.)
 
 ``zoo fit`` adds the clock to every run (:class:`atomzoo.cli.ZooCLI`); at the end of training it writes
 ``training_clock.json`` next to the run's ``config.yaml``, which the benchmark runner records as

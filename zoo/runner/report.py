@@ -275,7 +275,7 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
     for b, o, r, k in rows:
         runs = pre.get((b, o, r, k), [])
         steps = [v.get("steps", v.get("max_steps")) for v in runs if v.get("steps", v.get("max_steps")) is not None]
-        timed = [(run_cpu_s(v), v.get("steps", v.get("max_steps"))) for v in runs if run_cpu_s(v) is not None]
+        timed = [(cpu, v.get("steps", v.get("max_steps"))) for v in runs if (cpu := run_cpu_s(v)) is not None]
         cpu = [c for c, _ in timed]
         per_step = [c / n for c, n in timed if n]
         texts = []
