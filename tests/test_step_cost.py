@@ -1,0 +1,54 @@
+"""benchmarks/step_cost.py: the per-step CPU cost behind "equal pretraining compute" rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import step_cost  # noqa: E402
+
+TINY = {"width": 16, "num_filters": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}
+
+
+def test_equal_cpu_steps_scale_inversely_with_the_cost_per_step():
+    costs = {"world_model": [0.6, 0.6], "denoising": [0.3, 0.4], "jepa": [0.9]}
+    lines = step_cost.table(costs, "world_model", 1500, 100).splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in lines[2:]}
+    assert rows["world_model"] == ["600 (600-600)", "1.00", "1,500"]
+    # 1500 x 0.6 / 0.35 = 2,571 -> nearest multiple of 100
+    assert rows["denoising"] == ["350 (300-400)", "0.58", "2,600"]
+    assert rows["jepa"] == ["900", "1.50", "1,000"]
+
+
+def test_replace_changes_the_last_value_or_appends():
+    args = ["--trainer.max_steps", "5", "-c", "x.yaml", "--trainer.max_steps", "1500"]
+    assert step_cost._replace(args, "--trainer.max_steps", "20") == args[:-1] + ["20"]
+    assert step_cost._replace(["-c", "x.yaml"], "--trainer.max_steps", "20") == ["-c", "x.yaml", "--trainer.max_steps", "20"]
+
+
+def test_measures_a_matrix_objective_with_real_runs(cache_dir, tmp_path):
+    matrix = {
+        "name": "tiny", "output": str(tmp_path / "out"),
+        "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
+        "objectives": {"none": None, "denoising": str(ROOT / "configs/objectives/denoising.yaml")},
+        "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"),
+                     "args": ["--data.targets", "null", "--trainer.max_steps", "1000", "--data.batch_size", "8",
+                              "--trainer.enable_model_summary", "false"]},
+        "finetune": {"data": str(ROOT / "configs/data/qm9.yaml"), "objective": str(ROOT / "configs/objectives/regression.yaml"),
+                     "targets": ["homo"], "label_budgets": [64], "seeds": [0]},
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    costs, raw = step_cost.measure(str(path), ["denoising"], short=1, long=4)
+    (short, long), = raw["denoising"]
+    assert 0 < short < long  # CPU time grows with the steps: each run trained for the steps asked
+    assert costs["denoising"] == [pytest.approx((long - short) / 3)]
+    assert not (tmp_path / "out").exists()  # nothing is written under the matrix's cells
+    with pytest.raises(SystemExit, match="no pretraining cell of objective 'none'"):
+        step_cost.measure(str(path), ["none"], short=1, long=4)
