@@ -40,8 +40,10 @@ Stages, each resumable (a finished stage is skipped when its output exists), run
               X-H stretches alias and no predictor sees momentum; at 1 fs, does the world model's predictor learn
               the motion?
 ``transfer``  the rest of the matrix: scratch, denoising and JEPA-SIGReg pretrained on the same frames for the
-              same steps, every row fine-tuned on QM9 HOMO (1,000 labels) and ethanol energy + forces (50 and
-              300 frames) -> ``benchmarks/results/world_model_study/results.md``. Run before ``differences``:
+              same steps, and for the world model's pretraining CPU time (``denoising_eqcpu``,
+              ``jepa_sigreg_eqcpu``: steps from ``benchmarks/step_cost.py``), every row fine-tuned on QM9 HOMO
+              (1,000 labels) and ethanol energy + forces (50 and 300 frames) ->
+              ``benchmarks/results/world_model_study/results.md``. Run before ``differences``:
               the study's answer needs the transfer rows' intervals over seeds more than the 5 fs ablation.
 ``differences`` the second ablation (not in LeWM): the residual world model with ``--model.predictor_input
               differences`` (the predictor reads the normalised differences of consecutive history embeddings,
