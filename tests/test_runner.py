@@ -746,3 +746,21 @@ def test_the_1fs_world_model_matrix_changes_only_the_frame_spacing():
     assert fine_data["class_path"] == coarse_data["class_path"]
     changed = {k for k in coarse_data["init_args"] if fine_data["init_args"][k] != coarse_data["init_args"][k]}
     assert changed == {"path", "horizons"} and set(fine_data["init_args"]) == set(coarse_data["init_args"])
+
+
+def test_the_world_model_studys_equal_cpu_rows_take_their_steps_from_the_measured_step_costs():
+    """denoising_eqcpu and jepa_sigreg_eqcpu are their objectives unchanged except for the pretraining steps, and
+    those are the steps benchmarks/results/world_model_study/step_cost.md derived (the world model's CPU time)."""
+    study = yaml.safe_load((ROOT / "benchmarks/matrices/world_model_study.yaml").read_text())
+    table = (ROOT / "benchmarks/results/world_model_study/step_cost.md").read_text()
+    measured = {line.split("|")[1].strip(): line.split("|")[4].strip().replace(",", "")
+                for line in table.splitlines() if line.startswith("| ") and "objective" not in line}
+    assert measured["world_model"] == study["pretrain"]["args"][study["pretrain"]["args"].index("--trainer.max_steps") + 1]
+    for base in ("denoising", "jepa_sigreg"):
+        row = study["objectives"][f"{base}_eqcpu"]
+        assert row["config"] == study["objectives"][base]
+        assert set(row) == {"config", "pretrain_args"}
+        assert row["pretrain_args"] == ["--trainer.max_steps", measured[base]]
+    cells = {c.id: c for c in expand(load_matrix(ROOT / "benchmarks/matrices/world_model_study.yaml"))}
+    args = cells["pretrain/painn64/denoising_eqcpu/c0/p0"].args
+    assert args[len(args) - 1 - args[::-1].index("--trainer.max_steps") + 1] == measured["denoising"]  # the last one wins
