@@ -764,3 +764,36 @@ def test_the_world_model_studys_equal_cpu_rows_take_their_steps_from_the_measure
     cells = {c.id: c for c in expand(load_matrix(ROOT / "benchmarks/matrices/world_model_study.yaml"))}
     args = cells["pretrain/painn64/denoising_eqcpu/c0/p0"].args
     assert args[len(args) - 1 - args[::-1].index("--trainer.max_steps") + 1] == measured["denoising"]  # the last one wins
+
+
+def test_paired_references_come_from_the_matrix(tmp_path):
+    """``references`` picks the objectives every row is paired with (the world-model study pairs with the world
+    model); an objective the matrix does not have is refused with the key's name."""
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml",
+                                   "jepa": "configs/objectives/jepa.yaml"}, seeds=(0, 1))
+    data = yaml.safe_load(path.read_text())
+    data["references"] = ["none", "jepa"]
+    data["report"] = ["paired"]
+    path.write_text(yaml.safe_dump(data))
+    matrix = load_matrix(path)
+    assert matrix.references == ("none", "jepa")
+    rows = []
+    for objective, values in (("none", (10.0, 12.0)), ("denoising", (9.0, 10.0)), ("jepa", (11.0, 11.5))):
+        for seed, value in enumerate(values):
+            cell = f"finetune/schnet/{objective}/c0/homo/n64/finetune/s{seed}"
+            rows.append({"cell": cell, "phase": "finetune", "backbone": "schnet", "objective": objective,
+                         "target": "homo", "label_budget": 64, "mode": "finetune", "seed": seed,
+                         "corruption_rate": 0.0, "corruption": "", "pretrain_seed": "", "metric": "test/homo_mae_meV",
+                         "step": "", "value": value, "commit": "x", "command": "zoo fit"})
+    matrix.output.mkdir(parents=True)
+    write_rows(matrix.results_csv, rows)
+    text = write_report(matrix).read_text()
+    assert "## Paired differences to scratch and to jepa (same fine-tuning seeds)" in text
+    pairs = {(line.split("|")[5].strip(), line.split("|")[6].strip()): line.split("|")[7].strip()
+             for line in text.splitlines() if line.startswith("| schnet")}
+    assert set(pairs) == {("denoising", "none"), ("denoising", "jepa"), ("jepa", "none")}
+    assert pairs["denoising", "jepa"].startswith("-1.75 [")  # (9 - 11 + 10 - 11.5) / 2
+    data["references"] = ["none", "scd"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="references must be a list of the matrix's objectives"):
+        load_matrix(path)

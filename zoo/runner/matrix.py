@@ -56,6 +56,8 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
                                                           # modes, seeds); default: one grid, all of them
     compare:                                  # paired comparisons in the report: name -> {axis: [ours, reference]}
       painn: {backbone: [painn, schnetpack_painn]}       # axis: backbone or objective; paired by seed
+    references: [none, denoising]             # objectives every other is paired with in the report's
+                                              # ``paired`` section (this is the default)
     curves: [val/, train/loss, train/emb]     # logged series kept in results.csv (metric-name prefixes)
     report: [summary, noise, pretraining, cost, plots]   # sections of results.md (this is the default)
     order: matrix                             # or "seeds": every cell of seed 0 first (scratch, then each
@@ -87,8 +89,10 @@ SECTIONS = ("compare", "summary", "paired", "compute", "finetuning", "noise", "p
 DEFAULT_SECTIONS = ("compare", "summary", "noise", "pretraining", "cost", "plots")
 ORDERS = ("matrix", "seeds")
 DEFAULT_CURVES = ("val/", "train/loss", "train/emb")
+#: the objectives every other is compared with in the report's ``paired`` section, unless ``references`` says
+DEFAULT_REFERENCES = (SCRATCH, "denoising")
 TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones", "objectives", "pretrain", "finetune",
-            "compare", "curves", "report", "order"}
+            "compare", "curves", "report", "order", "references"}
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
                  "grids", "early_stopping", "pretrain_seeds"}
 PRETRAIN_KEYS = {"data", "args", "corruption", "seeds"}
@@ -192,6 +196,7 @@ class Matrix:
     curves: tuple[str, ...] = DEFAULT_CURVES
     report: tuple[str, ...] = DEFAULT_SECTIONS
     order: str = "matrix"
+    references: tuple[str, ...] = DEFAULT_REFERENCES
 
     @property
     def cells_dir(self) -> Path:
@@ -337,6 +342,11 @@ def load_matrix(path: str | Path) -> Matrix:
         if len(pair) != 2 or any(p not in known for p in pair):
             raise ValueError(f"matrix file: compare.{name}.{axis} must name two of {sorted(known)}, got {pair}")
         compare.append(Comparison(str(name), axis, str(pair[0]), str(pair[1])))
+    references = raw.get("references", list(DEFAULT_REFERENCES))  # the default's may be absent (then unused)
+    if "references" in raw and (not isinstance(references, list) or not references
+                                or any(r not in objectives for r in references)):
+        raise ValueError(f"matrix file: references must be a list of the matrix's objectives {sorted(objectives)}, "
+                         f"got {references!r}")
     report = tuple(raw.get("report", DEFAULT_SECTIONS))
     bad = [s for s in report if s not in SECTIONS]
     if bad:
@@ -357,6 +367,7 @@ def load_matrix(path: str | Path) -> Matrix:
         curves=tuple(str(c) for c in raw.get("curves", DEFAULT_CURVES)),
         report=tuple(s for s in SECTIONS if s in report),
         order=order,
+        references=tuple(str(r) for r in references),
     )
 
 

@@ -9,8 +9,8 @@ Sections of ``results.md``, in this order (the matrix's ``report`` key picks whi
   objective (rows) and task x label budget (columns); the best mean of each column in bold; the
   relative change against training from scratch (objective ``none``) in brackets (negative = lower
   error = better).
-- ``paired``: for each pretraining objective, its test-MAE difference to scratch and to coordinate
-  denoising (:data:`REFERENCES`), paired by fine-tuning seed (the same seed, hence the same
+- ``paired``: for each pretraining objective, its test-MAE difference to each of the matrix's
+  ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`), paired by fine-tuning seed (the same seed, hence the same
   initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
@@ -44,13 +44,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .matrix import DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
+from .matrix import DEFAULT_REFERENCES, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
 from .results import load
 
 #: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
 DIAGNOSTICS = ("train/emb_std", "train/emb_erank", "train/emb_sigreg", "train/target_std")
-#: the objectives every other is compared with in the ``paired`` section
-REFERENCES = (SCRATCH, "denoising")
+#: the objectives every other is compared with in the ``paired`` section of a matrix that names none
+REFERENCES = DEFAULT_REFERENCES
 #: two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -627,10 +627,12 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
             if table:
                 parts += [f"## Test MAE, {mode.replace('_', ' ')}", "", table, ""]
     if "paired" in sections:
-        table = paired_table(ft)
+        references = matrix.references if matrix else REFERENCES
+        table = paired_table(ft, references)
         if table:
-            parts += ["## Paired differences to scratch and to coordinate denoising (same fine-tuning seeds)", "",
-                      table, ""]
+            names = {SCRATCH: "scratch", "denoising": "coordinate denoising"}
+            against = " and to ".join(names.get(r, r) for r in references)
+            parts += [f"## Paired differences to {against} (same fine-tuning seeds)", "", table, ""]
     if "compute" in sections:
         table = compute_table(frame, ft)
         if table:
