@@ -9,7 +9,11 @@
 # the repository root:
 #   nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
 # Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time).
+# PARALLEL=2 runs two cells at a time (one thread each; a fine-tuning cell waits for its pretraining
+# cell) when no other job needs the second core:
+#   PARALLEL=2 nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
 set -u
+PARALLEL="${PARALLEL:-1}"
 cd "$(dirname "$0")/.."
 status=0
 for matrix in \
@@ -21,7 +25,7 @@ for matrix in \
     benchmarks/matrices/objectives_v2_backbones.yaml \
     benchmarks/matrices/objectives_v2_forces.yaml; do
   echo "== $(date -u +%FT%TZ) $matrix"
-  zoo-bench run "$matrix" --threads 1 --commit-results || status=$?
+  zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results || status=$?
   case "$matrix" in
     *objectives_v2.yaml|*objectives_v2_backbones.yaml)  # the probes of its finished pretraining cells (resumable)
       zoo-bench probe "$matrix" || status=$?
