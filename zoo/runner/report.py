@@ -631,7 +631,8 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         table = paired_table(ft, references)
         if table:
             names = {SCRATCH: "scratch", "denoising": "coordinate denoising"}
-            against = " and to ".join(names.get(r, r) for r in references)
+            named = [names.get(r, r) for r in references]
+            against = " and to ".join([", to ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
             parts += [f"## Paired differences to {against} (same fine-tuning seeds)", "", table, ""]
     if "compute" in sections:
         table = compute_table(frame, ft)
