@@ -10,7 +10,8 @@ Sections of ``results.md``, in this order (the matrix's ``report`` key picks whi
   relative change against training from scratch (objective ``none``) in brackets (negative = lower
   error = better).
 - ``paired``: for each pretraining objective, its test-MAE difference to each of the matrix's
-  ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`), paired by fine-tuning seed (the same seed, hence the same
+  ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`), paired by
+  fine-tuning seed (the same seed, hence the same
   initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
