@@ -71,9 +71,9 @@ def timed_run(cmd: list[str], steps: int, folder: Path) -> float:
 
 
 def measure(matrix_path: str, objectives: list[str], short: int, long: int,
-            repeats: int = 1) -> tuple[dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
-    """Per-step training CPU seconds of each objective's first-seed pretraining cell, one value per repeat,
-    and the runs' training CPU seconds ``(short run, long run)`` per repeat.
+            repeats: int = 1) -> dict[str, list[tuple[float, float]]]:
+    """Training CPU seconds ``(short run, long run)`` of each objective's first-seed pretraining cell, one
+    pair per repeat (:func:`per_step` turns them into seconds per step).
 
     Raises:
         SystemExit: an objective has no pretraining cell in the matrix.
@@ -83,13 +83,11 @@ def measure(matrix_path: str, objectives: list[str], short: int, long: int,
     by_id = {c.id: c for c in cells}
     chosen = {}
     for name in objectives:
-        found = [c for c in cells if c.phase == "pretrain" and c.objective == name and c.seed == min(
-            x.seed for x in cells if x.phase == "pretrain" and x.objective == name)]
+        found = [c for c in cells if c.phase == "pretrain" and c.objective == name]
         if not found:
             raise SystemExit(f"{matrix_path}: no pretraining cell of objective {name!r} "
                              f"(objectives with one: {sorted({c.objective for c in cells if c.phase == 'pretrain'})})")
-        chosen[name] = command(matrix, found[0], by_id)
-    costs: dict[str, list[float]] = {name: [] for name in objectives}
+        chosen[name] = command(matrix, min(found, key=lambda c: c.seed), by_id)
     raw: dict[str, list[tuple[float, float]]] = {name: [] for name in objectives}
     with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
         for r in range(repeats):
@@ -100,9 +98,13 @@ def measure(matrix_path: str, objectives: list[str], short: int, long: int,
                     cpu[name, steps] = timed_run(cmd, steps, folder)
                     print(f"{name} {steps} steps: {cpu[name, steps]:.1f} CPU s", flush=True)
             for name in objectives:
-                costs[name].append((cpu[name, long] - cpu[name, short]) / (long - short))
                 raw[name].append((cpu[name, short], cpu[name, long]))
-    return costs, raw
+    return raw
+
+
+def per_step(raw: dict[str, list[tuple[float, float]]], short: int, long: int) -> dict[str, list[float]]:
+    """Seconds per step of each repeat: (long run - short run) / (long - short)."""
+    return {name: [(b - a) / (long - short) for a, b in pairs] for name, pairs in raw.items()}
 
 
 def table(costs: dict[str, list[float]], reference: str, steps: int, rounding: int) -> str:
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--reference {reference!r} is not among --objectives {args.objectives}")
     if not 0 < args.short < args.long:
         parser.error(f"need 0 < --short < --long (got {args.short}, {args.long})")
-    costs, raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats)
-    text = table(costs, reference, args.steps, args.rounding)
+    raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats)
+    text = table(per_step(raw, args.short, args.long), reference, args.steps, args.rounding)
     print(text)
     if args.output:
         out = Path(args.output)
