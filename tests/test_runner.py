@@ -180,6 +180,34 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "## Noise robustness" in report and "noise_painn_homo_n1000.png" in report
     assert (tmp_path / "noise_painn_homo_n1000.png").stat().st_size > 0
+    # a stage matrix sharing this output writes a report of its own, results.md and its plots untouched
+    main_report = (tmp_path / "results.md").read_text()
+    stage = dataclasses.replace(load_matrix(write_matrix(tmp_path, {"none": None})),
+                                output=tmp_path, report=("summary", "noise", "plots"), report_name="results_noise")
+    text = write_report(stage).read_text()
+    assert write_report(stage) == tmp_path / "results_noise.md"
+    assert "## Noise robustness" in text and "](results_noise_noise_painn_homo_n1000.png)" in text
+    assert (tmp_path / "results_noise_noise_painn_homo_n1000.png").stat().st_size > 0
+    assert (tmp_path / "results.md").read_text() == main_report
+
+
+def test_matrices_sharing_an_output_keep_separate_reports(tmp_path):
+    """The stages of a study share one output folder (one results.csv): each names its own report, so one
+    stage's report never overwrites another's (report_name), and a bad name is refused."""
+    by_output: dict[Path, list[str]] = {}
+    for path in sorted((ROOT / "benchmarks/matrices").glob("*.yaml")):
+        matrix = load_matrix(path)
+        by_output.setdefault(matrix.output, []).append(matrix.report_name)
+    shared = {out: names for out, names in by_output.items() if len(names) > 1}
+    assert Path("benchmarks/results/objectives_v2") in shared
+    for out, names in shared.items():
+        assert len(set(names)) == len(names), (out, names)
+    path = write_matrix(tmp_path, {"none": None})
+    raw = yaml.safe_load(path.read_text())
+    for bad in ("results.md", "../elsewhere", ""):
+        path.write_text(yaml.safe_dump({**raw, "report_name": bad}))
+        with pytest.raises(ValueError, match="report_name must be a file name"):
+            load_matrix(path)
 
 
 def test_several_corruption_kinds_expand_to_one_cell_per_kind_and_rate(tmp_path):

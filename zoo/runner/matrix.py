@@ -60,6 +60,9 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
                                               # ``paired`` section (this is the default)
     curves: [val/, train/loss, train/emb]     # logged series kept in results.csv (metric-name prefixes)
     report: [summary, noise, pretraining, cost, plots]   # sections of results.md (this is the default)
+    report_name: results                      # the report is <output>/<report_name>.md; another name also
+                                              # prefixes its plots (<report_name>_bars_...png): matrices that
+                                              # share an output (and results.csv) keep separate reports
     order: matrix                             # or "seeds": every cell of seed 0 first (scratch, then each
                                               # objective's pretraining and its fine-tuning), then seed 1, ...
 
@@ -87,12 +90,14 @@ MODES = ("finetune", "linear_probe")
 SECTIONS = ("compare", "summary", "paired", "compute", "finetuning", "noise", "probes", "pretraining", "curves", "cost",
             "plots")
 DEFAULT_SECTIONS = ("compare", "summary", "noise", "pretraining", "cost", "plots")
+#: the report's file name without ``.md``, unless ``report_name`` says
+DEFAULT_REPORT_NAME = "results"
 ORDERS = ("matrix", "seeds")
 DEFAULT_CURVES = ("val/", "train/loss", "train/emb")
 #: the objectives every other is compared with in the report's ``paired`` section, unless ``references`` says
 DEFAULT_REFERENCES = (SCRATCH, "denoising")
 TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones", "objectives", "pretrain", "finetune",
-            "compare", "curves", "report", "order", "references"}
+            "compare", "curves", "report", "order", "references", "report_name"}
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
                  "grids", "early_stopping", "pretrain_seeds"}
 PRETRAIN_KEYS = {"data", "args", "corruption", "seeds"}
@@ -197,6 +202,7 @@ class Matrix:
     report: tuple[str, ...] = DEFAULT_SECTIONS
     order: str = "matrix"
     references: tuple[str, ...] = DEFAULT_REFERENCES
+    report_name: str = DEFAULT_REPORT_NAME
 
     @property
     def cells_dir(self) -> Path:
@@ -351,6 +357,11 @@ def load_matrix(path: str | Path) -> Matrix:
     bad = [s for s in report if s not in SECTIONS]
     if bad:
         raise ValueError(f"matrix file: report sections {bad} not in {list(SECTIONS)}")
+    report_name = raw.get("report_name", DEFAULT_REPORT_NAME)
+    if not isinstance(report_name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", report_name) \
+            or report_name.endswith(".md"):
+        raise ValueError(f"matrix file: report_name must be a file name without '.md' (letters, digits, _ . -), "
+                         f"got {report_name!r}")
     return Matrix(
         name=str(raw.get("name", path.stem)),
         output=Path(raw.get("output", f"runs/bench/{path.stem}")),
@@ -368,6 +379,7 @@ def load_matrix(path: str | Path) -> Matrix:
         report=tuple(s for s in SECTIONS if s in report),
         order=order,
         references=tuple(str(r) for r in references),
+        report_name=report_name,
     )
 
 

@@ -1,6 +1,10 @@
 """Tables and plots from a matrix's ``results.csv`` (and the matrix file's report settings, if given).
 
-Sections of ``results.md``, in this order (the matrix's ``report`` key picks which):
+The report is ``<output>/results.md`` with its plots beside it; a matrix with ``report_name: NAME``
+writes ``<output>/NAME.md`` and prefixes its plots with ``NAME_``, so that matrices sharing one output
+folder (the stages of a study, one ``results.csv``) each keep a report of their own.
+
+Sections of the report, in this order (the matrix's ``report`` key picks which):
 
 - ``compare``: per comparison of the matrix (ours against a reference, e.g. our SchNet against PyG's),
   mean +- std over seeds of each side, the paired difference ours - ref over the seeds both sides
@@ -45,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .matrix import DEFAULT_REFERENCES, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
+from .matrix import DEFAULT_REFERENCES, DEFAULT_REPORT_NAME, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
 from .results import load
 
 #: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
@@ -393,7 +397,7 @@ def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
     return {o: f"C{k % 10}" for k, o in enumerate(objectives)}
 
 
-def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
+def bar_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     plt = _pyplot()
     colors = objective_colors(ft)
     paths = []
@@ -414,11 +418,11 @@ def bar_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=len(objectives), frameon=False)
         fig.suptitle(f"{backbone}, {mode.replace('_', ' ')} (mean ± std over seeds)")
-        paths.append(_save(fig, out / f"bars_{backbone}_{mode}.png", rect=(0, 0.1, 1, 1)))
+        paths.append(_save(fig, out / f"{prefix}bars_{backbone}_{mode}.png", rect=(0, 0.1, 1, 1)))
     return paths
 
 
-def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
+def curve_plots(frame: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     plt = _pyplot()
     curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
                    & frame["metric"].str.startswith("curve:val/")]
@@ -435,11 +439,11 @@ def curve_plots(frame: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.set_title(f"{backbone}: fine-tuning on {target}, n={budget}")
         ax.legend(frameon=False)
-        paths.append(_save(fig, out / f"curves_{backbone}_{target}_n{budget}.png"))
+        paths.append(_save(fig, out / f"{prefix}curves_{backbone}_{target}_n{budget}.png"))
     return paths
 
 
-def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
+def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
     plt = _pyplot()
     sub = ft[ft["mode"] == "finetune"]
@@ -470,7 +474,7 @@ def noise_plots(ft: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_ylabel(f"test MAE ({unit})")
         ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
         ax.legend(frameon=False)
-        paths.append(_save(fig, out / f"noise_{backbone}_{target}_n{budget}.png"))
+        paths.append(_save(fig, out / f"{prefix}noise_{backbone}_{target}_n{budget}.png"))
     return paths
 
 
@@ -606,7 +610,8 @@ def curves_tables(frame: pd.DataFrame) -> str:
 
 
 def write_report(output: Path | Matrix, title: str | None = None) -> Path:
-    """Write ``results.md`` (and the PNG plots) next to ``results.csv``; return the Markdown path.
+    """Write ``results.md`` (or the matrix's ``<report_name>.md``) and the PNG plots next to ``results.csv``;
+    return the Markdown path.
 
     ``output``: a parsed matrix (its ``report`` sections, ``compare`` pairs and task metrics apply)
     or, for the default sections, the folder holding ``results.csv``.
@@ -614,6 +619,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     matrix = output if isinstance(output, Matrix) else None
     output = matrix.output if matrix else Path(output)
     sections = matrix.report if matrix else DEFAULT_SECTIONS
+    name = matrix.report_name if matrix else DEFAULT_REPORT_NAME
     metrics = {name: matrix.metric_of(name) for name in matrix.tasks} if matrix else {}
     frame = load(output / "results.csv")
     ft = final_test_mae(frame, metrics)
@@ -666,9 +672,11 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         parts += ["## Cost", "", "| phase | cells | summed wall time of the cells (min; parallel cells overlap) |",
                   "|---|---|---|"]
         parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
-    plots = bar_plots(ft, output) + curve_plots(frame, output) + noise_plots(ft, output) if "plots" in sections else []
+    prefix = "" if name == DEFAULT_REPORT_NAME else f"{name}_"
+    plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + noise_plots(ft, output, prefix)
+             if "plots" in sections else [])
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = output / "results.md"
+    path = output / f"{name}.md"
     path.write_text("\n".join(parts).rstrip("\n") + "\n")
     return path
