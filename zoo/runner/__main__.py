@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quick", action="store_true",
                      help="the matrix's first seed at 20 steps per cell (2 epochs x 10 batches), into <output>-quick: "
                           "minutes, a smoke test of the whole matrix (atomzoo.runner.__main__.quick_preset)")
-    report = sub.add_parser("report", help="regenerate the report (results.md, or the matrix's report_name) and its plots from results.csv")
+    report = sub.add_parser("report", help="regenerate the report (results.md, or the matrix's report_name) and "
+                                           "its plots from results.csv")
     report.add_argument("source", type=Path,
                         help="the matrix file (its report sections, comparisons and task metrics apply) or the "
                              "output folder holding results.csv (default sections)")
