@@ -619,7 +619,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     matrix = output if isinstance(output, Matrix) else None
     output = matrix.output if matrix else Path(output)
     sections = matrix.report if matrix else DEFAULT_SECTIONS
-    name = matrix.report_name if matrix else DEFAULT_REPORT_NAME
+    report_name = matrix.report_name if matrix else DEFAULT_REPORT_NAME
     metrics = {name: matrix.metric_of(name) for name in matrix.tasks} if matrix else {}
     frame = load(output / "results.csv")
     ft = final_test_mae(frame, metrics)
@@ -672,11 +672,11 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         parts += ["## Cost", "", "| phase | cells | summed wall time of the cells (min; parallel cells overlap) |",
                   "|---|---|---|"]
         parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
-    prefix = "" if name == DEFAULT_REPORT_NAME else f"{name}_"
+    prefix = "" if report_name == DEFAULT_REPORT_NAME else f"{report_name}_"
     plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + noise_plots(ft, output, prefix)
              if "plots" in sections else [])
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = output / f"{name}.md"
+    path = output / f"{report_name}.md"
     path.write_text("\n".join(parts).rstrip("\n") + "\n")
     return path
