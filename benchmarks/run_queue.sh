@@ -8,7 +8,10 @@
 # probes of their finished pretraining cells (probes.csv, committed). Start it in the background from
 # the repository root:
 #   nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
-# Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time).
+# Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time). In a fresh
+# checkout (no runs/), the shared pretraining cells' weights come from their committed pretrain.keep
+# copies (benchmarks/results/objectives_v2/pretrained/); a finished pretraining cell with neither is
+# run again first.
 # PARALLEL=2 runs two cells at a time (one thread each; a fine-tuning cell waits for its pretraining
 # cell) when no other job needs the second core:
 #   PARALLEL=2 nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &

@@ -150,6 +150,62 @@ def test_failed_pretraining_blocks_its_finetuning(cache_dir, tmp_path, capsys):
     assert (cells / "finetune/schnet/none/c0/homo/n64/finetune/s0/DONE.json").exists()  # the rest still runs
 
 
+def test_kept_pretraining_weights_survive_a_fresh_checkout(cache_dir, tmp_path):
+    """pretrain.keep: a weights-only copy beside results.csv (also for a cell finished before the key was
+    set); with the run folders gone, fine-tuning starts from it and the pretraining is not run again."""
+    from atomzoo import model_files
+
+    path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0
+    out = tmp_path / "out"
+    kept = out / "pretrained/pretrain/schnet/denoising/c0.ckpt"
+    assert not kept.exists()  # no copy without the key
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["keep"] = True
+    path.write_text(yaml.safe_dump(data))
+    assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0  # finished: skipped, but its copy is written
+    run_ckpt = out / "cells/pretrain/schnet/denoising/c0/run/checkpoints/last.ckpt"
+    full, slim = torch.load(run_ckpt, weights_only=False), torch.load(kept, weights_only=False)
+    assert "optimizer_states" in full and "optimizer_states" not in slim and "loops" not in slim
+    assert slim["state_dict"].keys() == full["state_dict"].keys()
+    assert all(torch.equal(slim["state_dict"][k], v) for k, v in full["state_dict"].items())
+    assert kept.stat().st_size < run_ckpt.stat().st_size
+    assert model_files.read(kept).kind == "checkpoint"
+    pretrain_rows = pd.read_csv(out / "results.csv")
+    shutil.rmtree(out / "cells")  # a fresh checkout: run folders are not committed
+    assert bench_main(["run", str(path)]) == 0
+    finetune = out / "cells/finetune/schnet/denoising/c0/homo/n64/finetune/s0"
+    assert f"--model.init_from {kept}" in (finetune / "log.txt").read_text().splitlines()[0]
+    assert (finetune / "DONE.json").exists() and not (out / "cells/pretrain").exists()  # not run again
+    after = pd.read_csv(out / "results.csv")
+    pd.testing.assert_frame_equal(after[after["phase"] == "pretrain"].reset_index(drop=True), pretrain_rows,
+                                  check_dtype=False)
+
+
+def test_lost_pretraining_weights_are_made_again(cache_dir, tmp_path, capsys):
+    """Without pretrain.keep, a finished pretraining cell whose run folder holds no finished run (here: a
+    rerun killed part-way, its checkpoints those of unfinished training; or the folder gone) runs again
+    before its fine-tuning, instead of blocking it or handing it unfinished weights; its rows are
+    replaced, not duplicated."""
+    path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0
+    out = tmp_path / "out"
+    first = pd.read_csv(out / "results.csv").query("metric == 'wall_s'")["value"].item()
+    (out / "cells/pretrain/schnet/denoising/c0/DONE.json").unlink()  # its checkpoints stay
+    assert bench_main(["run", str(path), "--only", "^finetune/"]) == 0
+    assert "is finished but its weights are gone" in capsys.readouterr().out
+    assert (out / "cells/pretrain/schnet/denoising/c0/DONE.json").exists()
+    assert (out / "cells/finetune/schnet/denoising/c0/homo/n64/finetune/s0/DONE.json").exists()
+    rows = pd.read_csv(out / "results.csv")
+    assert (rows["metric"] == "wall_s").sum() == 2  # one row per cell: the pretraining's were replaced ...
+    assert rows.query("phase == 'pretrain' and metric == 'wall_s'")["value"].item() != first  # ... by the new run's
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["keep"] = "yes"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="pretrain.keep must be true or false"):
+        load_matrix(path)
+
+
 def test_parallel_must_be_positive(tmp_path):
     path = write_matrix(tmp_path, {"none": None})
     with pytest.raises(ValueError, match="--parallel must be at least 1"):
@@ -404,6 +460,20 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     bench_main(["report", str(path)])
     report = (out / "results.md").read_text()
     assert "## Probes of the frozen pretrained networks" in report and "| schnet | random init | 2 |" in report
+    # a fresh checkout: run folders gone, pretrain.keep copies in place -> the same probes, from the copies
+    matrix["pretrain"]["keep"] = True
+    path.write_text(yaml.safe_dump(matrix))
+    assert bench_main(["run", str(path)]) == 0  # every cell finished: only the copies are written
+    shutil.rmtree(out / "cells")
+    before = pd.read_csv(probes, keep_default_na=False)
+    again_models = ["pretrain/schnet/scd/c0", "random/schnet/r1"]
+    before[~before["model"].isin(again_models)].to_csv(probes, index=False)
+    probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256)
+    again = pd.read_csv(probes, keep_default_na=False)
+    for model in again_models:
+        old, new = (f[f["model"] == model].set_index(["features", "metric"])["value"].astype(float).sort_index()
+                    for f in (before, again))
+        pd.testing.assert_series_equal(old, new, rtol=1e-4)
 
 
 def test_ridge_and_mlp_probes_recover_a_known_readout():
@@ -453,15 +523,18 @@ def test_unfinished_cell_resumes_from_its_checkpoint(cache_dir, tmp_path, capsys
     assert summary.endswith(f"1 cells selected, 1 finished (rows in {out / 'results.csv'}), 0 to run")
 
 
-def test_finished_pretraining_without_its_checkpoint_blocks_finetuning(tmp_path, capsys):
+def test_finished_pretraining_without_its_weights_is_planned_again(tmp_path, capsys):
+    """--dry-run shows the remake: a finished pretraining cell with no weights runs again before its fine-tuning."""
     path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
     matrix = load_matrix(path)
     labels = next(c for c in expand(matrix) if c.phase == "pretrain").labels
     write_rows(matrix.results_csv, [{**labels, "metric": "wall_s", "step": "", "value": 1.0}])
-    assert bench_main(["run", str(path)]) == 1
-    out = capsys.readouterr()
-    assert "skipped 1" in out.out and "blocked by a failed pretraining 1" in out.out
-    assert "is finished but its checkpoint" in out.out and "--rerun" in out.out
+    assert bench_main(["run", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "pretraining cell pretrain/schnet/denoising/c0 is finished but its weights are gone" in out
+    commands = [line for line in out.splitlines() if "atomzoo.cli fit" in line]
+    assert len(commands) == 2 and "--model.init_from" not in commands[0] and "--model.init_from" in commands[1]
+    assert "0 finished" in out and "2 to run" in out
 
 
 def test_pretrain_seeds_pairing_order_and_early_stopping_arguments(tmp_path):
@@ -671,7 +744,10 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     noise = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_noise.yaml").read_text())
     for key in ("output", "cells", "common_args", "backbones", "finetune", "order", "curves"):
         assert noise[key] == main[key], key
-    assert {k: v for k, v in noise["pretrain"].items() if k != "corruption"} == main["pretrain"]
+    # (pretrain.keep: the main cells' weights are kept for the later stages; a corrupted cell's only fine-tuning
+    # runs right after it, so a lost one is simply made again)
+    assert {k: v for k, v in noise["pretrain"].items() if k != "corruption"} == {
+        k: v for k, v in main["pretrain"].items() if k != "keep"}
     assert all(main["objectives"][name] == spec for name, spec in noise["objectives"].items())
     main_ids = {c.id for c in expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2.yaml"))}
     cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_noise.yaml"))

@@ -402,6 +402,33 @@ def load_checkpoint_dict(path: str | Path):
     return _unpickle(path)
 
 
+#: the parts of a Lightning checkpoint that only resuming training needs (what :func:`write_weights_only` drops)
+TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+
+
+def write_weights_only(source: str | Path, destination: str | Path) -> Path:
+    """Copy a Lightning checkpoint without what only resuming needs (:data:`TRAINING_STATE_KEYS`: the
+    optimiser moments, scheduler, loop and callback states), written atomically.
+
+    The copy keeps the objective's whole ``state_dict`` (backbone, heads, an EMA target), its
+    hyperparameters, provenance record and units, so it is still a ``"checkpoint"`` :func:`read`
+    accepts -- ``--model.init_from``, :func:`atomzoo.load`, ``python -m atomzoo.export`` -- at about
+    a third of the size (Adam keeps two moments per weight); training cannot resume from it. The
+    benchmark runner keeps such copies of pretraining runs (``pretrain.keep`` in a matrix file).
+
+    Raises:
+        FileNotFoundError, ModelFileError: ``source`` is not an atomzoo Lightning checkpoint (:func:`read_checkpoint`).
+    """
+    checkpoint = read_checkpoint(source, "a weights-only copy").checkpoint  # the checks (and messages) of every reader
+    slim = {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE_KEYS}
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    torch.save(slim, partial)
+    partial.replace(destination)  # never a half-written file under the final name
+    return destination
+
+
 def _unpickle(path: Path):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)

@@ -5,6 +5,13 @@ cell whose folder holds a checkpoint (a kill, a crash, a timeout) continues from
 (``--ckpt_path``); one without is wiped and started afresh. After each cell its metrics are merged
 into ``results.csv`` (:mod:`atomzoo.runner.results`) and ``DONE.json`` is written into its folder;
 with ``commit_results`` the CSV is then committed to git, alone (:func:`commit_results_file`).
+
+A fine-tuning cell starts from its pretraining cell's final checkpoint (:func:`checkpoint_of`). The
+run folders (``cells``) are scratch space, not results: with ``pretrain.keep`` a weights-only copy
+of each finished pretraining run is kept beside ``results.csv`` (:func:`kept_checkpoint`, committed
+with ``commit_results``), so a fresh checkout fine-tunes from the same weights; a finished
+pretraining cell whose run folder and copy are both gone is run again before the cells that need it
+(its rows are replaced).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from .matrix import Cell, Matrix
 from .results import finished_cells, merge_rows
 
 LOG_SUBDIR = "run"
+#: folder under a matrix's ``output`` with the ``pretrain.keep`` copies (``<cell id>.ckpt``)
+KEPT_SUBDIR = "pretrained"
 
 
 def cell_dir(matrix: Matrix, cell: Cell) -> Path:
@@ -46,14 +55,49 @@ def log_dir(matrix: Matrix, cell: Cell) -> Path:
 
 def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
     """The final weights of a cell's run, what a fine-tuning cell starts from: the newest of
-    ``last.ckpt`` and ``last-step.ckpt`` (``last.ckpt`` when neither exists yet).
+    ``last.ckpt`` and ``last-step.ckpt`` (``last.ckpt`` when none of the files below exists yet).
 
     ``zoo`` writes ``last.ckpt`` after each validation and ``last-step.ckpt`` every 500 steps (its
     defaults), so the newest holds the final step when the run ends on a validation or a multiple of
     500 steps: give pretraining runs such a length. (Runs before issue 31 rewrote ``last.ckpt`` only
-    when the monitored ``val/loss`` improved; the newest file is right for them too.)"""
-    newest = resume_point(matrix, cell)
-    return newest if newest is not None else log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
+    when the monitored ``val/loss`` improved; the newest file is right for them too.)
+
+    Only a run that finished (its ``DONE.json`` written) counts: a run killed part-way (a rerun, a
+    remake) holds checkpoints of unfinished training. Otherwise -- no finished run folder, as in a
+    fresh checkout (the folders are not committed) -- the weights-only copy ``pretrain.keep`` left
+    (:func:`kept_checkpoint`) if there is one."""
+    found = final_weights(matrix, cell)
+    return found if found is not None else log_dir(matrix, cell) / "checkpoints" / "last.ckpt"
+
+
+def final_weights(matrix: Matrix, cell: Cell) -> Path | None:
+    """:func:`checkpoint_of` when that file holds a finished run's weights; ``None`` when none does (the
+    cell never finished here, or its run folder is gone or was rerun part-way, and there is no kept copy)."""
+    newest = resume_point(matrix, cell) if (cell_dir(matrix, cell) / "DONE.json").is_file() else None
+    if newest is not None:
+        return newest
+    kept = kept_checkpoint(matrix, cell)
+    return kept if kept.is_file() else None
+
+
+def kept_checkpoint(matrix: Matrix, cell: Cell) -> Path:
+    """Where ``pretrain.keep`` stores a pretraining cell's final weights: ``<output>/pretrained/<cell id>.ckpt``
+    (:func:`atomzoo.model_files.write_weights_only`: no optimiser state; 1.0 MB for PaiNN 64 x 3 with SCD's heads)."""
+    return matrix.output / KEPT_SUBDIR / f"{cell.id}.ckpt"
+
+
+def keep_checkpoint(matrix: Matrix, cell: Cell, commit: bool = False) -> Path | None:
+    """Write the :func:`kept_checkpoint` copy of a finished pretraining cell's newest run checkpoint (and,
+    with ``commit``, git-commit that file alone); ``None`` when the run folder holds no finished run."""
+    from ..model_files import write_weights_only
+
+    source = resume_point(matrix, cell) if (cell_dir(matrix, cell) / "DONE.json").is_file() else None
+    if source is None:
+        return None
+    kept = write_weights_only(source, kept_checkpoint(matrix, cell))
+    if commit:
+        commit_results_file(kept, f"{matrix.name}: pretrained weights of cell {cell.id}")
+    return kept
 
 
 def resume_point(matrix: Matrix, cell: Cell) -> Path | None:
@@ -260,19 +304,42 @@ def _reap(job: _Running, block: bool = False) -> int | None:
     return job.proc.returncode
 
 
+def _remake_lost_pretraining(matrix: Matrix, todo: list[Cell], by_id: dict[str, Cell], finished: set[str],
+                             fresh: set[str]) -> list[Cell]:
+    """``todo`` with, before the first cell that needs it, every finished pretraining cell whose final
+    weights are gone (no run checkpoint, no ``pretrain.keep`` copy): it is run again from scratch
+    (added to ``fresh``; its rows are replaced), instead of blocking its fine-tuning cells."""
+    queued = {c.id for c in todo}
+    out: list[Cell] = []
+    for cell in todo:
+        dep = cell.depends_on
+        if (dep and dep in finished and dep not in fresh and dep not in queued
+                and final_weights(matrix, by_id[dep]) is None):
+            tqdm.write(f"pretraining cell {dep} is finished but its weights are gone (no finished run in "
+                       f"{cell_dir(matrix, by_id[dep])}, no copy at {kept_checkpoint(matrix, by_id[dep])}): running it "
+                       "again first (its rows are replaced; pretrain.keep in the matrix keeps a copy)")
+            fresh.add(dep)
+            queued.add(dep)
+            out.append(by_id[dep])
+        out.append(cell)
+    return out
+
+
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
               timeout: float | None = None, parallel: int = 1, threads: int | None = None,
               rerun: bool = False, commit_results: bool = False) -> dict[str, list[str]]:
     """Run ``cells`` (a selection of ``all_cells``), up to ``parallel`` at once; return ids by outcome.
 
     Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
-    ``blocked`` (a fine-tuning cell whose pretraining failed, was neither selected nor finished
-    earlier, or has lost its checkpoint). Cells start in matrix order; a fine-tuning cell waits until
-    its pretraining cell is done. ``rerun``: run the selected cells again even if finished (from
+    ``blocked`` (a fine-tuning cell whose pretraining failed, or was neither selected nor finished
+    earlier). Cells start in matrix order; a fine-tuning cell waits until its pretraining cell is
+    done; a finished pretraining cell whose weights are gone (no run checkpoint, no ``pretrain.keep``
+    copy) is run again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished
+    earlier and has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run the selected cells again even if finished (from
     scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
     to run is printed, then a ``#`` summary line. SIGTERM (``kill PID``) and Ctrl-C stop the run and
     kill the running cells (which resume from their checkpoints next time). ``commit_results``: after each finished cell, commit
-    ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``.
+    ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
@@ -288,6 +355,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             outcome["skipped"].append(cell.id)
         else:
             todo.append(cell)
+    todo = _remake_lost_pretraining(matrix, todo, by_id, finished, fresh)
+    outcome["skipped"] = [c for c in outcome["skipped"] if c not in fresh]
     if dry_run:
         for cell in todo:
             print(" ".join(command(matrix, cell, by_id, None if cell.id in fresh else resume_point(matrix, cell))))
@@ -299,6 +368,11 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     if outcome["skipped"]:
         print(f"{len(outcome['skipped'])} finished cells skipped (rows in {matrix.results_csv}; "
               "--rerun runs them again)")
+    if matrix.pretrain.get("keep"):  # copies of pretraining runs that finished before (or without) pretrain.keep
+        for cell in all_cells:
+            if (cell.phase == "pretrain" and cell.id in finished and cell.id not in fresh
+                    and not kept_checkpoint(matrix, cell).is_file()):
+                keep_checkpoint(matrix, cell, commit=commit_results)
     env = _child_env(matrix, parallel, threads)
     pending = list(todo)
     running: list[_Running] = []
@@ -337,6 +411,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             outcome["done"].append(job.cell.id)
             if commit_results:
                 commit_results_file(matrix.results_csv, f"{matrix.name}: cell {job.cell.id}")
+            if job.cell.phase == "pretrain" and matrix.pretrain.get("keep"):
+                keep_checkpoint(matrix, job.cell, commit=commit_results)
         else:
             outcome["failed"].append(job.cell.id)
             tqdm.write(f"cell {job.cell.id} failed; see {folder / 'log.txt'}")
@@ -366,7 +442,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                     if not waiting:
                         block(cell, f"its pretraining cell {dep} did not finish")
                     continue
-                if dep and not checkpoint_of(matrix, by_id[dep]).exists():
+                if dep and final_weights(matrix, by_id[dep]) is None:
                     block(cell, f"its pretraining cell {dep} is finished but its checkpoint "
                                 f"{checkpoint_of(matrix, by_id[dep])} is gone "
                                 f"(--rerun --only '^{dep}$' makes it again)")

@@ -28,6 +28,10 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
                                               # cell per kind x rate > 0 (atomzoo.datamodules.artifacts.KINDS),
                                               # rate 0 (clean) once, shared by every kind
       seeds: [0, 1, 2]                        # optional: pretraining seeds (--seed_everything; ids end in /p<seed>)
+      keep: true                              # optional: keep a weights-only copy of each finished pretraining
+                                              # run in <output>/pretrained/<cell id>.ckpt (committed with
+                                              # --commit-results): fine-tuning cells start from it once the
+                                              # run folder is gone (a fresh checkout, another machine)
     finetune:                                 # one cell per backbone x objective x task x budget x mode x seed
       data: configs/data/qm9.yaml
       objective: configs/objectives/regression.yaml
@@ -68,7 +72,8 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
 
 Each pretraining objective is run once per backbone (and corruption, and pretraining seed); each
 fine-tuning cell starts from that pretraining run's final checkpoint (``--model.init_from``,
-:func:`atomzoo.runner.execute.checkpoint_of`), or from scratch for ``none``. A cell's id names its
+:func:`atomzoo.runner.execute.checkpoint_of`; its ``pretrain.keep`` copy when the run folder is gone;
+a finished pretraining cell with neither is run again first), or from scratch for ``none``. A cell's id names its
 place in the matrix, not its arguments: after changing a matrix's settings, give it another
 ``output`` so that its finished cells are not taken for the new ones. ``report`` sections: see
 :mod:`atomzoo.runner.report`.
@@ -100,7 +105,7 @@ TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones",
             "compare", "curves", "report", "order", "references", "report_name"}
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
                  "grids", "early_stopping", "pretrain_seeds"}
-PRETRAIN_KEYS = {"data", "args", "corruption", "seeds"}
+PRETRAIN_KEYS = {"data", "args", "corruption", "seeds", "keep"}
 CORRUPTION_KEYS = {"kind", "kinds", "rates", "scale"}
 #: the corruption kind of a matrix that names none (ids of its corrupted cells carry no kind)
 DEFAULT_KIND = "displacement"
@@ -320,6 +325,8 @@ def load_matrix(path: str | Path) -> Matrix:
     if any(spec is not None for spec in objectives.values()):
         _require(pretrain, "data", "pretrain")
     pretrain.setdefault("args", [])
+    if not isinstance(pretrain.setdefault("keep", False), bool):
+        raise ValueError(f"matrix file: pretrain.keep must be true or false, got {pretrain['keep']!r}")
     if finetune is not None:
         pairing = finetune.setdefault("pretrain_seeds", "same")
         if pretrain.get("seeds") is not None and pairing == "same":

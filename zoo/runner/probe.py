@@ -205,14 +205,35 @@ def _instantiate(spec):
     return spec
 
 
-def objective_of(run: Path, checkpoint: Path | None, random_init: bool, seed: int = 0):
-    """The objective of a ``zoo fit`` run folder (its ``config.yaml``), with the weights of ``checkpoint``
-    (or, with ``random_init``, freshly initialised from ``seed``), in eval mode."""
+def objective_spec(run: Path, checkpoint: Path | None = None) -> dict:
+    """The ``{class_path, init_args}`` of a run's objective: the ``model`` section of the run folder's
+    ``config.yaml``, or -- the folder gone, e.g. in a fresh checkout -- the hyperparameters of
+    ``checkpoint`` (a ``pretrain.keep`` copy holds them: the same constructor arguments).
+
+    Raises:
+        FileNotFoundError: neither the config nor the checkpoint exists.
+    """
     config = Path(run) / "config.yaml"
-    if not config.exists():
-        raise FileNotFoundError(f"{config} does not exist: pass the run folder of a zoo fit (it holds config.yaml)")
+    if config.exists():
+        return yaml.safe_load(config.read_text())["model"]
+    if checkpoint is not None and Path(checkpoint).is_file():
+        from atomzoo.objectives.base import drop_linked_options
+
+        hparams = dict(read(checkpoint).hyperparameters)
+        drop_linked_options(hparams, None)  # the data options the CLI linked in, which the class does not take
+        return {"class_path": hparams["_class_path"],
+                "init_args": {k: v for k, v in hparams.items() if not k.startswith("_")}}
+    raise FileNotFoundError(f"{config} does not exist: pass the run folder of a zoo fit (it holds config.yaml)"
+                            + (f" or a checkpoint that exists (not {checkpoint})" if checkpoint is not None else ""))
+
+
+def objective_of(run: Path, checkpoint: Path | None, random_init: bool, seed: int = 0, spec: dict | None = None):
+    """The objective of a ``zoo fit`` run folder (its ``config.yaml``; ``spec``, from :func:`objective_spec`,
+    overrides it), with the weights of ``checkpoint`` (or, with ``random_init``, freshly initialised from
+    ``seed``), in eval mode."""
+    spec = spec if spec is not None else objective_spec(run)
     torch.manual_seed(seed)
-    objective = _instantiate(yaml.safe_load(config.read_text())["model"])
+    objective = _instantiate(spec)
     if not random_init:
         objective.load_state_dict(read(checkpoint).state_dict, strict=True)
     return objective.eval()
@@ -257,10 +278,13 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
 
     Resumable: a model with rows in the file is skipped. ``limit`` caps the test molecules (tests).
 
+    A cell whose run folder is gone is probed from its ``pretrain.keep`` copy
+    (:func:`atomzoo.runner.execute.checkpoint_of`; architecture from :func:`objective_spec`).
+
     Raises:
-        FileNotFoundError: a finished cell's run folder is gone (its weights are needed).
+        FileNotFoundError: a finished cell's run folder is gone and it has no kept copy (its weights are needed).
     """
-    from .execute import checkpoint_of, code_version, log_dir
+    from .execute import checkpoint_of, code_version, final_weights, log_dir
     from .matrix import expand
     from .results import finished_cells, read_rows, write_rows
 
@@ -281,19 +305,23 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
               "val": DataLoader(Subset(val, range(min(val_size, len(val)))), batch_size=256),
               "test": DataLoader(test, batch_size=256)}
     commit = code_version()
-    models = [(c.id, c.backbone, c.objective, c.seed, log_dir(matrix, c), checkpoint_of(matrix, c)) for c in cells]
+    # (model, backbone, objective, seed, its cell (a random network: the backbone's first cell), random init)
+    models = [(c.id, c.backbone, c.objective, c.seed, c, False) for c in cells]
     for backbone in dict.fromkeys(c.backbone for c in cells):
         first = next(c for c in cells if c.backbone == backbone)
-        models += [(f"random/{backbone}/r{k}", backbone, "random init", k, log_dir(matrix, first), None)
-                   for k in range(random_nets)]
-    for model, backbone, objective, seed, run, checkpoint in models:
+        models += [(f"random/{backbone}/r{k}", backbone, "random init", k, first, True) for k in range(random_nets)]
+    for model, backbone, objective, seed, cell, random_init in models:
         if model in done:
             continue
-        if not (run / "config.yaml").exists():
-            raise FileNotFoundError(f"{run}/config.yaml: the run folder of finished cell {model} is gone; "
-                                    f"rerun the cell (zoo-bench run ... --only '{model}' --rerun) to probe it")
+        weights = final_weights(matrix, cell)
+        if weights is None:
+            raise FileNotFoundError(f"{checkpoint_of(matrix, cell)}: cell {cell.id} has no finished run folder and no "
+                                    f"pretrain.keep copy; rerun it (zoo-bench run ... --only '^{cell.id}$' --rerun) "
+                                    "to probe it")
         log(f"probing {model}")
-        found = probe_objective(objective_of(run, checkpoint, checkpoint is None, seed), splits, unit, mlp_steps, seed)
+        spec = objective_spec(log_dir(matrix, cell), weights)
+        found = probe_objective(objective_of(log_dir(matrix, cell), None if random_init else weights, random_init,
+                                             seed, spec), splits, unit, mlp_steps, seed)
         rows += [{"model": model, "backbone": backbone, "objective": objective, "seed": seed, "target": target,
                   "commit": commit, **r} for r in found]
         write_rows(out, rows, PROBE_COLUMNS)
