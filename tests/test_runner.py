@@ -901,3 +901,25 @@ def test_paired_references_come_from_the_matrix(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="references must be a list of the matrix's objectives"):
         load_matrix(path)
+
+
+def _merge_many(path: str, prefix: str, count: int) -> None:
+    from atomzoo.runner.results import merge_rows
+
+    for k in range(count):
+        merge_rows(Path(path), f"{prefix}{k}", [{"cell": f"{prefix}{k}", "metric": "wall_s", "step": "", "value": k}])
+
+
+def test_two_runners_merging_into_one_results_file_keep_every_row(tmp_path):
+    """Matrices that share an output, run at once, write one results.csv: the lock keeps every cell's rows."""
+    import multiprocessing
+
+    path = tmp_path / "results.csv"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_merge_many, args=(str(path), prefix, 60)) for prefix in ("a", "b", "c")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert all(w.exitcode == 0 for w in workers)
+    assert finished_cells(path) == {f"{p}{k}" for p in "abc" for k in range(60)}

@@ -80,8 +80,21 @@ def write_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> No
 
 
 def merge_rows(path: Path, cell_id: str, rows: list[dict]) -> None:
-    """Replace the rows of ``cell_id`` in the CSV at ``path`` by ``rows`` (atomic rewrite)."""
-    write_rows(path, [r for r in read_rows(path) if r["cell"] != cell_id] + rows)
+    """Replace the rows of ``cell_id`` in the CSV at ``path`` by ``rows`` (atomic rewrite).
+
+    The read and the rewrite hold an exclusive lock on ``<path>.lock`` (``fcntl.flock``; where there is
+    no ``fcntl``, as on Windows, none), so two runners writing into one results file -- two matrices
+    sharing an ``output``, run at once -- never drop each other's rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # (Windows)
+        fcntl = None
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        write_rows(path, [r for r in read_rows(path) if r["cell"] != cell_id] + rows)
 
 
 def load(csv_path: Path) -> pd.DataFrame:
