@@ -111,16 +111,28 @@ def stage_data(out: Path = DATA, frames: int = FRAMES, interval: int = INTERVAL)
 
 
 def checkpoints(matrix_file: Path = MATRIX, objective: str = "world_model") -> list[Path]:
-    """The final checkpoints of the finished ``objective`` pretraining cells of ``matrix_file`` (seed order)."""
+    """The final checkpoints of the finished ``objective`` pretraining cells of ``matrix_file`` (seed order).
+
+    A finished cell whose weights are gone (its run folder is not in this checkout and the matrix keeps
+    no ``pretrain.keep`` copy) is run again first (``--rerun``: its rows are replaced; pretraining is
+    deterministic on one thread, so an uninterrupted original is reproduced exactly)."""
     sys.path.insert(0, str(ROOT))
-    from atomzoo.runner.execute import checkpoint_of
+    from atomzoo.runner.execute import final_weights
     from atomzoo.runner.matrix import expand, load_matrix
     from atomzoo.runner.results import finished_cells
 
     matrix = load_matrix(matrix_file)
     done = finished_cells(matrix.results_csv)
-    return [checkpoint_of(matrix, c) for c in expand(matrix)
-            if c.phase == "pretrain" and c.objective == objective and c.id in done]
+    cells = [c for c in expand(matrix) if c.phase == "pretrain" and c.objective == objective and c.id in done]
+    for cell in cells:
+        if final_weights(matrix, cell) is None:
+            print(f"{cell.id}: finished, but its weights are gone: running it again")
+            run(["zoo-bench", "run", matrix_file, "--only", f"^{cell.id}$", "--rerun", "--threads", "1",
+                 "--commit-results"])
+    found = [final_weights(matrix, c) for c in cells]
+    if any(f is None for f in found):
+        raise SystemExit(f"world_model_study: cells of {matrix_file} have no weights after a rerun; see their log.txt")
+    return found
 
 
 def stage_train() -> None:
