@@ -73,11 +73,16 @@ def checkpoint_of(matrix: Matrix, cell: Cell) -> Path:
 def final_weights(matrix: Matrix, cell: Cell) -> Path | None:
     """:func:`checkpoint_of` when that file holds a finished run's weights; ``None`` when none does (the
     cell never finished here, or its run folder is gone or was rerun part-way, and there is no kept copy)."""
-    newest = resume_point(matrix, cell) if (cell_dir(matrix, cell) / "DONE.json").is_file() else None
+    newest = _finished_run_checkpoint(matrix, cell)
     if newest is not None:
         return newest
     kept = kept_checkpoint(matrix, cell)
     return kept if kept.is_file() else None
+
+
+def _finished_run_checkpoint(matrix: Matrix, cell: Cell) -> Path | None:
+    """The newest checkpoint of the cell's run folder if that run finished (``DONE.json``), else ``None``."""
+    return resume_point(matrix, cell) if (cell_dir(matrix, cell) / "DONE.json").is_file() else None
 
 
 def kept_checkpoint(matrix: Matrix, cell: Cell) -> Path:
@@ -91,7 +96,7 @@ def keep_checkpoint(matrix: Matrix, cell: Cell, commit: bool = False) -> Path | 
     with ``commit``, git-commit that file alone); ``None`` when the run folder holds no finished run."""
     from ..model_files import write_weights_only
 
-    source = resume_point(matrix, cell) if (cell_dir(matrix, cell) / "DONE.json").is_file() else None
+    source = _finished_run_checkpoint(matrix, cell)
     if source is None:
         return None
     kept = write_weights_only(source, kept_checkpoint(matrix, cell))
@@ -335,8 +340,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     earlier). Cells start in matrix order; a fine-tuning cell waits until its pretraining cell is
     done; a finished pretraining cell whose weights are gone (no run checkpoint, no ``pretrain.keep``
     copy) is run again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished
-    earlier and has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run the selected cells again even if finished (from
-    scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
+    earlier and has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run
+    the selected cells again even if finished (from scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
     to run is printed, then a ``#`` summary line. SIGTERM (``kill PID``) and Ctrl-C stop the run and
     kill the running cells (which resume from their checkpoints next time). ``commit_results``: after each finished cell, commit
     ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
