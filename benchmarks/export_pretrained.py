@@ -5,7 +5,8 @@
         [--finetuned [REGEX]]
 
 For every FINISHED pretraining cell of the objectives benchmark (``<runs>/pretrain/<backbone>/
-<objective>/c<k>/p<seed>/DONE.json``) that ``--cells`` selects (default :data:`SHIPPED`: the clean
+<objective>/c<k>/p<seed>/DONE.json``, or its ``pretrain.keep`` copy ``<results folder>/pretrained/<cell>.ckpt``
+in a checkout without the run folders) that ``--cells`` selects (default :data:`SHIPPED`: the clean
 runs of the four objectives on PaiNN and SchNet; ``--best`` keeps, of the seeds of one objective, the
 one whose fine-tuning reached the lowest validation MAE, never chosen by a test number) it writes, with :func:`atomzoo.export.export_backbone`, the
 backbone-only export ``<out>/<backbone>-<objective>-qm9[-c<k>]-p<seed>.safetensors`` and its model card
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from atomzoo.cards import card_path, read_card
 from atomzoo.export import export_backbone, export_model
+from atomzoo.runner.execute import KEPT_SUBDIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,8 +173,10 @@ def export_all(runs: Path, results: Path, out: Path, finetuned: str | None = Non
     returns the weights written."""
     cells = _cells(results)
     written = []
-    finished = ["pretrain/" + str(done.parent.relative_to(runs / "pretrain"))
-                for done in sorted((runs / "pretrain").glob("*/*/*/*/DONE.json"))]
+    kept_dir = results.parent / KEPT_SUBDIR  # the matrix's pretrain.keep copies (a fresh checkout has no runs/)
+    finished = sorted({"pretrain/" + str(done.parent.relative_to(runs / "pretrain"))
+                       for done in (runs / "pretrain").glob("*/*/*/*/DONE.json")}
+                      | {str(kept.relative_to(kept_dir).with_suffix("")) for kept in kept_dir.glob("pretrain/*/*/*/*.ckpt")})
     for cell in select_cells(finished, cells, pattern, best):
         cell_dir = runs / cell.replace("pretrain/", "", 1)
         if cell not in cells:
@@ -183,6 +187,8 @@ def export_all(runs: Path, results: Path, out: Path, finetuned: str | None = Non
         checkpoint = Path(sources.pop()) if len(sources) == 1 else cell_dir / "run" / "checkpoints" / "last.ckpt"
         if not checkpoint.is_absolute():
             checkpoint = ROOT / checkpoint
+        if not checkpoint.is_file() and (kept_dir / f"{cell}.ckpt").is_file():
+            checkpoint = kept_dir / f"{cell}.ckpt"  # the same weights, without the optimiser state
         name = model_name(cell)
         weights = out / f"{name}.safetensors"
         previous = _previous_card(weights)

@@ -4,6 +4,7 @@ committed studies (parity, objective study) as matrices whose finished cells are
 from __future__ import annotations
 
 import csv
+import json
 import dataclasses
 import shutil
 from pathlib import Path
@@ -156,15 +157,18 @@ def test_kept_pretraining_weights_survive_a_fresh_checkout(cache_dir, tmp_path):
     from atomzoo import model_files
 
     path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["seeds"] = [0]  # ids end in /p0, as in the benchmark's matrices
+    path.write_text(yaml.safe_dump(data))
     assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0
     out = tmp_path / "out"
-    kept = out / "pretrained/pretrain/schnet/denoising/c0.ckpt"
+    kept = out / "pretrained/pretrain/schnet/denoising/c0/p0.ckpt"
     assert not kept.exists()  # no copy without the key
     data = yaml.safe_load(path.read_text())
     data["pretrain"]["keep"] = True
     path.write_text(yaml.safe_dump(data))
     assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0  # finished: skipped, but its copy is written
-    run_ckpt = out / "cells/pretrain/schnet/denoising/c0/run/checkpoints/last.ckpt"
+    run_ckpt = out / "cells/pretrain/schnet/denoising/c0/p0/run/checkpoints/last.ckpt"
     full, slim = torch.load(run_ckpt, weights_only=False), torch.load(kept, weights_only=False)
     assert "optimizer_states" in full and "optimizer_states" not in slim and "loops" not in slim
     assert slim["state_dict"].keys() == full["state_dict"].keys()
@@ -174,12 +178,23 @@ def test_kept_pretraining_weights_survive_a_fresh_checkout(cache_dir, tmp_path):
     pretrain_rows = pd.read_csv(out / "results.csv")
     shutil.rmtree(out / "cells")  # a fresh checkout: run folders are not committed
     assert bench_main(["run", str(path)]) == 0
-    finetune = out / "cells/finetune/schnet/denoising/c0/homo/n64/finetune/s0"
+    finetune = out / "cells/finetune/schnet/denoising/c0/p0/homo/n64/finetune/s0"
     assert f"--model.init_from {kept}" in (finetune / "log.txt").read_text().splitlines()[0]
     assert (finetune / "DONE.json").exists() and not (out / "cells/pretrain").exists()  # not run again
     after = pd.read_csv(out / "results.csv")
     pd.testing.assert_frame_equal(after[after["phase"] == "pretrain"].reset_index(drop=True), pretrain_rows,
                                   check_dtype=False)
+    # the shipped-models script exports from the copy too (no pretraining run folder in this checkout)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_pretrained", ROOT / "benchmarks" / "export_pretrained.py")
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    written = export.export_all(out / "cells", out / "results.csv", tmp_path / "models", pattern="^pretrain/")
+    assert [w.name for w in written] == ["schnet-denoising-qm9-p0.safetensors"]
+    assert json.loads(export.card_path(written[0]).read_text())["source_checkpoint"] == str(kept)
+    exported = model_files.read(written[0]).backbone_weights
+    assert len(exported) > 5 and all(torch.equal(v, slim["state_dict"][f"backbone.{k}"]) for k, v in exported.items())
 
 
 def test_lost_pretraining_weights_are_made_again(cache_dir, tmp_path, capsys):
