@@ -18,7 +18,7 @@ from atomzoo.backbones import SchNet
 from atomzoo.cli import main, run
 from atomzoo.datamodules.base import TargetInfo
 from atomzoo.objectives import Denoising, Regression
-from atomzoo.runner.execute import run_cells
+from atomzoo.runner.execute import cell_dir, log_dir, run_cells
 from atomzoo.runner.matrix import expand, load_matrix
 from atomzoo.runner.results import write_rows
 
@@ -154,8 +154,13 @@ def test_dry_run_runs_only_fine_tuning_on_the_main_studys_checkpoints(tmp_path, 
     main_cells = expand(load_matrix(MAIN))
     matrix = load_matrix(RECIPES)
     matrix.output = tmp_path  # the shared results.csv, here with every cell of objectives_v2 finished
+    matrix.cells = tmp_path / "cells"  # ... and their finished run folders (not this machine's runs/)
     write_rows(matrix.results_csv, [{**c.labels, "metric": "wall_s", "value": 1.0} for c in main_cells])
     cells = expand(matrix)
+    for cell in (c for c in cells if c.phase == "pretrain"):
+        (log_dir(matrix, cell) / "checkpoints").mkdir(parents=True)
+        (log_dir(matrix, cell) / "checkpoints" / "last.ckpt").write_bytes(b"")
+        (cell_dir(matrix, cell) / "DONE.json").write_text("{}")
     outcome = run_cells(matrix, cells, cells, dry_run=True)
     printed = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     pretrain = [c for c in cells if c.phase == "pretrain"]
@@ -172,7 +177,7 @@ def test_dry_run_runs_only_fine_tuning_on_the_main_studys_checkpoints(tmp_path, 
             assert "--model.init_from" not in command
         else:  # pretraining seed k of objectives_v2's cells folder
             source = command.split("--model.init_from ")[1].split()[0]
-            assert source.startswith("runs/bench/objectives_v2/pretrain/painn64/")
+            assert source.startswith(str(tmp_path / "cells/pretrain/painn64/"))
     # seed 0 first (scratch, denoising, SCD), then seeds 1 and 2
     seeds = [c.pretrain_seed if c.pretrain_seed is not None else c.seed for c in cells if c.phase == "finetune"]
     assert seeds == sorted(seeds) and seeds[:6] == [0] * 6
