@@ -938,3 +938,20 @@ def test_two_runners_merging_into_one_results_file_keep_every_row(tmp_path):
         worker.join(120)
     assert all(w.exitcode == 0 for w in workers)
     assert finished_cells(path) == {f"{p}{k}" for p in "abc" for k in range(60)}
+
+
+def test_a_fine_tuning_cell_whose_pretraining_is_done_starts_first(tmp_path):
+    """A corruption study's order (each objective's pretraining cells, then their fine-tuning cells): once a
+    pretraining is done, its fine-tuning starts before the next pretraining."""
+    from atomzoo.runner.execute import launch_order
+
+    path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["corruption"] = {"kinds": ["displacement", "wrong_element"], "rates": [0.0, 0.3]}
+    path.write_text(yaml.safe_dump(data))
+    cells = expand(load_matrix(path))
+    assert [c.phase for c in cells] == ["pretrain"] * 3 + ["finetune"] * 3  # the matrix order
+    done = {cells[0].id}
+    order = launch_order(cells[1:], lambda dep: dep in done)
+    assert [c.id for c in order] == [cells[3].id, cells[1].id, cells[2].id, cells[4].id, cells[5].id]
+    assert launch_order(cells, lambda dep: False) == cells  # nothing ready: matrix order

@@ -330,6 +330,14 @@ def _remake_lost_pretraining(matrix: Matrix, todo: list[Cell], by_id: dict[str, 
     return out
 
 
+def launch_order(pending: list[Cell], ready) -> list[Cell]:
+    """``pending`` in the order cells are started: matrix order, except that fine-tuning cells whose
+    pretraining is done (``ready(id)``) go first. Their results come sooner, and the pretraining's weights
+    are needed for less long: a session that stops leaves fewer finished pretraining runs whose
+    fine-tuning has not run (with no ``pretrain.keep`` copy, each would be run again)."""
+    return sorted(pending, key=lambda c: not (c.depends_on and ready(c.depends_on)))
+
+
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
               timeout: float | None = None, parallel: int = 1, threads: int | None = None,
               rerun: bool = False, commit_results: bool = False) -> dict[str, list[str]]:
@@ -337,8 +345,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
 
     Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
     ``blocked`` (a fine-tuning cell whose pretraining failed, or was neither selected nor finished
-    earlier). Cells start in matrix order; a fine-tuning cell waits until its pretraining cell is
-    done; a finished pretraining cell whose weights are gone (no run checkpoint, no ``pretrain.keep``
+    earlier). Cells start in matrix order, except that a fine-tuning cell whose pretraining is done
+    goes first; a fine-tuning cell waits until its pretraining cell is done; a finished pretraining cell whose weights are gone (no run checkpoint, no ``pretrain.keep``
     copy) is run again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished
     earlier and has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run
     the selected cells again even if finished (from scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
@@ -438,7 +446,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     previous = signal.signal(signal.SIGTERM, terminate) if main else None
     try:
         while pending or running:
-            for cell in list(pending):
+            for cell in launch_order(pending, ready):
                 if len(running) >= parallel:
                     break
                 dep = cell.depends_on
