@@ -259,7 +259,7 @@ def _timed_note(runs: int, timed: int) -> str:
 def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
     """Markdown table: per backbone x pretraining objective (x corruption rate), the pretraining
     steps and measured CPU time (mean over its pretraining runs whose whole CPU time is known,
-    :func:`run_cpu_s`; "(k of n timed)" when some are not) and the fine-tuned test MAE of every
+    :func:`run_cpu_s`; "(k of n timed)" when some are not; the CPU ms per step with the runs' range) and the fine-tuned test MAE of every
     task x budget (fine-tuning mode; mean and 95 % interval over seeds). Scratch has no pretraining."""
     cells = _per_cell(frame)
     pre: dict[tuple, list[dict[str, float]]] = defaultdict(list)
@@ -293,7 +293,8 @@ def compute_table(frame: pd.DataFrame, ft: pd.DataFrame) -> str:
         lines.append(f"| {b} | {label} | {statistics.fmean(steps):.0f} | " if steps else f"| {b} | {label} | – | ")
         lines[-1] += (f"{statistics.fmean(cpu) / 3600:.2f}{_timed_note(len(runs), len(cpu))} | " if cpu
                       else f"–{_timed_note(len(runs), 0) if runs else ''} | ")
-        lines[-1] += f"{1000 * statistics.fmean(per_step):.0f} | " if per_step else "– | "
+        spread = f" ({1000 * min(per_step):.0f}-{1000 * max(per_step):.0f})" if len(per_step) > 1 else ""
+        lines[-1] += f"{1000 * statistics.fmean(per_step):.0f}{spread} | " if per_step else "– | "
         lines[-1] += " | ".join(texts) + " |"
     return "\n".join(lines)
 
@@ -647,7 +648,10 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
             parts += ["## Equal compute: pretraining steps, measured CPU time and the fine-tuned MAE", "", table, "",
                       "CPU time: user + system of the whole run, every attempt of a resumed run included (the last "
                       "process's plus the earlier attempts' training time kept in the checkpoints); a run resumed "
-                      "before that clock existed has no known total and is left out (\"k of n timed\").", ""]
+                      "before that clock existed has no known total and is left out (\"k of n timed\"). In brackets "
+                      "after the CPU ms per step: the range over the row's runs. The CPU seconds of one computation "
+                      "depend on what else the machine runs (the other cores' jobs share its caches and memory): "
+                      "compare rows by runs made under the same load.", ""]
     if "finetuning" in sections:
         table = finetuning_table(frame)
         if table:
