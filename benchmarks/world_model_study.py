@@ -190,6 +190,9 @@ def stage_predictability(ckpts: list[Path] | None = None, out: Path = OUT, refit
 def ablation(matrix_file: Path, objective: str, out: Path, refit: list[str] = (), data: Path = DATA_CONFIG) -> None:
     """Train an ablation matrix's world models, then the surprise test, probes and predictability on them."""
     run(["zoo-bench", "run", matrix_file, "--threads", "1", "--commit-results"])
+    if all((out / f"{name}.md").exists() for name in ("surprise", "probes", "predictability")):
+        print(f"{out}: surprise, probes and predictability exist")
+        return  # (before checkpoints(): it would remake weights a fresh checkout lost, for nothing)
     ckpts = checkpoints(matrix_file, objective)
     stage_surprise(ckpts, out, data)
     stage_probes(ckpts, out, data)
