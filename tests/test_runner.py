@@ -262,6 +262,26 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert (tmp_path / "results.md").read_text() == main_report
 
 
+def test_noise_section_compares_the_embedding_diagnostics_clean_and_corrupted():
+    """Each pretraining run's diagnostic is the mean of its last 5 logged points; clean (shared) -> corrupted per kind."""
+    from atomzoo.runner.report import noise_embedding_table
+
+    rows = []
+    for kind, rate, seeds, level in (("", 0.0, (0, 1), 1.0), ("displacement", 0.3, (0,), 3.0)):
+        for seed in seeds:
+            for step in range(10):  # the first 5 points (value 100) are before the tail
+                value = 100.0 if step < 5 else level + seed
+                for metric in ("curve:train/emb_std", "curve:train/emb_erank", "curve:train/emb_sigreg"):
+                    rows.append({"cell": f"pretrain/painn/denoising/{kind}{rate}/p{seed}", "phase": "pretrain",
+                                 "backbone": "painn", "objective": "denoising", "corruption_rate": rate,
+                                 "corruption": kind, "seed": seed, "metric": metric, "step": 50 * step, "value": value})
+    table = noise_embedding_table(pd.DataFrame(rows)).splitlines()
+    assert len(table) == 3 and "std: clean -> corrupted" in table[0]
+    assert table[2] == ("| painn | denoising | displacement | 0.3 | 1.50 ± 0.71 -> 3.00 (n = 1) "
+                        "| 1.50 ± 0.71 -> 3.00 (n = 1) | 1.50 ± 0.71 -> 3.00 (n = 1) |")
+    assert noise_embedding_table(pd.DataFrame([r for r in rows if r["corruption_rate"] == 0])) == ""
+
+
 def test_matrices_sharing_an_output_keep_separate_reports(tmp_path):
     """The stages of a study share one output folder (one results.csv): each names its own report, so one
     stage's report never overwrites another's (report_name), and a bad name is refused."""

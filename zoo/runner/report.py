@@ -479,6 +479,48 @@ def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     return paths
 
 
+#: the collapse diagnostics the noise section compares (:mod:`atomzoo.objectives.diagnostics`), with their names
+EMBEDDING_CURVES = (("curve:train/emb_std", "std"), ("curve:train/emb_erank", "eff. rank"),
+                    ("curve:train/emb_sigreg", "SIGReg"))
+#: logged points averaged into a run's final diagnostic (one training batch each is noisy)
+EMBEDDING_TAIL = 5
+
+
+def noise_embedding_table(frame: pd.DataFrame) -> str:
+    """Markdown table: the embedding diagnostics at the end of pretraining, clean against corrupted.
+
+    One row per backbone x objective x artifact kind x rate > 0. A run's value of each diagnostic
+    (``train/emb_std``, ``train/emb_erank``, ``train/emb_sigreg``: :mod:`atomzoo.objectives.diagnostics`,
+    on the objective's own embedding of its training batches) is the mean of its last
+    :data:`EMBEDDING_TAIL` logged points; the table gives mean ± std over the pretraining seeds, clean
+    (rate 0, shared by every kind) -> corrupted. Empty when the runs logged no diagnostics or no
+    corrupted pretraining finished."""
+    pre = _labelled(frame)
+    pre = pre[(pre["phase"] == "pretrain") & pre["metric"].isin([m for m, _ in EMBEDDING_CURVES])]
+    if pre.empty or not (pre["corruption_rate"] > 0).any():
+        return ""
+    finals: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (cell, metric), curve in pre.groupby(["cell", "metric"]):
+        labels = curve.iloc[0]
+        key = (labels["backbone"], labels["objective"], float(labels["corruption_rate"]), str(labels["corruption"]))
+        finals[key][metric].append(float(curve.sort_values("step")["value"].tail(EMBEDDING_TAIL).mean()))
+
+    def text(values: list[float]) -> str:
+        if not values:
+            return "–"
+        mean = statistics.fmean(values)
+        return _fmt(mean, statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    lines = ["| backbone | pretraining | artifact | rate | "
+             + " | ".join(f"{name}: clean -> corrupted" for _, name in EMBEDDING_CURVES) + " |",
+             "|---|---|---|---:|" + "---|" * len(EMBEDDING_CURVES)]
+    for (b, o, r, k) in sorted(key for key in finals if key[2] > 0):
+        clean = finals.get((b, o, 0.0, ""), {})
+        cells = [f"{text(clean.get(m, []))} -> {text(finals[(b, o, r, k)].get(m, []))}" for m, _ in EMBEDDING_CURVES]
+        lines.append(f"| {b} | {o} | {k or 'corruption'} | {r:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def pretraining_table(frame: pd.DataFrame) -> str:
     """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
     pre = _labelled(frame)[frame["phase"] == "pretrain"]
@@ -659,6 +701,12 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     noise = noise_table(ft) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+    embedding = noise_embedding_table(frame) if "noise" in sections else ""
+    if embedding:
+        parts += ["### Embedding diagnostics at the end of pretraining, clean -> corrupted", "", embedding, "",
+                  f"Each run's value: the mean of its last {EMBEDDING_TAIL} logged points of `train/emb_*` (the "
+                  "objective's own embedding of its training batches, which hold the corrupted structures in a "
+                  "corrupted run); mean ± std over pretraining seeds.", ""]
     if "probes" in sections:
         from .probe import probes_table
 
