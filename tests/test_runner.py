@@ -569,7 +569,7 @@ def test_finished_pretraining_without_its_weights_is_planned_again(tmp_path, cap
     assert "pretraining cell pretrain/schnet/denoising/c0 is finished but its weights are gone" in out
     commands = [line for line in out.splitlines() if "atomzoo.cli fit" in line]
     assert len(commands) == 2 and "--model.init_from" not in commands[0] and "--model.init_from" in commands[1]
-    assert "0 finished" in out and "2 to run" in out
+    assert "0 finished" in out and "2 to run (1 of them finished, run again" in out
 
 
 def test_pretrain_seeds_pairing_order_and_early_stopping_arguments(tmp_path):

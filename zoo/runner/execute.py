@@ -374,8 +374,11 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         for cell in todo:
             print(" ".join(command(matrix, cell, by_id, None if cell.id in fresh else resume_point(matrix, cell))))
         stray = sorted(finished - set(by_id))
+        remade = sum(c.id in finished for c in todo)
         print(f"# {matrix.name}: {len(cells)} cells selected, {len(outcome['skipped'])} finished "
               f"(rows in {matrix.results_csv}), {len(todo)} to run"
+              + (f" ({remade} of them finished, run again: --rerun, or pretraining whose weights are gone)"
+                 if remade else "")
               + (f"; results.csv also holds {len(stray)} cells this matrix does not define" if stray else ""))
         return outcome
     if outcome["skipped"]:
