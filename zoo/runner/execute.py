@@ -346,13 +346,15 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
     ``blocked`` (a fine-tuning cell whose pretraining failed, or was neither selected nor finished
     earlier). Cells start in matrix order, except that a fine-tuning cell whose pretraining is done
-    goes first; a fine-tuning cell waits until its pretraining cell is done; a finished pretraining cell whose weights are gone (no run checkpoint, no ``pretrain.keep``
-    copy) is run again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished
-    earlier and has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run
-    the selected cells again even if finished (from scratch; their rows are replaced). With ``dry_run`` nothing runs: the command of every cell still
-    to run is printed, then a ``#`` summary line. SIGTERM (``kill PID``) and Ctrl-C stop the run and
-    kill the running cells (which resume from their checkpoints next time). ``commit_results``: after each finished cell, commit
-    ``results.csv`` (that path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
+    goes first (:func:`launch_order`); a fine-tuning cell waits until its pretraining cell is done; a
+    finished pretraining cell whose weights are gone (no finished run, no ``pretrain.keep`` copy) is run
+    again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished earlier and
+    has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run the selected
+    cells again even if finished (from scratch; their rows are replaced). With ``dry_run`` nothing
+    runs: the command of every cell still to run is printed, then a ``#`` summary line. SIGTERM
+    (``kill PID``) and Ctrl-C stop the run and kill the running cells (which resume from their
+    checkpoints next time). ``commit_results``: after each finished cell, commit ``results.csv`` (that
+    path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")

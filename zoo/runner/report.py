@@ -506,10 +506,7 @@ def noise_embedding_table(frame: pd.DataFrame) -> str:
         finals[key][metric].append(float(curve.sort_values("step")["value"].tail(EMBEDDING_TAIL).mean()))
 
     def text(values: list[float]) -> str:
-        if not values:
-            return "–"
-        mean = statistics.fmean(values)
-        return _fmt(mean, statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        return _fmt(*_mean_std(values), len(values)) if values else "–"
 
     lines = ["| backbone | pretraining | artifact | rate | "
              + " | ".join(f"{name}: clean -> corrupted" for _, name in EMBEDDING_CURVES) + " |",
