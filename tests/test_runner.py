@@ -7,6 +7,7 @@ import csv
 import json
 import dataclasses
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from torch_geometric.utils import scatter
 from atomzoo.runner.__main__ import main as bench_main
 from atomzoo.runner.matrix import Comparison, expand, load_matrix
 from atomzoo.runner.probe import closed_form_probe, probe_matrix
-from atomzoo.runner.report import (compare_table, final_test_mae, noise_table, pretraining_table, summary_table,
-                                   write_report)
+from atomzoo.runner.report import (compare_table, final_test_mae, noise_change_plots, noise_table, pretraining_table,
+                                   seeds_needed, summary_table, write_report)
 from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,6 +252,7 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "## Noise robustness" in report and "noise_painn_homo_n1000.png" in report
     assert (tmp_path / "noise_painn_homo_n1000.png").stat().st_size > 0
+    assert "noise_change_painn_homo_n1000.png" in report and (tmp_path / "noise_change_painn_homo_n1000.png").exists()
     # a stage matrix sharing this output writes a report of its own, results.md and its plots untouched
     main_report = (tmp_path / "results.md").read_text()
     stage = dataclasses.replace(load_matrix(write_matrix(tmp_path, {"none": None})),
@@ -349,7 +351,34 @@ def test_noise_table_pairs_each_kind_with_clean_pretraining():
     wrong = next(line for line in lines if "wrong_element" in line)
     assert "| 21.0 ± 1.0 | 26.0 ± 1.0 | +24% | 31.0 ± 1.0 | +5.00 [+4.75, +5.25] meV | yes, worse |" in wrong
     missing = next(line for line in lines if "missing_hydrogens" in line)
-    assert missing.endswith("| no |") and "+0.00 [" in missing
+    assert missing.endswith("| no |") and "+0.00 [" in missing  # a zero mean: no number of seeds resolves it
+
+
+def test_noise_table_says_how_many_seeds_would_resolve_a_change(tmp_path):
+    """An unresolved paired change gives the seeds that would resolve it at the measured spread, and the
+    paired-change plot is drawn for every backbone x target x budget with corrupted pretraining."""
+    rows = []
+
+    def add(objective, rate, kind, values):
+        for seed, value in enumerate(values):
+            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
+                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
+                         "step": "", "value": value})
+
+    add("none", 0.0, "", [30.0, 31.0, 32.0])
+    for objective in ("denoising", "scd"):
+        add(objective, 0.0, "", [20.0, 21.0, 22.0])
+        add(objective, 0.3, "displacement", [21.0, 24.0, 21.5])  # +1, +3, -0.5: unresolved at 3 seeds
+    diffs = [1.0, 3.0, -0.5]
+    needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
+    assert needed is not None and needed > 3
+    lines = noise_table(final_test_mae(pd.DataFrame(rows))).splitlines()
+    assert len(lines) == 4 and all(line.endswith(f"| no ({needed}) |") for line in lines[2:])
+    paths = noise_change_plots(final_test_mae(pd.DataFrame(rows)), tmp_path, prefix="x_")
+    assert [p.name for p in paths] == ["x_noise_change_painn_homo_n1000.png"] and paths[0].stat().st_size > 0
+    clean_only = [r for r in rows if r["corruption_rate"] == 0]
+    assert noise_change_plots(final_test_mae(pd.DataFrame(clean_only)), tmp_path) == []
 
 
 def test_pretraining_table(tmp_path):

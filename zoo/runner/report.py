@@ -337,7 +337,8 @@ def noise_table(ft: pd.DataFrame) -> str:
     the MAE at every rate (rate 0: the clean pretraining, shared by every kind), the relative change at
     the largest rate, the scratch MAE (the reference a useful pretraining must stay below) and the
     paired change at the largest rate (corrupted minus clean, paired by seed) with its 95 % interval
-    and whether the interval excludes zero.
+    and whether the interval excludes zero; where it does not, ``no (k)`` gives the seeds ``k`` that
+    would resolve it if the measured mean and paired spread held (:func:`seeds_needed`).
     """
     ft = _labelled(ft)
     sub = ft[ft["mode"] == "finetune"]
@@ -362,16 +363,23 @@ def noise_table(ft: pd.DataFrame) -> str:
             change, paired, resolved = "–", "–", "–"
             if len(clean) and top > 0:
                 change = f"{100 * (by_rate[top]['value'].mean() - clean['value'].mean()) / clean['value'].mean():+.0f}%"
-                ours, base = _by_seed(by_rate[top]), _by_seed(clean)
-                diffs = [ours[k] - base[k] for k in sorted(set(ours) & set(base))]
+                diffs = _paired_changes(clean, by_rate[top])
                 if diffs:
                     mean, half = paired_interval(diffs)
                     paired = f"{_interval_text(mean, half)} {u}"
                     if half is not None:
                         resolved = ("yes, worse" if mean > 0 else "yes, better") if abs(mean) > half else "no"
+                        if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
+                            resolved = f"no ({found})"
             lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
                          + f" | {change} | {reference} | {paired} | {resolved} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _paired_changes(clean: pd.DataFrame, corrupted: pd.DataFrame) -> list[float]:
+    """Corrupted minus clean test MAE per fine-tuning seed present in both (ascending seed order)."""
+    ours, base = _by_seed(corrupted), _by_seed(clean)
+    return [ours[k] - base[k] for k in sorted(set(ours) & set(base))]
 
 
 def _pyplot():
@@ -476,6 +484,52 @@ def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
         ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
         ax.legend(frameon=False)
         paths.append(_save(fig, out / f"{prefix}noise_{backbone}_{target}_n{budget}.png"))
+    return paths + noise_change_plots(ft, out, prefix)
+
+
+def noise_change_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
+    """``noise_change_<backbone>_<target>_n<budget>.png``: the paired change of the test MAE at the largest
+    corruption rate (corrupted minus clean pretraining, same seed), per artifact kind (x) and objective
+    (colour): each seed's change as a small dot, the mean as a marker with its 95 % interval (paired t;
+    none for one seed). Above zero, the artifact made the fine-tuned model worse. One plot per backbone x
+    target x label budget whose objectives were pretrained corrupted; none otherwise."""
+    plt = _pyplot()
+    sub = _labelled(ft[ft["mode"] == "finetune"])
+    colors = objective_colors(ft)
+    paths = []
+    for (backbone, target, budget, unit), group in sub.groupby(["backbone", "target", "label_budget", "unit"]):
+        corrupted = group[(group["corruption_rate"] > 0) & (group["objective"] != SCRATCH)]
+        if corrupted.empty:
+            continue
+        kinds = sorted(set(corrupted["corruption"]))
+        objectives = sorted(set(corrupted["objective"]))
+        width = 0.8 / len(objectives)
+        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(kinds), 3.6))
+        for j, objective in enumerate(objectives):
+            mine = group[group["objective"] == objective]
+            clean = mine[mine["corruption_rate"] == 0]
+            for i, kind in enumerate(kinds):
+                runs = mine[mine["corruption"] == kind]
+                if runs.empty or clean.empty:
+                    continue
+                diffs = _paired_changes(clean, runs[runs["corruption_rate"] == runs["corruption_rate"].max()])
+                if not diffs:
+                    continue
+                x = i - 0.4 + width * (j + 0.5)
+                mean, half = paired_interval(diffs)
+                ax.scatter([x] * len(diffs), diffs, s=9, color=colors[objective], alpha=0.5)
+                ax.errorbar([x], [mean], yerr=None if half is None else [[half], [half]], marker="o", capsize=3,
+                            color=colors[objective], label=objective)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xticks(range(len(kinds)), [k or "corruption" for k in kinds], rotation=15)
+        ax.set_ylabel(f"corrupted - clean, test MAE ({unit})")
+        rate = corrupted["corruption_rate"].max()
+        ax.set_title(f"{backbone}: {target}, n={budget}, {rate:g} of pretraining corrupted\n"
+                     "dots: seeds; marker: mean with its paired 95 % interval", fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=8)
+        paths.append(_save(fig, out / f"{prefix}noise_change_{backbone}_{target}_n{budget}.png"))
     return paths
 
 
