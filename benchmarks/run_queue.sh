@@ -31,9 +31,12 @@ for matrix in \
   zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results || status=$?
   case "$matrix" in
     *objectives_v2.yaml|*objectives_v2_backbones.yaml)  # the probes of its finished pretraining cells (resumable)
-      zoo-bench probe "$matrix" || status=$?
-      git commit -q -m "objectives_v2 probes after $(basename "$matrix")" -- benchmarks/results/objectives_v2/probes.csv \
-          benchmarks/results/objectives_v2/results.md || true ;;
+      zoo-bench probe "$matrix" || status=$? ;;
   esac
+  # every report of the shared output and the plots they show, as the stage left them
+  git add -- benchmarks/results/objectives_v2/*.md benchmarks/results/objectives_v2/*.png \
+      benchmarks/results/objectives_v2/probes.csv 2>/dev/null
+  git commit -q -m "objectives_v2 reports after $(basename "$matrix")" -- benchmarks/results/objectives_v2/*.md \
+      benchmarks/results/objectives_v2/*.png benchmarks/results/objectives_v2/probes.csv || true
 done
 exit $status
