@@ -20,8 +20,8 @@ from torch_geometric.utils import scatter
 from atomzoo.runner.__main__ import main as bench_main
 from atomzoo.runner.matrix import Comparison, expand, load_matrix
 from atomzoo.runner.probe import closed_form_probe, probe_matrix
-from atomzoo.runner.report import (compare_table, final_test_mae, noise_change_plots, noise_table, pretraining_table,
-                                   seeds_needed, summary_table, write_report)
+from atomzoo.runner.report import (compare_table, final_test_mae, noise_change_plots, noise_sensitivity_table,
+                                   noise_table, pretraining_table, seeds_needed, summary_table, write_report)
 from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -379,6 +379,36 @@ def test_noise_table_says_how_many_seeds_would_resolve_a_change(tmp_path):
     assert [p.name for p in paths] == ["x_noise_change_painn_homo_n1000.png"] and paths[0].stat().st_size > 0
     clean_only = [r for r in rows if r["corruption_rate"] == 0]
     assert noise_change_plots(final_test_mae(pd.DataFrame(clean_only)), tmp_path) == []
+
+
+def test_noise_sensitivity_compares_each_objectives_change_with_denoisings(tmp_path):
+    """A difference of paired changes per seed: an objective the artifact costs more than denoising in
+    every seed is resolved 'more'; a kind denoising was not pretrained with has no row."""
+    rows = []
+
+    def add(objective, rate, kind, values):
+        for seed, value in enumerate(values):
+            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
+                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
+                         "step": "", "value": value})
+
+    add("none", 0.0, "", [30.0, 31.0, 32.0])
+    add("denoising", 0.0, "", [20.0, 21.0, 22.0])
+    add("denoising", 0.3, "displacement", [21.0, 22.0, 23.5])  # changes +1, +1, +1.5
+    add("scd", 0.0, "", [19.0, 20.0, 21.0])
+    add("scd", 0.3, "displacement", [23.0, 24.1, 25.4])        # changes +4, +4.1, +4.4: 3, 3.1, 2.9 more
+    add("scd", 0.3, "wrong_element", [19.0, 20.0, 21.0])       # denoising has no wrong_element run
+    table = noise_sensitivity_table(final_test_mae(pd.DataFrame(rows)), "denoising")
+    lines = table.splitlines()
+    assert len(lines) == 3, table
+    assert lines[2].startswith("| painn | displacement 0.3 | homo (meV) | 1000 | scd | +4.17 | +1.17 | +3.00 [")
+    assert lines[2].endswith("| 3 | yes, more |")
+    assert noise_sensitivity_table(final_test_mae(pd.DataFrame(rows)), "jepa_ema") == ""
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    report = write_report(tmp_path).read_text()
+    assert "### Which objective is more sensitive to which artifact than denoising" in report
+    assert lines[2] in report
 
 
 def test_pretraining_table(tmp_path):

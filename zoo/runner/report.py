@@ -27,7 +27,9 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
 - ``finetuning``: per row of the summary, how the fine-tuning runs ended: stopped early or at the
   step/epoch cap, the mean stopping and best (tested) step, CPU minutes per run.
 - ``noise``: per artifact kind, test MAE against the pretraining corruption rate (clean shared) and
-  the paired change at the largest rate with its 95 % interval, when rates were swept.
+  the paired change at the largest rate with its 95 % interval, when rates were swept; each objective's
+  change against the first non-scratch reference's (:func:`noise_sensitivity_table`); the embedding
+  diagnostics clean -> corrupted (:func:`noise_embedding_table`).
 - ``probes``: the probes of the frozen pretrained networks against random ones (``probes.csv``,
   written by ``zoo-bench probe MATRIX``; :mod:`atomzoo.runner.probe`).
 - ``pretraining``: one row per pretraining run (steps, last validation loss, wall time).
@@ -36,7 +38,8 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
 - ``cost``: summed wall time per phase.
 - ``plots``: ``bars_<backbone>_<mode>.png`` (grouped bars, std over seeds as error bars),
   ``curves_<backbone>_<target>_n<budget>.png`` (validation MAE during fine-tuning, per objective),
-  ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate).
+  ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate),
+  ``noise_change_<backbone>_<target>_n<budget>.png`` (the paired changes per artifact and objective).
 """
 
 from __future__ import annotations
@@ -373,6 +376,52 @@ def noise_table(ft: pd.DataFrame) -> str:
                             resolved = f"no ({found})"
             lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
                          + f" | {change} | {reference} | {paired} | {resolved} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising") -> str:
+    """Markdown table: is an objective more sensitive to an artifact than ``reference``?
+
+    For each backbone x target x label budget x artifact kind (at its largest rate) and each objective
+    other than ``reference`` pretrained with that artifact: the objective's paired change (corrupted
+    minus clean, same seed) and the reference's, and their difference per seed (a difference of
+    differences: positive = the artifact costs this objective more than it costs the reference), mean
+    and 95 % interval (paired t over the seeds all four runs finished), ``resolved`` when the interval
+    excludes zero, else ``no (k)`` with the seeds that would resolve it at the measured spread
+    (:func:`seeds_needed`). Empty when ``reference`` or no other objective was pretrained corrupted.
+    """
+    sub = _labelled(ft[ft["mode"] == "finetune"])
+    sub = sub[sub["objective"] != SCRATCH]
+    lines = ["| backbone | artifact | target | n | pretraining | its change | "
+             f"{reference}'s change | difference [95 %] | seeds | resolved |",
+             "|---|---|---|---|---|---:|---:|---:|---:|:---:|"]
+    for (b, t, n, u), group in sub.groupby(["backbone", "target", "label_budget", "unit"]):
+        corrupted = group[group["corruption_rate"] > 0]
+        for kind, runs in corrupted.groupby("corruption"):
+            top = runs["corruption_rate"].max()
+            changes: dict[str, dict[int, float]] = {}
+            for objective, mine in runs[runs["corruption_rate"] == top].groupby("objective"):
+                clean = _by_seed(group[(group["objective"] == objective) & (group["corruption_rate"] == 0)])
+                ours = _by_seed(mine)
+                changes[objective] = {k: ours[k] - clean[k] for k in set(ours) & set(clean)}
+            if reference not in changes:
+                continue
+            base = changes[reference]
+            for objective in sorted(set(changes) - {reference}):
+                common = sorted(set(changes[objective]) & set(base))
+                if not common:
+                    continue
+                diffs = [changes[objective][k] - base[k] for k in common]
+                mean, half = paired_interval(diffs)
+                resolved = "–"
+                if half is not None:
+                    resolved = ("yes, more" if mean > 0 else "yes, less") if abs(mean) > half else "no"
+                    if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
+                        resolved = f"no ({found})"
+                own = statistics.fmean(changes[objective][k] for k in common)
+                ref = statistics.fmean(base[k] for k in common)
+                lines.append(f"| {b} | {kind or 'corruption'} {top:g} | {t} ({u}) | {n} | {objective} | {own:+.2f} | "
+                             f"{ref:+.2f} | {_interval_text(mean, half)} {u} | {len(common)} | {resolved} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -752,6 +801,16 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     noise = noise_table(ft) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+    sensitivity = ""
+    if noise:
+        reference = next((r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH), None)
+        sensitivity = noise_sensitivity_table(ft, reference) if reference else ""
+    if sensitivity:
+        parts += [f"### Which objective is more sensitive to which artifact than {reference}", "", sensitivity, "",
+                  f"Per seed: (corrupted - clean) of the objective minus (corrupted - clean) of {reference}, all four "
+                  "runs fine-tuned with that seed; positive = the artifact costs this objective more. Resolved "
+                  "when the 95 % interval (paired t) excludes zero; no (k): the seeds that would resolve it if "
+                  "the measured mean and spread held.", ""]
     embedding = noise_embedding_table(frame) if "noise" in sections else ""
     if embedding:
         parts += ["### Embedding diagnostics at the end of pretraining, clean -> corrupted", "", embedding, "",
