@@ -20,8 +20,9 @@ from torch_geometric.utils import scatter
 from atomzoo.runner.__main__ import main as bench_main
 from atomzoo.runner.matrix import Comparison, expand, load_matrix
 from atomzoo.runner.probe import closed_form_probe, probe_matrix
-from atomzoo.runner.report import (compare_table, final_test_mae, noise_change_plots, noise_sensitivity_table,
-                                   noise_table, pretraining_table, seeds_needed, summary_table, write_report)
+from atomzoo.runner.report import (budget_plots, compare_table, final_test_mae, noise_change_plots,
+                                   noise_sensitivity_table, noise_table, pretraining_table, seeds_needed,
+                                   summary_table, write_report)
 from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,6 +410,31 @@ def test_noise_sensitivity_compares_each_objectives_change_with_denoisings(tmp_p
     report = write_report(tmp_path).read_text()
     assert "### Which objective is more sensitive to which artifact than denoising" in report
     assert lines[2] in report
+
+
+def test_budget_plot_draws_the_paired_change_against_scratch_per_label_budget(tmp_path):
+    """One plot per backbone x target x mode fine-tuned at two or more label budgets; none for a single
+    budget or without scratch."""
+    rows = []
+
+    def add(objective, budget, values, target="homo"):
+        for seed, value in enumerate(values):
+            rows.append({"cell": f"{objective}{budget}{target}{seed}", "phase": "finetune", "backbone": "painn",
+                         "objective": objective, "target": target, "label_budget": budget, "mode": "finetune",
+                         "seed": seed, "corruption_rate": 0.0, "metric": f"test/{target}_mae_meV", "step": "",
+                         "value": value})
+
+    for budget, scale in ((100, 3.0), (1000, 1.0)):
+        add("none", budget, [30.0 * scale, 31.0 * scale])
+        add("denoising", budget, [25.0 * scale, 27.0 * scale])
+    add("none", 1000, [10.0, 11.0], target="gap")  # one budget: no plot
+    add("denoising", 1000, [9.0, 10.0], target="gap")
+    paths = budget_plots(final_test_mae(pd.DataFrame(rows)), tmp_path, prefix="p_")
+    assert [p.name for p in paths] == ["p_budget_painn_homo_finetune.png"] and paths[0].stat().st_size > 0
+    no_scratch = [r for r in rows if r["objective"] != "none"]
+    assert budget_plots(final_test_mae(pd.DataFrame(no_scratch)), tmp_path) == []
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    assert "](budget_painn_homo_finetune.png)" in write_report(tmp_path).read_text()
 
 
 def test_pretraining_table(tmp_path):

@@ -39,7 +39,9 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
 - ``plots``: ``bars_<backbone>_<mode>.png`` (grouped bars, std over seeds as error bars),
   ``curves_<backbone>_<target>_n<budget>.png`` (validation MAE during fine-tuning, per objective),
   ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate),
-  ``noise_change_<backbone>_<target>_n<budget>.png`` (the paired changes per artifact and objective).
+  ``budget_<backbone>_<target>_<mode>.png`` (each objective's paired change against scratch, %, against
+  the label budget), ``noise_change_<backbone>_<target>_n<budget>.png`` (the paired changes per artifact
+  and objective).
 """
 
 from __future__ import annotations
@@ -501,6 +503,54 @@ def curve_plots(frame: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     return paths
 
 
+def budget_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
+    """``budget_<backbone>_<target>_<mode>.png``: each objective's paired change against training from scratch
+    (per seed ``100 * (objective - scratch) / scratch``, %), mean and 95 % interval (paired t), against the
+    label budget (log axis), for every backbone x target x mode fine-tuned at two or more budgets from
+    clean pretraining. Below zero, pretraining lowered the error; where pretraining matters most shows
+    as the budget with the lowest points."""
+    plt = _pyplot()
+    sub = _labelled(ft)
+    sub = sub[sub["corruption_rate"] == 0]
+    colors = objective_colors(ft)
+    paths = []
+    for (backbone, target, mode, unit), group in sub.groupby(["backbone", "target", "mode", "unit"]):
+        budgets = sorted(int(n) for n in group["label_budget"].unique())
+        if len(budgets) < 2 or SCRATCH not in set(group["objective"]):
+            continue
+        objectives = sorted(set(group["objective"]) - {SCRATCH})
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        drawn = False
+        for j, objective in enumerate(objectives):
+            xs, means, halves = [], [], []
+            for n in budgets:
+                at = group[group["label_budget"] == n]
+                ours, scratch = _by_seed(at[at["objective"] == objective]), _by_seed(at[at["objective"] == SCRATCH])
+                common = sorted(set(ours) & set(scratch))
+                if not common:
+                    continue
+                mean, half = paired_interval([100.0 * (ours[k] - scratch[k]) / scratch[k] for k in common])
+                xs.append(n * 1.06 ** (j - (len(objectives) - 1) / 2))  # side by side on the log axis
+                means.append(mean)
+                halves.append(0.0 if half is None else half)
+            if xs:
+                drawn = True
+                ax.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=objective, color=colors[objective])
+        if not drawn:
+            _pyplot().close(fig)
+            continue
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(n) for n in budgets])
+        ax.set_xlabel("labelled training examples")
+        ax.set_ylabel("vs scratch, same seed (%)")
+        ax.set_title(f"{backbone}: {target} ({unit}), {mode.replace('_', ' ')}\n"
+                     "paired change against scratch, mean with its 95 % interval", fontsize=9)
+        ax.legend(frameon=False, fontsize=8)
+        paths.append(_save(fig, out / f"{prefix}budget_{backbone}_{target}_{mode}.png"))
+    return paths
+
+
 def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
     """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
     plt = _pyplot()
@@ -835,8 +885,8 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                   "|---|---|---|"]
         parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
     prefix = "" if report_name == DEFAULT_REPORT_NAME else f"{report_name}_"
-    plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + noise_plots(ft, output, prefix)
-             if "plots" in sections else [])
+    plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + budget_plots(ft, output, prefix)
+             + noise_plots(ft, output, prefix) if "plots" in sections else [])
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = output / f"{report_name}.md"
