@@ -48,6 +48,37 @@ def write_matrix(tmp_path: Path, objectives: dict, seeds=(0, 1), modes=("finetun
     return path
 
 
+def test_an_option_a_later_key_would_override_is_refused(tmp_path):
+    """A task's args come before common_args and finetune.args in every cell's command, an objective's
+    args before common_args and pretrain.args: an option set in both would silently take the later
+    value, so the matrix is refused with the key to use (final_args / pretrain_args), which works."""
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"})
+    data = yaml.safe_load(path.read_text())
+    data["common_args"] = ["--data.batch_size", "32", "--trainer.callbacks+=X"]
+    data["finetune"].pop("targets")
+    data["finetune"]["tasks"] = {"forces": {"args": ["--data.batch_size=10", "--data.molecule", "ethanol"]}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"finetune.tasks.forces.args sets --data.batch_size, which common_args sets "
+                                         r"again later .* move it to finetune.tasks.forces.final_args"):
+        load_matrix(path)
+    data["finetune"]["tasks"] = {"forces": {"args": ["--data.molecule", "ethanol"],
+                                            "final_args": ["--data.batch_size", "10"]}}
+    data["objectives"]["denoising"] = {"config": "configs/objectives/denoising.yaml",
+                                       "args": ["--trainer.max_steps", "7"]}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"objectives.denoising.args sets --trainer.max_steps, which pretrain.args "
+                                         r"sets again later .* objectives.denoising.pretrain_args"):
+        load_matrix(path)
+    data["objectives"]["denoising"] = {"config": "configs/objectives/denoising.yaml",
+                                       "pretrain_args": ["--trainer.max_steps", "7"]}
+    path.write_text(yaml.safe_dump(data))
+    cells = expand(load_matrix(path))
+    finetune = next(c for c in cells if c.phase == "finetune")
+    assert finetune.args[len(finetune.args) - 1 - finetune.args[::-1].index("--data.batch_size") + 1] == "10"
+    pretrain = next(c for c in cells if c.phase == "pretrain")
+    assert pretrain.args[len(pretrain.args) - 1 - pretrain.args[::-1].index("--trainer.max_steps") + 1] == "7"
+
+
 def test_expansion_counts_and_dependencies(tmp_path):
     path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"},
                         seeds=(0, 1, 2), modes=("finetune", "linear_probe"))

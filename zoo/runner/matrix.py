@@ -77,6 +77,12 @@ a finished pretraining cell with neither is run again first), or from scratch fo
 place in the matrix, not its arguments: after changing a matrix's settings, give it another
 ``output`` so that its finished cells are not taken for the new ones. ``report`` sections: see
 :mod:`atomzoo.runner.report`.
+
+A cell's command puts an objective's ``args`` before ``common_args`` and ``pretrain.args``, and a task's
+``args`` before ``common_args`` and ``finetune.args``; the last value of an option wins. An option set
+both in such ``args`` and in a key placed after it would silently lose, so :func:`load_matrix` refuses
+the file (ValueError naming both keys): put the option in ``objectives.<name>.pretrain_args`` or
+``finetune.tasks.<name>.final_args``, which come last.
 """
 
 from __future__ import annotations
@@ -270,6 +276,22 @@ def _tasks(finetune: dict[str, Any]) -> dict[str, Task]:
     return tasks
 
 
+def _options(args: list[str]) -> set[str]:
+    """The ``--key`` options a list of CLI words sets (``--key value`` or ``--key=value``); list appends
+    (``--key+=...``) and config files (``-c``) are not counted."""
+    return {a.split("=", 1)[0] for a in args if a.startswith("--") and "+=" not in a}
+
+
+def _check_not_overridden(earlier: list[str], later: list[tuple[str, list[str]]], where: str, fix: str) -> None:
+    """Raise when an option of ``earlier`` (a matrix key's CLI words) is set again by a key placed after it
+    in every cell's command (``later``: (key, words) pairs), which would silently win."""
+    for key, words in later:
+        clash = sorted(_options(earlier) & _options(words))
+        if clash:
+            raise ValueError(f"matrix file: {where} sets {', '.join(clash)}, which {key} sets again later in every "
+                             f"cell's command (the later value wins); {fix}")
+
+
 def load_matrix(path: str | Path) -> Matrix:
     """Read and check a matrix file; errors name the missing or wrong key."""
     path = Path(path)
@@ -360,6 +382,16 @@ def load_matrix(path: str | Path) -> Matrix:
                                 or any(r not in objectives for r in references)):
         raise ValueError(f"matrix file: references must be a list of the matrix's objectives {sorted(objectives)}, "
                          f"got {references!r}")
+    common_args = [str(a) for a in raw.get("common_args", [])]
+    for name, task in tasks.items():
+        _check_not_overridden(task.args, [("common_args", common_args), ("finetune.args", finetune["args"])],
+                              f"finetune.tasks.{name}.args",
+                              f"move it to finetune.tasks.{name}.final_args (placed last) or drop the other")
+    for name, spec in objectives.items():
+        if spec is not None and pretrain is not None:
+            _check_not_overridden(spec["args"], [("common_args", common_args), ("pretrain.args", pretrain["args"])],
+                                  f"objectives.{name}.args",
+                                  f"move it to objectives.{name}.pretrain_args (placed last) or drop the other")
     report = tuple(raw.get("report", DEFAULT_SECTIONS))
     bad = [s for s in report if s not in SECTIONS]
     if bad:
@@ -376,7 +408,7 @@ def load_matrix(path: str | Path) -> Matrix:
         objectives=objectives,
         pretrain=pretrain,
         finetune=finetune,
-        common_args=[str(a) for a in raw.get("common_args", [])],
+        common_args=common_args,
         source=path,
         cells=Path(raw["cells"]) if raw.get("cells") else None,
         pythonpath=[Path(p) for p in raw.get("pythonpath", [])],
