@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The objective benchmark's studies in the order of issue 26 (most important first: PaiNN HOMO 1k and
-# an 8,000-step fine-tuning cap on its replicate 0, the references' fine-tuning recipes on its checkpoints, its noise study, other targets and label
+# an 8,000-step fine-tuning cap on its replicate 0, the references' fine-tuning recipes on its checkpoints,
+# replicates 3-4 of its question-2 rows, its noise study, other targets and label
 # sizes, SchNet and ET, the force-field row), each resumable:
 # a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
 # any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
@@ -23,6 +24,7 @@ for matrix in \
     benchmarks/matrices/objectives_v2.yaml \
     benchmarks/matrices/objectives_v2_cap.yaml \
     benchmarks/matrices/objectives_v2_recipes.yaml \
+    benchmarks/matrices/objectives_v2_q2.yaml \
     benchmarks/matrices/objectives_v2_noise.yaml \
     benchmarks/matrices/objectives_v2_targets.yaml \
     benchmarks/matrices/objectives_v2_backbones.yaml \
@@ -30,7 +32,7 @@ for matrix in \
   echo "== $(date -u +%FT%TZ) $matrix"
   zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results || status=$?
   case "$matrix" in
-    *objectives_v2.yaml|*objectives_v2_backbones.yaml)  # the probes of its finished pretraining cells (resumable)
+    *objectives_v2.yaml|*objectives_v2_q2.yaml|*objectives_v2_backbones.yaml)  # probes of its finished pretraining cells (resumable)
       zoo-bench probe "$matrix" || status=$? ;;
   esac
   # every report of the shared output and the plots they show, as the stage left them

@@ -951,6 +951,18 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_cap.yaml"))
     pre = {c.id for c in cells if c.phase == "pretrain"}
     assert pre <= main_ids and not ({c.id for c in cells} - pre) & main_ids and len(cells) - len(pre) == 5
+    # question 2 at five replicates: the main table's settings, three of its rows, seeds 3 and 4 only
+    q2 = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_q2.yaml").read_text())
+    for key in ("output", "cells", "common_args", "backbones", "order", "curves"):
+        assert q2[key] == main[key], key
+    assert q2["objectives"] == {k: main["objectives"][k] for k in ("none", "jepa_ema", "jepa_sigreg")}
+    assert {k: v for k, v in q2["pretrain"].items() if k != "seeds"} == {
+        k: v for k, v in main["pretrain"].items() if k != "seeds"}
+    assert {k: v for k, v in q2["finetune"].items() if k != "seeds"} == {
+        k: v for k, v in main["finetune"].items() if k != "seeds"}
+    assert q2["pretrain"]["seeds"] == q2["finetune"]["seeds"] == [3, 4]
+    cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_q2.yaml"))
+    assert len(cells) == 10 and not {c.id for c in cells} & main_ids
 
 
 def test_every_shipped_matrix_loads_and_expands():
