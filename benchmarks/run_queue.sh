@@ -35,10 +35,9 @@ for matrix in \
     *objectives_v2.yaml|*objectives_v2_q2.yaml|*objectives_v2_backbones.yaml)  # probes of its finished pretraining cells (resumable)
       zoo-bench probe "$matrix" || status=$? ;;
   esac
-  # every report of the shared output and the plots they show, as the stage left them
-  git add -- benchmarks/results/objectives_v2/*.md benchmarks/results/objectives_v2/*.png \
-      benchmarks/results/objectives_v2/probes.csv 2>/dev/null
-  git commit -q -m "objectives_v2 reports after $(basename "$matrix")" -- benchmarks/results/objectives_v2/*.md \
-      benchmarks/results/objectives_v2/*.png benchmarks/results/objectives_v2/probes.csv || true
+  # every report of the shared output, the plots they show and the probes, as the stage left them (the
+  # runner has committed results.csv and the kept weights cell by cell)
+  git add -- benchmarks/results/objectives_v2
+  git commit -q -m "objectives_v2 reports after $(basename "$matrix")" -- benchmarks/results/objectives_v2 || true
 done
 exit $status

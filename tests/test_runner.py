@@ -73,10 +73,12 @@ def test_an_option_a_later_key_would_override_is_refused(tmp_path):
                                        "pretrain_args": ["--trainer.max_steps", "7"]}
     path.write_text(yaml.safe_dump(data))
     cells = expand(load_matrix(path))
-    finetune = next(c for c in cells if c.phase == "finetune")
-    assert finetune.args[len(finetune.args) - 1 - finetune.args[::-1].index("--data.batch_size") + 1] == "10"
-    pretrain = next(c for c in cells if c.phase == "pretrain")
-    assert pretrain.args[len(pretrain.args) - 1 - pretrain.args[::-1].index("--trainer.max_steps") + 1] == "7"
+
+    def last_value(args: list[str], option: str) -> str:  # what jsonargparse ends up with: the last one wins
+        return [args[k + 1] for k, a in enumerate(args) if a == option][-1]
+
+    assert last_value(next(c for c in cells if c.phase == "finetune").args, "--data.batch_size") == "10"
+    assert last_value(next(c for c in cells if c.phase == "pretrain").args, "--trainer.max_steps") == "7"
 
 
 def test_expansion_counts_and_dependencies(tmp_path):
@@ -362,17 +364,22 @@ def test_several_corruption_kinds_expand_to_one_cell_per_kind_and_rate(tmp_path)
     assert "pretrain/schnet/denoising/c0.1" in {c.id for c in expand(load_matrix(path))}
 
 
+def finetune_maes(objective: str, values: list[float], rate: float = 0.0, kind: str = "", budget: int = 1000,
+                  target: str = "homo") -> list[dict]:
+    """results.csv rows of fine-tuning cells (PaiNN, one per seed 0, 1, ...) whose test MAE is ``values``."""
+    return [{"cell": f"{objective}{rate}{kind}{budget}{target}{seed}", "phase": "finetune", "backbone": "painn",
+             "objective": objective, "target": target, "label_budget": budget, "mode": "finetune", "seed": seed,
+             "corruption_rate": rate, "corruption": kind, "metric": f"test/{target}_mae_meV", "step": "", "value": value}
+            for seed, value in enumerate(values)]
+
+
 def test_noise_table_pairs_each_kind_with_clean_pretraining():
     """Per artifact kind: the MAE at each rate (clean shared), and the paired change at the largest rate
     with its 95 % interval; a change the interval does not exclude zero for is 'no'."""
     rows = []
 
     def add(objective, rate, kind, values):
-        for seed, value in enumerate(values):
-            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
-                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
-                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
-                         "step": "", "value": value})
+        rows.extend(finetune_maes(objective, values, rate, kind))
 
     add("none", 0.0, "", [30.0, 31.0, 32.0])
     add("denoising", 0.0, "", [20.0, 21.0, 22.0])
@@ -392,11 +399,7 @@ def test_noise_table_says_how_many_seeds_would_resolve_a_change(tmp_path):
     rows = []
 
     def add(objective, rate, kind, values):
-        for seed, value in enumerate(values):
-            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
-                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
-                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
-                         "step": "", "value": value})
+        rows.extend(finetune_maes(objective, values, rate, kind))
 
     add("none", 0.0, "", [30.0, 31.0, 32.0])
     for objective in ("denoising", "scd"):
@@ -419,11 +422,7 @@ def test_noise_sensitivity_compares_each_objectives_change_with_denoisings(tmp_p
     rows = []
 
     def add(objective, rate, kind, values):
-        for seed, value in enumerate(values):
-            rows.append({"cell": f"{objective}{rate}{kind}{seed}", "phase": "finetune", "backbone": "painn",
-                         "objective": objective, "target": "homo", "label_budget": 1000, "mode": "finetune",
-                         "seed": seed, "corruption_rate": rate, "corruption": kind, "metric": "test/homo_mae_meV",
-                         "step": "", "value": value})
+        rows.extend(finetune_maes(objective, values, rate, kind))
 
     add("none", 0.0, "", [30.0, 31.0, 32.0])
     add("denoising", 0.0, "", [20.0, 21.0, 22.0])
@@ -449,11 +448,7 @@ def test_budget_plot_draws_the_paired_change_against_scratch_per_label_budget(tm
     rows = []
 
     def add(objective, budget, values, target="homo"):
-        for seed, value in enumerate(values):
-            rows.append({"cell": f"{objective}{budget}{target}{seed}", "phase": "finetune", "backbone": "painn",
-                         "objective": objective, "target": target, "label_budget": budget, "mode": "finetune",
-                         "seed": seed, "corruption_rate": 0.0, "metric": f"test/{target}_mae_meV", "step": "",
-                         "value": value})
+        rows.extend(finetune_maes(objective, values, budget=budget, target=target))
 
     for budget, scale in ((100, 3.0), (1000, 1.0)):
         add("none", budget, [30.0 * scale, 31.0 * scale])

@@ -537,7 +537,7 @@ def budget_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
                 drawn = True
                 ax.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=objective, color=colors[objective])
         if not drawn:
-            _pyplot().close(fig)
+            plt.close(fig)
             continue
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
@@ -583,7 +583,7 @@ def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
         ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
         ax.legend(frameon=False)
         paths.append(_save(fig, out / f"{prefix}noise_{backbone}_{target}_n{budget}.png"))
-    return paths + noise_change_plots(ft, out, prefix)
+    return paths
 
 
 def noise_change_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
@@ -886,7 +886,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
     prefix = "" if report_name == DEFAULT_REPORT_NAME else f"{report_name}_"
     plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + budget_plots(ft, output, prefix)
-             + noise_plots(ft, output, prefix) if "plots" in sections else [])
+             + noise_plots(ft, output, prefix) + noise_change_plots(ft, output, prefix) if "plots" in sections else [])
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = output / f"{report_name}.md"
