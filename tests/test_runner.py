@@ -18,7 +18,7 @@ import yaml
 from torch_geometric.utils import scatter
 
 from atomzoo.runner.__main__ import main as bench_main
-from atomzoo.runner.matrix import Comparison, expand, load_matrix
+from atomzoo.runner.matrix import Comparison, expand, load_matrix, report_scope
 from atomzoo.runner.probe import closed_form_probe, probe_matrix
 from atomzoo.runner.report import (budget_plots, compare_table, final_test_mae, noise_change_plots,
                                    noise_sensitivity_table, noise_table, pretraining_table, seeds_needed,
@@ -335,6 +335,56 @@ def test_matrices_sharing_an_output_keep_separate_reports(tmp_path):
         path.write_text(yaml.safe_dump({**raw, "report_name": bad}))
         with pytest.raises(ValueError, match="report_name must be a file name"):
             load_matrix(path)
+
+
+def test_report_with_limits_a_stage_report_to_its_own_and_the_named_matrices_cells(tmp_path):
+    """Stages sharing one results.csv: a matrix with ``report_with`` reports its own cells and those of the
+    matrices it names (probes: their pretraining cells and the random networks of their backbones), not
+    the other stages' rows; without the key every row is shown; a wrong file or output is refused."""
+    main = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"}, seeds=(0, 1))
+    raw = yaml.safe_load(main.read_text())
+    (tmp_path / "stage").mkdir()
+    stage_path = tmp_path / "stage/stage.yaml"
+    stage_raw = {**raw, "finetune": {**raw["finetune"], "targets": ["gap"]}, "report_name": "results_stage",
+                 "report": ["summary", "probes"], "report_with": ["../matrix.yaml"]}
+    stage_path.write_text(yaml.safe_dump(stage_raw))
+    stage, main_matrix = load_matrix(stage_path), load_matrix(main)
+    rows = []
+    for cell in expand(main_matrix) + expand(stage) + [dataclasses.replace(expand(stage)[-1], id="other/stage/s0",
+                                                                           target="u0")]:
+        if cell.phase == "finetune":
+            rows.append({**cell.labels, "metric": f"test/{cell.target}_mae_meV", "step": "", "value": 10.0})
+    output = main_matrix.output
+    output.mkdir(parents=True)
+    write_rows(output / "results.csv", rows)
+    probe_rows = [{"model": model, "backbone": backbone, "objective": objective, "seed": 0, "features": "backbone",
+                   "metric": "ridge_mae", "target": "homo", "value": value, "commit": ""}
+                  for model, backbone, objective, value in (
+                      ("pretrain/schnet/denoising/c0/p0", "schnet", "denoising", 1.0),
+                      ("pretrain/other/denoising/c0/p0", "other", "denoising", 2.0),
+                      ("random/schnet/r0", "schnet", "random init", 3.0),
+                      ("random/other/r0", "other", "random init", 4.0))]
+    pd.DataFrame(probe_rows).to_csv(output / "probes.csv", index=False)
+    assert {c.id for c in expand(main_matrix) + expand(stage)} == report_scope(stage)
+    text = write_report(stage).read_text()
+    assert text.startswith("# tiny (results_stage)")
+    assert "homo n=64" in text and "gap n=64" in text and "u0" not in text
+    assert "| schnet | denoising |" in text and "| schnet | random init |" in text and "| other |" not in text
+    # its own cells only
+    stage_path.write_text(yaml.safe_dump({**stage_raw, "report_with": []}))
+    text = write_report(load_matrix(stage_path)).read_text()
+    assert "gap n=64" in text and "homo n=64" not in text and "u0" not in text
+    # no report_with: every row of results.csv, every probe
+    stage_path.write_text(yaml.safe_dump({k: v for k, v in stage_raw.items() if k != "report_with"}))
+    text = write_report(load_matrix(stage_path)).read_text()
+    assert "homo n=64" in text and "gap n=64" in text and "u0 n=64" in text and "| other | random init |" in text
+    stage_path.write_text(yaml.safe_dump({**stage_raw, "report_with": ["matrix.yaml"]}))
+    with pytest.raises(ValueError, match="report_with names .*matrix.yaml.*relative to the matrix file's folder"):
+        load_matrix(stage_path)
+    main.write_text(yaml.safe_dump({**raw, "output": str(tmp_path / "elsewhere")}))
+    stage_path.write_text(yaml.safe_dump(stage_raw))
+    with pytest.raises(ValueError, match="whose output .*elsewhere is not this matrix's"):
+        write_report(load_matrix(stage_path))
 
 
 def test_several_corruption_kinds_expand_to_one_cell_per_kind_and_rate(tmp_path):

@@ -67,6 +67,10 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
     report_name: results                      # the report is <output>/<report_name>.md; another name also
                                               # prefixes its plots (<report_name>_bars_...png): matrices that
                                               # share an output (and results.csv) keep separate reports
+    report_with: [main.yaml]                  # optional: the report shows this matrix's cells and those of
+                                              # these matrix files (paths relative to this file; same output),
+                                              # nothing else; [] = its own cells only. Without the key: every
+                                              # row of results.csv (the stages of a study share that file)
     order: matrix                             # or "seeds": every cell of seed 0 first (scratch, then each
                                               # objective's pretraining and its fine-tuning), then seed 1, ...
 
@@ -108,7 +112,7 @@ DEFAULT_CURVES = ("val/", "train/loss", "train/emb")
 #: the objectives every other is compared with in the report's ``paired`` section, unless ``references`` says
 DEFAULT_REFERENCES = (SCRATCH, "denoising")
 TOP_KEYS = {"name", "output", "cells", "pythonpath", "common_args", "backbones", "objectives", "pretrain", "finetune",
-            "compare", "curves", "report", "order", "references", "report_name"}
+            "compare", "curves", "report", "order", "references", "report_name", "report_with"}
 FINETUNE_KEYS = {"data", "objective", "targets", "tasks", "label_budgets", "seeds", "modes", "args", "probe_args",
                  "grids", "early_stopping", "pretrain_seeds"}
 PRETRAIN_KEYS = {"data", "args", "corruption", "seeds", "keep"}
@@ -214,6 +218,7 @@ class Matrix:
     order: str = "matrix"
     references: tuple[str, ...] = DEFAULT_REFERENCES
     report_name: str = DEFAULT_REPORT_NAME
+    report_with: tuple[Path, ...] | None = None
 
     @property
     def cells_dir(self) -> Path:
@@ -401,6 +406,16 @@ def load_matrix(path: str | Path) -> Matrix:
             or report_name.endswith(".md"):
         raise ValueError(f"matrix file: report_name must be a file name without '.md' (letters, digits, _ . -), "
                          f"got {report_name!r}")
+    report_with = raw.get("report_with")
+    if report_with is not None:
+        if not isinstance(report_with, list) or not all(isinstance(p, str) for p in report_with):
+            raise ValueError(f"matrix file {path}: report_with must be a list of matrix files (paths relative to "
+                             f"{path.parent}), got {report_with!r}")
+        report_with = tuple(path.parent / p for p in report_with)
+        missing = [str(p) for p in report_with if not p.is_file()]
+        if missing:
+            raise ValueError(f"matrix file {path}: report_with names {missing}, which do not exist (paths are "
+                             f"relative to the matrix file's folder {path.parent})")
     return Matrix(
         name=str(raw.get("name", path.stem)),
         output=Path(raw.get("output", f"runs/bench/{path.stem}")),
@@ -419,7 +434,27 @@ def load_matrix(path: str | Path) -> Matrix:
         order=order,
         references=tuple(str(r) for r in references),
         report_name=report_name,
+        report_with=report_with,
     )
+
+
+def report_scope(matrix: Matrix) -> set[str] | None:
+    """The cell ids whose rows ``matrix``'s report shows: its own cells and those of its ``report_with``
+    matrices; ``None`` (every row of ``results.csv``) when the matrix has no ``report_with`` key.
+
+    Raises ``ValueError`` when a ``report_with`` matrix writes to another output (its rows are not in this
+    ``results.csv``).
+    """
+    if matrix.report_with is None:
+        return None
+    scope = {cell.id for cell in expand(matrix)}
+    for path in matrix.report_with:
+        other = load_matrix(path)
+        if other.output != matrix.output:
+            raise ValueError(f"matrix file {matrix.source}: report_with names {path}, whose output {other.output} "
+                             f"is not this matrix's {matrix.output}; its rows are not in this results.csv")
+        scope |= {cell.id for cell in expand(other)}
+    return scope
 
 
 def _format(value: Any) -> str:

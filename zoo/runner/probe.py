@@ -328,13 +328,20 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     return out
 
 
-def probes_table(output: Path) -> str:
+def probes_table(output: Path, models: set[str] | None = None) -> str:
     """Markdown table of ``<output>/probes.csv``: per backbone x objective (random init last), the mean ±
-    std over seeds (pretraining seeds, or random networks) of every probe metric; empty without the file."""
+    std over seeds (pretraining seeds, or random networks) of every probe metric; empty without the file.
+
+    ``models``: probe only these rows' ``model`` ids (pretraining cell ids; an entry ending in ``/`` is a
+    prefix, e.g. ``random/painn64/`` for every random network of that backbone); ``None``: every row.
+    """
     path = Path(output) / "probes.csv"
     if not path.exists():
         return ""
     frame = pd.read_csv(path, keep_default_na=False)
+    if models is not None:
+        prefixes = tuple(m for m in models if m.endswith("/"))
+        frame = frame[[m in models or m.startswith(prefixes) for m in frame["model"]]]
     if frame.empty:
         return ""
     columns = [(f, m) for f in ("backbone", "projector") for m in PROBE_METRICS

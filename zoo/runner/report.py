@@ -2,7 +2,10 @@
 
 The report is ``<output>/results.md`` with its plots beside it; a matrix with ``report_name: NAME``
 writes ``<output>/NAME.md`` and prefixes its plots with ``NAME_``, so that matrices sharing one output
-folder (the stages of a study, one ``results.csv``) each keep a report of their own.
+folder (the stages of a study, one ``results.csv``) each keep a report of their own. Such a report
+shows every row of the shared ``results.csv`` unless the matrix says ``report_with``: then only its own
+cells and those of the matrices listed there (:func:`atomzoo.runner.matrix.report_scope`; the probes
+too: those of the pretraining cells in scope and the random networks of their backbones).
 
 Sections of the report, in this order (the matrix's ``report`` key picks which):
 
@@ -54,7 +57,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .matrix import DEFAULT_REFERENCES, DEFAULT_REPORT_NAME, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix
+from .matrix import (DEFAULT_REFERENCES, DEFAULT_REPORT_NAME, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix,
+                     report_scope)
 from .results import load
 
 #: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
@@ -815,8 +819,14 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     report_name = matrix.report_name if matrix else DEFAULT_REPORT_NAME
     metrics = {name: matrix.metric_of(name) for name in matrix.tasks} if matrix else {}
     frame = load(output / "results.csv")
+    scope = report_scope(matrix) if matrix else None
+    if scope is not None:
+        frame = frame[frame["cell"].isin(scope)]
     ft = final_test_mae(frame, metrics)
-    parts = [f"# {title or (matrix.name if matrix else output.name)}", ""]
+    if title is None:
+        title = matrix.name if matrix else output.name
+        title += f" ({report_name})" if report_name != DEFAULT_REPORT_NAME else ""
+    parts = [f"# {title}", ""]
     if "compare" in sections and matrix and matrix.compare:
         table = compare_table(frame, matrix.compare, metrics)
         if table:
@@ -870,7 +880,8 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     if "probes" in sections:
         from .probe import probes_table
 
-        probes = probes_table(output)
+        probes = probes_table(output, None if scope is None else scope | {
+            f"random/{backbone}/" for backbone in frame["backbone"].unique()})
         if probes:
             parts += ["## Probes of the frozen pretrained networks", "", probes, ""]
     pretraining = pretraining_table(frame) if "pretraining" in sections else ""
