@@ -786,6 +786,38 @@ def _git_repo(folder: Path) -> Path:
     return folder
 
 
+def test_a_cell_run_with_uncommitted_changes_records_them_as_a_patch(tmp_path):
+    """code_version: a clean checkout is its commit; a dirty one is ``<commit>+dirty:<h>`` with the
+    difference kept as ``<patches>/<h>.diff``, which applied to that commit gives the code that ran."""
+    import subprocess
+
+    from atomzoo.runner.execute import code_version
+
+    repo = _git_repo(tmp_path / "repo")
+    (repo / "model.py").write_text("width = 64\n")
+    (repo / "benchmarks/results").mkdir(parents=True)
+    (repo / "benchmarks/results/results.csv").write_text("cell\n")
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "one"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    patches = tmp_path / "patches"
+    (repo / "benchmarks/results/results.csv").write_text("cell\nx\n")  # results are not code
+    assert code_version(repo, patches) == head and not patches.exists()
+    (repo / "model.py").write_text("width = 128\n")
+    version = code_version(repo, patches)
+    commit, name = version.split("+dirty:")
+    assert commit == head and len(name) == 12 and sorted(p.name for p in patches.iterdir()) == [f"{name}.diff"]
+    assert code_version(repo, patches) == version  # the same changes: the same patch, written once
+    assert code_version(repo) == f"{head}+dirty"
+    # the patch holds the code change and nothing of benchmarks/results; applied to the commit it restores the run's code
+    patch = (patches / f"{name}.diff").read_text()
+    assert "width = 128" in patch and "results.csv" not in patch
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    subprocess.run(["git", "apply", str(patches / f"{name}.diff")], cwd=clone, check=True)
+    assert (clone / "model.py").read_text() == "width = 128\n"
+
+
 def test_early_stopping_cpu_time_provenance_and_committed_results(cache_dir, tmp_path):
     """One real fine-tuning cell under early stopping (min_delta so large that only the first check
     counts as an improvement: it must stop after 1 + patience checks, well before its cap), with
@@ -816,10 +848,14 @@ def test_early_stopping_cpu_time_provenance_and_committed_results(cache_dir, tmp
     assert final["steps"]["value"] == "6" and final["best_step"]["value"] == "2"
     assert "atomzoo.cli fit" in final["wall_s"]["command"] and "EarlyStopping" in final["wall_s"]["command"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    assert {r["commit"].removesuffix("+dirty") for r in rows} == {head}
+    assert {r["commit"].split("+dirty:")[0] for r in rows} == {head}
     assert any(r["metric"] == "curve:val/homo_mae_meV" for r in rows)  # the validation curve is kept
     log = subprocess.run(["git", "log", "--format=%s", "--name-only"], cwd=repo, capture_output=True, text=True).stdout
-    assert log.split() == ["tiny:", "cell", "finetune/schnet/none/c0/homo/n64/finetune/s0", "out/results.csv"]
+    # the results file, committed alone; before it, when this checkout has uncommitted changes, their patch
+    dirty = final["wall_s"]["commit"].partition("+dirty:")[2]
+    assert log.split() == ["tiny:", "cell", "finetune/schnet/none/c0/homo/n64/finetune/s0", "out/results.csv"] + (
+        ["tiny:", "uncommitted", "changes", "cell", "finetune/schnet/none/c0/homo/n64/finetune/s0", "ran", "with",
+         f"out/patches/{dirty}.diff"] if dirty else [])
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
     assert staged.stdout.split() == ["other.txt"]  # left as it was
 

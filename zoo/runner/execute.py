@@ -4,7 +4,9 @@ A cell with rows in ``results.csv`` is finished and never rerun (``rerun`` force
 cell whose folder holds a checkpoint (a kill, a crash, a timeout) continues from its newest one
 (``--ckpt_path``); one without is wiped and started afresh. After each cell its metrics are merged
 into ``results.csv`` (:mod:`atomzoo.runner.results`) and ``DONE.json`` is written into its folder;
-with ``commit_results`` the CSV is then committed to git, alone (:func:`commit_results_file`).
+with ``commit_results`` the CSV is then committed to git, alone (:func:`commit_results_file`). Each
+row names the code the cell ran (:func:`code_version`): the commit, and for a checkout with uncommitted
+changes the patch of those changes, kept in ``<output>/patches/`` (committed too).
 
 A fine-tuning cell starts from its pretraining cell's final checkpoint (:func:`checkpoint_of`). The
 run folders (``cells``) are scratch space, not results: with ``pretrain.keep`` a weights-only copy
@@ -16,6 +18,7 @@ pretraining cell whose run folder and copy are both gone is run again before the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -145,17 +148,43 @@ def _git(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def code_version(cwd: Path | None = None) -> str:
+def code_version(cwd: Path | None = None, patches: Path | None = None) -> str:
     """``git rev-parse HEAD`` of the checkout at ``cwd`` (default: the current directory), with ``+dirty``
-    when tracked files outside ``benchmarks/results`` differ from it; ``""`` outside a git checkout."""
+    when tracked files outside ``benchmarks/results`` differ from it; ``""`` outside a git checkout.
+
+    With ``patches`` (a folder), a dirty checkout's difference from HEAD (``git diff --binary HEAD``,
+    tracked files outside ``benchmarks/results``) is kept as ``<patches>/<h>.diff``, ``h`` the first 12
+    hex digits of its SHA-256 (written atomically, once per content), and the version reads
+    ``<commit>+dirty:<h>``: ``git checkout <commit> && git apply <h>.diff`` gives the exact code that ran.
+    Untracked files are not part of it (nor of ``+dirty``).
+    """
+    exclude = ("--", ".", ":(exclude)benchmarks/results")
     try:
         head = _git("rev-parse", "HEAD", cwd=cwd)
         if head.returncode != 0:
             return ""
-        diff = _git("diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results", cwd=cwd)
+        diff = _git("diff", "--quiet", "HEAD", *exclude, cwd=cwd)
+        if diff.returncode != 1:
+            return head.stdout.strip()
+        if patches is None:
+            return head.stdout.strip() + "+dirty"
+        text = subprocess.run(["git", "diff", "--binary", "HEAD", *exclude], cwd=cwd, capture_output=True,
+                              timeout=120).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
-    return head.stdout.strip() + ("+dirty" if diff.returncode == 1 else "")
+    name = hashlib.sha256(text).hexdigest()[:12]
+    path = Path(patches) / f"{name}.diff"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_bytes(text)
+        os.replace(tmp, path)
+    return f"{head.stdout.strip()}+dirty:{name}"
+
+
+def patches_dir(matrix: Matrix) -> Path:
+    """Where a matrix keeps the uncommitted changes its cells ran with (:func:`code_version`): ``<output>/patches``."""
+    return matrix.output / "patches"
 
 
 def commit_results_file(path: Path, message: str, attempts: int = 5, wait_s: float = 2.0) -> bool:
@@ -413,7 +442,10 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         log = open(folder / "log.txt", "a" if resume else "w")  # noqa: SIM115 -- open while the cell runs; closed in finish()
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
-        commit = code_version()
+        commit = code_version(patches=patches_dir(matrix))
+        if commit_results and "+dirty:" in commit:
+            commit_results_file(patches_dir(matrix) / f"{commit.split(':')[-1]}.diff",
+                                f"{matrix.name}: uncommitted changes cell {cell.id} ran with")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         running.append(_Running(cell, proc, log, time.perf_counter(), " ".join(cmd), commit, resume is not None))
 

@@ -284,7 +284,7 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     Raises:
         FileNotFoundError: a finished cell's run folder is gone and it has no kept copy (its weights are needed).
     """
-    from .execute import checkpoint_of, code_version, final_weights, log_dir
+    from .execute import checkpoint_of, code_version, final_weights, log_dir, patches_dir
     from .matrix import expand
     from .results import finished_cells, read_rows, write_rows
 
@@ -304,7 +304,7 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     splits = {"train": DataLoader(data.dataset("train"), batch_size=256),
               "val": DataLoader(Subset(val, range(min(val_size, len(val)))), batch_size=256),
               "test": DataLoader(test, batch_size=256)}
-    commit = code_version()
+    commit = code_version(patches=patches_dir(matrix))
     # (model, backbone, objective, seed, its cell (a random network: the backbone's first cell), random init)
     models = [(c.id, c.backbone, c.objective, c.seed, c, False) for c in cells]
     for backbone in dict.fromkeys(c.backbone for c in cells):

@@ -26,8 +26,10 @@ Long format, one row per cell, metric and step::
 ``corruption``: the artifact kind of the pretraining data (:mod:`atomzoo.datamodules.artifacts`; empty
 for clean data and for a matrix with a single ``kind``, whose kind its file names).
 ``pretrain_seed``: the pretraining seed a fine-tuning cell started from (empty: none / scratch).
-``commit``: the code the cell ran, ``git rev-parse HEAD`` at its start, with ``+dirty`` when tracked
-files (outside ``benchmarks/results``) differed from it (empty outside a git checkout), on every row;
+``commit``: the code the cell ran, ``git rev-parse HEAD`` at its start, with ``+dirty:<h>`` when tracked
+files (outside ``benchmarks/results``) differed from it, the difference kept as ``<output>/patches/<h>.diff``
+(``git checkout <commit> && git apply <output>/patches/<h>.diff``; rows written before 2026-12-07's
+patches say ``+dirty`` alone) (empty outside a git checkout), on every row;
 ``command``: the cell's exact command line, on its ``wall_s`` row. Files written before these columns
 existed read with them empty. A cell is finished exactly when it has rows here: the runner never
 reruns it (unless asked to), whether or not its run folder still exists; rows are only ever written
