@@ -180,3 +180,32 @@ def test_import_atomzoo_from_the_clones_parent_folder_gets_the_installed_package
     assert f"`import atomzoo` found {tmp_path / 'atomzoo'}, a clone of the atomzoo repository" in done.stderr
     assert "pip install -e" in done.stderr
 
+
+
+def test_checkpoint_monitor_chooses_the_tested_checkpoint_by_that_metric(cache_dir, tmp_path, capsys):
+    """``--checkpoint_monitor val/homo_mae_meV``: with two targets ``val/loss`` averages both, so the best
+    checkpoint (the one --test_after_fit tests) must be the one of least HOMO MAE, its score in meV."""
+    import csv
+
+    args = ["fit", "-c", DATA, "-c", REGRESSION, "--model.backbone", SCHNET, *TINY_SCHNET,
+            "--data.targets", "[homo, lumo]", "--data.train_size", "32", "--data.batch_size", "16",
+            "--trainer.max_steps", "5", "--trainer.val_check_interval", "1", "--trainer.check_val_every_n_epoch",
+            "null", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches", "2", "--model.lr", "5e-3",
+            "--model.warmup_steps", "0", *common(tmp_path), "--trainer.logger.class_path",
+            "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cli = run([*args, "--checkpoint_monitor", "val/homo_mae_meV", "--test_after_fit", "true"])
+    checkpoint = cli.trainer.checkpoint_callback
+    assert checkpoint.monitor == "val/homo_mae_meV"
+    with open(Path(cli.trainer.log_dir) / "metrics.csv") as f:
+        logged = [(int(r["step"]), float(r["val/homo_mae_meV"])) for r in csv.DictReader(f) if r["val/homo_mae_meV"]]
+    assert len(logged) == 5
+    best_step, best_mae = min(logged, key=lambda x: x[1])
+    assert float(checkpoint.best_model_score) == pytest.approx(best_mae, rel=1e-6)
+    assert Path(checkpoint.best_model_path).name.endswith(f"-{best_step + 1}.ckpt")
+    assert "best by val/homo_mae_meV" in capsys.readouterr().err
+    from atomzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main([*args, "--checkpoint_monitor", "homo_mae_meV"])
+    assert "--checkpoint_monitor homo_mae_meV: the best checkpoint is chosen by a validation metric" in \
+        capsys.readouterr().err

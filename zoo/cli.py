@@ -14,7 +14,9 @@ Defaults: TensorBoard logs and checkpoints under ``runs/<name>/version_<k>/``, b
 ``val/loss``) and last checkpoints, a ``last-step.ckpt`` every 500 optimizer steps (so a killed run
 resumes mid-epoch with ``--ckpt_path last``), learning-rate monitor, a progress bar for the whole run
 with its time left (:class:`atomzoo.progress.RunProgressBar`), ``seed_everything: 0``.
-``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``.
+``--test_after_fit true`` evaluates the best checkpoint on the test split right after ``fit``;
+``--checkpoint_monitor val/<metric>`` chooses that best checkpoint by another validation metric than
+``val/loss`` (e.g. the force MAE when the loss weighs energy and forces).
 Notices on stderr, one line each: the first run of a dataset builds its store (``zoo: building the
 QM9 store at ...``), ``--model.init_from`` says how many backbone tensors it loaded (``init_from: loaded
 ...``, logged by the objective), where the checkpoints and the test metrics were written; warnings
@@ -343,6 +345,28 @@ def _one_line_parse_errors(parser, prefix: str = ""):
             p.exit_on_error = value
 
 
+def _retarget_best_checkpoint(trainer: Namespace, monitor: str) -> None:
+    """Point the best-checkpoint callback (the ``ModelCheckpoint`` monitoring ``val/loss``, from
+    :data:`TRAINER_DEFAULTS`) at ``monitor`` (mode min); ``val/loss`` leaves it as it is.
+
+    Raises:
+        ValueError: ``monitor`` is not ``val/...``, or checkpoints are off (nothing to choose a best of).
+    """
+    if monitor == "val/loss":
+        return
+    if not monitor.startswith("val/"):
+        raise ValueError(f"--checkpoint_monitor {monitor}: the best checkpoint is chosen by a validation metric; "
+                         "give a val/... name (e.g. val/forces_mae_meV_per_A)")
+    best = [c for c in trainer.get("callbacks") or [] if str(c.get("class_path", "")).endswith("ModelCheckpoint")
+            and (c.get("init_args") or {}).get("monitor") == "val/loss"]
+    if trainer.get("enable_checkpointing") is False or not best:
+        raise ValueError(f"--checkpoint_monitor {monitor}: there is no best checkpoint to choose (checkpointing is "
+                         "off or the default ModelCheckpoint was replaced); drop --checkpoint_monitor")
+    for callback in best:
+        callback["init_args"]["monitor"] = monitor
+        callback["init_args"]["mode"] = "min"
+
+
 class ZooCLI(LightningCLI):
     """LightningCLI with the zoo's links and defaults."""
 
@@ -359,6 +383,13 @@ class ZooCLI(LightningCLI):
             type=bool,
             default=False,
             help="After fit, run the test split with the best checkpoint and print per-target MAE.",
+        )
+        parser.add_argument(
+            "--checkpoint_monitor",
+            type=str,
+            default="val/loss",
+            help="zoo fit: the validation metric the best checkpoint is chosen by (minimum), the one --test_after_fit "
+                 "tests, e.g. val/forces_mae_meV_per_A or the metric early stopping watches (default: val/loss).",
         )
         parser.add_argument(
             "--out",
@@ -460,6 +491,8 @@ class ZooCLI(LightningCLI):
             callbacks = list(trainer.get("callbacks") or [])
             if not any(str(c.get("class_path", "")).endswith("TrainingClock") for c in callbacks):
                 trainer["callbacks"] = callbacks + [Namespace(class_path="atomzoo.training_clock.TrainingClock")]
+        if self.subcommand == "fit" and trainer is not None:
+            _retarget_best_checkpoint(trainer, config.get("checkpoint_monitor") or "val/loss")
         if trainer is None or not trainer.get("callbacks"):
             return
         unwanted = []
