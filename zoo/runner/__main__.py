@@ -22,8 +22,9 @@ QUICK_ARGS = ("--trainer.max_steps", "-1", "--trainer.max_epochs", "2", "--train
 def quick_preset(matrix: Matrix, cells: list[Cell]) -> tuple[Matrix, list[Cell]]:
     """The same matrix at a budget of minutes: the cells of its first seed and of each task's smallest label
     budget only (every backbone, objective, task and mode), each with :data:`QUICK_ARGS`, written to
-    ``<output>-quick`` (and ``<cells>-quick``) so that they never mix with the real results. A smoke
-    test of the whole matrix, not a measurement: 20 optimiser steps per cell."""
+    ``<output>-quick`` (and ``<cells>-quick``) so that they never mix with the real results; its report
+    shows these cells only (``report_with`` is dropped: the other matrices' cells are not in that
+    folder). A smoke test of the whole matrix, not a measurement: 20 optimiser steps per cell."""
     first = min(c.seed for c in cells)
     smallest = {}
     for c in cells:
@@ -31,7 +32,7 @@ def quick_preset(matrix: Matrix, cells: list[Cell]) -> tuple[Matrix, list[Cell]]
             smallest[c.target] = min(smallest.get(c.target, c.label_budget), c.label_budget)
     kept = [dataclasses.replace(c, args=[*c.args, *QUICK_ARGS]) for c in cells
             if c.seed == first and (c.phase != "finetune" or c.label_budget == smallest[c.target])]
-    renamed = {"output": matrix.output.with_name(matrix.output.name + "-quick")}
+    renamed = {"output": matrix.output.with_name(matrix.output.name + "-quick"), "report_with": None}
     if matrix.cells is not None:
         renamed["cells"] = matrix.cells.with_name(matrix.cells.name + "-quick")
     return dataclasses.replace(matrix, **renamed), kept
