@@ -137,7 +137,7 @@ def test_run_resume_and_report(cache_dir, tmp_path):
     assert sum(r["metric"] == "test/homo_mae_meV" for r in rows) == 2  # no duplicate rows
     report = (out / "results.md").read_text()
     assert "homo n=64 (meV)" in report and "**" in report
-    assert (out / "bars_schnet_finetune.png").exists()
+    assert (out / "mae_schnet_finetune.png").exists()
     # the report regenerates from the CSV alone
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -296,6 +296,14 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert "## Noise robustness" in text and "](results_noise_noise_painn_homo_n1000.png)" in text
     assert (tmp_path / "results_noise_noise_painn_homo_n1000.png").stat().st_size > 0
     assert (tmp_path / "results.md").read_text() == main_report
+    # the corrupted rows gone, the report's noise plots go with them; other files and reports' plots stay
+    (tmp_path / "mine.png").write_bytes(b"x")
+    pd.DataFrame([r for r in rows if r["corruption_rate"] == 0]).to_csv(tmp_path / "results.csv", index=False)
+    report = write_report(tmp_path).read_text()
+    assert "noise_painn_homo_n1000.png" not in report and not (tmp_path / "noise_painn_homo_n1000.png").exists()
+    assert not (tmp_path / "noise_change_painn_homo_n1000.png").exists()
+    assert (tmp_path / "mae_painn_finetune.png").exists() and (tmp_path / "mine.png").exists()
+    assert (tmp_path / "results_noise_noise_painn_homo_n1000.png").exists()
 
 
 def test_noise_section_compares_the_embedding_diagnostics_clean_and_corrupted():

@@ -65,7 +65,7 @@ A matrix is a YAML file; every key but ``backbones`` and one of ``pretrain`` / `
     curves: [val/, train/loss, train/emb]     # logged series kept in results.csv (metric-name prefixes)
     report: [summary, noise, pretraining, cost, plots]   # sections of results.md (this is the default)
     report_name: results                      # the report is <output>/<report_name>.md; another name also
-                                              # prefixes its plots (<report_name>_bars_...png): matrices that
+                                              # prefixes its plots (<report_name>_mae_...png): matrices that
                                               # share an output (and results.csv) keep separate reports
     report_with: [main.yaml]                  # optional: the report shows this matrix's cells and those of
                                               # these matrix files (paths relative to this file; same output),

@@ -39,17 +39,19 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
 - ``curves``: per pretraining run, every logged validation metric at each evaluated step and the
   collapse diagnostics (embedding std, effective rank, SIGReg statistic) at a few steps.
 - ``cost``: summed wall time per phase.
-- ``plots``: ``bars_<backbone>_<mode>.png`` (grouped bars, std over seeds as error bars),
+- ``plots``: ``mae_<backbone>_<mode>.png`` (each objective's test MAE per seed and its mean with a 95 %
+  interval, :func:`mae_plots`),
   ``curves_<backbone>_<target>_n<budget>.png`` (validation MAE during fine-tuning, per objective),
   ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate),
   ``budget_<backbone>_<target>_<mode>.png`` (each objective's paired change against scratch, %, against
   the label budget), ``noise_change_<backbone>_<target>_n<budget>.png`` (the paired changes per artifact
-  and objective).
+  and objective). A plot the previous version of the report showed and this one does not draw is deleted.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -461,28 +463,39 @@ def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
     return {o: f"C{k % 10}" for k, o in enumerate(objectives)}
 
 
-def bar_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
+def mae_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
+    """``mae_<backbone>_<mode>.png``: per task x label budget (one panel each, clean pretraining), every
+    objective's test MAE per seed (dots) and its mean with the 95 % interval of the mean (t, over seeds;
+    none for one seed), the objectives along x, scratch's mean as a dashed line. The y axis spans the
+    data, not zero: the differences between rows, a few percent, are what the plot must show."""
     plt = _pyplot()
     colors = objective_colors(ft)
     paths = []
     for (backbone, mode), sub in ft[ft["corruption_rate"] == 0].groupby(["backbone", "mode"]):
-        stats = sub.groupby(["target", "label_budget", "unit", "objective"])["value"].agg(["mean", "std"]).fillna(0.0)
-        groups = sorted({(t, n, u) for t, n, u, _ in stats.index})
-        objectives = sorted({o for *_, o in stats.index}, key=lambda o: (o != SCRATCH, o))
-        fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.4), squeeze=False)
+        groups = sorted(set(zip(sub["target"], sub["label_budget"], sub["unit"])))
+        widest = max(sub.groupby(["target", "label_budget"])["objective"].nunique())
+        fig, axes = plt.subplots(1, len(groups), figsize=(max(4.0, 0.62 * widest + 1.6) * len(groups), 4.0),
+                                 squeeze=False)
         for ax, (target, budget, unit) in zip(axes[0], groups):
+            cell = sub[(sub["target"] == target) & (sub["label_budget"] == budget)]
+            objectives = sorted(set(cell["objective"]), key=lambda o: (o != SCRATCH, o))
             for k, objective in enumerate(objectives):
-                key = (target, budget, unit, objective)
-                if key in stats.index:
-                    ax.bar(k, stats.loc[key, "mean"], yerr=stats.loc[key, "std"], capsize=3, label=objective,
-                           color=colors[objective])
+                values = cell[cell["objective"] == objective]["value"].astype(float).tolist()
+                if not values:
+                    continue
+                offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+                ax.scatter([k + o for o in offsets], values, s=14, color=colors[objective], alpha=0.55, zorder=2)
+                mean = statistics.fmean(values)
+                half = (t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+                        if len(values) > 1 else None)
+                ax.errorbar(k + 0.3, mean, yerr=half, fmt="o", color=colors[objective], capsize=3, zorder=3)
+                if objective == SCRATCH:
+                    ax.axhline(mean, color=colors[objective], linestyle="--", linewidth=0.8, zorder=1)
+            ax.set_xticks(range(len(objectives)), objectives, rotation=30, ha="right")
             ax.set_title(f"{target}, n={budget}")
             ax.set_ylabel(f"test MAE ({unit})")
-            ax.set_xticks([])
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(objectives), frameon=False)
-        fig.suptitle(f"{backbone}, {mode.replace('_', ' ')} (mean ± std over seeds)")
-        paths.append(_save(fig, out / f"{prefix}bars_{backbone}_{mode}.png", rect=(0, 0.1, 1, 1)))
+        fig.suptitle(f"{backbone}, {mode.replace('_', ' ')}: seeds (dots), mean with its 95 % interval", fontsize=10)
+        paths.append(_save(fig, out / f"{prefix}mae_{backbone}_{mode}.png"))
     return paths
 
 
@@ -896,10 +909,14 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                   "|---|---|---|"]
         parts += [f"| {phase} | {int(r['count'])} | {r['sum'] / 60:.1f} |" for phase, r in walls.iterrows()]
     prefix = "" if report_name == DEFAULT_REPORT_NAME else f"{report_name}_"
-    plots = (bar_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + budget_plots(ft, output, prefix)
+    plots = (mae_plots(ft, output, prefix) + curve_plots(frame, output, prefix) + budget_plots(ft, output, prefix)
              + noise_plots(ft, output, prefix) + noise_change_plots(ft, output, prefix) if "plots" in sections else [])
+    path = output / f"{report_name}.md"
+    # plots the previous version of this report showed and this one does not (rows or plot kinds since dropped)
+    shown = re.findall(r"\]\(([^()/]+\.png)\)", path.read_text()) if path.exists() else []
+    for stale in {output / name for name in shown} - set(plots):
+        stale.unlink(missing_ok=True)
     if plots:
         parts += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = output / f"{report_name}.md"
     path.write_text("\n".join(parts).rstrip("\n") + "\n")
     return path
