@@ -346,7 +346,8 @@ def noise_table(ft: pd.DataFrame) -> str:
 
     One row per backbone x objective x target x budget x artifact kind pretrained clean and corrupted:
     the MAE at every rate (rate 0: the clean pretraining, shared by every kind), the relative change at
-    the largest rate, the scratch MAE (the reference a useful pretraining must stay below) and the
+    the largest rate (the mean paired change over the clean runs' mean, both over the seeds that have
+    both runs), the scratch MAE (the reference a useful pretraining must stay below) and the
     paired change at the largest rate (corrupted minus clean, paired by seed) with its 95 % interval
     and whether the interval excludes zero; where it does not, ``no (k)`` gives the seeds ``k`` that
     would resolve it if the measured mean and paired spread held (:func:`seeds_needed`).
@@ -373,9 +374,11 @@ def noise_table(ft: pd.DataFrame) -> str:
             top = max(by_rate)
             change, paired, resolved = "–", "–", "–"
             if len(clean) and top > 0:
-                change = f"{100 * (by_rate[top]['value'].mean() - clean['value'].mean()) / clean['value'].mean():+.0f}%"
                 diffs = _paired_changes(clean, by_rate[top])
-                if diffs:
+                if diffs:  # relative to the clean runs of the same seeds (a mean over other seeds would mix them in)
+                    base = _by_seed(clean)
+                    paired_clean = statistics.fmean(base[k] for k in set(_by_seed(by_rate[top])) & set(base))
+                    change = f"{100 * statistics.fmean(diffs) / paired_clean:+.1f}%"
                     mean, half = paired_interval(diffs)
                     paired = f"{_interval_text(mean, half)} {u}"
                     if half is not None:
