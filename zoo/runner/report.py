@@ -14,8 +14,9 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   finished, and the acceptance line ours mean <= ref mean + ref std (>= 3 seeds per side).
 - ``summary``: per fine-tuning mode, test MAE mean +- std over seeds for every backbone x pretraining
   objective (rows) and task x label budget (columns); the best mean of each column in bold; the
-  relative change against training from scratch (objective ``none``) in brackets (negative = lower
-  error = better).
+  relative change against training from scratch (objective ``none``) in brackets, paired: the mean
+  difference over the seeds both rows have, relative to scratch's mean over those seeds (negative =
+  lower error = better).
 - ``paired``: for each pretraining objective, its test-MAE difference to each of the matrix's
   ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`), paired by
   fine-tuning seed (the same seed, hence the same
@@ -190,10 +191,14 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
             text = _fmt(mean, std, count)
             if np.isclose(mean, best[(target, budget, unit)]):
                 text = f"**{text}**"
-            scratch = (backbone, SCRATCH, target, budget, unit)
-            if objective != SCRATCH and scratch in stats.index:
-                base = stats.loc[scratch, "mean"]
-                text += f" ({100.0 * (mean - base) / base:+.0f}%)"
+            if objective != SCRATCH:  # paired: over the seeds both rows have (other seeds' luck left out)
+                here = sub[(sub["backbone"] == backbone) & (sub["target"] == target) & (sub["label_budget"] == budget)
+                           & (sub["unit"] == unit)]
+                mine, base = _by_seed(here[here["objective"] == objective]), _by_seed(here[here["objective"] == SCRATCH])
+                common = sorted(set(mine) & set(base))
+                if common:
+                    change = statistics.fmean(mine[k] - base[k] for k in common) / statistics.fmean(base[k] for k in common)
+                    text += f" ({100.0 * change:+.0f}%)"
             if count < ft["seed"].nunique():
                 text += f" [{int(count)} seeds]"
             cells.append(text)
