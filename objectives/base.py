@@ -10,7 +10,8 @@ under ``"loss"`` and, optionally, ``"embedding"`` ``[G, D]`` (the encoder output
 the collapse diagnostics). The base class then provides ``training_step`` (logs every scalar term as
 ``train/<name>``), seeded ``validation_step`` / ``test_step`` (noise drawn from a generator seeded by
 the batch index, so ``val/loss`` is comparable across epochs; logged as ``val/<name>``,
-``test/<name>``), the collapse diagnostics every ``diagnostics_every_n_steps`` steps, the optimizer
+``test/<name>``), the collapse diagnostics every ``diagnostics_every_n_steps`` steps (and, whenever
+``diagnostics_every_n_steps`` is set, of the validation embedding as ``val/emb_*``), the optimizer
 and schedule, and the hook :meth:`Objective.on_after_optimizer_step` (once per optimizer step, also
 under gradient accumulation). Regression uses these steps too, adding its MAE metrics in
 :meth:`Objective.log_terms`.
@@ -414,7 +415,26 @@ class Objective(L.LightningModule):
         return torch.Generator().manual_seed(int(batch_idx))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log_terms("val", self.evaluation_terms(batch, self.evaluation_generator(batch_idx)), _batch_size(batch))
+        terms = self.evaluation_terms(batch, self.evaluation_generator(batch_idx))
+        self.log_terms("val", terms, _batch_size(batch))
+        self.log_validation_diagnostics(terms.get("embedding"), _batch_size(batch))
+
+    def log_validation_diagnostics(self, embedding: torch.Tensor | None, batch_size: int) -> None:
+        """The collapse diagnostics of the validation batch's embedding, ``val/emb_std``, ``val/emb_erank`` and
+        ``val/emb_sigreg`` (:func:`atomzoo.objectives.diagnostics.collapse_statistics` per batch, then the
+        per-molecule mean over the validation set), when the objective logs training diagnostics
+        (``diagnostics_every_n_steps`` > 0). Unlike ``train/emb_*`` they are measured on the validation
+        molecules, which no ``--data.corruption`` touches: what a model pretrained on corrupted data
+        makes of clean molecules. Deterministic and RNG-free (fixed SIGReg directions): training is
+        unchanged by them."""
+        if embedding is None or embedding.dim() != 2 or embedding.size(0) < 2:
+            return
+        if int(getattr(self, "diagnostics_every_n_steps", 0) or 0) <= 0:
+            return
+        from .diagnostics import collapse_statistics
+
+        for name, value in collapse_statistics(embedding).items():
+            self.log_mean(f"val/{name}", value, batch_size)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self.log_terms("test", self.evaluation_terms(batch, self.evaluation_generator(batch_idx)), _batch_size(batch))

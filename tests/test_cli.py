@@ -209,3 +209,38 @@ def test_checkpoint_monitor_chooses_the_tested_checkpoint_by_that_metric(cache_d
         main([*args, "--checkpoint_monitor", "homo_mae_meV"])
     assert "--checkpoint_monitor homo_mae_meV: the best checkpoint is chosen by a validation metric" in \
         capsys.readouterr().err
+
+
+def test_validation_logs_the_embedding_diagnostics_without_changing_training(cache_dir, tmp_path):
+    """Denoising with diagnostics on: every validation logs ``val/emb_std``, ``val/emb_erank`` and
+    ``val/emb_sigreg`` of the validation molecules' embedding (equal to the statistics recomputed from the
+    final weights), and training is bit-identical to the same run without any diagnostics (they draw no
+    random numbers: a studied run and its remake without them train alike)."""
+    from atomzoo.objectives.diagnostics import collapse_statistics
+
+    base = ["fit", "-c", DATA, "-c", str(ROOT / "configs/objectives/denoising.yaml"), "--model.backbone", SCHNET,
+            *TINY_SCHNET, "--data.targets", "null", "--data.train_size", "64", "--data.batch_size", "16",
+            "--data.eval_batch_size", "16", "--trainer.max_steps", "4", "--trainer.check_val_every_n_epoch", "null",
+            "--model.warmup_steps", "0", "--trainer.val_check_interval", "1", "--trainer.limit_val_batches", "2",
+            *common(tmp_path)]
+    validated = run([*base, "--model.diagnostics_every_n_steps", "1"])
+    metrics = validated.trainer.callback_metrics
+    assert {"val/emb_std", "val/emb_erank", "val/emb_sigreg"} <= set(metrics)
+    model = validated.model.eval()
+    stats = []
+    for _, batch in zip(range(2), validated.datamodule.val_dataloader()):
+        with torch.no_grad():
+            terms = model.evaluation_terms(batch, model.evaluation_generator(len(stats)))
+        stats.append(collapse_statistics(terms["embedding"]))
+    for name in ("emb_std", "emb_erank", "emb_sigreg"):  # two full batches of 16: the plain mean
+        assert float(metrics[f"val/{name}"]) == pytest.approx(float(sum(s[name] for s in stats) / 2), rel=1e-5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identity needs one thread (a multi-threaded scatter may add in any order)
+    try:
+        once = run([*base, "--model.diagnostics_every_n_steps", "1"])
+        plain = run([*base, "--model.diagnostics_every_n_steps", "0"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "val/emb_std" not in plain.trainer.callback_metrics
+    for (name, a), b in zip(once.model.state_dict().items(), plain.model.state_dict().values()):
+        assert torch.equal(a, b), name
