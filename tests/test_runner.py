@@ -324,10 +324,23 @@ def test_noise_section_compares_the_embedding_diagnostics_clean_and_corrupted():
                                  "backbone": "painn", "objective": "denoising", "corruption_rate": rate,
                                  "corruption": kind, "seed": seed, "metric": metric, "step": 50 * step, "value": value})
     table = noise_embedding_table(pd.DataFrame(rows)).splitlines()
+    train_row = table[2]
     assert len(table) == 3 and "std: clean -> corrupted" in table[0]
     assert table[2] == ("| painn | denoising | displacement | 0.3 | 1.50 ± 0.71 -> 3.00 (n = 1) "
                         "| 1.50 ± 0.71 -> 3.00 (n = 1) | 1.50 ± 0.71 -> 3.00 (n = 1) |")
     assert noise_embedding_table(pd.DataFrame([r for r in rows if r["corruption_rate"] == 0])) == ""
+    # on the clean validation molecules: each run's last validation, only runs that logged it (clean seed 1 here)
+    assert noise_embedding_table(pd.DataFrame(rows), "val") == ""
+    for kind, rate, seed, values in (("", 0.0, 1, (9.0, 2.0)), ("displacement", 0.3, 0, (7.0, 4.0))):
+        for step, value in zip((999, 1999), values):  # the last validation counts
+            for metric in ("curve:val/emb_std", "curve:val/emb_erank", "curve:val/emb_sigreg"):
+                rows.append({"cell": f"pretrain/painn/denoising/{kind}{rate}/p{seed}", "phase": "pretrain",
+                             "backbone": "painn", "objective": "denoising", "corruption_rate": rate,
+                             "corruption": kind, "seed": seed, "metric": metric, "step": step, "value": value})
+    table = noise_embedding_table(pd.DataFrame(rows), "val").splitlines()
+    assert table[2] == ("| painn | denoising | displacement | 0.3 | 2.00 (n = 1) -> 4.00 (n = 1) "
+                        "| 2.00 (n = 1) -> 4.00 (n = 1) | 2.00 (n = 1) -> 4.00 (n = 1) |")
+    assert noise_embedding_table(pd.DataFrame(rows)).splitlines()[2] == train_row  # train/emb_* unchanged
 
 
 def test_matrices_sharing_an_output_keep_separate_reports(tmp_path):

@@ -654,30 +654,33 @@ def noise_change_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Pa
 
 
 #: the collapse diagnostics the noise section compares (:mod:`atomzoo.objectives.diagnostics`), with their names
-EMBEDDING_CURVES = (("curve:train/emb_std", "std"), ("curve:train/emb_erank", "eff. rank"),
-                    ("curve:train/emb_sigreg", "SIGReg"))
-#: logged points averaged into a run's final diagnostic (one training batch each is noisy)
+EMBEDDING_CURVES = (("emb_std", "std"), ("emb_erank", "eff. rank"), ("emb_sigreg", "SIGReg"))
+#: logged training points averaged into a run's final diagnostic (one training batch each is noisy)
 EMBEDDING_TAIL = 5
 
 
-def noise_embedding_table(frame: pd.DataFrame) -> str:
+def noise_embedding_table(frame: pd.DataFrame, split: str = "train") -> str:
     """Markdown table: the embedding diagnostics at the end of pretraining, clean against corrupted.
 
-    One row per backbone x objective x artifact kind x rate > 0. A run's value of each diagnostic
-    (``train/emb_std``, ``train/emb_erank``, ``train/emb_sigreg``: :mod:`atomzoo.objectives.diagnostics`,
-    on the objective's own embedding of its training batches) is the mean of its last
-    :data:`EMBEDDING_TAIL` logged points; the table gives mean ± std over the pretraining seeds, clean
-    (rate 0, shared by every kind) -> corrupted. Empty when the runs logged no diagnostics or no
-    corrupted pretraining finished."""
+    One row per backbone x objective x artifact kind x rate > 0. ``split="train"``: a run's value of each
+    diagnostic (``train/emb_std``, ``train/emb_erank``, ``train/emb_sigreg``: :mod:`atomzoo.objectives.diagnostics`,
+    on the objective's own embedding of its training batches, which in a corrupted run hold the corrupted
+    structures) is the mean of its last :data:`EMBEDDING_TAIL` logged points; ``split="val"``: its last
+    validation's ``val/emb_*`` (the clean validation molecules, the same for every run: the models compared
+    on the same inputs; runs that did not log them are left out). The table gives mean ± std over the
+    pretraining seeds, clean (rate 0, shared by every kind) -> corrupted. Empty when the runs logged none
+    of these diagnostics or no corrupted pretraining finished."""
+    curves = {f"curve:{split}/{name}": name for name, _ in EMBEDDING_CURVES}
+    tail = EMBEDDING_TAIL if split == "train" else 1
     pre = _labelled(frame)
-    pre = pre[(pre["phase"] == "pretrain") & pre["metric"].isin([m for m, _ in EMBEDDING_CURVES])]
+    pre = pre[(pre["phase"] == "pretrain") & pre["metric"].isin(list(curves))]
     if pre.empty or not (pre["corruption_rate"] > 0).any():
         return ""
     finals: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (cell, metric), curve in pre.groupby(["cell", "metric"]):
         labels = curve.iloc[0]
         key = (labels["backbone"], labels["objective"], float(labels["corruption_rate"]), str(labels["corruption"]))
-        finals[key][metric].append(float(curve.sort_values("step")["value"].tail(EMBEDDING_TAIL).mean()))
+        finals[key][curves[metric]].append(float(curve.sort_values("step")["value"].tail(tail).mean()))
 
     def text(values: list[float]) -> str:
         return _fmt(*_mean_std(values), len(values)) if values else "–"
@@ -890,10 +893,19 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                   "the measured mean and spread held.", ""]
     embedding = noise_embedding_table(frame) if "noise" in sections else ""
     if embedding:
-        parts += ["### Embedding diagnostics at the end of pretraining, clean -> corrupted", "", embedding, "",
+        parts += ["### Embedding diagnostics at the end of pretraining, clean -> corrupted: training batches", "",
+                  embedding, "",
                   f"Each run's value: the mean of its last {EMBEDDING_TAIL} logged points of `train/emb_*` (the "
                   "objective's own embedding of its training batches, which hold the corrupted structures in a "
-                  "corrupted run); mean ± std over pretraining seeds.", ""]
+                  "corrupted run: these numbers measure the corrupted inputs as well as the model); mean ± std "
+                  "over pretraining seeds.", ""]
+    clean_inputs = noise_embedding_table(frame, "val") if "noise" in sections else ""
+    if clean_inputs:
+        parts += ["### Embedding diagnostics at the end of pretraining, clean -> corrupted: clean validation "
+                  "molecules", "", clean_inputs, "",
+                  "Each run's value: `val/emb_*` of its last validation (the same clean validation molecules for "
+                  "every run, so the models are compared on the same inputs); runs that did not log them "
+                  "(before 2026-12-07's change) are left out, hence the n; mean ± std over pretraining seeds.", ""]
     if "probes" in sections:
         from .probe import probes_table
 
