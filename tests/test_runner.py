@@ -469,7 +469,8 @@ def test_noise_table_pairs_each_kind_with_clean_pretraining():
     # one corrupted seed so far: its relative change is against its own seed's clean run (20.0), not the
     # mean of all three clean seeds (21.0), which would mix the seeds' luck in
     rows = [r for r in rows if r["corruption"] != "missing_hydrogens" and not (r["corruption"] and r["seed"] > 0)]
-    wrong = next(line for line in noise_table(final_test_mae(pd.DataFrame(rows))).splitlines() if "wrong_element" in line)
+    table = noise_table(final_test_mae(pd.DataFrame(rows))).splitlines()
+    wrong = next(line for line in table if "wrong_element" in line)
     assert "| 21.0 ± 1.0 | 25.0 (n = 1) | +25.0% |" in wrong and "| +5.00 (n = 1) meV | – |" in wrong
 
 
@@ -839,7 +840,8 @@ def test_a_cell_run_with_uncommitted_changes_records_them_as_a_patch(tmp_path):
     assert commit == head and len(name) == 12 and sorted(p.name for p in patches.iterdir()) == [f"{name}.diff"]
     assert code_version(repo, patches) == version  # the same changes: the same patch, written once
     assert code_version(repo) == f"{head}+dirty"
-    # the patch holds the code change and nothing of benchmarks/results; applied to the commit it restores the run's code
+    # the patch holds the code change and nothing of benchmarks/results; applied to the commit it gives the
+    # code that ran
     patch = (patches / f"{name}.diff").read_text()
     assert "width = 128" in patch and "results.csv" not in patch
     clone = tmp_path / "clone"
@@ -932,7 +934,8 @@ def test_paired_table_interval_resolution_and_seeds_needed():
     assert "| 3 | no |" in scd_vs_den and "+0.00 [" in scd_vs_den
     jepa = next(line for line in table if "| jepa | none |" in line)
     assert "-1.00 (n = 1) meV" in jepa and "± 0" not in jepa and jepa.endswith("| 1 | – | – |")
-    assert round(t_quantile(2), 3) == 4.303 and round(t_quantile(4), 3) == 2.776 and abs(t_quantile(1000) - 1.962) < 1e-3
+    assert round(t_quantile(2), 3) == 4.303 and round(t_quantile(4), 3) == 2.776
+    assert abs(t_quantile(1000) - 1.962) < 1e-3
     # n with t(0.975, n-1) * sd / sqrt(n) < |mean|: sd 1, mean 1 -> n = 7 (2.447/sqrt(7) = 0.925; n = 6: 1.05)
     assert seeds_needed(1.0, 1.0) == 7 and seeds_needed(0.0, 1.0) is None
 
@@ -1215,3 +1218,20 @@ def test_a_fine_tuning_cell_whose_pretraining_is_done_starts_first(tmp_path):
     order = launch_order(cells[1:], lambda dep: dep in done)
     assert [c.id for c in order] == [cells[3].id, cells[1].id, cells[2].id, cells[4].id, cells[5].id]
     assert launch_order(cells, lambda dep: False) == cells  # nothing ready: matrix order
+
+
+def test_the_queue_runs_every_stage_of_the_objective_benchmark_once_in_the_issues_order():
+    """benchmarks/run_queue.sh lists each objectives_v2 stage sharing the study's output exactly once
+    (a stage left out would never run; the paper-scale matrix, another output, is for GPUs), the main
+    table first and the force row last, and each listed matrix loads."""
+    import re
+
+    script = (ROOT / "benchmarks/run_queue.sh").read_text()
+    stages = script.split("for matrix in", 1)[1].split("; do", 1)[0]
+    listed = re.findall(r"benchmarks/matrices/(objectives_v2\w*)\.yaml", stages)
+    study = {p.stem for p in (ROOT / "benchmarks/matrices").glob("objectives_v2*.yaml")
+             if load_matrix(p).output == Path("benchmarks/results/objectives_v2")}
+    assert len(listed) == len(set(listed)) and set(listed) == study, (listed, study)
+    assert listed[0] == "objectives_v2" and listed[-1] == "objectives_v2_forces"
+    assert listed.index("objectives_v2_noise") < listed.index("objectives_v2_targets") < listed.index(
+        "objectives_v2_backbones")

@@ -190,10 +190,12 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
             if objective != SCRATCH:  # paired: over the seeds both rows have (other seeds' luck left out)
                 here = sub[(sub["backbone"] == backbone) & (sub["target"] == target) & (sub["label_budget"] == budget)
                            & (sub["unit"] == unit)]
-                mine, base = _by_seed(here[here["objective"] == objective]), _by_seed(here[here["objective"] == SCRATCH])
+                mine = _by_seed(here[here["objective"] == objective])
+                base = _by_seed(here[here["objective"] == SCRATCH])
                 common = sorted(set(mine) & set(base))
                 if common:
-                    change = statistics.fmean(mine[k] - base[k] for k in common) / statistics.fmean(base[k] for k in common)
+                    change = (statistics.fmean(mine[k] - base[k] for k in common)
+                              / statistics.fmean(base[k] for k in common))
                     text += f" ({100.0 * change:+.0f}%)"
             if count < ft["seed"].nunique():
                 text += f" [{int(count)} seeds]"
