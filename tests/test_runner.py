@@ -938,6 +938,20 @@ def test_paired_table_interval_resolution_and_seeds_needed():
     assert abs(t_quantile(1000) - 1.962) < 1e-3
     # n with t(0.975, n-1) * sd / sqrt(n) < |mean|: sd 1, mean 1 -> n = 7 (2.447/sqrt(7) = 0.925; n = 6: 1.05)
     assert seeds_needed(1.0, 1.0) == 7 and seeds_needed(0.0, 1.0) is None
+    # with the cells' CPU times: the replicates still missing times one replicate's measured cost
+    rows = _finetune_rows({"none": [30.0, 32.0, 31.0], "denoising": [29.0, 32.5, 29.5]})
+    timing = [{**r, "metric": "cpu_s", "step": None, "value": 360.0 if r["objective"] == "none" else 720.0}
+              for r in rows]
+    timing += [{"cell": f"pretrain/painn/denoising/c0/p{seed}", "phase": "pretrain", "backbone": "painn",
+                "objective": "denoising", "corruption_rate": 0.0, "seed": seed, "metric": "cpu_s", "step": None,
+                "value": cpu} for seed, cpu in ((0, 3600.0), (1, 5400.0), (2, None))]  # seed 2: no time recorded
+    frame = pd.DataFrame(rows + [r for r in timing if r["value"] is not None])
+    line = next(line for line in paired_table(final_test_mae(frame), frame=frame).splitlines() if "| denoising |" in line)
+    diffs = [-1.0, 0.5, -1.5]
+    needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
+    per_replicate = (720 + (3600 + 5400) / 2 + 360) / 3600  # fine-tuning + pretraining, and scratch's fine-tuning
+    assert line.endswith(f"| no | {needed} (~{(needed - 3) * per_replicate:.1f} CPU h more) |"), line
+    assert paired_table(final_test_mae(frame)).splitlines()[2].endswith(f"| no | {needed} |")  # no frame: no hours
 
 
 def test_compute_and_finetuning_tables(tmp_path):

@@ -23,7 +23,8 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
-  interval excluding 0 needs (:func:`seeds_needed`).
+  interval excluding 0 needs (:func:`seeds_needed`), with the CPU hours the missing replicates would
+  take at the rows' measured cost (:func:`replicate_cpu_h`).
 - ``compute``: per pretraining objective, its optimiser steps, measured CPU time (hours, per run and
   per step, over the runs whose whole CPU time is known: :func:`run_cpu_s`) and the fine-tuned test
   MAE (mean and 95 % interval): objectives at equal steps, and at equal CPU time where the matrix has a
@@ -209,9 +210,36 @@ def _by_seed(sub: pd.DataFrame) -> dict[int, float]:
     return {int(k): float(v) for k, v in sub.groupby("seed")["value"].mean().items()}
 
 
-def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> str:
+def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
+    """Measured CPU hours of one more replicate of a row: ``(backbone, objective, corruption_rate,
+    corruption, target, label_budget, mode)`` -> the mean whole-run CPU time (:func:`run_cpu_s`) of its
+    fine-tuning cells plus that of its pretraining cells (none for scratch), over the cells whose time is
+    known; rows without a timed fine-tuning cell (or, pretrained, without a timed pretraining) are absent."""
+    pre: dict[tuple, list[float]] = defaultdict(list)
+    fine: dict[tuple, list[float]] = defaultdict(list)
+    for labels, values in _per_cell(frame).values():
+        cpu = run_cpu_s(values)
+        if cpu is None:
+            continue
+        key = (labels["backbone"], labels["objective"], float(labels["corruption_rate"]), str(labels["corruption"]))
+        if labels["phase"] == "pretrain":
+            pre[key].append(cpu)
+        elif labels["phase"] == "finetune":
+            fine[key + (labels["target"], int(labels["label_budget"]), labels["mode"])].append(cpu)
+    costs = {}
+    for key, values in fine.items():
+        if key[1] == SCRATCH or key[:4] in pre:
+            costs[key] = (statistics.fmean(values) + (statistics.fmean(pre[key[:4]]) if key[1] != SCRATCH else 0.0)) / 3600
+    return costs
+
+
+def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES, frame: pd.DataFrame | None = None) -> str:
     """Markdown table of every objective's paired difference to each of ``references`` (module docstring);
-    negative = lower error than the reference."""
+    negative = lower error than the reference. With ``frame`` (the cells' rows, CPU times included), an
+    unresolved difference's replicates to a resolved interval come with the CPU hours the ones still
+    missing would take, at the rows' measured cost per replicate (:func:`replicate_cpu_h`: one
+    pretraining and one fine-tuning of each pretrained side, one fine-tuning of scratch)."""
+    costs = replicate_cpu_h(frame) if frame is not None else {}
     lines = ["| backbone | task | n | mode | pretraining | vs | difference (unit) [95 % interval] | relative | "
              "seeds | resolved | seeds for a resolved 95 % interval |",
              "|---|---|---|---|---|---|---:|---:|---:|:---:|---:|"]
@@ -240,6 +268,11 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> 
                     if resolved == "no":
                         found = seeds_needed(mean, statistics.stdev(diffs))
                         needed = f"{found}" if found else "> 10000"
+                        mine = costs.get((b, objective, float(rate), str(kind), t, int(n), mode))
+                        theirs = costs.get((b, ref, 0.0 if ref == SCRATCH else float(rate),
+                                            "" if ref == SCRATCH else str(kind), t, int(n), mode))
+                        if found and mine is not None and theirs is not None:
+                            needed += f" (~{(found - len(common)) * (mine + theirs):.1f} CPU h more)"
                 label = _label(objective, rate, kind)
                 lines.append(f"| {b} | {t} | {n} | {mode} | {label} | {ref} | {_interval_text(mean, half)} {u} | "
                              f"{100 * mean / base:+.1f}% | {len(common)} | {resolved} | {needed} |")
@@ -860,7 +893,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                 parts += [f"## Test MAE, {mode.replace('_', ' ')}", "", table, ""]
     if "paired" in sections:
         references = matrix.references if matrix else REFERENCES
-        table = paired_table(ft, references)
+        table = paired_table(ft, references, frame)
         if table:
             names = {SCRATCH: "scratch", "denoising": "coordinate denoising"}
             named = [names.get(r, r) for r in references]
