@@ -491,6 +491,18 @@ def test_noise_table_says_how_many_seeds_would_resolve_a_change(tmp_path):
     assert needed is not None and needed > 3
     lines = noise_table(final_test_mae(pd.DataFrame(rows))).splitlines()
     assert len(lines) == 4 and all(line.endswith(f"| no ({needed}) |") for line in lines[2:])
+    # with the cells' CPU times: each missing replicate costs a corrupted and a clean pretraining + fine-tuning
+    timing = [{**r, "cell": f"{r['cell']}", "metric": "cpu_s", "step": None, "value": 600.0}
+              for r in rows if r["objective"] == "denoising"]
+    timing += [{"cell": f"pretrain/{kind}{seed}", "phase": "pretrain", "backbone": "painn", "objective": "denoising",
+                "corruption_rate": rate, "corruption": kind, "seed": seed, "metric": "cpu_s", "step": None,
+                "value": cpu}
+               for rate, kind, cpu in ((0.0, "", 1800.0), (0.3, "displacement", 3000.0)) for seed in (0, 1, 2)]
+    frame = pd.DataFrame(rows + timing)
+    line = next(line for line in noise_table(final_test_mae(frame), frame).splitlines() if "| denoising |" in line)
+    assert line.endswith(f"| no ({needed}, ~{(needed - 3) * (600 + 3000 + 600 + 1800) / 3600:.1f} CPU h more) |"), line
+    scd = next(line for line in noise_table(final_test_mae(frame), frame).splitlines() if "| scd |" in line)
+    assert scd.endswith(f"| no ({needed}) |")  # no times recorded: no hours
     paths = noise_change_plots(final_test_mae(pd.DataFrame(rows)), tmp_path, prefix="x_")
     assert [p.name for p in paths] == ["x_noise_change_painn_homo_n1000.png"] and paths[0].stat().st_size > 0
     clean_only = [r for r in rows if r["corruption_rate"] == 0]

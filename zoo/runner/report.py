@@ -377,7 +377,7 @@ def finetuning_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def noise_table(ft: pd.DataFrame) -> str:
+def noise_table(ft: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
     """Test MAE (mean ± std over seeds, fine-tuning mode) against the pretraining corruption, per artifact kind.
 
     One row per backbone x objective x target x budget x artifact kind pretrained clean and corrupted:
@@ -386,8 +386,11 @@ def noise_table(ft: pd.DataFrame) -> str:
     both runs), the scratch MAE (the reference a useful pretraining must stay below) and the
     paired change at the largest rate (corrupted minus clean, paired by seed) with its 95 % interval
     and whether the interval excludes zero; where it does not, ``no (k)`` gives the seeds ``k`` that
-    would resolve it if the measured mean and paired spread held (:func:`seeds_needed`).
+    would resolve it if the measured mean and paired spread held (:func:`seeds_needed`), and with
+    ``frame`` (the cells' rows) the CPU hours the missing ones would take: a corrupted and a clean
+    pretraining with their fine-tunings per replicate, at their measured cost (:func:`replicate_cpu_h`).
     """
+    costs = replicate_cpu_h(frame) if frame is not None else {}
     ft = _labelled(ft)
     sub = ft[ft["mode"] == "finetune"]
     rates = sorted(sub["corruption_rate"].unique())
@@ -421,6 +424,10 @@ def noise_table(ft: pd.DataFrame) -> str:
                         resolved = ("yes, worse" if mean > 0 else "yes, better") if abs(mean) > half else "no"
                         if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
                             resolved = f"no ({found})"
+                            pair = [costs.get((b, o, float(rate), str(k), t, int(n), "finetune"))
+                                    for rate, k in ((top, kind), (0.0, ""))]
+                            if None not in pair:
+                                resolved = f"no ({found}, ~{(found - len(diffs)) * sum(pair):.1f} CPU h more)"
             lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
                          + f" | {change} | {reference} | {paired} | {resolved} |")
     return "\n".join(lines) if len(lines) > 2 else ""
@@ -913,7 +920,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         table = finetuning_table(frame)
         if table:
             parts += ["## Fine-tuning runs: early stopping and the cap", "", table, ""]
-    noise = noise_table(ft) if "noise" in sections else ""
+    noise = noise_table(ft, frame) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
     sensitivity = ""
