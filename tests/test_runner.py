@@ -533,6 +533,21 @@ def test_noise_sensitivity_compares_each_objectives_change_with_denoisings(tmp_p
     report = write_report(tmp_path).read_text()
     assert "### Which objective is more sensitive to which artifact than denoising" in report
     assert lines[2] in report
+    # unresolved, with the cells' CPU times: the missing replicates cost a corrupted and a clean run of both
+    add("jepa", 0.0, "", [20.0, 21.0, 22.0])
+    add("jepa", 0.3, "displacement", [21.0, 24.0, 22.0])  # changes +1, +3, 0: minus denoising's 0, +2, -1.5
+    timing = [{**r, "metric": "cpu_s", "step": None, "value": 600.0} for r in rows
+              if r["objective"] in ("jepa", "denoising") and r["corruption"] in ("", "displacement")]
+    timing += [{"cell": f"pretrain/{o}/{kind}/{seed}", "phase": "pretrain", "backbone": "painn", "objective": o,
+                "corruption_rate": rate, "corruption": kind, "seed": seed, "metric": "cpu_s", "step": None,
+                "value": 1200.0} for o in ("jepa", "denoising") for rate, kind in ((0.0, ""), (0.3, "displacement"))
+               for seed in (0, 1, 2)]
+    frame = pd.DataFrame(rows + timing)
+    diffs = [0.0, 2.0, -1.5]
+    needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
+    jepa = next(line for line in noise_sensitivity_table(final_test_mae(frame), "denoising", frame).splitlines()
+                if "| jepa |" in line)
+    assert jepa.endswith(f"| 3 | no ({needed}, ~{(needed - 3) * 4 * (600 + 1200) / 3600:.1f} CPU h more) |"), jepa
 
 
 def test_budget_plot_draws_the_paired_change_against_scratch_per_label_budget(tmp_path):

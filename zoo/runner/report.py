@@ -433,7 +433,7 @@ def noise_table(ft: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising") -> str:
+def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising", frame: pd.DataFrame | None = None) -> str:
     """Markdown table: is an objective more sensitive to an artifact than ``reference``?
 
     For each backbone x target x label budget x artifact kind (at its largest rate) and each objective
@@ -442,8 +442,11 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising") -> s
     differences: positive = the artifact costs this objective more than it costs the reference), mean
     and 95 % interval (paired t over the seeds all four runs finished), ``resolved`` when the interval
     excludes zero, else ``no (k)`` with the seeds that would resolve it at the measured spread
-    (:func:`seeds_needed`). Empty when ``reference`` or no other objective was pretrained corrupted.
+    (:func:`seeds_needed`), and with ``frame`` the CPU hours the missing ones would take (per replicate a
+    corrupted and a clean pretraining with their fine-tunings of both objectives, at their measured cost:
+    :func:`replicate_cpu_h`). Empty when ``reference`` or no other objective was pretrained corrupted.
     """
+    costs = replicate_cpu_h(frame) if frame is not None else {}
     sub = _labelled(ft[ft["mode"] == "finetune"])
     sub = sub[sub["objective"] != SCRATCH]
     lines = ["| backbone | artifact | target | n | pretraining | its change | "
@@ -472,6 +475,10 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising") -> s
                     resolved = ("yes, more" if mean > 0 else "yes, less") if abs(mean) > half else "no"
                     if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
                         resolved = f"no ({found})"
+                        parts = [costs.get((b, o, float(rate), str(k), t, int(n), "finetune"))
+                                 for o in (objective, reference) for rate, k in ((top, kind), (0.0, ""))]
+                        if None not in parts:
+                            resolved = f"no ({found}, ~{(found - len(common)) * sum(parts):.1f} CPU h more)"
                 own = statistics.fmean(changes[objective][k] for k in common)
                 ref = statistics.fmean(base[k] for k in common)
                 lines.append(f"| {b} | {kind or 'corruption'} {top:g} | {t} ({u}) | {n} | {objective} | {own:+.2f} | "
@@ -926,7 +933,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     sensitivity = ""
     if noise:
         reference = next((r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH), None)
-        sensitivity = noise_sensitivity_table(ft, reference) if reference else ""
+        sensitivity = noise_sensitivity_table(ft, reference, frame) if reference else ""
     if sensitivity:
         parts += [f"### Which objective is more sensitive to which artifact than {reference}", "", sensitivity, "",
                   f"Per seed: (corrupted - clean) of the objective minus (corrupted - clean) of {reference}, all four "
