@@ -22,7 +22,7 @@ from atomzoo.runner.matrix import Comparison, expand, load_matrix, report_scope
 from atomzoo.runner.probe import closed_form_probe, probe_matrix
 from atomzoo.runner.report import (budget_plots, compare_table, final_test_mae, noise_change_plots,
                                    noise_sensitivity_table, noise_table, pretraining_table, seeds_needed,
-                                   summary_table, write_report)
+                                   replicate_cpu_h, summary_table, write_report)
 from atomzoo.runner.results import finished_cells, load, read_rows, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -499,9 +499,11 @@ def test_noise_table_says_how_many_seeds_would_resolve_a_change(tmp_path):
                 "value": cpu}
                for rate, kind, cpu in ((0.0, "", 1800.0), (0.3, "displacement", 3000.0)) for seed in (0, 1, 2)]
     frame = pd.DataFrame(rows + timing)
-    line = next(line for line in noise_table(final_test_mae(frame), frame).splitlines() if "| denoising |" in line)
+    line = next(line for line in noise_table(final_test_mae(frame), replicate_cpu_h(frame)).splitlines()
+                if "| denoising |" in line)
     assert line.endswith(f"| no ({needed}, ~{(needed - 3) * (600 + 3000 + 600 + 1800) / 3600:.1f} CPU h more) |"), line
-    scd = next(line for line in noise_table(final_test_mae(frame), frame).splitlines() if "| scd |" in line)
+    scd = next(line for line in noise_table(final_test_mae(frame), replicate_cpu_h(frame)).splitlines()
+               if "| scd |" in line)
     assert scd.endswith(f"| no ({needed}) |")  # no times recorded: no hours
     paths = noise_change_plots(final_test_mae(pd.DataFrame(rows)), tmp_path, prefix="x_")
     assert [p.name for p in paths] == ["x_noise_change_painn_homo_n1000.png"] and paths[0].stat().st_size > 0
@@ -545,7 +547,8 @@ def test_noise_sensitivity_compares_each_objectives_change_with_denoisings(tmp_p
     frame = pd.DataFrame(rows + timing)
     diffs = [0.0, 2.0, -1.5]
     needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
-    jepa = next(line for line in noise_sensitivity_table(final_test_mae(frame), "denoising", frame).splitlines()
+    table = noise_sensitivity_table(final_test_mae(frame), "denoising", replicate_cpu_h(frame))
+    jepa = next(line for line in table.splitlines()
                 if "| jepa |" in line)
     assert jepa.endswith(f"| 3 | no ({needed}, ~{(needed - 3) * 4 * (600 + 1200) / 3600:.1f} CPU h more) |"), jepa
 
@@ -973,7 +976,9 @@ def test_paired_table_interval_resolution_and_seeds_needed():
                 "objective": "denoising", "corruption_rate": 0.0, "seed": seed, "metric": "cpu_s", "step": None,
                 "value": cpu} for seed, cpu in ((0, 3600.0), (1, 5400.0), (2, None))]  # seed 2: no time recorded
     frame = pd.DataFrame(rows + [r for r in timing if r["value"] is not None])
-    line = next(line for line in paired_table(final_test_mae(frame), frame=frame).splitlines() if "| denoising |" in line)
+    costs = replicate_cpu_h(frame)
+    line = next(line for line in paired_table(final_test_mae(frame), costs=costs).splitlines()
+                if "| denoising |" in line)
     diffs = [-1.0, 0.5, -1.5]
     needed = seeds_needed(statistics.fmean(diffs), statistics.stdev(diffs))
     per_replicate = (720 + (3600 + 5400) / 2 + 360) / 3600  # fine-tuning + pretraining, and scratch's fine-tuning

@@ -226,20 +226,26 @@ def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
             pre[key].append(cpu)
         elif labels["phase"] == "finetune":
             fine[key + (labels["target"], int(labels["label_budget"]), labels["mode"])].append(cpu)
-    costs = {}
-    for key, values in fine.items():
-        if key[1] == SCRATCH or key[:4] in pre:
-            costs[key] = (statistics.fmean(values) + (statistics.fmean(pre[key[:4]]) if key[1] != SCRATCH else 0.0)) / 3600
-    return costs
+    return {key: (statistics.fmean(values) + (statistics.fmean(pre[key[:4]]) if key[1] != SCRATCH else 0.0)) / 3600
+            for key, values in fine.items() if key[1] == SCRATCH or key[:4] in pre}
 
 
-def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES, frame: pd.DataFrame | None = None) -> str:
+def _missing_cpu_h(costs: dict[tuple, float] | None, rows: list[tuple], needed: int | None, done: int) -> str:
+    """``", ~H CPU h more"``: the ``needed - done`` replicates still missing, each one run of every row of
+    ``rows`` (keys of :func:`replicate_cpu_h`) at its measured cost; ``""`` when a row's cost is unknown."""
+    parts = [(costs or {}).get(row) for row in rows]
+    if not needed or None in parts:
+        return ""
+    return f", ~{(needed - done) * sum(parts):.1f} CPU h more"
+
+
+def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
+                 costs: dict[tuple, float] | None = None) -> str:
     """Markdown table of every objective's paired difference to each of ``references`` (module docstring);
-    negative = lower error than the reference. With ``frame`` (the cells' rows, CPU times included), an
+    negative = lower error than the reference. With ``costs`` (:func:`replicate_cpu_h` of the cells), an
     unresolved difference's replicates to a resolved interval come with the CPU hours the ones still
-    missing would take, at the rows' measured cost per replicate (:func:`replicate_cpu_h`: one
-    pretraining and one fine-tuning of each pretrained side, one fine-tuning of scratch)."""
-    costs = replicate_cpu_h(frame) if frame is not None else {}
+    missing would take (one pretraining and one fine-tuning of each pretrained side, one fine-tuning of
+    scratch)."""
     lines = ["| backbone | task | n | mode | pretraining | vs | difference (unit) [95 % interval] | relative | "
              "seeds | resolved | seeds for a resolved 95 % interval |",
              "|---|---|---|---|---|---|---:|---:|---:|:---:|---:|"]
@@ -268,11 +274,11 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES, fra
                     if resolved == "no":
                         found = seeds_needed(mean, statistics.stdev(diffs))
                         needed = f"{found}" if found else "> 10000"
-                        mine = costs.get((b, objective, float(rate), str(kind), t, int(n), mode))
-                        theirs = costs.get((b, ref, 0.0 if ref == SCRATCH else float(rate),
-                                            "" if ref == SCRATCH else str(kind), t, int(n), mode))
-                        if found and mine is not None and theirs is not None:
-                            needed += f" (~{(found - len(common)) * (mine + theirs):.1f} CPU h more)"
+                        more = _missing_cpu_h(costs, [(b, objective, float(rate), str(kind), t, int(n), mode),
+                                                      (b, ref, 0.0 if ref == SCRATCH else float(rate),
+                                                       "" if ref == SCRATCH else str(kind), t, int(n), mode)],
+                                              found, len(common))
+                        needed += f" ({more.removeprefix(', ')})" if more else ""
                 label = _label(objective, rate, kind)
                 lines.append(f"| {b} | {t} | {n} | {mode} | {label} | {ref} | {_interval_text(mean, half)} {u} | "
                              f"{100 * mean / base:+.1f}% | {len(common)} | {resolved} | {needed} |")
@@ -377,7 +383,7 @@ def finetuning_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def noise_table(ft: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
+def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> str:
     """Test MAE (mean ± std over seeds, fine-tuning mode) against the pretraining corruption, per artifact kind.
 
     One row per backbone x objective x target x budget x artifact kind pretrained clean and corrupted:
@@ -387,10 +393,9 @@ def noise_table(ft: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
     paired change at the largest rate (corrupted minus clean, paired by seed) with its 95 % interval
     and whether the interval excludes zero; where it does not, ``no (k)`` gives the seeds ``k`` that
     would resolve it if the measured mean and paired spread held (:func:`seeds_needed`), and with
-    ``frame`` (the cells' rows) the CPU hours the missing ones would take: a corrupted and a clean
-    pretraining with their fine-tunings per replicate, at their measured cost (:func:`replicate_cpu_h`).
+    ``costs`` (:func:`replicate_cpu_h`) the CPU hours the missing ones would take: a corrupted and a
+    clean pretraining with their fine-tunings per replicate.
     """
-    costs = replicate_cpu_h(frame) if frame is not None else {}
     ft = _labelled(ft)
     sub = ft[ft["mode"] == "finetune"]
     rates = sorted(sub["corruption_rate"].unique())
@@ -423,17 +428,16 @@ def noise_table(ft: pd.DataFrame, frame: pd.DataFrame | None = None) -> str:
                     if half is not None:
                         resolved = ("yes, worse" if mean > 0 else "yes, better") if abs(mean) > half else "no"
                         if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
-                            resolved = f"no ({found})"
-                            pair = [costs.get((b, o, float(rate), str(k), t, int(n), "finetune"))
-                                    for rate, k in ((top, kind), (0.0, ""))]
-                            if None not in pair:
-                                resolved = f"no ({found}, ~{(found - len(diffs)) * sum(pair):.1f} CPU h more)"
+                            more = _missing_cpu_h(costs, [(b, o, float(rate), str(k), t, int(n), "finetune")
+                                                          for rate, k in ((top, kind), (0.0, ""))], found, len(diffs))
+                            resolved = f"no ({found}{more})"
             lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
                          + f" | {change} | {reference} | {paired} | {resolved} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising", frame: pd.DataFrame | None = None) -> str:
+def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising",
+                            costs: dict[tuple, float] | None = None) -> str:
     """Markdown table: is an objective more sensitive to an artifact than ``reference``?
 
     For each backbone x target x label budget x artifact kind (at its largest rate) and each objective
@@ -442,11 +446,10 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising", fram
     differences: positive = the artifact costs this objective more than it costs the reference), mean
     and 95 % interval (paired t over the seeds all four runs finished), ``resolved`` when the interval
     excludes zero, else ``no (k)`` with the seeds that would resolve it at the measured spread
-    (:func:`seeds_needed`), and with ``frame`` the CPU hours the missing ones would take (per replicate a
-    corrupted and a clean pretraining with their fine-tunings of both objectives, at their measured cost:
-    :func:`replicate_cpu_h`). Empty when ``reference`` or no other objective was pretrained corrupted.
+    (:func:`seeds_needed`), and with ``costs`` (:func:`replicate_cpu_h`) the CPU hours the missing ones
+    would take (per replicate a corrupted and a clean pretraining with their fine-tunings of both
+    objectives). Empty when ``reference`` or no other objective was pretrained corrupted.
     """
-    costs = replicate_cpu_h(frame) if frame is not None else {}
     sub = _labelled(ft[ft["mode"] == "finetune"])
     sub = sub[sub["objective"] != SCRATCH]
     lines = ["| backbone | artifact | target | n | pretraining | its change | "
@@ -474,11 +477,10 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising", fram
                 if half is not None:
                     resolved = ("yes, more" if mean > 0 else "yes, less") if abs(mean) > half else "no"
                     if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
-                        resolved = f"no ({found})"
-                        parts = [costs.get((b, o, float(rate), str(k), t, int(n), "finetune"))
-                                 for o in (objective, reference) for rate, k in ((top, kind), (0.0, ""))]
-                        if None not in parts:
-                            resolved = f"no ({found}, ~{(found - len(common)) * sum(parts):.1f} CPU h more)"
+                        more = _missing_cpu_h(costs, [(b, o, float(rate), str(k), t, int(n), "finetune")
+                                                      for o in (objective, reference)
+                                                      for rate, k in ((top, kind), (0.0, ""))], found, len(common))
+                        resolved = f"no ({found}{more})"
                 own = statistics.fmean(changes[objective][k] for k in common)
                 ref = statistics.fmean(base[k] for k in common)
                 lines.append(f"| {b} | {kind or 'corruption'} {top:g} | {t} ({u}) | {n} | {objective} | {own:+.2f} | "
@@ -892,6 +894,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     if scope is not None:
         frame = frame[frame["cell"].isin(scope)]
     ft = final_test_mae(frame, metrics)
+    costs = replicate_cpu_h(frame)  # the measured CPU hours of one more replicate of each row
     if title is None:
         title = matrix.name if matrix else output.name
         title += f" ({report_name})" if report_name != DEFAULT_REPORT_NAME else ""
@@ -907,7 +910,7 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                 parts += [f"## Test MAE, {mode.replace('_', ' ')}", "", table, ""]
     if "paired" in sections:
         references = matrix.references if matrix else REFERENCES
-        table = paired_table(ft, references, frame)
+        table = paired_table(ft, references, costs)
         if table:
             names = {SCRATCH: "scratch", "denoising": "coordinate denoising"}
             named = [names.get(r, r) for r in references]
@@ -927,13 +930,13 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
         table = finetuning_table(frame)
         if table:
             parts += ["## Fine-tuning runs: early stopping and the cap", "", table, ""]
-    noise = noise_table(ft, frame) if "noise" in sections else ""
+    noise = noise_table(ft, costs) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
     sensitivity = ""
     if noise:
         reference = next((r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH), None)
-        sensitivity = noise_sensitivity_table(ft, reference, frame) if reference else ""
+        sensitivity = noise_sensitivity_table(ft, reference, costs) if reference else ""
     if sensitivity:
         parts += [f"### Which objective is more sensitive to which artifact than {reference}", "", sensitivity, "",
                   f"Per seed: (corrupted - clean) of the objective minus (corrupted - clean) of {reference}, all four "
