@@ -1221,6 +1221,14 @@ def test_paired_references_come_from_the_matrix(tmp_path):
              for line in text.splitlines() if line.startswith("| schnet")}
     assert set(pairs) == {("denoising", "none"), ("denoising", "jepa"), ("jepa", "none")}
     assert pairs["denoising", "jepa"].startswith("-1.75 [")  # (9 - 11 + 10 - 11.5) / 2
+    # two references are paired once: the later in the list minus the earlier, never both directions
+    data["references"] = ["none", "denoising", "jepa"]
+    path.write_text(yaml.safe_dump(data))
+    text = write_report(load_matrix(path)).read_text()
+    pairs = {(line.split("|")[5].strip(), line.split("|")[6].strip()): line.split("|")[7].strip()
+             for line in text.splitlines() if line.startswith("| schnet")}
+    assert set(pairs) == {("denoising", "none"), ("jepa", "none"), ("jepa", "denoising")}
+    assert pairs["jepa", "denoising"].startswith("+1.75 [")
     data["references"] = ["none", "scd"]
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ValueError, match="references must be a list of the matrix's objectives"):

@@ -18,7 +18,8 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   difference over the seeds both rows have, relative to scratch's mean over those seeds (negative =
   lower error = better).
 - ``paired``: for each pretraining objective, its test-MAE difference to each of the matrix's
-  ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`), paired by
+  ``references`` (default: scratch and coordinate denoising, :data:`REFERENCES`; two references are
+  paired once, the later in the list minus the earlier), paired by
   fine-tuning seed (the same seed, hence the same
   initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
@@ -239,10 +240,17 @@ def _missing_cpu_h(costs: dict[tuple, float] | None, rows: list[tuple], needed: 
     return f", ~{(needed - done) * sum(parts):.1f} CPU h more"
 
 
+def _listed_the_other_way(objective: str, ref: str, references: tuple[str, ...]) -> bool:
+    """True when ``objective`` is itself a reference listed before ``ref``: the pair of two references
+    appears once, as the later one minus the earlier one (``ref`` - ``objective``), not in both directions."""
+    return objective in references and references.index(objective) < references.index(ref)
+
+
 def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
                  costs: dict[tuple, float] | None = None) -> str:
     """Markdown table of every objective's paired difference to each of ``references`` (module docstring);
-    negative = lower error than the reference. With ``costs`` (:func:`replicate_cpu_h` of the cells), an
+    negative = lower error than the reference. Two references are paired once, the later one in
+    ``references`` minus the earlier one. With ``costs`` (:func:`replicate_cpu_h` of the cells), an
     unresolved difference's replicates to a resolved interval come with the CPU hours the ones still
     missing would take (one pretraining and one fine-tuning of each pretrained side, one fine-tuning of
     scratch)."""
@@ -260,7 +268,7 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
             if objective == SCRATCH:
                 continue
             for ref in references:
-                if ref == objective or ref not in sides:
+                if ref == objective or ref not in sides or _listed_the_other_way(objective, ref, references):
                     continue
                 common = sorted(set(sides[objective]) & set(sides[ref]))
                 if not common:
