@@ -622,6 +622,7 @@ def budget_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xticks(budgets, [str(n) for n in budgets])
+        ax.set_xticks([], minor=True)  # the log axis's minor ticks would label e.g. 60 and 200 between the budgets
         ax.set_xlabel("labelled training examples")
         ax.set_ylabel("vs scratch, same seed (%)")
         ax.set_title(f"{backbone}: {target} ({unit}), {mode.replace('_', ' ')}\n"
