@@ -11,7 +11,8 @@ regenerated from that CSV.
 - :mod:`~atomzoo.runner.matrix`: the matrix file format and its expansion into cells;
 - :mod:`~atomzoo.runner.execute`: the cells' commands and processes (the one place a command is built);
 - :mod:`~atomzoo.runner.results`: ``results.csv`` (the one place results are stored, atomically);
-- :mod:`~atomzoo.runner.report`: ``results.md`` and plots (the one place results are reported);
+- :mod:`~atomzoo.runner.report`: ``results.md`` (the one place results are reported), with the plots of
+  :mod:`~atomzoo.runner.plots` and the paired statistics of :mod:`~atomzoo.runner.paired`;
 - :mod:`~atomzoo.runner.probe`: the closed-form linear probe of a pretraining run (``zoo-bench probe``).
 """
 

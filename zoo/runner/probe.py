@@ -349,7 +349,7 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
     names = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
              "emb_sigreg": "SIGReg"}
     target = frame["target"].iloc[0]
-    lines = [f"| backbone | pretraining | seeds | " + " | ".join(f"{f}: {names[m]}" for f, m in columns) + " |",
+    lines = ["| backbone | pretraining | seeds | " + " | ".join(f"{f}: {names[m]}" for f, m in columns) + " |",
              "|---|---|---:|" + "---:|" * len(columns)]
     order = sorted(set(zip(frame["backbone"], frame["objective"])), key=lambda r: (r[0], r[1] == "random init", r[1]))
     for backbone, objective in order:

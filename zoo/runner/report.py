@@ -24,7 +24,7 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   initialisation of the head and order of the same labelled molecules; with ``pretrain_seeds: same``
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
-  interval excluding 0 needs (:func:`seeds_needed`), with the CPU hours the missing replicates would
+  interval excluding 0 needs (:func:`~atomzoo.runner.paired.seeds_needed`), with the CPU hours the missing replicates would
   take at the rows' measured cost (:func:`replicate_cpu_h`).
 - ``compute``: per pretraining objective, its optimiser steps, measured CPU time (hours, per run and
   per step, over the runs whose whole CPU time is known: :func:`run_cpu_s`) and the fine-tuned test
@@ -43,12 +43,15 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   collapse diagnostics (embedding std, effective rank, SIGReg statistic) at a few steps.
 - ``cost``: summed wall time per phase.
 - ``plots``: ``mae_<backbone>_<mode>.png`` (each objective's test MAE per seed and its mean with a 95 %
-  interval, :func:`mae_plots`),
+  interval, :func:`~atomzoo.runner.plots.mae_plots`),
   ``curves_<backbone>_<target>_n<budget>.png`` (validation MAE during fine-tuning, per objective),
   ``noise_<backbone>_<target>_n<budget>.png`` (test MAE against the pretraining corruption rate),
   ``budget_<backbone>_<target>_<mode>.png`` (each objective's paired change against scratch, %, against
   the label budget), ``noise_change_<backbone>_<target>_n<budget>.png`` (the paired changes per artifact
-  and objective). A plot the previous version of the report showed and this one does not draw is deleted.
+  and objective), drawn by :mod:`atomzoo.runner.plots`. A plot the previous version of the report showed
+  and this one does not draw is deleted.
+
+Intervals, resolution and the replicates a resolved interval needs: :mod:`atomzoo.runner.paired`.
 """
 
 from __future__ import annotations
@@ -64,45 +67,14 @@ import pandas as pd
 
 from .matrix import (DEFAULT_REFERENCES, DEFAULT_REPORT_NAME, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix,
                      report_scope)
-from .results import load
+from .paired import by_seed, paired_changes, paired_interval, seeds_needed
+from .plots import budget_plots, curve_plots, mae_plots, noise_change_plots, noise_plots
+from .results import labelled, load
 
 #: training diagnostics the ``curves`` section shows (objectives/base.py logs them; JEPA adds target_std)
 DIAGNOSTICS = ("train/emb_std", "train/emb_erank", "train/emb_sigreg", "train/target_std")
 #: the objectives every other is compared with in the ``paired`` section of a matrix that names none
 REFERENCES = DEFAULT_REFERENCES
-
-
-def t_quantile(df: int) -> float:
-    """Two-sided 95 % quantile of Student's t with ``df`` >= 1 degrees of freedom, ``t(0.975, df)``
-    (scipy.stats.t; 4.303 for 2, 2.776 for 4)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, df))
-
-
-def paired_interval(diffs: list[float]) -> tuple[float, float | None]:
-    """Mean and 95 % half-width (paired t: ``t(0.975, n-1) * sd / sqrt(n)``) of paired differences;
-    the half-width is ``None`` for n = 1."""
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return mean, None
-    return mean, t_quantile(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-
-
-def seeds_needed(mean: float, sd: float, limit: int = 10000) -> int | None:
-    """Smallest n >= 2 with ``t(0.975, n-1) * sd / sqrt(n) < |mean|``: the seeds a paired 95 % interval
-    excluding 0 needs if the measured mean difference and paired std held; ``None`` beyond ``limit``
-    (or for a zero mean)."""
-    if mean == 0 or not math.isfinite(sd):
-        return None
-    if sd == 0:
-        return 2
-    for n in range(2, limit + 1):
-        if t_quantile(n - 1) * sd / math.sqrt(n) < abs(mean):
-            return n
-    return None
 
 
 def _interval_text(mean: float, half: float | None, digits: int = 2, sign: str = "+") -> str:
@@ -127,21 +99,13 @@ def final_test_mae(frame: pd.DataFrame, metrics: dict[str, str | None] | None = 
     ``metrics`` maps a task to its metric (a matrix's ``tasks.<name>.metric``); tasks not in it report
     ``test/<task>_mae_<unit>``."""
     metrics = metrics or {}
-    frame = _labelled(frame)
+    frame = labelled(frame)
     ft = frame[(frame["phase"] == "finetune") & frame["metric"].str.startswith("test/")]
     own = pd.Series([_own_metric(m, t, metrics) for m, t in zip(ft["metric"], ft["target"])], index=ft.index, dtype=bool)
     ft = ft[own]
     if ft.empty:  # nothing fine-tuned yet (e.g. only pretraining cells have finished)
         return ft.assign(unit=pd.Series(dtype=str))
     return ft.assign(unit=ft["metric"].map(_unit))
-
-
-def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with the label columns added after the first results files (``corruption``) present,
-    empty where missing (see :data:`atomzoo.runner.results.LATER_COLUMNS`)."""
-    if "corruption" in frame and not frame["corruption"].isna().any():
-        return frame
-    return frame.assign(corruption=frame["corruption"].fillna("") if "corruption" in frame else "")
 
 
 def _condition(rate: float, kind: str = "") -> str:
@@ -192,8 +156,8 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
             if objective != SCRATCH:  # paired: over the seeds both rows have (other seeds' luck left out)
                 here = sub[(sub["backbone"] == backbone) & (sub["target"] == target) & (sub["label_budget"] == budget)
                            & (sub["unit"] == unit)]
-                mine = _by_seed(here[here["objective"] == objective])
-                base = _by_seed(here[here["objective"] == SCRATCH])
+                mine = by_seed(here[here["objective"] == objective])
+                base = by_seed(here[here["objective"] == SCRATCH])
                 common = sorted(set(mine) & set(base))
                 if common:
                     change = (statistics.fmean(mine[k] - base[k] for k in common)
@@ -204,11 +168,6 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
             cells.append(text)
         lines.append(f"| {backbone} | {objective} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _by_seed(sub: pd.DataFrame) -> dict[int, float]:
-    """Test MAE per fine-tuning seed (averaged over pretraining seeds where several share one)."""
-    return {int(k): float(v) for k, v in sub.groupby("seed")["value"].mean().items()}
 
 
 def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
@@ -261,9 +220,9 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
     for (b, t, n, u, mode, rate, kind), group in ft.groupby(keys):
         scratch = ft[(ft["backbone"] == b) & (ft["target"] == t) & (ft["label_budget"] == n) & (ft["mode"] == mode)
                      & (ft["objective"] == SCRATCH)]
-        sides = {o: _by_seed(g) for o, g in group.groupby("objective")}
+        sides = {o: by_seed(g) for o, g in group.groupby("objective")}
         if SCRATCH not in sides and not scratch.empty:
-            sides[SCRATCH] = _by_seed(scratch)  # scratch has no corruption rate: it is every rate's reference
+            sides[SCRATCH] = by_seed(scratch)  # scratch has no corruption rate: it is every rate's reference
         for objective in sorted(sides, key=lambda o: (o != SCRATCH, o)):
             if objective == SCRATCH:
                 continue
@@ -404,7 +363,7 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
     ``costs`` (:func:`replicate_cpu_h`) the CPU hours the missing ones would take: a corrupted and a
     clean pretraining with their fine-tunings per replicate.
     """
-    ft = _labelled(ft)
+    ft = labelled(ft)
     sub = ft[ft["mode"] == "finetune"]
     rates = sorted(sub["corruption_rate"].unique())
     if len(rates) < 2:
@@ -426,10 +385,10 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
             top = max(by_rate)
             change, paired, resolved = "–", "–", "–"
             if len(clean) and top > 0:
-                diffs = _paired_changes(clean, by_rate[top])
+                diffs = paired_changes(clean, by_rate[top])
                 if diffs:  # relative to the clean runs of the same seeds (a mean over other seeds would mix them in)
-                    base = _by_seed(clean)
-                    paired_clean = statistics.fmean(base[k] for k in set(_by_seed(by_rate[top])) & set(base))
+                    base = by_seed(clean)
+                    paired_clean = statistics.fmean(base[k] for k in set(by_seed(by_rate[top])) & set(base))
                     change = f"{100 * statistics.fmean(diffs) / paired_clean:+.1f}%"
                     mean, half = paired_interval(diffs)
                     paired = f"{_interval_text(mean, half)} {u}"
@@ -458,7 +417,7 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising",
     would take (per replicate a corrupted and a clean pretraining with their fine-tunings of both
     objectives). Empty when ``reference`` or no other objective was pretrained corrupted.
     """
-    sub = _labelled(ft[ft["mode"] == "finetune"])
+    sub = labelled(ft[ft["mode"] == "finetune"])
     sub = sub[sub["objective"] != SCRATCH]
     lines = ["| backbone | artifact | target | n | pretraining | its change | "
              f"{reference}'s change | difference [95 %] | seeds | resolved |",
@@ -469,8 +428,8 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising",
             top = runs["corruption_rate"].max()
             changes: dict[str, dict[int, float]] = {}
             for objective, mine in runs[runs["corruption_rate"] == top].groupby("objective"):
-                clean = _by_seed(group[(group["objective"] == objective) & (group["corruption_rate"] == 0)])
-                ours = _by_seed(mine)
+                clean = by_seed(group[(group["objective"] == objective) & (group["corruption_rate"] == 0)])
+                ours = by_seed(mine)
                 changes[objective] = {k: ours[k] - clean[k] for k in set(ours) & set(clean)}
             if reference not in changes:
                 continue
@@ -496,223 +455,6 @@ def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising",
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _paired_changes(clean: pd.DataFrame, corrupted: pd.DataFrame) -> list[float]:
-    """Corrupted minus clean test MAE per fine-tuning seed present in both (ascending seed order)."""
-    ours, base = _by_seed(corrupted), _by_seed(clean)
-    return [ours[k] - base[k] for k in sorted(set(ours) & set(base))]
-
-
-def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (imported lazily: only plots need it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path, rect=None) -> Path:
-    """Lay out, write (PNG, 120 dpi) and close ``fig``; return ``path``."""
-    fig.tight_layout(**({"rect": rect} if rect else {}))
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
-
-
-def objective_colors(frame: pd.DataFrame) -> dict[str, str]:
-    """One matplotlib colour per objective (scratch first, then alphabetical), the same in every plot."""
-    objectives = sorted(set(frame["objective"]), key=lambda o: (o != SCRATCH, o))
-    return {o: f"C{k % 10}" for k, o in enumerate(objectives)}
-
-
-def mae_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    """``mae_<backbone>_<mode>.png``: per task x label budget (one panel each, clean pretraining), every
-    objective's test MAE per seed (dots) and its mean with the 95 % interval of the mean (t, over seeds;
-    none for one seed), the objectives along x, scratch's mean as a dashed line. The y axis spans the
-    data, not zero: the differences between rows, a few percent, are what the plot must show."""
-    plt = _pyplot()
-    colors = objective_colors(ft)
-    paths = []
-    for (backbone, mode), sub in ft[ft["corruption_rate"] == 0].groupby(["backbone", "mode"]):
-        groups = sorted(set(zip(sub["target"], sub["label_budget"], sub["unit"])))
-        widest = max(sub.groupby(["target", "label_budget"])["objective"].nunique())
-        fig, axes = plt.subplots(1, len(groups), figsize=(max(4.0, 0.62 * widest + 1.6) * len(groups), 4.0),
-                                 squeeze=False)
-        for ax, (target, budget, unit) in zip(axes[0], groups):
-            cell = sub[(sub["target"] == target) & (sub["label_budget"] == budget)]
-            objectives = sorted(set(cell["objective"]), key=lambda o: (o != SCRATCH, o))
-            for k, objective in enumerate(objectives):
-                values = cell[cell["objective"] == objective]["value"].astype(float).tolist()
-                if not values:
-                    continue
-                offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-                ax.scatter([k + o for o in offsets], values, s=14, color=colors[objective], alpha=0.55, zorder=2)
-                mean = statistics.fmean(values)
-                half = (t_quantile(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-                        if len(values) > 1 else None)
-                ax.errorbar(k + 0.3, mean, yerr=half, fmt="o", color=colors[objective], capsize=3, zorder=3)
-                if objective == SCRATCH:
-                    ax.axhline(mean, color=colors[objective], linestyle="--", linewidth=0.8, zorder=1)
-            ax.set_xticks(range(len(objectives)), objectives, rotation=30, ha="right")
-            ax.set_title(f"{target}, n={budget}")
-            ax.set_ylabel(f"test MAE ({unit})")
-        fig.suptitle(f"{backbone}, {mode.replace('_', ' ')}: seeds (dots), mean with its 95 % interval", fontsize=10)
-        paths.append(_save(fig, out / f"{prefix}mae_{backbone}_{mode}.png"))
-    return paths
-
-
-def curve_plots(frame: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    plt = _pyplot()
-    curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
-                   & frame["metric"].str.startswith("curve:val/")]
-    curves = curves[curves.apply(lambda r: r["metric"].startswith(f"curve:val/{r['target']}_mae_"), axis=1)]
-    colors = objective_colors(frame[frame["phase"] == "finetune"])
-    paths = []
-    for (backbone, target, budget), sub in curves.groupby(["backbone", "target", "label_budget"]):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for objective, group in sorted(sub.groupby("objective"), key=lambda g: (g[0] != SCRATCH, g[0])):
-            mean = group.groupby("step")["value"].mean()
-            ax.plot(mean.index, mean.values, label=objective, color=colors[objective])
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(sub["metric"].iloc[0].replace("curve:", ""))
-        ax.set_yscale("log")
-        ax.set_title(f"{backbone}: fine-tuning on {target}, n={budget}")
-        ax.legend(frameon=False)
-        paths.append(_save(fig, out / f"{prefix}curves_{backbone}_{target}_n{budget}.png"))
-    return paths
-
-
-def budget_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    """``budget_<backbone>_<target>_<mode>.png``: each objective's paired change against training from scratch
-    (per seed ``100 * (objective - scratch) / scratch``, %), mean and 95 % interval (paired t), against the
-    label budget (log axis), for every backbone x target x mode fine-tuned at two or more budgets from
-    clean pretraining. Below zero, pretraining lowered the error; where pretraining matters most shows
-    as the budget with the lowest points."""
-    plt = _pyplot()
-    sub = _labelled(ft)
-    sub = sub[sub["corruption_rate"] == 0]
-    colors = objective_colors(ft)
-    paths = []
-    for (backbone, target, mode, unit), group in sub.groupby(["backbone", "target", "mode", "unit"]):
-        budgets = sorted(int(n) for n in group["label_budget"].unique())
-        if len(budgets) < 2 or SCRATCH not in set(group["objective"]):
-            continue
-        objectives = sorted(set(group["objective"]) - {SCRATCH})
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        drawn = False
-        for j, objective in enumerate(objectives):
-            xs, means, halves = [], [], []
-            for n in budgets:
-                at = group[group["label_budget"] == n]
-                ours, scratch = _by_seed(at[at["objective"] == objective]), _by_seed(at[at["objective"] == SCRATCH])
-                common = sorted(set(ours) & set(scratch))
-                if not common:
-                    continue
-                mean, half = paired_interval([100.0 * (ours[k] - scratch[k]) / scratch[k] for k in common])
-                xs.append(n * 1.06 ** (j - (len(objectives) - 1) / 2))  # side by side on the log axis
-                means.append(mean)
-                halves.append(0.0 if half is None else half)
-            if xs:
-                drawn = True
-                ax.errorbar(xs, means, yerr=halves, marker="o", capsize=3, label=objective, color=colors[objective])
-        if not drawn:
-            plt.close(fig)
-            continue
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xticks(budgets, [str(n) for n in budgets])
-        ax.set_xticks([], minor=True)  # the log axis's minor ticks would label e.g. 60 and 200 between the budgets
-        ax.set_xlabel("labelled training examples")
-        ax.set_ylabel("vs scratch, same seed (%)")
-        ax.set_title(f"{backbone}: {target} ({unit}), {mode.replace('_', ' ')}\n"
-                     "paired change against scratch, mean with its 95 % interval", fontsize=9)
-        ax.legend(frameon=False, fontsize=8)
-        paths.append(_save(fig, out / f"{prefix}budget_{backbone}_{target}_{mode}.png"))
-    return paths
-
-
-def noise_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    """``noise_<backbone>_<target>_n<budget>.png``: test MAE against the pretraining corruption rate."""
-    plt = _pyplot()
-    sub = ft[ft["mode"] == "finetune"]
-    sub = _labelled(sub)
-    stats = sub.groupby(["backbone", "target", "label_budget", "unit", "objective", "corruption", "corruption_rate"])[
-        "value"].agg(["mean", "std"]).fillna(0.0).reset_index()
-    colors = objective_colors(ft)
-    styles = {kind: style for kind, style in zip(sorted(set(stats["corruption"]) - {""}), ("-", "--", ":", "-.", (0, (5, 1))))}
-    paths = []
-    for (backbone, target, budget, unit), group in stats.groupby(["backbone", "target", "label_budget", "unit"]):
-        swept = [o for o, g in group.groupby("objective") if o != SCRATCH and len(g) >= 2]
-        if not swept:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for objective in sorted(swept):
-            g = group[group["objective"] == objective]
-            clean = g[g["corruption_rate"] == 0]
-            for kind in sorted(set(g["corruption"]) - {""}) or [""]:
-                line = pd.concat([clean, g[(g["corruption"] == kind) & (g["corruption_rate"] > 0)]]).sort_values(
-                    "corruption_rate")
-                ax.errorbar(line["corruption_rate"], line["mean"], yerr=line["std"], marker="o", capsize=3,
-                            label=objective + (f", {kind}" if kind else ""), color=colors[objective],
-                            linestyle=styles.get(kind, "-"))
-        scratch = group[group["objective"] == SCRATCH]
-        if not scratch.empty:
-            ax.axhline(scratch["mean"].iloc[0], color=colors[SCRATCH], linestyle="--", label="none (scratch)")
-        ax.set_xlabel("fraction of pretraining structures corrupted")
-        ax.set_ylabel(f"test MAE ({unit})")
-        ax.set_title(f"{backbone}: {target}, n={budget} (mean ± std over seeds)")
-        ax.legend(frameon=False)
-        paths.append(_save(fig, out / f"{prefix}noise_{backbone}_{target}_n{budget}.png"))
-    return paths
-
-
-def noise_change_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    """``noise_change_<backbone>_<target>_n<budget>.png``: the paired change of the test MAE at the largest
-    corruption rate (corrupted minus clean pretraining, same seed), per artifact kind (x) and objective
-    (colour): each seed's change as a small dot, the mean as a marker with its 95 % interval (paired t;
-    none for one seed). Above zero, the artifact made the fine-tuned model worse. One plot per backbone x
-    target x label budget whose objectives were pretrained corrupted; none otherwise."""
-    plt = _pyplot()
-    sub = _labelled(ft[ft["mode"] == "finetune"])
-    colors = objective_colors(ft)
-    paths = []
-    for (backbone, target, budget, unit), group in sub.groupby(["backbone", "target", "label_budget", "unit"]):
-        corrupted = group[(group["corruption_rate"] > 0) & (group["objective"] != SCRATCH)]
-        if corrupted.empty:
-            continue
-        kinds = sorted(set(corrupted["corruption"]))
-        objectives = sorted(set(corrupted["objective"]))
-        width = 0.8 / len(objectives)
-        fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(kinds), 3.6))
-        for j, objective in enumerate(objectives):
-            mine = group[group["objective"] == objective]
-            clean = mine[mine["corruption_rate"] == 0]
-            for i, kind in enumerate(kinds):
-                runs = mine[mine["corruption"] == kind]
-                if runs.empty or clean.empty:
-                    continue
-                diffs = _paired_changes(clean, runs[runs["corruption_rate"] == runs["corruption_rate"].max()])
-                if not diffs:
-                    continue
-                x = i - 0.4 + width * (j + 0.5)
-                mean, half = paired_interval(diffs)
-                ax.scatter([x] * len(diffs), diffs, s=9, color=colors[objective], alpha=0.5)
-                ax.errorbar([x], [mean], yerr=None if half is None else [[half], [half]], marker="o", capsize=3,
-                            color=colors[objective], label=objective)
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xticks(range(len(kinds)), [k or "corruption" for k in kinds], rotation=15)
-        ax.set_ylabel(f"corrupted - clean, test MAE ({unit})")
-        rate = corrupted["corruption_rate"].max()
-        ax.set_title(f"{backbone}: {target}, n={budget}, {rate:g} of pretraining corrupted\n"
-                     "dots: seeds; marker: mean with its paired 95 % interval", fontsize=9)
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=8)
-        paths.append(_save(fig, out / f"{prefix}noise_change_{backbone}_{target}_n{budget}.png"))
-    return paths
-
-
 #: the collapse diagnostics the noise section compares (:mod:`atomzoo.objectives.diagnostics`), with their names
 EMBEDDING_CURVES = (("emb_std", "std"), ("emb_erank", "eff. rank"), ("emb_sigreg", "SIGReg"))
 #: logged training points averaged into a run's final diagnostic (one training batch each is noisy)
@@ -732,7 +474,7 @@ def noise_embedding_table(frame: pd.DataFrame, split: str = "train") -> str:
     of these diagnostics or no corrupted pretraining finished."""
     curves = {f"curve:{split}/{name}": name for name, _ in EMBEDDING_CURVES}
     tail = EMBEDDING_TAIL if split == "train" else 1
-    pre = _labelled(frame)
+    pre = labelled(frame)
     pre = pre[(pre["phase"] == "pretrain") & pre["metric"].isin(list(curves))]
     if pre.empty or not (pre["corruption_rate"] > 0).any():
         return ""
@@ -757,7 +499,7 @@ def noise_embedding_table(frame: pd.DataFrame, split: str = "train") -> str:
 
 def pretraining_table(frame: pd.DataFrame) -> str:
     """One row per pretraining cell: steps reached, last validation loss (objective-specific scale), wall time."""
-    pre = _labelled(frame)[frame["phase"] == "pretrain"]
+    pre = labelled(frame)[frame["phase"] == "pretrain"]
     if pre.empty:
         return ""
     lines = ["| backbone | pretraining | corruption rate | steps | last val/loss | wall time (min) |", "|---|---|---|---|---|---|"]
@@ -778,7 +520,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def _per_cell(frame: pd.DataFrame) -> dict[str, tuple[pd.Series, dict[str, float]]]:
     """Cell id -> (its labels, its step-less metrics: test metrics, wall_s, max_steps, batch_size)."""
-    frame = _labelled(frame)
+    frame = labelled(frame)
     cells: dict[str, tuple[pd.Series, dict[str, float]]] = {}
     final = frame[frame["step"].isna()]
     for _, row in final.iterrows():

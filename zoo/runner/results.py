@@ -109,3 +109,11 @@ def load(csv_path: Path) -> pd.DataFrame:
         if column not in frame:
             frame[column] = ""
     return frame
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the label columns added after the first results files (``corruption``) present,
+    empty where missing (see :data:`atomzoo.runner.results.LATER_COLUMNS`)."""
+    if "corruption" in frame and not frame["corruption"].isna().any():
+        return frame
+    return frame.assign(corruption=frame["corruption"].fillna("") if "corruption" in frame else "")
