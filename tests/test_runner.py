@@ -793,6 +793,39 @@ def test_finished_pretraining_without_its_weights_is_planned_again(tmp_path, cap
     commands = [line for line in out.splitlines() if "atomzoo.cli fit" in line]
     assert len(commands) == 2 and "--model.init_from" not in commands[0] and "--model.init_from" in commands[1]
     assert "0 finished" in out and "2 to run (1 of them finished, run again" in out
+    assert "# cost: unknown (no finished cell of the same phase and backbone" in out  # no CPU time recorded
+
+
+def test_dry_run_estimates_the_cpu_hours_from_the_finished_cells_most_alike(tmp_path):
+    """Each cell to run costs the median CPU time of the finished cells most like it: the same kind at another
+    seed, else the same objective on another task (counted as rough), else nothing (unknown, not zero)."""
+    from atomzoo.runner.matrix import Cell
+    from atomzoo.runner.report import estimated_cpu_h
+
+    def row(cell, phase, objective, cpu, target="", budget="", mode="", rate=0.0, kind=""):
+        return {"cell": cell, "phase": phase, "backbone": "painn", "objective": objective, "target": target,
+                "label_budget": budget, "mode": mode, "seed": 0, "corruption_rate": rate, "corruption": kind,
+                "metric": "cpu_s", "step": "", "value": cpu}
+
+    rows = [row("pretrain/denoising/p0", "pretrain", "denoising", 3600.0),
+            row("pretrain/denoising/wrong/p0", "pretrain", "denoising", 1800.0, rate=0.3, kind="wrong_element"),
+            row("ft/none/s0", "finetune", "none", 360.0, "homo", 100, "finetune"),
+            row("ft/none/s1", "finetune", "none", 720.0, "homo", 100, "finetune"),
+            row("ft/none/s2", "finetune", "none", 900.0, "homo", 100, "finetune"),
+            row("ft/denoising/s0", "finetune", "denoising", 600.0, "homo", 100, "finetune")]
+    rows.append({**rows[-1], "cell": "ft/denoising/s9", "metric": "resumed", "value": 1.0})  # resumed, no clock
+    rows.append({**rows[-1], "metric": "cpu_s", "value": 99999.0})  # so its whole CPU time is unknown: ignored
+    write_rows(tmp_path / "results.csv", rows)
+    frame = load(tmp_path / "results.csv")
+    todo = [Cell("ft/none/s3", "finetune", "painn", "none", [], "homo", 100, "finetune", 3),  # 720 (median)
+            Cell("ft/denoising/gap", "finetune", "painn", "denoising", [], "gap", 100, "finetune"),  # 600, rough
+            Cell("pretrain/denoising/p1", "pretrain", "painn", "denoising", []),  # 3600: the clean one
+            Cell("pretrain/denoising/wrong/p1", "pretrain", "painn", "denoising", [], corruption_rate=0.3,
+                 corruption="wrong_element"),  # 1800: the same corruption
+            Cell("pretrain/schnet/p0", "pretrain", "schnet", "denoising", [])]  # no SchNet finished: unknown
+    hours, unknown, rough = estimated_cpu_h(frame, todo)
+    assert (unknown, rough) == (1, 1)
+    assert hours == pytest.approx((720 + 600 + 3600 + 1800) / 3600)
 
 
 def test_pretrain_seeds_pairing_order_and_early_stopping_arguments(tmp_path):

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("matrix", type=Path)
     run.add_argument("--only", help="regular expression: run only the cells whose id matches")
     run.add_argument("--dry-run", action="store_true",
-                     help="print the command of every cell still to run and how many are finished; run nothing")
+                     help="print the command of every cell still to run, how many are finished and the CPU hours "
+                          "the rest would take (from the finished cells most alike); run nothing")
     run.add_argument("--timeout", type=float, default=None, help="seconds after which a cell counts as failed")
     run.add_argument("--parallel", type=int, default=1,
                      help="cells run at once, each with cpu_count/parallel threads; a fine-tuning cell waits for its pretraining")

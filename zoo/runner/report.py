@@ -190,6 +190,45 @@ def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
             for key, values in fine.items() if key[1] == SCRATCH or key[:4] in pre}
 
 
+def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
+    """CPU hours the ``cells`` (:class:`atomzoo.runner.matrix.Cell`, not yet run) would take, estimated from
+    the finished cells of ``frame`` (a ``results.csv``) most alike; how many cells had none alike; and how
+    many were estimated only from cells of another objective or task (the last two levels below: rough).
+
+    Each cell costs the median whole-run CPU time (:func:`run_cpu_s`) of the finished cells that share the
+    most specific of: phase, backbone, objective, corruption rate and kind, task, label budget and mode;
+    the same without the corruption; phase, backbone and objective; phase and backbone. A cell with no
+    finished cell even of its phase and backbone counts as unknown (the second value), not as zero.
+    At the measured CPU time of one thread per cell (the runner's ``--threads 1``), under the load the
+    finished cells ran with."""
+    levels: list[dict[tuple, list[float]]] = [defaultdict(list) for _ in range(4)]
+
+    def keys(phase, backbone, objective, rate, kind, target, budget, mode) -> list[tuple]:
+        task = (str(target), int(float(budget or 0)), str(mode)) if phase == "finetune" else ()
+        return [(phase, backbone, objective, float(rate or 0), str(kind)) + task, (phase, backbone, objective) + task,
+                (phase, backbone, objective), (phase, backbone)]
+
+    for labels, values in _per_cell(frame).values() if not frame.empty else ():
+        cpu = run_cpu_s(values)
+        if cpu is None:
+            continue
+        for level, key in zip(levels, keys(labels["phase"], labels["backbone"], labels["objective"],
+                                           labels["corruption_rate"], labels["corruption"], labels["target"],
+                                           labels["label_budget"], labels["mode"])):
+            level[key].append(cpu)
+    total, unknown, rough = 0.0, 0, 0
+    for cell in cells:
+        found = next(((depth, statistics.median(level[key])) for depth, (level, key) in enumerate(zip(levels, keys(
+            cell.phase, cell.backbone, cell.objective, cell.corruption_rate, cell.corruption, cell.target,
+            cell.label_budget, cell.mode))) if level.get(key)), None)
+        if found is None:
+            unknown += 1
+        else:
+            total += found[1]
+            rough += found[0] >= 2 and (found[0] == 3 or cell.phase == "finetune")
+    return total / 3600, unknown, rough
+
+
 def _missing_cpu_h(costs: dict[tuple, float] | None, rows: list[tuple], needed: int | None, done: int) -> str:
     """``", ~H CPU h more"``: the ``needed - done`` replicates still missing, each one run of every row of
     ``rows`` (keys of :func:`replicate_cpu_h`) at its measured cost; ``""`` when a row's cost is unknown."""
