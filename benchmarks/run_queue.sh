@@ -5,8 +5,9 @@
 # sizes, SchNet and ET, the force-field row), each resumable:
 # a finished cell (rows in its committed results.csv) is never run again, so rerunning this script on
 # any machine, any day, continues where the last run stopped. One thread, one cell at a time, so the
-# other core stays free. After the main table and the backbones table, `zoo-bench probe` adds the
-# probes of their finished pretraining cells (probes.csv, committed). Start it in the background from
+# other core stays free. After the main table, question 2's replicates, the noise study and the backbones
+# table, `zoo-bench probe` adds the probes of their finished pretraining cells (probes.csv, committed).
+# Start it in the background from
 # the repository root:
 #   nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
 # Stop it with `kill -- -<pid>` (the running cell resumes from its checkpoint next time). In a fresh
@@ -32,7 +33,8 @@ for matrix in \
   echo "== $(date -u +%FT%TZ) $matrix"
   zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results || status=$?
   case "$matrix" in
-    *objectives_v2.yaml|*objectives_v2_q2.yaml|*objectives_v2_backbones.yaml)  # probes of its finished pretraining cells (resumable)
+    *objectives_v2.yaml|*objectives_v2_q2.yaml|*objectives_v2_noise.yaml|*objectives_v2_backbones.yaml)
+      # probes of its finished pretraining cells (resumable; the noise stage's: corrupted against clean)
       zoo-bench probe "$matrix" || status=$? ;;
   esac
   # every report of the shared output, the plots they show and the probes, as the stage left them (the

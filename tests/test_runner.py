@@ -684,14 +684,17 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
                      "args": ["--data.targets", "null", *STEPS, "--trainer.val_check_interval", "1"]},
     }
     path = tmp_path / "ssl.yaml"
+    matrix["report"].append("noise")
+    matrix["pretrain"]["corruption"] = {"kinds": ["wrong_element"], "rates": [0.0, 0.5]}
     path.write_text(yaml.safe_dump(matrix))
     assert bench_main(["run", str(path)]) == 0
     out, cell = tmp_path / "out", tmp_path / "out/cells/pretrain/schnet/denoising/c0"
     rows = read_rows(out / "results.csv")
     settings = {r["metric"]: r["value"] for r in rows if r["step"] == ""}
-    settings = {r["metric"]: r["value"] for r in rows if r["step"] == "" and "denoising" in r["cell"]}
+    clean = "pretrain/schnet/denoising/c0"
+    settings = {r["metric"]: r["value"] for r in rows if r["step"] == "" and r["cell"] == clean}
     assert settings["max_steps"] == "3" and settings["batch_size"] == "8" and float(settings["wall_s"]) > 0
-    assert sorted(int(r["step"]) for r in rows if r["metric"] == "curve:val/loss" and "denoising" in r["cell"]) == [0, 1, 2]
+    assert sorted(int(r["step"]) for r in rows if r["metric"] == "curve:val/loss" and r["cell"] == clean) == [0, 1, 2]
     report = (out / "results.md").read_text()
     assert "## Pretraining curves" in report and "### pretrain/schnet/denoising/c0" in report
     assert "| backbone | pretraining |" in report and "## Cost" not in report  # only the sections asked for
@@ -701,7 +704,13 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     probes = probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256)
     frame = pd.read_csv(probes, keep_default_na=False)
     assert set(frame["model"]) == {"pretrain/schnet/denoising/c0", "pretrain/schnet/jepa_sigreg/c0",
-                                   "pretrain/schnet/scd/c0", "random/schnet/r0", "random/schnet/r1"}
+                                   "pretrain/schnet/scd/c0", "random/schnet/r0", "random/schnet/r1",
+                                   "pretrain/schnet/denoising/c0.5-wrong_element", "pretrain/schnet/jepa_sigreg/c0.5-wrong_element",
+                                   "pretrain/schnet/scd/c0.5-wrong_element"}  # the networks pretrained on corrupted data too
+    assert set(zip(frame["model"], frame["corruption_rate"].astype(str), frame["corruption"])) >= {
+        ("pretrain/schnet/scd/c0.5-wrong_element", "0.5", "wrong_element"), ("pretrain/schnet/scd/c0", "0.0", ""),
+        ("random/schnet/r0", "", "")}
+    noise_rows = frame[frame["corruption_rate"].astype(str) == "0.5"]
     for name in ("jepa_sigreg", "scd"):  # JEPA's projector output; SCD's condition (its embed)
         rows = frame[frame["objective"] == name]
         assert set(zip(rows["features"], rows["metric"])) == {
@@ -718,6 +727,14 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
     bench_main(["report", str(path)])
     report = (out / "results.md").read_text()
     assert "## Probes of the frozen pretrained networks" in report and "| schnet | random init | 2 |" in report
+    assert "| schnet | denoising | 1 |" in report  # the clean networks only: the corrupted ones are not averaged in
+    # the noise section pairs each corrupted network's probes with its clean twin's (same seed)
+    assert "### Probes of the frozen backbones, clean -> corrupted pretraining" in report
+    line = next(x for x in report.splitlines() if x.startswith("| schnet | denoising | wrong_element 0.5 | 1 |"))
+    ridge = {c: float(frame[(frame["model"] == f"pretrain/schnet/denoising/{c}") & (frame["metric"] == "ridge_mae")
+                            & (frame["features"] == "backbone")]["value"].iloc[0]) for c in ("c0", "c0.5-wrong_element")}
+    assert line.split("|")[5].strip() == f"{ridge['c0.5-wrong_element'] - ridge['c0']:+.1f} (n = 1)"
+    assert " -> " in line.split("|")[7] and len(noise_rows) > 0
     # a fresh checkout: run folders gone, pretrain.keep copies in place -> the same probes, from the copies
     matrix["pretrain"]["keep"] = True
     path.write_text(yaml.safe_dump(matrix))
@@ -732,6 +749,17 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
         old, new = (f[f["model"] == model].set_index(["features", "metric"])["value"].astype(float).sort_index()
                     for f in (before, again))
         pd.testing.assert_series_equal(old, new, rtol=1e-4)
+    # weights lost (no run folder, no copy): that network is left out with one line saying how to remake it
+    lost = "pretrain/schnet/jepa_sigreg/c0.5-wrong_element"
+    (out / "pretrained" / f"{lost}.ckpt").unlink()
+    again[again["model"] != lost].to_csv(probes, index=False)
+    messages = []
+    probe_matrix(load_matrix(path), train_size=64, random_nets=2, mlp_steps=30, val_size=64, limit=256,
+                 log=messages.append)
+    assert lost not in set(pd.read_csv(probes, keep_default_na=False)["model"])
+    assert messages == [f"not probed: 1 finished pretraining cells whose weights are gone (no finished run folder "
+                        f"under {out / 'cells'}, no pretrain.keep copy under {out / 'pretrained'}): {lost}; remake "
+                        "one with zoo-bench run MATRIX --only '^<id>$' --rerun to probe it"]
 
 
 def test_ridge_and_mlp_probes_recover_a_known_readout():
@@ -1096,10 +1124,8 @@ def test_noise_study_shares_the_main_study_recipe_and_its_clean_cells():
     noise = yaml.safe_load((ROOT / "benchmarks/matrices/objectives_v2_noise.yaml").read_text())
     for key in ("output", "cells", "common_args", "backbones", "finetune", "order", "curves"):
         assert noise[key] == main[key], key
-    # (pretrain.keep: the main cells' weights are kept for the later stages; a corrupted cell's only fine-tuning
-    # runs right after it, so a lost one is simply made again)
-    assert {k: v for k, v in noise["pretrain"].items() if k != "corruption"} == {
-        k: v for k, v in main["pretrain"].items() if k != "keep"}
+    # (pretrain.keep: the main cells' weights are kept for the later stages, the corrupted ones for the probes)
+    assert {k: v for k, v in noise["pretrain"].items() if k != "corruption"} == main["pretrain"]
     assert all(main["objectives"][name] == spec for name, spec in noise["objectives"].items())
     main_ids = {c.id for c in expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2.yaml"))}
     cells = expand(load_matrix(ROOT / "benchmarks/matrices/objectives_v2_noise.yaml"))

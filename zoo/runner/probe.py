@@ -45,7 +45,8 @@ from atomzoo.datamodules import QM9DataModule
 from atomzoo.model_files import load_into_backbone, read, resolve_class
 
 #: columns of ``probes.csv``
-PROBE_COLUMNS = ["model", "backbone", "objective", "seed", "features", "metric", "target", "value", "commit"]
+PROBE_COLUMNS = ["model", "backbone", "objective", "seed", "features", "metric", "target", "value", "commit",
+                 "corruption_rate", "corruption"]
 #: the probe metrics, in table order (MAE in meV for eV targets, else the target's unit)
 PROBE_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank", "emb_sigreg")
 
@@ -273,18 +274,18 @@ def probe_objective(objective, splits: dict[str, object], target_unit: str, mlp_
 
 def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_nets: int = 3,
                  mlp_steps: int = 3000, val_size: int = 1024, limit: int | None = None, log=print) -> Path:
-    """Probe every finished clean pretraining cell of ``matrix`` and ``random_nets`` random networks of each
-    backbone (the architecture of its first finished cell); rows go to ``<output>/probes.csv``.
+    """Probe every finished pretraining cell of ``matrix`` (clean, and pretrained on corrupted data, with
+    its ``corruption_rate`` and ``corruption``) and ``random_nets`` random networks of each backbone (the
+    architecture of its first finished clean cell); rows go to ``<output>/probes.csv``.
 
     Resumable: a model with rows in the file is skipped. ``limit`` caps the test molecules (tests).
 
     A cell whose run folder is gone is probed from its ``pretrain.keep`` copy
-    (:func:`atomzoo.runner.execute.checkpoint_of`; architecture from :func:`objective_spec`).
-
-    Raises:
-        FileNotFoundError: a finished cell's run folder is gone and it has no kept copy (its weights are needed).
+    (:func:`atomzoo.runner.execute.checkpoint_of`; architecture from :func:`objective_spec`); a finished cell
+    with neither (its weights lost with a machine, before the matrix kept copies) is not probed, and one
+    line lists such cells and how to remake them.
     """
-    from .execute import checkpoint_of, code_version, final_weights, log_dir, patches_dir
+    from .execute import KEPT_SUBDIR, code_version, final_weights, log_dir, patches_dir
     from .matrix import expand
     from .results import finished_cells, read_rows, write_rows
 
@@ -292,7 +293,7 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     rows = read_rows(out)
     done = {r["model"] for r in rows}
     finished = finished_cells(matrix.results_csv)
-    cells = [c for c in expand(matrix) if c.phase == "pretrain" and c.corruption_rate == 0 and c.id in finished]
+    cells = [c for c in expand(matrix) if c.phase == "pretrain" and c.id in finished]
     data = QM9DataModule(targets=[target], train_size=train_size, eval_batch_size=256)
     data.prepare_data()
     data.setup("fit")
@@ -308,24 +309,93 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     # (model, backbone, objective, seed, its cell (a random network: the backbone's first cell), random init)
     models = [(c.id, c.backbone, c.objective, c.seed, c, False) for c in cells]
     for backbone in dict.fromkeys(c.backbone for c in cells):
-        first = next(c for c in cells if c.backbone == backbone)
+        first = next(c for c in cells if c.backbone == backbone and c.corruption_rate == 0)
         models += [(f"random/{backbone}/r{k}", backbone, "random init", k, first, True) for k in range(random_nets)]
+    lost = []
     for model, backbone, objective, seed, cell, random_init in models:
         if model in done:
             continue
         weights = final_weights(matrix, cell)
         if weights is None:
-            raise FileNotFoundError(f"{checkpoint_of(matrix, cell)}: cell {cell.id} has no finished run folder and no "
-                                    f"pretrain.keep copy; rerun it (zoo-bench run ... --only '^{cell.id}$' --rerun) "
-                                    "to probe it")
+            lost.append(cell.id)
+            continue
         log(f"probing {model}")
         spec = objective_spec(log_dir(matrix, cell), weights)
         found = probe_objective(objective_of(log_dir(matrix, cell), None if random_init else weights, random_init,
                                              seed, spec), splits, unit, mlp_steps, seed)
+        corrupted = {} if random_init else {"corruption_rate": cell.corruption_rate, "corruption": cell.corruption}
         rows += [{"model": model, "backbone": backbone, "objective": objective, "seed": seed, "target": target,
-                  "commit": commit, **r} for r in found]
+                  "commit": commit, **corrupted, **r} for r in found]
         write_rows(out, rows, PROBE_COLUMNS)
+    if lost:
+        log(f"not probed: {len(lost)} finished pretraining cells whose weights are gone (no finished run folder "
+            f"under {matrix.cells_dir}, no pretrain.keep copy under {matrix.output / KEPT_SUBDIR}): "
+            f"{', '.join(dict.fromkeys(lost))}; remake one with zoo-bench run MATRIX --only '^<id>$' --rerun to "
+            "probe it")
     return out
+
+
+def _read_probes(path: Path, models: set[str] | None) -> pd.DataFrame:
+    """``probes.csv`` with ``corruption_rate`` numeric (0 for clean networks, random ones and rows written
+    before the column existed) and, with ``models``, only those rows (:func:`probes_table`)."""
+    frame = pd.read_csv(path, keep_default_na=False, dtype={"corruption": str})
+    for column in ("corruption_rate", "corruption"):
+        if column not in frame:
+            frame[column] = ""
+    frame["corruption_rate"] = pd.to_numeric(frame["corruption_rate"], errors="coerce").fillna(0.0)
+    if models is not None:
+        prefixes = tuple(m for m in models if m.endswith("/"))
+        frame = frame[[m in models or m.startswith(prefixes) for m in frame["model"]]]
+    return frame
+
+
+def noise_probes_table(output: Path, models: set[str] | None = None) -> str:
+    """Markdown table: what pretraining on corrupted data changed in the frozen backbone, per backbone x
+    objective x artifact kind x rate, from ``<output>/probes.csv``: the paired change (corrupted minus
+    clean, same pretraining seed) of the ridge and MLP probe MAEs with its 95 % interval (paired t over
+    seeds, :func:`atomzoo.runner.paired.paired_interval`), and the embedding diagnostics of the pooled
+    backbone features on the same clean validation molecules, clean -> corrupted (means over the seeds
+    both have). Empty without corrupted rows. ``models`` as in :func:`probes_table`."""
+    from .paired import paired_interval
+
+    path = Path(output) / "probes.csv"
+    if not path.exists():
+        return ""
+    frame = _read_probes(path, models)
+    frame = frame[(frame["features"] == "backbone") & (frame["objective"] != "random init")]
+    corrupted = frame[frame["corruption_rate"] > 0]
+    if corrupted.empty:
+        return ""
+
+    def by_seed(rows: pd.DataFrame, metric: str) -> dict[int, float]:
+        rows = rows[rows["metric"] == metric]
+        return {int(k): float(v) for k, v in zip(rows["seed"], rows["value"].astype(float))}
+
+    lines = ["| backbone | pretraining | artifact | seeds | ridge MAE change [95 %] | MLP MAE change [95 %] | "
+             "eff. rank clean -> corrupted | std clean -> corrupted | SIGReg clean -> corrupted |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    groups = corrupted.groupby(["backbone", "objective", "corruption", "corruption_rate"])
+    for (backbone, objective, kind, rate), rows in groups:
+        clean = frame[(frame["backbone"] == backbone) & (frame["objective"] == objective)
+                      & (frame["corruption_rate"] == 0)]
+        texts, seeds = [], 0
+        for metric in ("ridge_mae", "mlp_mae", "emb_erank", "emb_std", "emb_sigreg"):
+            ours, base = by_seed(rows, metric), by_seed(clean, metric)
+            common = sorted(set(ours) & set(base))
+            seeds = max(seeds, len(common))
+            if not common:
+                texts.append("–")
+            elif metric.endswith("_mae"):
+                mean, half = paired_interval([ours[k] - base[k] for k in common])
+                texts.append(f"{mean:+.1f} (n = 1)" if half is None else
+                             f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]")
+            else:
+                before = statistics.fmean(base[k] for k in common)
+                after = statistics.fmean(ours[k] for k in common)
+                texts.append(f"{before:.3g} -> {after:.3g}")
+        lines.append(f"| {backbone} | {objective} | {kind or 'corruption'} {rate:g} | {seeds} | " + " | ".join(texts)
+                     + " |")
+    return "\n".join(lines)
 
 
 def probes_table(output: Path, models: set[str] | None = None) -> str:
@@ -338,10 +408,8 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
     path = Path(output) / "probes.csv"
     if not path.exists():
         return ""
-    frame = pd.read_csv(path, keep_default_na=False)
-    if models is not None:
-        prefixes = tuple(m for m in models if m.endswith("/"))
-        frame = frame[[m in models or m.startswith(prefixes) for m in frame["model"]]]
+    frame = _read_probes(path, models)
+    frame = frame[frame["corruption_rate"] == 0]  # networks pretrained on corrupted data: noise_probes_table
     if frame.empty:
         return ""
     columns = [(f, m) for f in ("backbone", "projector") for m in PROBE_METRICS

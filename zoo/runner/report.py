@@ -748,6 +748,17 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                   "Each run's value: `val/emb_*` of its last validation (the same clean validation molecules for "
                   "every run, so the models are compared on the same inputs); runs that did not log them "
                   "(before 2026-12-07's change) are left out, hence the n; mean ± std over pretraining seeds.", ""]
+    if "noise" in sections and "probes" in sections:
+        from .probe import noise_probes_table
+
+        noise_probes = noise_probes_table(output, scope)
+        if noise_probes:
+            parts += ["### Probes of the frozen backbones, clean -> corrupted pretraining", "", noise_probes, "",
+                      "`zoo-bench probe` on every finished pretraining network (the probes section below): per "
+                      "pretraining seed, the corrupted network's probe MAE (meV for eV targets) minus the clean "
+                      "network's of the same seed, mean and 95 % interval (paired t; no fine-tuning, so no "
+                      "fine-tuning seed's noise); the diagnostics of the pooled backbone features of the same 1,024 "
+                      "clean validation molecules for both, means over the seeds both have.", ""]
     if "probes" in sections:
         from .probe import probes_table
 
