@@ -762,6 +762,37 @@ def test_pretraining_only_matrix_with_curves_and_probe(cache_dir, tmp_path):
                         "one with zoo-bench run MATRIX --only '^<id>$' --rerun to probe it"]
 
 
+def test_noise_probes_table_pairs_each_corrupted_network_with_its_clean_twin(tmp_path):
+    """The noise section's probe table: per seed, corrupted minus clean probe MAE of the same pretraining seed,
+    paired t over seeds (a seed without its clean twin is left out); diagnostics as clean -> corrupted means;
+    the clean table of the probes section never averages corrupted networks in."""
+    from atomzoo.runner.paired import paired_interval
+    from atomzoo.runner.probe import PROBE_COLUMNS, noise_probes_table, probes_table
+
+    rows = []
+    clean = {0: 250.0, 1: 254.0, 2: 251.0}
+    corrupt = {0: 255.0, 1: 256.0, 2: 257.5, 3: 260.0}  # seed 3 has no clean twin
+    for rate, values in ((0.0, clean), (0.3, corrupt)):
+        for seed, ridge in values.items():
+            model = f"pretrain/painn/denoising/c{rate:g}" + ("-wrong_element" if rate else "") + f"/p{seed}"
+            for metric, value in (("ridge_mae", ridge), ("mlp_mae", ridge + 10), ("emb_erank", 20.0 - 5 * rate)):
+                rows.append({"model": model, "backbone": "painn", "objective": "denoising", "seed": seed,
+                             "features": "backbone", "metric": metric, "target": "homo", "value": value,
+                             "commit": "x", "corruption_rate": rate, "corruption": "wrong_element" if rate else ""})
+    rows.append({**rows[0], "model": "random/painn/r0", "objective": "random init", "corruption_rate": "",
+                 "corruption": ""})
+    write_rows(tmp_path / "probes.csv", rows, PROBE_COLUMNS)
+    table = noise_probes_table(tmp_path).splitlines()
+    assert len(table) == 3
+    mean, half = paired_interval([5.0, 2.0, 6.5])
+    cells = [c.strip() for c in table[2].split("|")]
+    assert cells[1:5] == ["painn", "denoising", "wrong_element 0.3", "3"]
+    assert cells[5] == cells[6] == f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+    assert cells[7] == "20 -> 18.5"
+    assert "| painn | denoising | 3 | 251.7 ± 2.08 |" in probes_table(tmp_path)  # clean seeds 0-2 only
+    assert noise_probes_table(tmp_path, models={"pretrain/painn/denoising/c0/p0"}) == ""  # out of scope
+
+
 def test_ridge_and_mlp_probes_recover_a_known_readout():
     """The probes fit what the features determine: a target that is the mean over atoms of a nonlinear
     per-atom function is read almost exactly by the MLP probe, and its linear part by the ridge probe."""
