@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .execute import run_cells
 from .matrix import Cell, Matrix, expand, load_matrix, select
-from .report import write_report
+from .report import estimated_cpu_h, write_report
+from .results import load
 
 #: ``zoo-bench run --quick``: appended to every cell's arguments (last, so they override the matrix's
 #: step/epoch caps and validation interval): 2 epochs of 10 batches, validation and test on 2 batches
@@ -110,12 +111,28 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout, parallel=args.parallel,
                         threads=args.threads, rerun=args.rerun, commit_results=args.commit_results)
     if args.dry_run:
+        planned = {c.id: c for c in cells}
+        if outcome["planned"]:
+            print(estimate_line(matrix, [planned[i] for i in outcome["planned"]], args.parallel))
         return 0
     print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])}, failed {len(outcome['failed'])}, "
           f"blocked by a failed pretraining {len(outcome['blocked'])}")
     if matrix.results_csv.exists():
         print(write_report(matrix))
     return 1 if outcome["failed"] or outcome["blocked"] else 0
+
+
+def estimate_line(matrix: Matrix, todo: list[Cell], parallel: int) -> str:
+    """The dry run's cost line, ``# cost: ~X CPU h for ...``: the CPU hours of ``todo`` estimated from the finished cells most alike
+    (:func:`atomzoo.runner.report.estimated_cpu_h`), and the wall hours at ``parallel`` cells at a time."""
+    frame = load(matrix.results_csv) if matrix.results_csv.is_file() else None
+    hours, unknown, rough = estimated_cpu_h(frame, todo) if frame is not None else (0.0, len(todo), 0)
+    if unknown == len(todo):
+        return f"# cost: unknown (no finished cell of the same phase and backbone in {matrix.results_csv})"
+    return (f"# cost: ~{hours:.1f} CPU h for {len(todo) - unknown} of the {len(todo)} cells to run, at the measured "
+            f"CPU time of the finished cells most alike (one thread each), ~{hours / parallel:.1f} h wall at "
+            f"--parallel {parallel}" + (f"; {rough} of them only from another objective or task (rough)" if rough else "")
+            + (f"; {unknown} with no finished cell alike not counted" if unknown else ""))
 
 
 if __name__ == "__main__":

@@ -367,22 +367,6 @@ def launch_order(pending: list[Cell], ready) -> list[Cell]:
     return sorted(pending, key=lambda c: not (c.depends_on and ready(c.depends_on)))
 
 
-def _estimate_line(matrix: Matrix, todo: list[Cell], parallel: int) -> str:
-    """The dry run's cost line: ``# ~X CPU h to run (...)``, estimated from the finished cells most alike
-    (:func:`atomzoo.runner.report.estimated_cpu_h`), and the wall hours at ``parallel`` cells at a time."""
-    from .report import estimated_cpu_h
-    from .results import load
-
-    frame = load(matrix.results_csv) if matrix.results_csv.is_file() else None
-    hours, unknown, rough = estimated_cpu_h(frame, todo) if frame is not None else (0.0, len(todo), 0)
-    if unknown == len(todo):
-        return f"# cost: unknown (no finished cell of the same phase and backbone in {matrix.results_csv})"
-    return (f"# cost: ~{hours:.1f} CPU h for {len(todo) - unknown} of the {len(todo)} cells to run, at the measured "
-            f"CPU time of the finished cells most alike (one thread each), ~{hours / parallel:.1f} h wall at "
-            f"--parallel {parallel}" + (f"; {rough} of them only from another objective or task (rough)" if rough else "")
-            + (f"; {unknown} with no finished cell alike not counted" if unknown else ""))
-
-
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
               timeout: float | None = None, parallel: int = 1, threads: int | None = None,
               rerun: bool = False, commit_results: bool = False) -> dict[str, list[str]]:
@@ -396,8 +380,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     again first. With ``pretrain.keep``, each pretraining cell that finishes (or finished earlier and
     has no copy yet) gets its weights-only copy (:func:`keep_checkpoint`). ``rerun``: run the selected
     cells again even if finished (from scratch; their rows are replaced). With ``dry_run`` nothing
-    runs: the command of every cell still to run is printed, then a ``#`` summary line and a ``# cost:``
-    line (:func:`_estimate_line`). SIGTERM
+    runs: the command of every cell still to run is printed, then a ``#`` summary line; the outcome's
+    ``planned`` lists those cells (``zoo-bench run --dry-run`` adds their estimated cost). SIGTERM
     (``kill PID``) and Ctrl-C stop the run and kill the running cells (which resume from their
     checkpoints next time). ``commit_results``: after each finished cell, commit ``results.csv`` (that
     path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
@@ -428,8 +412,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
               + (f" ({remade} of them finished, run again: --rerun, or pretraining whose weights are gone)"
                  if remade else "")
               + (f"; results.csv also holds {len(stray)} cells this matrix does not define" if stray else ""))
-        if todo:
-            print(_estimate_line(matrix, todo, parallel))
+        outcome["planned"] = [c.id for c in todo]
         return outcome
     if outcome["skipped"]:
         print(f"{len(outcome['skipped'])} finished cells skipped (rows in {matrix.results_csv}; "
