@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the matrix file (its report sections, comparisons and task metrics apply) or the "
                              "output folder holding results.csv (default sections)")
     probe = sub.add_parser("probe", help="probes of frozen pretrained networks (QM9): a run folder (closed-form "
-                                         "linear probe) or a matrix file (every finished clean pretraining cell + "
+                                         "linear probe) or a matrix file (every finished pretraining cell, clean or corrupted, + "
                                          "random networks: ridge, MLP probe, embedding diagnostics -> probes.csv)")
     probe.add_argument("run", type=Path, help="run folder of a pretraining zoo fit (config.yaml, checkpoints/), "
                                               "or a matrix file")

@@ -18,12 +18,13 @@ each against the same probes of ``random_nets`` randomly initialised networks of
 (seeds 0, 1, ...): a pretrained feature is only informative where it beats random ones.
 
     zoo-bench probe runs/bench/qm9_objectives/cells/pretrain/painn/denoising/c0/run --target homo
-    zoo-bench probe benchmarks/matrices/objectives_v2.yaml     # every finished clean pretraining cell
+    zoo-bench probe benchmarks/matrices/objectives_v2.yaml     # every finished pretraining cell
                                                                # + 3 random nets -> <output>/probes.csv
 
 :func:`probe_matrix` appends to ``<output>/probes.csv`` (rewritten atomically after every model; a model
 with rows there is not probed again) and the report's ``probes`` section reads it
-(:func:`probes_table`). Measured numbers: docs/benchmarks.md.
+(:func:`probes_table`: the networks pretrained on clean data); its ``noise`` section pairs the networks
+pretrained on corrupted data with their clean twins (:func:`noise_probes_table`). Measured numbers: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -309,7 +310,8 @@ def probe_matrix(matrix, target: str = "homo", train_size: int = 10000, random_n
     # (model, backbone, objective, seed, its cell (a random network: the backbone's first cell), random init)
     models = [(c.id, c.backbone, c.objective, c.seed, c, False) for c in cells]
     for backbone in dict.fromkeys(c.backbone for c in cells):
-        first = next(c for c in cells if c.backbone == backbone and c.corruption_rate == 0)
+        first = next((c for c in cells if c.backbone == backbone and c.corruption_rate == 0),
+                     next(c for c in cells if c.backbone == backbone))  # the architecture: any finished cell's
         models += [(f"random/{backbone}/r{k}", backbone, "random init", k, first, True) for k in range(random_nets)]
     lost = []
     for model, backbone, objective, seed, cell, random_init in models:
