@@ -261,8 +261,22 @@ def test_lost_pretraining_weights_are_made_again(cache_dir, tmp_path, capsys):
         load_matrix(path)
 
 
-def test_parallel_must_be_positive(tmp_path):
+def test_user_errors_end_in_one_line_naming_the_option(tmp_path, capsys, monkeypatch):
+    """A bad option or a missing matrix file: exit status 2 and one line ``zoo-bench: error: ...`` naming it,
+    no traceback (ATOMZOO_DEBUG=1 raises instead)."""
     path = write_matrix(tmp_path, {"none": None})
+    for argv, says in ((["run", str(path), "--parallel", "0"], "--parallel must be at least 1"),
+                       (["run", str(path), "--only", "(", "--list"], "--only '(' is not a regular expression"),
+                       (["run", str(path), "--only", "nothing-like-this"],
+                        "--only 'nothing-like-this' matches none of the"),
+                       (["report", str(tmp_path / "absent.yaml")], "absent.yaml"),
+                       (["run", str(tmp_path / "absent.yaml")], "matrix file")):
+        capsys.readouterr()
+        assert bench_main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("zoo-bench: error: ") and says in err[-1], (argv, err)
+        assert not any("Traceback" in line for line in err)
+    monkeypatch.setenv("ATOMZOO_DEBUG", "1")
     with pytest.raises(ValueError, match="--parallel must be at least 1"):
         bench_main(["run", str(path), "--parallel", "0"])
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,7 +41,27 @@ def quick_preset(matrix: Matrix, cells: list[Cell]) -> tuple[Matrix, list[Cell]]
     return dataclasses.replace(matrix, **renamed), kept
 
 
+#: errors a user's matrix file or options cause: reported in one line (:func:`main`)
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError, re.error)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``zoo-bench``: returns the exit status. An error the user's matrix file or options cause
+    (a missing file, a bad key or value, an ``--only`` that is no regular expression or matches no cell)
+    ends the output as one line ``zoo-bench: error: <cause>`` with status 2; with ``ATOMZOO_DEBUG=1`` the
+    traceback instead. Other exceptions (bugs) propagate."""
+    try:
+        return _main(argv)
+    except USER_ERRORS as err:
+        if os.environ.get("ATOMZOO_DEBUG", "") not in ("", "0"):
+            raise
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print("(traceback: run again with ATOMZOO_DEBUG=1)", file=sys.stderr)
+        print(f"zoo-bench: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zoo-bench",
                                      description="Experiment matrices of the zoo: run, resume, report.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         matrix, cells = quick_preset(matrix, cells)
     chosen = select(cells, args.only)
+    if not chosen:
+        raise ValueError(f"--only {args.only!r} matches none of the {len(cells)} cells of {args.matrix} "
+                         f"(zoo-bench run {args.matrix} --list shows their ids)")
     if args.list:
         print("\n".join(c.id for c in chosen))
         return 0

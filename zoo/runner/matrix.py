@@ -621,8 +621,16 @@ def _by_seeds(matrix: Matrix, cells: list[Cell]) -> list[Cell]:
 
 
 def select(cells: list[Cell], pattern: str | None) -> list[Cell]:
-    """Cells whose id matches the regular expression ``pattern`` (all if ``None``)."""
+    """Cells whose id matches the regular expression ``pattern`` (all if ``None``).
+
+    Raises:
+        ValueError: ``pattern`` is not a regular expression (the message names ``--only``)."""
     if not pattern:
         return cells
-    regex = re.compile(pattern)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"--only {pattern!r} is not a regular expression ({err}); a cell id such as "
+                         f"{cells[0].id if cells else 'pretrain/painn/denoising/c0'} is matched by e.g. "
+                         "'denoising/c0$'") from err
     return [c for c in cells if regex.search(c.id)]
