@@ -630,7 +630,7 @@ def select(cells: list[Cell], pattern: str | None) -> list[Cell]:
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise ValueError(f"--only {pattern!r} is not a regular expression ({err}); a cell id such as "
-                         f"{cells[0].id if cells else 'pretrain/painn/denoising/c0'} is matched by e.g. "
-                         "'denoising/c0$'") from err
+        raise ValueError(f"--only {pattern!r} is not a regular expression ({err}); it is searched in cell ids "
+                         f"such as {cells[0].id if cells else 'pretrain/painn/denoising/c0'} (--list shows them all)"
+                         ) from err
     return [c for c in cells if regex.search(c.id)]
