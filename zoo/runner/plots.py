@@ -91,6 +91,11 @@ def mae_plots(ft: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
 
 
 def curve_plots(frame: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
+    """``curves_<backbone>_<target>_n<budget>.png``: the validation MAE of the fine-tuning target
+    (``curve:val/<target>_mae_<unit>`` rows of ``frame``, a ``results.csv``) against the optimiser step, the
+    mean over seeds per objective (clean pretraining, fine-tuning mode; log y axis), one plot per backbone x
+    target x label budget. Runs stopped early end early, so a late step's mean is over the runs still
+    going."""
     plt = _pyplot()
     curves = frame[(frame["phase"] == "finetune") & (frame["mode"] == "finetune") & (frame["corruption_rate"] == 0)
                    & frame["metric"].str.startswith("curve:val/")]
