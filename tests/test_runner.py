@@ -243,12 +243,22 @@ def test_lost_pretraining_weights_are_made_again(cache_dir, tmp_path, capsys):
     before its fine-tuning, instead of blocking it or handing it unfinished weights; its rows are
     replaced, not duplicated."""
     path = write_matrix(tmp_path, {"denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    data = yaml.safe_load(path.read_text())
+    data["pretrain"]["args"] += ["--trainer.val_check_interval", "1"]  # a validation curve to compare the remake on
+    path.write_text(yaml.safe_dump(data))
     assert bench_main(["run", str(path), "--only", "^pretrain/"]) == 0
     out = tmp_path / "out"
     first = pd.read_csv(out / "results.csv").query("metric == 'wall_s'")["value"].item()
     (out / "cells/pretrain/schnet/denoising/c0/DONE.json").unlink()  # its checkpoints stay
     assert bench_main(["run", str(path), "--only", "^finetune/"]) == 0
-    assert "is finished but its weights are gone" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "is finished but its weights are gone" in printed
+    # the remade run is compared with the earlier one: same seed, same code -> the same validation losses
+    remake = pd.read_csv(out / "results.csv").query("phase == 'pretrain'").set_index("metric")["value"]
+    checks, diff = int(remake["remake_val_checks"]), float(remake["remake_val_loss_max_abs_diff"])
+    assert checks >= 1 and diff < 1e-4, (checks, diff)
+    assert (f"pretraining cell pretrain/schnet/denoising/c0 run again: val/loss identical to the earlier run's at all "
+            f"{checks} validations" in printed) == (diff == 0)
     assert (out / "cells/pretrain/schnet/denoising/c0/DONE.json").exists()
     assert (out / "cells/finetune/schnet/denoising/c0/homo/n64/finetune/s0/DONE.json").exists()
     rows = pd.read_csv(out / "results.csv")

@@ -39,7 +39,7 @@ from tqdm import tqdm
 from ..line_stream import LineStream
 from ..training_clock import CLOCK_FILE
 from .matrix import Cell, Matrix
-from .results import finished_cells, merge_rows
+from .results import finished_cells, merge_rows, read_rows
 
 LOG_SUBDIR = "run"
 #: folder under a matrix's ``output`` with the ``pretrain.keep`` copies (``<cell id>.ckpt``)
@@ -295,6 +295,34 @@ def collect(matrix: Matrix, cell: Cell, wall_s: float, cpu_s: float | None = Non
     return rows
 
 
+#: the validation curve a pretraining cell run again is compared on with its earlier run
+REMAKE_CURVE = "curve:val/loss"
+
+
+def compare_with_earlier_run(cell: Cell, rows: list[dict], earlier: list[dict]) -> list[dict]:
+    """Rows recording how a pretraining cell run again (``--rerun``, or remade because its weights were
+    lost) compares with its earlier run, whose rows ``earlier`` (results.csv as read) still holds:
+    ``remake_val_checks`` (validations at the same steps in both) and ``remake_val_loss_max_abs_diff``
+    (largest |new - earlier| ``val/loss`` over them; 0 means the same training to the logged precision,
+    so fine-tunings from either weights start from the same network). One line says which, with the
+    earlier run's commit. Nothing when the earlier run logged no ``val/loss``."""
+    old = {int(float(r["step"])): float(r["value"]) for r in earlier
+           if r["cell"] == cell.id and r["metric"] == REMAKE_CURVE and r["step"] != ""}
+    new = {int(float(r["step"])): float(r["value"]) for r in rows if r["metric"] == REMAKE_CURVE and r["step"] != ""}
+    common = sorted(set(old) & set(new))
+    if not common:
+        return []
+    diff = max(abs(new[k] - old[k]) for k in common)
+    before = next((r["commit"] for r in earlier if r["cell"] == cell.id and r.get("commit")), "")
+    tqdm.write(f"pretraining cell {cell.id} run again: val/loss " + (
+        f"identical to the earlier run's at all {len(common)} validations" if diff == 0 else
+        f"differs from the earlier run's by up to {diff:.3g} over {len(common)} validations (earlier commit "
+        f"{before or 'unknown'}): its earlier fine-tunings started from other weights than later ones will"))
+    base = {**cell.labels, "commit": rows[0].get("commit", "")}
+    return [{**base, "metric": "remake_val_checks", "step": "", "value": len(common)},
+            {**base, "metric": "remake_val_loss_max_abs_diff", "step": "", "value": diff}]
+
+
 def _child_env(matrix: Matrix, parallel: int, threads: int | None) -> dict[str, str]:
     """Environment of a cell's process: the matrix's ``pythonpath`` first on PYTHONPATH; ``threads``
     OpenMP/MKL threads (default with ``parallel`` > 1: the cores shared out, unless already set)."""
@@ -457,6 +485,8 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
         folder = cell_dir(matrix, job.cell)
         if ok:
             rows = collect(matrix, job.cell, wall, job.cpu_s, job.commit, job.command, job.resumed)
+            if job.cell.phase == "pretrain" and job.cell.id in finished:  # a rerun or a remade lost run
+                rows += compare_with_earlier_run(job.cell, rows, read_rows(matrix.results_csv))
             merge_rows(matrix.results_csv, job.cell.id, rows)
             (folder / "DONE.json").write_text(json.dumps({"wall_s": wall, "cpu_s": job.cpu_s, **job.cell.labels},
                                                          indent=1))

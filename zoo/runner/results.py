@@ -21,7 +21,10 @@ Long format, one row per cell, metric and step::
 - ``max_steps`` and ``batch_size`` (from its resolved ``config.yaml``); ``steps``: optimiser steps
   taken (the ``global_step`` of its last checkpoint); what equal-compute comparisons need;
 - with early stopping: ``best_step`` (step of the best checkpoint, the one tested), ``stopped_early``
-  (1: the patience ran out) and ``hit_cap`` (1: the step/epoch cap ended the run first).
+  (1: the patience ran out) and ``hit_cap`` (1: the step/epoch cap ended the run first);
+- a pretraining cell run again (``--rerun``, or remade because its weights were lost):
+  ``remake_val_checks`` and ``remake_val_loss_max_abs_diff``, its validation losses against the earlier
+  run's at the same steps (0: the same training; :func:`atomzoo.runner.execute.compare_with_earlier_run`).
 
 ``corruption``: the artifact kind of the pretraining data (:mod:`atomzoo.datamodules.artifacts`; empty
 for clean data and for a matrix with a single ``kind``, whose kind its file names).
