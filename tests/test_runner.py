@@ -311,6 +311,12 @@ def test_noise_table_tracks_mae_against_corruption_rate(tmp_path):
     assert "rate 0 | rate 0.1 | rate 0.3 | change at max rate | scratch" in lines[0]
     assert len(lines) == 3 and "| denoising |" in lines[2]
     assert "20.0 ± 0.0 | 22.0 ± 0.0 | 26.0 ± 1.4 | +30.0% | 31.0 ± 1.4 |" in lines[2]
+    # per replicate: the clean MAE, then each kind's change at the largest rate, seed by seed (scd: clean only)
+    from atomzoo.runner.report import noise_seed_table
+
+    assert noise_seed_table(final_test_mae(pd.DataFrame(rows))).splitlines()[2:] == [
+        "| painn | homo (meV) | 1000 | denoising | clean MAE | 20.0 | 20.0 |",
+        "| painn | homo (meV) | 1000 | denoising | corruption 0.3 change | +5.0 | +7.0 |"]
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     report = write_report(tmp_path).read_text()
     assert "## Noise robustness" in report and "noise_painn_homo_n1000.png" in report

@@ -33,7 +33,8 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
 - ``finetuning``: per row of the summary, how the fine-tuning runs ended: stopped early or at the
   step/epoch cap, the mean stopping and best (tested) step, CPU minutes per run.
 - ``noise``: per artifact kind, test MAE against the pretraining corruption rate (clean shared) and
-  the paired change at the largest rate with its 95 % interval, when rates were swept; each objective's
+  the paired change at the largest rate with its 95 % interval, when rates were swept, and the same per
+  replicate (:func:`noise_seed_table`); each objective's
   change against the first non-scratch reference's (:func:`noise_sensitivity_table`); the embedding
   diagnostics clean -> corrupted (:func:`noise_embedding_table`).
 - ``probes``: the probes of the frozen pretrained networks against random ones (``probes.csv``,
@@ -442,6 +443,38 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def noise_seed_table(ft: pd.DataFrame) -> str:
+    """Markdown table behind the noise table's means, per replicate: for every backbone x target x budget
+    x objective pretrained clean and corrupted, a row with the clean pretraining's test MAE per fine-tuning
+    seed, then one row per artifact kind with its change at the largest rate (corrupted minus clean, the
+    same seed) per seed. Whether a change follows the artifact or the luck of the clean run it is paired
+    with (a clean run far below its objective's mean makes every kind's change of that seed positive)
+    reads off the columns. Empty without corrupted runs."""
+    ft = labelled(ft)
+    sub = ft[ft["mode"] == "finetune"]
+    corrupted = sub[(sub["corruption_rate"] > 0) & (sub["objective"] != SCRATCH)]
+    if corrupted.empty:
+        return ""
+    seeds = sorted({int(s) for s in sub[sub["objective"] != SCRATCH]["seed"]})
+    lines = ["| backbone | target | n | pretraining | row | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+             "|---|---|---|---|---|" + "---:|" * len(seeds)]
+    for (b, t, n, u, o), group in sub[sub["objective"] != SCRATCH].groupby(
+            ["backbone", "target", "label_budget", "unit", "objective"]):
+        clean = by_seed(group[group["corruption_rate"] == 0])
+        kinds = group[group["corruption_rate"] > 0]
+        if not clean or kinds.empty:
+            continue
+        lines.append(f"| {b} | {t} ({u}) | {n} | {o} | clean MAE | "
+                     + " | ".join(f"{clean[k]:.1f}" if k in clean else "" for k in seeds) + " |")
+        for kind, runs in kinds.groupby("corruption"):
+            top = runs[runs["corruption_rate"] == runs["corruption_rate"].max()]
+            ours = by_seed(top)
+            lines.append(f"| {b} | {t} ({u}) | {n} | {o} | {_condition(float(top['corruption_rate'].iloc[0]), kind)} "
+                         "change | " + " | ".join(f"{ours[k] - clean[k]:+.1f}" if k in ours and k in clean else ""
+                                                  for k in seeds) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def noise_sensitivity_table(ft: pd.DataFrame, reference: str = "denoising",
                             costs: dict[tuple, float] | None = None) -> str:
     """Markdown table: is an objective more sensitive to an artifact than ``reference``?
@@ -723,6 +756,10 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
     noise = noise_table(ft, costs) if "noise" in sections else ""
     if noise:
         parts += ["## Noise robustness: test MAE against the pretraining corruption rate", "", noise, ""]
+        parts += ["### Per replicate: the clean MAE and each artifact's change", "", noise_seed_table(ft), "",
+                  "Each change pairs a corrupted pretraining's fine-tuned MAE with the clean pretraining's of the "
+                  "same seed; every kind of one objective and seed shares that clean run, so its luck moves all "
+                  "of them together.", ""]
     sensitivity = ""
     if noise:
         reference = next((r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH), None)
