@@ -358,7 +358,7 @@ def noise_probes_table(output: Path, models: set[str] | None = None) -> str:
     seeds, :func:`atomzoo.runner.paired.paired_interval`), and the embedding diagnostics of the pooled
     backbone features on the same clean validation molecules, clean -> corrupted (means over the seeds
     both have). Empty without corrupted rows. ``models`` as in :func:`probes_table`."""
-    from .paired import paired_interval
+    from .paired import by_seed, paired_interval
 
     path = Path(output) / "probes.csv"
     if not path.exists():
@@ -369,10 +369,6 @@ def noise_probes_table(output: Path, models: set[str] | None = None) -> str:
     if corrupted.empty:
         return ""
 
-    def by_seed(rows: pd.DataFrame, metric: str) -> dict[int, float]:
-        rows = rows[rows["metric"] == metric]
-        return {int(k): float(v) for k, v in zip(rows["seed"], rows["value"].astype(float))}
-
     lines = ["| backbone | pretraining | artifact | seeds | ridge MAE change [95 %] | MLP MAE change [95 %] | "
              "eff. rank clean -> corrupted | std clean -> corrupted | SIGReg clean -> corrupted |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -382,7 +378,7 @@ def noise_probes_table(output: Path, models: set[str] | None = None) -> str:
                       & (frame["corruption_rate"] == 0)]
         texts, seeds = [], 0
         for metric in ("ridge_mae", "mlp_mae", "emb_erank", "emb_std", "emb_sigreg"):
-            ours, base = by_seed(rows, metric), by_seed(clean, metric)
+            ours, base = by_seed(rows[rows["metric"] == metric]), by_seed(clean[clean["metric"] == metric])
             common = sorted(set(ours) & set(base))
             seeds = max(seeds, len(common))
             if not common:
