@@ -1115,6 +1115,96 @@ def test_paired_table_interval_resolution_and_seeds_needed():
     assert paired_table(final_test_mae(frame)).splitlines()[2].endswith(f"| no | {needed} |")  # no frame: no hours
 
 
+def test_spread_intervals_follow_chi_square_and_pitman_morgan():
+    """A row's std interval is chi-square's; the ratio of two paired stds has the Pitman-Morgan interval: at
+    each bound the Pitman-Morgan t statistic (correlation of x / sqrt(lambda) + y and x / sqrt(lambda) - y)
+    is exactly t(0.975, n-2), and over simulated correlated normal pairs the interval covers the true ratio
+    95 % of the time."""
+    from atomzoo.runner.paired import spread_interval, spread_ratio, t_quantile
+
+    sd, low, high = spread_interval([1.0, 2.0, 4.0, 3.0, 7.0])
+    assert sd == pytest.approx(statistics.stdev([1.0, 2.0, 4.0, 3.0, 7.0]))
+    # df 4: chi2(0.975) = 11.143, chi2(0.025) = 0.4844
+    assert low / sd == pytest.approx((4 / 11.1433) ** 0.5, rel=1e-4)
+    assert high / sd == pytest.approx((4 / 0.48442) ** 0.5, rel=1e-4)
+    assert spread_interval([3.0])[1:] == (None, None)
+
+    x = np.array([170.5, 166.0, 168.8, 161.6, 171.3])
+    y = np.array([161.8, 162.8, 163.4, 165.3, 166.4])
+    ratio, low, high = spread_ratio(list(x), list(y))
+    assert ratio == pytest.approx(x.std(ddof=1) / y.std(ddof=1))
+    assert low < ratio < high
+    for bound in (low, high):
+        u, v = x / bound + y, x / bound - y
+        r = np.corrcoef(u, v)[0, 1]
+        assert abs(r) * (len(x) - 2) ** 0.5 / (1 - r * r) ** 0.5 == pytest.approx(t_quantile(len(x) - 2), rel=1e-6)
+    rng = np.random.default_rng(0)
+    covered, trials = 0, 2000
+    for _ in range(trials):
+        a = rng.normal(size=6)
+        pair = (2.0 * (0.6 * a + 0.8 * rng.normal(size=6)), a)  # true std ratio 2, correlation 0.6
+        _, lo, hi = spread_ratio(list(pair[0]), list(pair[1]))
+        covered += lo <= 2.0 <= hi
+    assert 0.93 < covered / trials < 0.97
+    assert spread_ratio([1.0, 2.0], [2.0, 5.0])[1:] == (None, None)  # two pairs: no interval
+    with pytest.raises(ValueError, match="same length"):
+        spread_ratio([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_spread_table_compares_each_row_with_the_references():
+    from atomzoo.runner.paired import spread_interval
+    from atomzoo.runner.report import spread_table
+
+    steady = [30.1, 30.0, 30.2, 29.9, 30.1, 30.0]
+    rows = _finetune_rows({"none": [30.0, 36.0, 28.0, 40.0, 25.0, 33.0], "denoising": steady,
+                           "scd": [31.0, 30.0, 35.0, 29.0, 26.0, 34.0], "jepa": [29.0, 30.0]})
+    rows += [{**r, "objective": "denoising", "corruption_rate": 0.3, "cell": r["cell"] + "c", "value": 99.0 * i}
+             for i, r in enumerate(_finetune_rows({"x": [1.0, 2.0, 3.0]}))]  # corrupted: not in the table
+    table = spread_table(final_test_mae(pd.DataFrame(rows)), ("none", "denoising")).splitlines()
+    sd, low, high = (f"{v:.2f}" for v in spread_interval(steady))
+    own = [line for line in table if line.count("|") == 8]  # one line per row: its std over seeds
+    assert f"| painn | homo | 1000 | finetune | denoising | 6 | {sd} [{low}, {high}] meV |" in own
+    assert len(own) == 2 + 4  # header, none, denoising, scd, jepa: the corrupted runs are not averaged in
+    assert any(line.startswith("| painn | homo | 1000 | finetune | jepa | 2 |") for line in table)
+    ratios = {tuple(c.strip() for c in line.split("|")[5:7]): line for line in table
+              if line.count("|") == 10 and line.startswith("| painn")}
+    # jepa has two seeds: no ratio; scratch is no row of its own; two references paired once (denoising - none)
+    assert set(ratios) == {("denoising", "none"), ("scd", "none"), ("scd", "denoising")}
+    assert ratios["denoising", "none"].endswith("| yes, steadier |")
+    assert ratios["scd", "denoising"].endswith("| yes, more variable |")
+    assert ratios["scd", "none"].endswith("| no |")
+
+
+def test_probes_spread_table_pairs_pretraining_seeds(tmp_path):
+    from atomzoo.runner.paired import spread_ratio
+    from atomzoo.runner.probe import PROBE_COLUMNS, probes_spread_table
+
+    values = {"jepa_ema": {"emb_std": [0.68, 0.85, 1.06, 0.28, 1.38], "mlp_mae": [247.0, 249.0, 240.0, 263.0, 257.0]},
+              "jepa_sigreg": {"emb_std": [0.47, 0.52, 0.63, 0.60, 0.52], "mlp_mae": [265.0, 255.0, 255.0, 254.0, 259.0]},
+              "denoising": {"emb_std": [0.5, 0.6], "mlp_mae": [270.0, 275.0]}}
+    rows = []
+    for objective, metrics in values.items():
+        for metric, per_seed in metrics.items():
+            for seed, value in enumerate(per_seed):
+                rows.append({"model": f"pretrain/painn/{objective}/c0/p{seed}", "backbone": "painn",
+                             "objective": objective, "seed": seed, "features": "backbone", "metric": metric,
+                             "target": "homo", "value": value, "commit": "x", "corruption_rate": 0.0, "corruption": ""})
+    rows.append({**rows[0], "model": "random/painn/r0", "objective": "random init"})
+    rows.append({**rows[0], "model": "pretrain/painn/jepa_ema/c0.3-wrong_element/p0", "value": 50.0,
+                 "corruption_rate": 0.3, "corruption": "wrong_element"})
+    write_rows(tmp_path / "probes.csv", rows, PROBE_COLUMNS)
+    assert probes_spread_table(tmp_path, references=()) == ""
+    table = probes_spread_table(tmp_path, references=("denoising", "jepa_ema")).splitlines()
+    assert len(table) == 3  # denoising has two seeds: no pair with it; scratch and random networks: none
+    cells = [c.strip() for c in table[2].split("|")]
+    assert cells[1:5] == ["painn", "jepa_sigreg", "jepa_ema", "5"]
+    ratio, low, high = spread_ratio(values["jepa_sigreg"]["emb_std"], values["jepa_ema"]["emb_std"])
+    assert high < 1 and cells[7] == f"**{ratio:.2f} [{low:.2f}, {high:.2f}]**"  # resolved: bold
+    ratio, low, high = spread_ratio(values["jepa_sigreg"]["mlp_mae"], values["jepa_ema"]["mlp_mae"])
+    assert low < 1 < high and cells[6] == f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+    assert cells[5] == cells[8] == "–"  # metrics not probed
+
+
 def test_compute_and_finetuning_tables(tmp_path):
     from atomzoo.runner.report import compute_table, finetuning_table
 
@@ -1344,8 +1434,12 @@ def test_paired_references_come_from_the_matrix(tmp_path):
     write_rows(matrix.results_csv, rows)
     text = write_report(matrix).read_text()
     assert "## Paired differences to scratch and to jepa (same fine-tuning seeds)" in text
+
+    def paired_section(text: str) -> list[str]:
+        return text.split("### Spread across seeds")[0].splitlines()
+
     pairs = {(line.split("|")[5].strip(), line.split("|")[6].strip()): line.split("|")[7].strip()
-             for line in text.splitlines() if line.startswith("| schnet")}
+             for line in paired_section(text) if line.startswith("| schnet")}
     assert set(pairs) == {("denoising", "none"), ("denoising", "jepa"), ("jepa", "none")}
     assert pairs["denoising", "jepa"].startswith("-1.75 [")  # (9 - 11 + 10 - 11.5) / 2
     # two references are paired once: the later in the list minus the earlier, never both directions
@@ -1353,7 +1447,7 @@ def test_paired_references_come_from_the_matrix(tmp_path):
     path.write_text(yaml.safe_dump(data))
     text = write_report(load_matrix(path)).read_text()
     pairs = {(line.split("|")[5].strip(), line.split("|")[6].strip()): line.split("|")[7].strip()
-             for line in text.splitlines() if line.startswith("| schnet")}
+             for line in paired_section(text) if line.startswith("| schnet")}
     assert set(pairs) == {("denoising", "none"), ("jepa", "none"), ("jepa", "denoising")}
     assert pairs["jepa", "denoising"].startswith("+1.75 [")
     data["references"] = ["none", "scd"]

@@ -49,6 +49,54 @@ def seeds_needed(mean: float, sd: float, limit: int = 10000) -> int | None:
     return None
 
 
+def listed_the_other_way(objective: str, ref: str, references: tuple[str, ...]) -> bool:
+    """True when ``objective`` is itself a reference listed before ``ref``: the pair of two references
+    appears once, as the later one minus the earlier one (``ref`` - ``objective``), not in both directions."""
+    return objective in references and references.index(objective) < references.index(ref)
+
+
+def spread_interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """Sample standard deviation of ``values`` and its 95 % interval, ``s * sqrt((n-1) / chi2(q, n-1))``
+    for q = 0.975 and 0.025 (scipy.stats.chi2; normal samples); the bounds are ``None`` for n < 2.
+    For n = 5 the interval is [0.60 s, 2.87 s]."""
+    if len(values) < 2:
+        return float("nan"), None, None
+    from scipy.stats import chi2
+
+    df = len(values) - 1
+    sd = statistics.stdev(values)
+    return sd, sd * math.sqrt(df / chi2.ppf(0.975, df)), sd * math.sqrt(df / chi2.ppf(0.025, df))
+
+
+def spread_ratio(ours: list[float], reference: list[float]) -> tuple[float, float | None, float | None]:
+    """Ratio of standard deviations ``sd(ours) / sd(reference)`` of two paired samples (the same seeds,
+    in the same order) with its 95 % interval from the Pitman-Morgan test (Pitman, Biometrika 31, 9,
+    1939; Morgan, Biometrika 31, 13, 1939): with F the ratio of the sample variances, r the correlation
+    of the pairs and t = t(0.975, n-2), K = 1 + 2 (1 - r^2) t^2 / (n - 2), the variance ratio's interval
+    is F (K -+ sqrt(K^2 - 1)); its square roots are returned. The bounds are ``None`` for n < 3 (or when
+    a sample has no spread).
+
+    Raises:
+        ValueError: the two samples differ in length.
+    """
+    if len(ours) != len(reference):
+        raise ValueError(f"paired samples need the same length, got {len(ours)} and {len(reference)}")
+    if len(ours) < 2:
+        return float("nan"), None, None
+    sd_ours, sd_ref = statistics.stdev(ours), statistics.stdev(reference)
+    if sd_ref == 0:
+        return float("inf") if sd_ours else float("nan"), None, None
+    ratio = sd_ours / sd_ref
+    if len(ours) < 3 or sd_ours == 0:
+        return ratio, None, None
+    n = len(ours)
+    r = statistics.correlation(ours, reference)
+    t = t_quantile(n - 2)
+    k = 1 + 2 * (1 - r * r) * t * t / (n - 2)
+    root = math.sqrt(k * k - 1)
+    return ratio, ratio * math.sqrt(k - root), ratio * math.sqrt(k + root)
+
+
 def by_seed(sub: pd.DataFrame) -> dict[int, float]:
     """Test MAE per fine-tuning seed (averaged over pretraining seeds where several share one)."""
     return {int(k): float(v) for k, v in sub.groupby("seed")["value"].mean().items()}

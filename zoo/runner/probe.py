@@ -23,7 +23,8 @@ each against the same probes of ``random_nets`` randomly initialised networks of
 
 :func:`probe_matrix` appends to ``<output>/probes.csv`` (rewritten atomically after every model; a model
 with rows there is not probed again) and the report's ``probes`` section reads it
-(:func:`probes_table`: the networks pretrained on clean data); its ``noise`` section pairs the networks
+(:func:`probes_table`: the networks pretrained on clean data; :func:`probes_spread_table`: how much
+each objective's probes vary from seed to seed against another's); its ``noise`` section pairs the networks
 pretrained on corrupted data with their clean twins (:func:`noise_probes_table`). Measured numbers: docs/benchmarks.md.
 """
 
@@ -432,3 +433,52 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
         lines.append(f"| {backbone} | {objective} | {sub['seed'].nunique()} | " + " | ".join(texts) + " |")
     return (f"Probes of the frozen pretrained networks on QM9 {target} (MAE in meV; zoo-bench probe; "
             "random init: the same architecture with random weights):\n\n" + "\n".join(lines))
+
+
+#: the backbone-feature probes whose spread across pretraining seeds :func:`probes_spread_table` compares
+SPREAD_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank")
+
+
+def probes_spread_table(output: Path, models: set[str] | None = None,
+                        references: tuple[str, ...] = ()) -> str:
+    """Markdown table: how steady each objective's frozen backbone features are across pretraining seeds
+    against each of ``references`` (the matrix's, scratch aside: it has no pretrained network; two
+    references paired once, as in the report's paired table). Per pair and metric of
+    :data:`SPREAD_METRICS`, the ratio of the two standard deviations over the pretraining seeds both
+    have, with its 95 % interval (:func:`atomzoo.runner.paired.spread_ratio`, Pitman-Morgan: the two
+    networks of a seed share its initialisation), bold where the interval excludes 1. Empty without
+    ``probes.csv``, without references or without a pair of three or more common seeds."""
+    from .paired import listed_the_other_way, spread_ratio
+
+    path = Path(output) / "probes.csv"
+    if not path.exists() or not references:
+        return ""
+    frame = _read_probes(path, models)
+    frame = frame[(frame["corruption_rate"] == 0) & (frame["features"] == "backbone")
+                  & (frame["objective"] != "random init")]
+    names = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank"}
+    lines = ["| backbone | pretraining | vs | seeds | " + " | ".join(names[m] for m in SPREAD_METRICS) + " |",
+             "|---|---|---|---:|" + "---:|" * len(SPREAD_METRICS)]
+    for backbone, group in frame.groupby("backbone"):
+        values = {(o, m): dict(zip(g["seed"].astype(int), g["value"].astype(float)))
+                  for (o, m), g in group.groupby(["objective", "metric"])}
+        objectives = sorted({o for o, _ in values})
+        for objective in objectives:
+            for ref in references:
+                if ref == objective or ref not in objectives or listed_the_other_way(objective, ref, references):
+                    continue
+                texts, seeds = [], 0
+                for metric in SPREAD_METRICS:
+                    ours, theirs = values.get((objective, metric), {}), values.get((ref, metric), {})
+                    common = sorted(set(ours) & set(theirs))
+                    ratio, low, high = (spread_ratio([ours[k] for k in common], [theirs[k] for k in common])
+                                        if len(common) >= 2 else (float("nan"), None, None))
+                    seeds = max(seeds, len(common))
+                    if low is None:
+                        texts.append("–")
+                        continue
+                    text = f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+                    texts.append(f"**{text}**" if high < 1 or low > 1 else text)
+                if seeds >= 3:
+                    lines.append(f"| {backbone} | {objective} | {ref} | {seeds} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""

@@ -25,7 +25,10 @@ Sections of the report, in this order (the matrix's ``report`` key picks which):
   seed k is also the pretraining seed: one replicate), mean and 95 % interval (paired t; n = 1 says
   so), ``resolved`` when the interval excludes 0, and for unresolved differences the seeds a 95 %
   interval excluding 0 needs (:func:`~atomzoo.runner.paired.seeds_needed`), with the CPU hours the missing replicates would
-  take at the rows' measured cost (:func:`replicate_cpu_h`).
+  take at the rows' measured cost (:func:`replicate_cpu_h`). Then how steady each row is across
+  seeds (:func:`spread_table`): the standard deviation of its test MAE with a 95 % interval, and its
+  ratio to each reference's over the same seeds with a 95 % interval (Pitman-Morgan, paired),
+  resolved when the interval excludes 1; clean pretraining only.
 - ``compute``: per pretraining objective, its optimiser steps, measured CPU time (hours, per run and
   per step, over the runs whose whole CPU time is known: :func:`run_cpu_s`) and the fine-tuned test
   MAE (mean and 95 % interval): objectives at equal steps, and at equal CPU time where the matrix has a
@@ -68,7 +71,8 @@ import pandas as pd
 
 from .matrix import (DEFAULT_REFERENCES, DEFAULT_REPORT_NAME, DEFAULT_SECTIONS, SCRATCH, Comparison, Matrix,
                      report_scope)
-from .paired import by_seed, paired_changes, paired_interval, seeds_needed
+from .paired import (by_seed, listed_the_other_way, paired_changes, paired_interval, seeds_needed, spread_interval,
+                     spread_ratio)
 from .plots import budget_plots, curve_plots, mae_plots, noise_change_plots, noise_plots
 from .results import labelled, load
 
@@ -239,12 +243,6 @@ def _missing_cpu_h(costs: dict[tuple, float] | None, rows: list[tuple], needed: 
     return f", ~{(needed - done) * sum(parts):.1f} CPU h more"
 
 
-def _listed_the_other_way(objective: str, ref: str, references: tuple[str, ...]) -> bool:
-    """True when ``objective`` is itself a reference listed before ``ref``: the pair of two references
-    appears once, as the later one minus the earlier one (``ref`` - ``objective``), not in both directions."""
-    return objective in references and references.index(objective) < references.index(ref)
-
-
 def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
                  costs: dict[tuple, float] | None = None) -> str:
     """Markdown table of every objective's paired difference to each of ``references`` (module docstring);
@@ -267,7 +265,7 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
             if objective == SCRATCH:
                 continue
             for ref in references:
-                if ref == objective or ref not in sides or _listed_the_other_way(objective, ref, references):
+                if ref == objective or ref not in sides or listed_the_other_way(objective, ref, references):
                     continue
                 common = sorted(set(sides[objective]) & set(sides[ref]))
                 if not common:
@@ -290,6 +288,49 @@ def paired_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES,
                 lines.append(f"| {b} | {t} | {n} | {mode} | {label} | {ref} | {_interval_text(mean, half)} {u} | "
                              f"{100 * mean / base:+.1f}% | {len(common)} | {resolved} | {needed} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def spread_table(ft: pd.DataFrame, references: tuple[str, ...] = REFERENCES) -> str:
+    """Markdown tables of how steady each clean row's test MAE is across seeds (module docstring,
+    ``paired``): per row, the standard deviation over its seeds with a 95 % interval
+    (:func:`~atomzoo.runner.paired.spread_interval`); per pair of the paired table (every objective
+    against each of ``references``, two references once), the ratio of the two standard deviations over
+    the seeds both have (three or more) with a 95 % interval (:func:`~atomzoo.runner.paired.spread_ratio`):
+    below 1 the objective is steadier than the reference, resolved when the interval excludes 1. Empty
+    when no row has two seeds."""
+    clean = ft[ft["corruption_rate"] == 0]
+    rows = ["| backbone | task | n | mode | pretraining | seeds | std over seeds (unit) [95 %] |",
+            "|---|---|---|---|---|---:|---:|"]
+    pairs = ["| backbone | task | n | mode | pretraining | vs | seeds | std ratio [95 %] | resolved |",
+             "|---|---|---|---|---|---|---:|---:|:---:|"]
+    for (b, t, n, u, mode), group in clean.groupby(["backbone", "target", "label_budget", "unit", "mode"]):
+        sides = {o: by_seed(g) for o, g in group.groupby("objective")}
+        for objective in sorted(sides, key=lambda o: (o != SCRATCH, o)):
+            values = [sides[objective][k] for k in sorted(sides[objective])]
+            if len(values) < 2:
+                continue
+            sd, low, high = spread_interval(values)
+            rows.append(f"| {b} | {t} | {n} | {mode} | {objective} | {len(values)} | "
+                        f"{sd:.2f} [{low:.2f}, {high:.2f}] {u} |")
+            for ref in references:
+                if (objective == SCRATCH or ref == objective or ref not in sides
+                        or listed_the_other_way(objective, ref, references)):
+                    continue
+                common = sorted(set(sides[objective]) & set(sides[ref]))
+                if len(common) < 3:  # the interval needs three pairs
+                    continue
+                ratio, low, high = spread_ratio([sides[objective][k] for k in common],
+                                                [sides[ref][k] for k in common])
+                if low is None:  # a side without spread
+                    text, resolved = f"{ratio:.2f}", "–"
+                else:
+                    text = f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+                    resolved = "yes, steadier" if high < 1 else "yes, more variable" if low > 1 else "no"
+                pairs.append(f"| {b} | {t} | {n} | {mode} | {objective} | {ref} | {len(common)} | {text} | "
+                             f"{resolved} |")
+    if len(rows) == 2:
+        return ""
+    return "\n".join(rows) + ("\n\n" + "\n".join(pairs) if len(pairs) > 2 else "")
 
 
 def run_cpu_s(values: dict[str, float]) -> float | None:
@@ -739,6 +780,16 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
             named = [names.get(r, r) for r in references]
             against = " and to ".join([", to ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
             parts += [f"## Paired differences to {against} (same fine-tuning seeds)", "", table, ""]
+        spread = spread_table(ft, references)
+        if spread:
+            parts += ["### Spread across seeds", "", spread, "",
+                      "How steady each row is from replicate to replicate (clean pretraining): the standard deviation "
+                      "of the test MAE over its seeds with a 95 % interval (chi-square), and the ratio of an "
+                      "objective's standard deviation to a reference's over the seeds both have, with a 95 % "
+                      "interval from the Pitman-Morgan test for paired samples (below 1: steadier); resolved when "
+                      "the interval excludes 1. Both assume normal MAEs across seeds; at 3 seeds the intervals "
+                      "span more than a factor of 10. Of many such intervals, about one in 20 excludes 1 by chance "
+                      "alone.", ""]
     if "compute" in sections:
         table = compute_table(frame, ft)
         if table:
@@ -797,12 +848,22 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                       "fine-tuning seed's noise); the diagnostics of the pooled backbone features of the same 1,024 "
                       "clean validation molecules for both, means over the seeds both have.", ""]
     if "probes" in sections:
-        from .probe import probes_table
+        from .probe import probes_spread_table, probes_table
 
         probes = probes_table(output, None if scope is None else scope | {
             f"random/{backbone}/" for backbone in frame["backbone"].unique()})
         if probes:
             parts += ["## Probes of the frozen pretrained networks", "", probes, ""]
+            references = tuple(r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH)
+            spread = probes_spread_table(output, None if scope is None else scope, references)
+            if spread:
+                parts += ["### Spread of the probes across pretraining seeds", "", spread, "",
+                          "Per pair: the objective's standard deviation over the pretraining seeds divided by the "
+                          "reference's, over the seeds both have (the backbone features' probe MAEs and embedding "
+                          "diagnostics), with a 95 % interval (Pitman-Morgan test for paired samples; the two "
+                          "networks of a seed share its initialisation); below 1: steadier than the reference; "
+                          "**bold**: the interval excludes 1. Of many such intervals, about one in 20 excludes 1 by "
+                          "chance alone.", ""]
     pretraining = pretraining_table(frame) if "pretraining" in sections else ""
     if pretraining:
         parts += ["## Pretraining runs", "", pretraining, ""]
