@@ -1175,12 +1175,14 @@ def test_spread_table_compares_each_row_with_the_references():
     assert ratios["scd", "none"].endswith("| no |")
 
 
-def test_probes_spread_table_pairs_pretraining_seeds(tmp_path):
-    from atomzoo.runner.paired import spread_ratio
-    from atomzoo.runner.probe import PROBE_COLUMNS, probes_spread_table
+def test_probes_paired_and_spread_tables_pair_pretraining_seeds(tmp_path):
+    from atomzoo.runner.paired import paired_interval, spread_ratio
+    from atomzoo.runner.probe import PROBE_COLUMNS, probes_paired_table, probes_spread_table
 
-    values = {"jepa_ema": {"emb_std": [0.68, 0.85, 1.06, 0.28, 1.38], "mlp_mae": [247.0, 249.0, 240.0, 263.0, 257.0]},
-              "jepa_sigreg": {"emb_std": [0.47, 0.52, 0.63, 0.60, 0.52], "mlp_mae": [265.0, 255.0, 255.0, 254.0, 259.0]},
+    values = {"jepa_ema": {"emb_std": [0.68, 0.85, 1.06, 0.28, 1.38], "mlp_mae": [247.0, 249.0, 240.0, 263.0, 257.0],
+                           "ridge_mae": [250.0, 251.0, 252.0, 253.0, 254.0]},
+              "jepa_sigreg": {"emb_std": [0.47, 0.52, 0.63, 0.60, 0.52], "mlp_mae": [265.0, 255.0, 255.0, 254.0, 259.0],
+                              "ridge_mae": [260.0, 261.5, 262.0, 263.2, 264.0]},
               "denoising": {"emb_std": [0.5, 0.6], "mlp_mae": [270.0, 275.0]}}
     rows = []
     for objective, metrics in values.items():
@@ -1193,16 +1195,29 @@ def test_probes_spread_table_pairs_pretraining_seeds(tmp_path):
     rows.append({**rows[0], "model": "pretrain/painn/jepa_ema/c0.3-wrong_element/p0", "value": 50.0,
                  "corruption_rate": 0.3, "corruption": "wrong_element"})
     write_rows(tmp_path / "probes.csv", rows, PROBE_COLUMNS)
-    assert probes_spread_table(tmp_path, references=()) == ""
+    assert probes_spread_table(tmp_path, references=()) == "" == probes_paired_table(tmp_path, references=())
     table = probes_spread_table(tmp_path, references=("denoising", "jepa_ema")).splitlines()
-    assert len(table) == 3  # denoising has two seeds: no pair with it; scratch and random networks: none
+    assert len(table) == 3  # denoising has two seeds: no ratio with it; scratch and random networks: none
     cells = [c.strip() for c in table[2].split("|")]
     assert cells[1:5] == ["painn", "jepa_sigreg", "jepa_ema", "5"]
     ratio, low, high = spread_ratio(values["jepa_sigreg"]["emb_std"], values["jepa_ema"]["emb_std"])
     assert high < 1 and cells[7] == f"**{ratio:.2f} [{low:.2f}, {high:.2f}]**"  # resolved: bold
     ratio, low, high = spread_ratio(values["jepa_sigreg"]["mlp_mae"], values["jepa_ema"]["mlp_mae"])
     assert low < 1 < high and cells[6] == f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
-    assert cells[5] == cells[8] == "–"  # metrics not probed
+    assert cells[8] == "–"  # eff. rank not probed
+
+    table = probes_paired_table(tmp_path, references=("denoising", "jepa_ema")).splitlines()
+    rows = {tuple(c.strip() for c in line.split("|")[2:4]): [c.strip() for c in line.split("|")]
+            for line in table[2:]}
+    # two seeds of denoising suffice for a paired interval; the reference pair once (jepa_ema - denoising)
+    assert set(rows) == {("jepa_ema", "denoising"), ("jepa_sigreg", "denoising"), ("jepa_sigreg", "jepa_ema")}
+    cells = rows["jepa_sigreg", "jepa_ema"]
+    for column, metric in ((5, "ridge_mae"), (6, "mlp_mae")):
+        mean, half = paired_interval([a - b for a, b in zip(values["jepa_sigreg"][metric], values["jepa_ema"][metric])])
+        text = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+        assert cells[column] == (f"**{text}**" if abs(mean) > half else text)
+    assert cells[5].startswith("**+10.1 [") and not cells[6].startswith("**")  # ridge resolved, MLP not
+    assert rows["jepa_ema", "denoising"][4:6] == ["2", "–"]  # denoising has no ridge probe
 
 
 def test_compute_and_finetuning_tables(tmp_path):

@@ -23,8 +23,9 @@ each against the same probes of ``random_nets`` randomly initialised networks of
 
 :func:`probe_matrix` appends to ``<output>/probes.csv`` (rewritten atomically after every model; a model
 with rows there is not probed again) and the report's ``probes`` section reads it
-(:func:`probes_table`: the networks pretrained on clean data; :func:`probes_spread_table`: how much
-each objective's probes vary from seed to seed against another's); its ``noise`` section pairs the networks
+(:func:`probes_table`: the networks pretrained on clean data; :func:`probes_paired_table`: one
+objective's probe MAEs minus another's, paired by pretraining seed; :func:`probes_spread_table`: how
+much each objective's probes vary from seed to seed against another's); its ``noise`` section pairs the networks
 pretrained on corrupted data with their clean twins (:func:`noise_probes_table`). Measured numbers: docs/benchmarks.md.
 """
 
@@ -437,48 +438,85 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
 
 #: the backbone-feature probes whose spread across pretraining seeds :func:`probes_spread_table` compares
 SPREAD_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank")
+_NAMES = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
+          "emb_sigreg": "SIGReg"}
+
+
+def _probe_pairs(output: Path, models: set[str] | None, references: tuple[str, ...]):
+    """Yield ``(backbone, objective, reference, ours, theirs)`` for every pair of clean pretrained networks
+    the report compares (each objective against each of ``references`` it is not, two references once,
+    as in the paired table); ``ours`` / ``theirs`` map a backbone-feature metric to ``{seed: value}``."""
+    from .paired import listed_the_other_way
+
+    path = Path(output) / "probes.csv"
+    if not path.exists() or not references:
+        return
+    frame = _read_probes(path, models)
+    frame = frame[(frame["corruption_rate"] == 0) & (frame["features"] == "backbone")
+                  & (frame["objective"] != "random init")]
+    for backbone, group in frame.groupby("backbone"):
+        values: dict[str, dict[str, dict[int, float]]] = {}
+        for (objective, metric), rows in group.groupby(["objective", "metric"]):
+            values.setdefault(objective, {})[metric] = dict(zip(rows["seed"].astype(int), rows["value"].astype(float)))
+        for objective in sorted(values):
+            for ref in references:
+                if ref != objective and ref in values and not listed_the_other_way(objective, ref, references):
+                    yield backbone, objective, ref, values[objective], values[ref]
+
+
+def probes_paired_table(output: Path, models: set[str] | None = None, references: tuple[str, ...] = ()) -> str:
+    """Markdown table: each objective's frozen-backbone probe MAEs minus each reference's (pairs as in
+    :func:`_probe_pairs`), paired by pretraining seed (the two networks of a seed share its
+    initialisation), mean and 95 % interval (paired t, :func:`atomzoo.runner.paired.paired_interval`),
+    bold where the interval excludes 0; negative: the objective's features predict the target better.
+    Empty without ``probes.csv``, without references or without a pair of two or more common seeds."""
+    from .paired import paired_interval
+
+    lines = ["| backbone | pretraining | vs | seeds | ridge MAE difference [95 %] | MLP MAE difference [95 %] |",
+             "|---|---|---|---:|---:|---:|"]
+    for backbone, objective, ref, ours, theirs in _probe_pairs(output, models, references):
+        texts, seeds = [], 0
+        for metric in ("ridge_mae", "mlp_mae"):
+            mine, other = ours.get(metric, {}), theirs.get(metric, {})
+            common = sorted(set(mine) & set(other))
+            seeds = max(seeds, len(common))
+            if len(common) < 2:
+                texts.append("–")
+                continue
+            mean, half = paired_interval([mine[k] - other[k] for k in common])
+            text = f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+            texts.append(f"**{text}**" if abs(mean) > half else text)
+        if seeds >= 2:
+            lines.append(f"| {backbone} | {objective} | {ref} | {seeds} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def probes_spread_table(output: Path, models: set[str] | None = None,
                         references: tuple[str, ...] = ()) -> str:
     """Markdown table: how steady each objective's frozen backbone features are across pretraining seeds
-    against each of ``references`` (the matrix's, scratch aside: it has no pretrained network; two
-    references paired once, as in the report's paired table). Per pair and metric of
-    :data:`SPREAD_METRICS`, the ratio of the two standard deviations over the pretraining seeds both
-    have, with its 95 % interval (:func:`atomzoo.runner.paired.spread_ratio`, Pitman-Morgan: the two
-    networks of a seed share its initialisation), bold where the interval excludes 1. Empty without
-    ``probes.csv``, without references or without a pair of three or more common seeds."""
-    from .paired import listed_the_other_way, spread_ratio
+    against each of ``references`` (the matrix's, scratch aside: it has no pretrained network; pairs as
+    in :func:`_probe_pairs`). Per pair and metric of :data:`SPREAD_METRICS`, the ratio of the two
+    standard deviations over the pretraining seeds both have, with its 95 % interval
+    (:func:`atomzoo.runner.paired.spread_ratio`, Pitman-Morgan: the two networks of a seed share its
+    initialisation), bold where the interval excludes 1. Empty without ``probes.csv``, without
+    references or without a pair of three or more common seeds."""
+    from .paired import spread_ratio
 
-    path = Path(output) / "probes.csv"
-    if not path.exists() or not references:
-        return ""
-    frame = _read_probes(path, models)
-    frame = frame[(frame["corruption_rate"] == 0) & (frame["features"] == "backbone")
-                  & (frame["objective"] != "random init")]
-    names = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank"}
-    lines = ["| backbone | pretraining | vs | seeds | " + " | ".join(names[m] for m in SPREAD_METRICS) + " |",
+    lines = ["| backbone | pretraining | vs | seeds | " + " | ".join(_NAMES[m] for m in SPREAD_METRICS) + " |",
              "|---|---|---|---:|" + "---:|" * len(SPREAD_METRICS)]
-    for backbone, group in frame.groupby("backbone"):
-        values = {(o, m): dict(zip(g["seed"].astype(int), g["value"].astype(float)))
-                  for (o, m), g in group.groupby(["objective", "metric"])}
-        objectives = sorted({o for o, _ in values})
-        for objective in objectives:
-            for ref in references:
-                if ref == objective or ref not in objectives or listed_the_other_way(objective, ref, references):
-                    continue
-                texts, seeds = [], 0
-                for metric in SPREAD_METRICS:
-                    ours, theirs = values.get((objective, metric), {}), values.get((ref, metric), {})
-                    common = sorted(set(ours) & set(theirs))
-                    ratio, low, high = (spread_ratio([ours[k] for k in common], [theirs[k] for k in common])
-                                        if len(common) >= 2 else (float("nan"), None, None))
-                    seeds = max(seeds, len(common))
-                    if low is None:
-                        texts.append("–")
-                        continue
-                    text = f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
-                    texts.append(f"**{text}**" if high < 1 or low > 1 else text)
-                if seeds >= 3:
-                    lines.append(f"| {backbone} | {objective} | {ref} | {seeds} | " + " | ".join(texts) + " |")
+    for backbone, objective, ref, ours, theirs in _probe_pairs(output, models, references):
+        texts, seeds = [], 0
+        for metric in SPREAD_METRICS:
+            mine, other = ours.get(metric, {}), theirs.get(metric, {})
+            common = sorted(set(mine) & set(other))
+            seeds = max(seeds, len(common))
+            ratio, low, high = (spread_ratio([mine[k] for k in common], [other[k] for k in common])
+                                if len(common) >= 3 else (float("nan"), None, None))
+            if low is None:
+                texts.append("–")
+                continue
+            text = f"{ratio:.2f} [{low:.2f}, {high:.2f}]"
+            texts.append(f"**{text}**" if high < 1 or low > 1 else text)
+        if seeds >= 3:
+            lines.append(f"| {backbone} | {objective} | {ref} | {seeds} | " + " | ".join(texts) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""

@@ -848,14 +848,21 @@ def write_report(output: Path | Matrix, title: str | None = None) -> Path:
                       "fine-tuning seed's noise); the diagnostics of the pooled backbone features of the same 1,024 "
                       "clean validation molecules for both, means over the seeds both have.", ""]
     if "probes" in sections:
-        from .probe import probes_spread_table, probes_table
+        from .probe import probes_paired_table, probes_spread_table, probes_table
 
         probes = probes_table(output, None if scope is None else scope | {
             f"random/{backbone}/" for backbone in frame["backbone"].unique()})
         if probes:
             parts += ["## Probes of the frozen pretrained networks", "", probes, ""]
             references = tuple(r for r in (matrix.references if matrix else REFERENCES) if r != SCRATCH)
-            spread = probes_spread_table(output, None if scope is None else scope, references)
+            paired = probes_paired_table(output, scope, references)
+            if paired:
+                parts += ["### Probes compared across objectives (paired by pretraining seed)", "", paired, "",
+                          "Per pair: the objective's probe MAE minus the reference's, per pretraining seed (the two "
+                          "networks of a seed share its initialisation), mean and 95 % interval (paired t); negative: "
+                          "the objective's frozen features predict the target better; **bold**: the interval "
+                          "excludes 0. Of many such intervals, about one in 20 excludes 0 by chance alone.", ""]
+            spread = probes_spread_table(output, scope, references)
             if spread:
                 parts += ["### Spread of the probes across pretraining seeds", "", spread, "",
                           "Per pair: the objective's standard deviation over the pretraining seeds divided by the "
