@@ -17,8 +17,12 @@
 # PARALLEL=2 runs two cells at a time (one thread each; a fine-tuning cell waits for its pretraining
 # cell) when no other job needs the second core:
 #   PARALLEL=2 nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
+# STOP_BY=<ISO time> (e.g. the end of a batch job's allocation: STOP_BY=$(date -Iseconds -d '+170 min'))
+# starts no cell that would not finish by then (zoo-bench run --stop-by) and ends the queue there, so that
+# no cell is killed part-way; the next start continues.
 set -u
 PARALLEL="${PARALLEL:-1}"
+STOP_BY="${STOP_BY:-}"
 cd "$(dirname "$0")/.."
 status=0
 for matrix in \
@@ -31,7 +35,15 @@ for matrix in \
     benchmarks/matrices/objectives_v2_backbones.yaml \
     benchmarks/matrices/objectives_v2_forces.yaml; do
   echo "== $(date -u +%FT%TZ) $matrix"
-  zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results || status=$?
+  code=0
+  zoo-bench run "$matrix" --threads 1 --parallel "$PARALLEL" --commit-results ${STOP_BY:+--stop-by "$STOP_BY"} || code=$?
+  if [ "$code" = 3 ]; then  # cells deferred past STOP_BY: the queue ends here (its reports are committed)
+    git add -- benchmarks/results/objectives_v2
+    git commit -q -m "objectives_v2 reports at STOP_BY ($(basename "$matrix"))" -- benchmarks/results/objectives_v2 || true
+    echo "== $(date -u +%FT%TZ) stopped: the next cells would not finish by STOP_BY=$STOP_BY"
+    exit $status
+  fi
+  [ "$code" = 0 ] || status=$code
   case "$matrix" in
     *objectives_v2.yaml|*objectives_v2_q2.yaml|*objectives_v2_noise.yaml|*objectives_v2_backbones.yaml)
       # probes of its finished pretraining cells (resumable; the noise stage's: corrupted against clean)

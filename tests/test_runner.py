@@ -177,6 +177,65 @@ def test_parallel_run_waits_for_pretraining(cache_dir, tmp_path):
     assert set(results["phase"]) == {"pretrain", "finetune"}
 
 
+def test_stop_by_defers_the_cells_that_would_not_finish_and_the_next_run_continues(cache_dir, tmp_path, capsys):
+    """--stop-by starts no cell whose expected wall time ends after it (a fine-tuning cell whose pretraining is
+    deferred waits with it), returns once nothing that fits is left (exit status 3), and the same command
+    run later continues; a cell with no finished cell alike (unknown time) is started."""
+    import time
+
+    from atomzoo.runner.execute import run_cells
+
+    path = write_matrix(tmp_path, {"none": None, "denoising": "configs/objectives/denoising.yaml"}, seeds=(0,))
+    matrix = load_matrix(path)
+    cells = expand(matrix)
+    outcome = run_cells(matrix, cells, cells, parallel=2, stop_by=time.time() + 600,
+                        cell_seconds=lambda c: 10_000.0 if c.phase == "pretrain" else 1.0)
+    pretrain, tuned = "pretrain/schnet/denoising/c0", "finetune/schnet/denoising/c0/homo/n64/finetune/s0"
+    assert outcome["done"] == ["finetune/schnet/none/c0/homo/n64/finetune/s0"]
+    assert sorted(outcome["deferred"]) == [tuned, pretrain] and not outcome["failed"]
+    assert not (tmp_path / "out/cells/pretrain").exists()  # never started
+    # from the command line: the pretraining has no finished cell alike (started); the fine-tuning's time comes
+    # from scratch's fine-tuning (x 1.25 + 60 s > 30 s): deferred
+    capsys.readouterr()
+    assert bench_main(["run", str(path), "--stop-by", "+0.5m"]) == 3
+    assert "deferred past --stop-by 1 (run the same command again to continue)" in capsys.readouterr().out
+    assert finished_cells(matrix.results_csv) == {outcome["done"][0], pretrain}
+    assert bench_main(["run", str(path)]) == 0
+    assert tuned in finished_cells(matrix.results_csv)
+    assert bench_main(["run", str(path), "--stop-by", "soon"]) == 2
+    assert "zoo-bench: error: --stop-by 'soon': give an ISO 8601 time" in capsys.readouterr().err
+
+
+def test_stop_by_parses_iso_and_relative_times_and_estimates_each_cell(tmp_path):
+    from datetime import datetime, timezone
+
+    from atomzoo.runner.__main__ import expected_wall_s, parse_stop_by
+
+    now = datetime(2026, 12, 7, 20, 0, tzinfo=timezone.utc)
+    assert parse_stop_by("+90m", now) - now.timestamp() == 5400
+    assert parse_stop_by("+2h", now) - now.timestamp() == 7200
+    assert parse_stop_by("+15", now) - now.timestamp() == 900
+    assert parse_stop_by("2026-12-07T23:30+00:00", now) - now.timestamp() == 3.5 * 3600
+    with pytest.raises(ValueError, match="already past"):
+        parse_stop_by("2026-12-07T19:00+00:00", now)
+    # a cell's expected wall time: the CPU time of the finished cells most alike x 1.25 + 60 s; one with none
+    # alike: the longest of its phase among the cells to run; none of its phase at all: unknown (started)
+    from types import SimpleNamespace
+
+    from atomzoo.runner.matrix import Cell
+
+    rows = [{"cell": f"ft/none/s{seed}", "phase": "finetune", "backbone": "painn", "objective": "none",
+             "target": "homo", "label_budget": 100, "mode": "finetune", "seed": seed, "corruption_rate": 0.0,
+             "corruption": "", "metric": "cpu_s", "step": "", "value": cpu} for seed, cpu in ((0, 400.0), (1, 800.0))]
+    write_rows(tmp_path / "results.csv", rows)
+    alike = Cell("ft/none/s2", "finetune", "painn", "none", [], "homo", 100, "finetune", 2)
+    other = Cell("ft/x/s0", "finetune", "schnet", "denoising", [], "gap", 100, "finetune")
+    new = Cell("pretrain/x", "pretrain", "schnet", "denoising", [])
+    seconds = expected_wall_s(SimpleNamespace(results_csv=tmp_path / "results.csv"), [alike, other, new])
+    assert seconds(alike) == seconds(other) == 600.0 * 1.25 + 60
+    assert seconds(new) is None
+
+
 def test_failed_pretraining_blocks_its_finetuning(cache_dir, tmp_path, capsys):
     path = write_matrix(tmp_path, {"none": None, "broken": "configs/objectives/no_such_objective.yaml"}, seeds=(0,))
     assert bench_main(["run", str(path), "--parallel", "2"]) == 1

@@ -1,5 +1,10 @@
 """``zoo-bench run MATRIX.yaml`` / ``zoo-bench report MATRIX.yaml|OUTPUT_DIR`` / ``zoo-bench probe RUN_DIR``
-(also ``python -m atomzoo.runner ...``)."""
+(also ``python -m atomzoo.runner ...``).
+
+Exit status of ``zoo-bench run``: 0 every selected cell finished; 1 a cell failed or was blocked by a
+failed pretraining; 2 a user error (one line, :func:`main`); 3 cells deferred past ``--stop-by`` (run the
+same command again to continue).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ import dataclasses
 import os
 import re
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from .execute import run_cells
 from .matrix import Cell, Matrix, expand, load_matrix, select
-from .report import estimated_cpu_h, write_report
+from .report import estimated_cell_cpu_s, estimated_cpu_h, write_report
 from .results import load
 
 #: ``zoo-bench run --quick``: appended to every cell's arguments (last, so they override the matrix's
@@ -80,6 +86,10 @@ def _main(argv: list[str] | None = None) -> int:
     run.add_argument("--commit-results", action="store_true",
                      help="after each finished cell, git-commit the matrix's results.csv (that file only; "
                           "message '<matrix>: cell <id>'); without git it warns and goes on")
+    run.add_argument("--stop-by", metavar="TIME",
+                     help="start no cell that would not finish by TIME (ISO 8601, e.g. 2026-12-08T06:00, local time "
+                          "unless it names a zone; or +90m / +4h from now), judged from the finished cells most "
+                          "alike (x 1.25 + 60 s); the rest are deferred to the next run (exit status 3)")
     run.add_argument("--list", action="store_true", help="list cell ids and exit")
     run.add_argument("--quick", action="store_true",
                      help="the matrix's first seed at 20 steps per cell (2 epochs x 10 batches), into <output>-quick: "
@@ -133,18 +143,71 @@ def _main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(c.id for c in chosen))
         return 0
+    stop_by = parse_stop_by(args.stop_by) if args.stop_by else None
     outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout, parallel=args.parallel,
-                        threads=args.threads, rerun=args.rerun, commit_results=args.commit_results)
+                        threads=args.threads, rerun=args.rerun, commit_results=args.commit_results, stop_by=stop_by,
+                        cell_seconds=expected_wall_s(matrix, chosen) if stop_by is not None else None)
     if args.dry_run:
         planned = {c.id: c for c in cells}
         if outcome["planned"]:
             print(estimate_line(matrix, [planned[i] for i in outcome["planned"]], args.parallel))
         return 0
     print(f"done {len(outcome['done'])}, skipped {len(outcome['skipped'])}, failed {len(outcome['failed'])}, "
-          f"blocked by a failed pretraining {len(outcome['blocked'])}")
+          f"blocked by a failed pretraining {len(outcome['blocked'])}"
+          + (f", deferred past --stop-by {len(outcome['deferred'])} (run the same command again to continue)"
+             if outcome["deferred"] else ""))
     if matrix.results_csv.exists():
         print(write_report(matrix))
-    return 1 if outcome["failed"] or outcome["blocked"] else 0
+    return 1 if outcome["failed"] or outcome["blocked"] else 3 if outcome["deferred"] else 0
+
+
+def parse_stop_by(text: str, now: datetime | None = None) -> float:
+    """``--stop-by``: an ISO 8601 time (local time unless it names a zone) or ``+N`` minutes, ``+Nm``,
+    ``+Nh`` from ``now``, as seconds since the epoch.
+
+    Raises:
+        ValueError: neither form, or a time already past.
+    """
+    now = now or datetime.now().astimezone()
+    relative = re.fullmatch(r"\+(\d+(?:\.\d+)?)([mh]?)", text.strip())
+    if relative:
+        when = now + timedelta(minutes=float(relative[1]) * (60 if relative[2] == "h" else 1))
+    else:
+        try:
+            when = datetime.fromisoformat(text.strip())
+        except ValueError:
+            raise ValueError(f"--stop-by {text!r}: give an ISO 8601 time (2026-12-08T06:00) or a time from now "
+                             "(+90m, +4h)") from None
+        when = when if when.tzinfo else when.astimezone()
+    if when <= now:
+        raise ValueError(f"--stop-by {text!r} is already past (now {now.isoformat(timespec='minutes')})")
+    return when.timestamp()
+
+
+#: ``--stop-by``: a cell's expected wall time is its estimated CPU time times this, plus STOP_BY_SLACK_S
+STOP_BY_MARGIN = 1.25
+STOP_BY_SLACK_S = 60.0
+
+
+def expected_wall_s(matrix: Matrix, cells: list[Cell]):
+    """``--stop-by``'s estimate of each cell's wall time (one thread per cell): the CPU time of the finished
+    cells most alike (:func:`atomzoo.runner.report.estimated_cell_cpu_s`) x :data:`STOP_BY_MARGIN` +
+    :data:`STOP_BY_SLACK_S` (start-up, data loading, a busier machine); a cell with none alike counts as the
+    longest estimate of its phase among ``cells``, and as unknown (``None``: it is started) where its
+    phase has none."""
+    frame = load(matrix.results_csv) if matrix.results_csv.is_file() else None
+    estimates = estimated_cell_cpu_s(frame, cells) if frame is not None else {}
+    longest: dict[str, float] = {}
+    for cell in cells:
+        if estimates.get(cell.id):
+            longest[cell.phase] = max(longest.get(cell.phase, 0.0), estimates[cell.id][0])
+
+    def seconds(cell: Cell) -> float | None:
+        found = estimates.get(cell.id)
+        cpu = found[0] if found else longest.get(cell.phase)
+        return None if cpu is None else cpu * STOP_BY_MARGIN + STOP_BY_SLACK_S
+
+    return seconds
 
 
 def estimate_line(matrix: Matrix, todo: list[Cell], parallel: int) -> str:

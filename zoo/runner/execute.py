@@ -29,7 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -397,7 +399,8 @@ def launch_order(pending: list[Cell], ready) -> list[Cell]:
 
 def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run: bool = False,
               timeout: float | None = None, parallel: int = 1, threads: int | None = None,
-              rerun: bool = False, commit_results: bool = False) -> dict[str, list[str]]:
+              rerun: bool = False, commit_results: bool = False, stop_by: float | None = None,
+              cell_seconds: Callable[[Cell], float | None] | None = None) -> dict[str, list[str]]:
     """Run ``cells`` (a selection of ``all_cells``), up to ``parallel`` at once; return ids by outcome.
 
     Outcomes: ``done``, ``skipped`` (finished earlier: rows in results.csv), ``failed`` and
@@ -413,13 +416,19 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
     (``kill PID``) and Ctrl-C stop the run and kill the running cells (which resume from their
     checkpoints next time). ``commit_results``: after each finished cell, commit ``results.csv`` (that
     path only) with the message ``"<matrix name>: cell <id>"``, and each kept copy alone.
+
+    ``stop_by`` (a time, seconds since the epoch; e.g. the end of a batch job's wall-time allocation):
+    a cell is started only if ``cell_seconds(cell)`` (its expected wall time; ``None``: unknown, started)
+    ends before it; once no running cell is left and no pending cell fits, the run returns, the cells not
+    started listed as ``deferred`` (a fine-tuning cell whose pretraining was deferred too). Rerunning
+    the same command later continues with them; no cell is killed part-way.
     """
     if parallel < 1:
         raise ValueError(f"--parallel must be at least 1, got {parallel}")
     if threads is not None and threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
     by_id = {c.id: c for c in all_cells}
-    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "blocked": []}
+    outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": [], "blocked": [], "deferred": []}
     finished = finished_cells(matrix.results_csv)
     fresh = {c.id for c in cells} if rerun else set()
     todo = []
@@ -529,8 +538,18 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
                                 f"{checkpoint_of(matrix, by_id[dep])} is gone "
                                 f"(--rerun --only '^{dep}$' makes it again)")
                     continue
+                if stop_by is not None:
+                    need = cell_seconds(cell) if cell_seconds else None
+                    if need is not None and time.time() + need > stop_by:
+                        continue  # would not finish in time: deferred unless a shorter wait makes it fit
                 pending.remove(cell)
                 launch(cell)
+            if stop_by is not None and pending and not running:  # nothing left that fits before stop_by
+                outcome["deferred"] = [c.id for c in pending]
+                tqdm.write(f"{len(pending)} cells deferred: they would not finish before --stop-by "
+                           f"{datetime.fromtimestamp(stop_by).isoformat(timespec='minutes')}")
+                pending.clear()
+                break
             shown = ", ".join(j.cell.id for j in running)
             if shown != last_shown:  # (tqdm's own postfix string is not what was set: compare with ours)
                 bar.set_postfix_str(shown)

@@ -195,15 +195,14 @@ def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
             for key, values in fine.items() if key[1] == SCRATCH or key[:4] in pre}
 
 
-def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
-    """CPU hours the ``cells`` (:class:`atomzoo.runner.matrix.Cell`, not yet run) would take, estimated from
-    the finished cells of ``frame`` (a ``results.csv``) most alike; how many cells had none alike; and how
-    many were estimated only from cells of another objective or task (the last two levels below: rough).
+def estimated_cell_cpu_s(frame: pd.DataFrame, cells: list) -> dict[str, tuple[float, int] | None]:
+    """Per cell id of ``cells`` (:class:`atomzoo.runner.matrix.Cell`, not yet run), the CPU seconds it
+    would take, estimated from the finished cells of ``frame`` (a ``results.csv``) most alike, with the
+    level of likeness the estimate came from (0-3 below); ``None`` where no finished cell is alike.
 
     Each cell costs the median whole-run CPU time (:func:`run_cpu_s`) of the finished cells that share the
-    most specific of: phase, backbone, objective, corruption rate and kind, task, label budget and mode;
-    the same without the corruption; phase, backbone and objective; phase and backbone. A cell with no
-    finished cell even of its phase and backbone counts as unknown (the second value), not as zero.
+    most specific of: (0) phase, backbone, objective, corruption rate and kind, task, label budget and
+    mode; (1) the same without the corruption; (2) phase, backbone and objective; (3) phase and backbone.
     At the measured CPU time of one thread per cell (the runner's ``--threads 1``), under the load the
     finished cells ran with."""
     levels: list[dict[tuple, list[float]]] = [defaultdict(list) for _ in range(4)]
@@ -213,7 +212,7 @@ def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
         return [(phase, backbone, objective, float(rate or 0), str(kind)) + task, (phase, backbone, objective) + task,
                 (phase, backbone, objective), (phase, backbone)]
 
-    for labels, values in _per_cell(frame).values() if not frame.empty else ():
+    for labels, values in _per_cell(frame).values() if frame is not None and not frame.empty else ():
         cpu = run_cpu_s(values)
         if cpu is None:
             continue
@@ -221,16 +220,27 @@ def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
                                            labels["corruption_rate"], labels["corruption"], labels["target"],
                                            labels["label_budget"], labels["mode"])):
             level[key].append(cpu)
-    total, unknown, rough = 0.0, 0, 0
+    estimates: dict[str, tuple[float, int] | None] = {}
     for cell in cells:
-        found = next(((depth, statistics.median(level[key])) for depth, (level, key) in enumerate(zip(levels, keys(
-            cell.phase, cell.backbone, cell.objective, cell.corruption_rate, cell.corruption, cell.target,
-            cell.label_budget, cell.mode))) if level.get(key)), None)
+        estimates[cell.id] = next(((statistics.median(level[key]), depth) for depth, (level, key) in enumerate(zip(
+            levels, keys(cell.phase, cell.backbone, cell.objective, cell.corruption_rate, cell.corruption,
+                         cell.target, cell.label_budget, cell.mode))) if level.get(key)), None)
+    return estimates
+
+
+def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
+    """CPU hours the ``cells`` (not yet run) would take (:func:`estimated_cell_cpu_s`); how many cells had
+    no finished cell alike (counted as unknown, not as zero); and how many were estimated only from cells
+    of another objective or task (levels 2-3 of a fine-tuning cell, level 3 of a pretraining cell: rough)."""
+    total, unknown, rough = 0.0, 0, 0
+    estimates = estimated_cell_cpu_s(frame, cells)
+    for cell in cells:
+        found = estimates[cell.id]
         if found is None:
             unknown += 1
         else:
-            total += found[1]
-            rough += found[0] >= 2 and (found[0] == 3 or cell.phase == "finetune")
+            total += found[0]
+            rough += found[1] >= 2 and (found[1] == 3 or cell.phase == "finetune")
     return total / 3600, unknown, rough
 
 
