@@ -146,7 +146,7 @@ def _main(argv: list[str] | None = None) -> int:
     stop_by = parse_stop_by(args.stop_by) if args.stop_by else None
     outcome = run_cells(matrix, chosen, cells, dry_run=args.dry_run, timeout=args.timeout, parallel=args.parallel,
                         threads=args.threads, rerun=args.rerun, commit_results=args.commit_results, stop_by=stop_by,
-                        cell_seconds=expected_wall_s(matrix, chosen) if stop_by is not None else None)
+                        cell_seconds=expected_wall_s(matrix, cells) if stop_by is not None else None)
     if args.dry_run:
         planned = {c.id: c for c in cells}
         if outcome["planned"]:
@@ -192,9 +192,9 @@ STOP_BY_SLACK_S = 60.0
 def expected_wall_s(matrix: Matrix, cells: list[Cell]):
     """``--stop-by``'s estimate of each cell's wall time (one thread per cell): the CPU time of the finished
     cells most alike (:func:`atomzoo.runner.report.estimated_cell_cpu_s`) x :data:`STOP_BY_MARGIN` +
-    :data:`STOP_BY_SLACK_S` (start-up, data loading, a busier machine); a cell with none alike counts as the
-    longest estimate of its phase among ``cells``, and as unknown (``None``: it is started) where its
-    phase has none."""
+    :data:`STOP_BY_SLACK_S` (start-up, data loading, a busier machine). ``cells``: all of the matrix's (a
+    remade lost pretraining is estimated too); a cell with none alike counts as the longest estimate of
+    its phase among them, and as unknown (``None``: it is started) where its phase has none."""
     frame = load(matrix.results_csv) if matrix.results_csv.is_file() else None
     estimates = estimated_cell_cpu_s(frame, cells) if frame is not None else {}
     longest: dict[str, float] = {}
