@@ -452,7 +452,9 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
     and whether the interval excludes zero; where it does not, ``no (k)`` gives the seeds ``k`` that
     would resolve it if the measured mean and paired spread held (:func:`seeds_needed`), and with
     ``costs`` (:func:`replicate_cpu_h`) the CPU hours the missing ones would take: a corrupted and a
-    clean pretraining with their fine-tunings per replicate.
+    clean pretraining with their fine-tunings per replicate. The last column is the interval's upper end,
+    also as % of the clean MAE over the same seeds: the largest degradation the data allow (where the
+    interval holds zero, what is reported instead of "no effect").
     """
     ft = labelled(ft)
     sub = ft[ft["mode"] == "finetune"]
@@ -460,8 +462,8 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
     if len(rates) < 2:
         return ""
     lines = ["| backbone | pretraining | artifact | target | n | " + " | ".join(f"rate {r:g}" for r in rates)
-             + " | change at max rate | scratch | paired change at max rate [95 %] | resolved |",
-             "|" + "---|" * (len(rates) + 9)]
+             + " | change at max rate | scratch | paired change at max rate [95 %] | resolved | upper end (% of clean) |",
+             "|" + "---|" * (len(rates) + 10)]
     for (b, o, t, n, u), group in sub.groupby(["backbone", "objective", "target", "label_budget", "unit"]):
         if o == SCRATCH:
             continue
@@ -474,7 +476,7 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
             cells = [_fmt(g["value"].mean(), g["value"].std() if len(g) > 1 else 0.0, len(g))
                      if (g := by_rate.get(float(r))) is not None and len(g) else "–" for r in rates]
             top = max(by_rate)
-            change, paired, resolved = "–", "–", "–"
+            change, paired, resolved, upper = "–", "–", "–", "–"
             if len(clean) and top > 0:
                 diffs = paired_changes(clean, by_rate[top])
                 if diffs:  # relative to the clean runs of the same seeds (a mean over other seeds would mix them in)
@@ -484,13 +486,14 @@ def noise_table(ft: pd.DataFrame, costs: dict[tuple, float] | None = None) -> st
                     mean, half = paired_interval(diffs)
                     paired = f"{_interval_text(mean, half)} {u}"
                     if half is not None:
+                        upper = f"{mean + half:+.1f} {u} ({100 * (mean + half) / paired_clean:+.1f}%)"
                         resolved = ("yes, worse" if mean > 0 else "yes, better") if abs(mean) > half else "no"
                         if resolved == "no" and (found := seeds_needed(mean, statistics.stdev(diffs))):
                             more = _missing_cpu_h(costs, [(b, o, float(rate), str(k), t, int(n), "finetune")
                                                           for rate, k in ((top, kind), (0.0, ""))], found, len(diffs))
                             resolved = f"no ({found}{more})"
             lines.append(f"| {b} | {o} | {kind or 'corruption'} | {t} ({u}) | {n} | " + " | ".join(cells)
-                         + f" | {change} | {reference} | {paired} | {resolved} |")
+                         + f" | {change} | {reference} | {paired} | {resolved} | {upper} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
