@@ -17,12 +17,19 @@
 # PARALLEL=2 runs two cells at a time (one thread each; a fine-tuning cell waits for its pretraining
 # cell) when no other job needs the second core:
 #   PARALLEL=2 nohup setsid benchmarks/run_queue.sh > runs/bench_queue.log 2>&1 < /dev/null &
-# STOP_BY=<ISO time> (e.g. the end of a batch job's allocation: STOP_BY=$(date -Iseconds -d '+170 min'))
-# starts no cell that would not finish by then (zoo-bench run --stop-by) and ends the queue there, so that
-# no cell is killed part-way; the next start continues.
+# STOP_BY=<ISO time> or +<minutes>m / +<hours>h (e.g. the end of a batch job's allocation: STOP_BY=+170m,
+# fixed once when the queue starts) starts no cell that would not finish by then (zoo-bench run --stop-by)
+# and ends the queue there, so that no cell is killed part-way; the next start continues.
 set -u
 PARALLEL="${PARALLEL:-1}"
 STOP_BY="${STOP_BY:-}"
+if [ -n "$STOP_BY" ]; then  # one absolute time for every stage (a relative one would restart at each)
+  STOP_BY=$(python -c 'import sys
+from datetime import datetime
+from atomzoo.runner.__main__ import parse_stop_by
+print(datetime.fromtimestamp(parse_stop_by(sys.argv[1])).astimezone().isoformat(timespec="seconds"))' "$STOP_BY") || exit 2
+  echo "== stopping by $STOP_BY"
+fi
 cd "$(dirname "$0")/.."
 status=0
 for matrix in \
