@@ -52,6 +52,9 @@ PROBE_COLUMNS = ["model", "backbone", "objective", "seed", "features", "metric",
                  "corruption_rate", "corruption"]
 #: the probe metrics, in table order (MAE in meV for eV targets, else the target's unit)
 PROBE_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank", "emb_sigreg")
+#: their column names in the report's tables
+_NAMES = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
+          "emb_sigreg": "SIGReg"}
 
 
 def backbone_of(run: Path, random_init: bool) -> torch.nn.Module:
@@ -414,10 +417,8 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
         return ""
     columns = [(f, m) for f in ("backbone", "projector") for m in PROBE_METRICS
                if ((frame["features"] == f) & (frame["metric"] == m)).any()]
-    names = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
-             "emb_sigreg": "SIGReg"}
     target = frame["target"].iloc[0]
-    lines = ["| backbone | pretraining | seeds | " + " | ".join(f"{f}: {names[m]}" for f, m in columns) + " |",
+    lines = ["| backbone | pretraining | seeds | " + " | ".join(f"{f}: {_NAMES[m]}" for f, m in columns) + " |",
              "|---|---|---:|" + "---:|" * len(columns)]
     order = sorted(set(zip(frame["backbone"], frame["objective"])), key=lambda r: (r[0], r[1] == "random init", r[1]))
     for backbone, objective in order:
@@ -438,15 +439,13 @@ def probes_table(output: Path, models: set[str] | None = None) -> str:
 
 #: the backbone-feature probes whose spread across pretraining seeds :func:`probes_spread_table` compares
 SPREAD_METRICS = ("ridge_mae", "mlp_mae", "emb_std", "emb_erank")
-_NAMES = {"ridge_mae": "ridge MAE", "mlp_mae": "MLP MAE", "emb_std": "std", "emb_erank": "eff. rank",
-          "emb_sigreg": "SIGReg"}
 
 
 def _probe_pairs(output: Path, models: set[str] | None, references: tuple[str, ...]):
     """Yield ``(backbone, objective, reference, ours, theirs)`` for every pair of clean pretrained networks
     the report compares (each objective against each of ``references`` it is not, two references once,
     as in the paired table); ``ours`` / ``theirs`` map a backbone-feature metric to ``{seed: value}``."""
-    from .paired import listed_the_other_way
+    from .paired import by_seed, listed_the_other_way
 
     path = Path(output) / "probes.csv"
     if not path.exists() or not references:
@@ -457,7 +456,7 @@ def _probe_pairs(output: Path, models: set[str] | None, references: tuple[str, .
     for backbone, group in frame.groupby("backbone"):
         values: dict[str, dict[str, dict[int, float]]] = {}
         for (objective, metric), rows in group.groupby(["objective", "metric"]):
-            values.setdefault(objective, {})[metric] = dict(zip(rows["seed"].astype(int), rows["value"].astype(float)))
+            values.setdefault(objective, {})[metric] = by_seed(rows)
         for objective in sorted(values):
             for ref in references:
                 if ref != objective and ref in values and not listed_the_other_way(objective, ref, references):
