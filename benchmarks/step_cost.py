@@ -8,9 +8,12 @@ validation off, in a temporary folder, and reads the training CPU time each run'
 :class:`atomzoo.training_clock.TrainingClock` wrote. The difference of the two, divided by the
 difference of the steps, is the cost of a step without start-up, first-step and data-loader warm-up
 costs. The runs alternate objectives (A short, B short, ..., A long, B long, ...) so that a change
-of the machine's load during the measurement falls on every objective alike.
+of the machine's load during the measurement falls on every objective alike. Each run gets ``--threads``
+OpenMP/MKL threads (default 1, as the benchmark queue runs its cells: ``zoo-bench run --threads 1``):
+CPU time per step depends on the thread count, and with several threads on a loaded machine the
+threads' waiting counts as CPU time too, so a cost measured with another count does not size a cell.
 
-    OMP_NUM_THREADS=1 python benchmarks/step_cost.py benchmarks/matrices/world_model_study.yaml \\
+    python benchmarks/step_cost.py benchmarks/matrices/world_model_study.yaml \\
         --objectives world_model denoising jepa_sigreg --reference world_model --steps 1500
 
 prints a table (ms per step, ratio to the reference, and the steps at which each objective's
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from atomzoo.runner.execute import command  # noqa: E402
+from atomzoo.runner.execute import _child_env, command  # noqa: E402
 from atomzoo.runner.matrix import expand, load_matrix  # noqa: E402
 from atomzoo.training_clock import CLOCK_FILE  # noqa: E402
 
@@ -49,8 +51,9 @@ def _replace(args: list[str], name: str, value: str) -> list[str]:
     return out
 
 
-def timed_run(cmd: list[str], steps: int, folder: Path) -> float:
-    """Training CPU seconds of ``cmd`` run for ``steps`` optimiser steps, validation off, logging under ``folder``.
+def timed_run(cmd: list[str], steps: int, folder: Path, env: dict[str, str] | None = None) -> float:
+    """Training CPU seconds of ``cmd`` run for ``steps`` optimiser steps, validation off, logging under
+    ``folder``, in environment ``env`` (default: this process's).
 
     Raises:
         RuntimeError: the run failed (its last output lines are in the message).
@@ -60,7 +63,7 @@ def timed_run(cmd: list[str], steps: int, folder: Path) -> float:
     args = _replace(args, "--trainer.num_sanity_val_steps", "0")
     args = _replace(args, "--trainer.default_root_dir", str(folder))
     args = _replace(args, "--trainer.logger.init_args.save_dir", str(folder))
-    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise RuntimeError(f"timed run failed ({' '.join(args)}):\n{tail}")
@@ -71,9 +74,10 @@ def timed_run(cmd: list[str], steps: int, folder: Path) -> float:
 
 
 def measure(matrix_path: str, objectives: list[str], short: int, long: int,
-            repeats: int = 1) -> dict[str, list[tuple[float, float]]]:
+            repeats: int = 1, threads: int = 1) -> dict[str, list[tuple[float, float]]]:
     """Training CPU seconds ``(short run, long run)`` of each objective's first-seed pretraining cell, one
-    pair per repeat (:func:`per_step` turns them into seconds per step).
+    pair per repeat (:func:`per_step` turns them into seconds per step), each run with ``threads``
+    OpenMP/MKL threads (the environment the runner gives a cell at ``--threads``).
 
     Raises:
         SystemExit: an objective has no pretraining cell in the matrix.
@@ -88,6 +92,7 @@ def measure(matrix_path: str, objectives: list[str], short: int, long: int,
             raise SystemExit(f"{matrix_path}: no pretraining cell of objective {name!r} "
                              f"(objectives with one: {sorted({c.objective for c in cells if c.phase == 'pretrain'})})")
         chosen[name] = command(matrix, min(found, key=lambda c: c.seed), by_id)
+    env = _child_env(matrix, 1, threads)
     raw: dict[str, list[tuple[float, float]]] = {name: [] for name in objectives}
     with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
         for r in range(repeats):
@@ -95,7 +100,7 @@ def measure(matrix_path: str, objectives: list[str], short: int, long: int,
             for steps in (short, long):
                 for name, cmd in chosen.items():
                     folder = Path(tmp) / f"{name}_{steps}_{r}"
-                    cpu[name, steps] = timed_run(cmd, steps, folder)
+                    cpu[name, steps] = timed_run(cmd, steps, folder, env)
                     print(f"{name} {steps} steps: {cpu[name, steps]:.1f} CPU s", flush=True)
             for name in objectives:
                 raw[name].append((cpu[name, short], cpu[name, long]))
@@ -131,21 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="measure this many times (the range is reported)")
     parser.add_argument("--round", type=int, default=100, dest="rounding",
                         help="round equal-CPU steps to the nearest multiple of this (a checkpointed step)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP/MKL threads of each run (default 1: the benchmark queue's --threads 1)")
     parser.add_argument("--output", help="write the table (markdown, with the command and thread count) here")
     args = parser.parse_args(argv)
     reference = args.reference or args.objectives[0]
     if reference not in args.objectives:
         parser.error(f"--reference {reference!r} is not among --objectives {args.objectives}")
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1 (got {args.threads})")
     if not 0 < args.short < args.long:
         parser.error(f"need 0 < --short < --long (got {args.short}, {args.long})")
-    raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats)
+    raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats, args.threads)
     text = table(per_step(raw, args.short, args.long), reference, args.steps, args.rounding)
     print(text)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         head = (f"Training CPU time per optimiser step ({args.long} minus {args.short} steps, validation off, "
-                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {args.repeats} repeat(s)), measured by\n\n"
+                f"{args.threads} thread(s) per run, {args.repeats} repeat(s)), measured by\n\n"
                 f"    python benchmarks/step_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n"
                 f"Training CPU s per run ({args.short} / {args.long} steps, one pair per repeat): "
                 + "; ".join(f"{name} " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs) for name, pairs in raw.items())

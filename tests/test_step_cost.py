@@ -52,3 +52,41 @@ def test_measures_a_matrix_objective_with_real_runs(cache_dir, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing is written under the matrix's cells
     with pytest.raises(SystemExit, match="no pretraining cell of objective 'none'"):
         step_cost.measure(str(path), ["none"], short=1, long=4)
+
+
+def test_every_run_gets_the_thread_count_the_queue_runs_cells_with(tmp_path, monkeypatch):
+    """Each timed run's OpenMP/MKL threads are ``--threads`` (default 1, the queue's ``--threads 1``) whatever
+    the caller's environment says: a cost measured with another count does not size a cell."""
+    import json
+    import subprocess
+    from types import SimpleNamespace
+
+    matrix = {
+        "name": "tiny", "output": str(tmp_path / "out"),
+        "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
+        "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml")},
+        "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"), "args": ["--trainer.max_steps", "1000"]},
+        "finetune": {"data": str(ROOT / "configs/data/qm9.yaml"), "objective": str(ROOT / "configs/objectives/regression.yaml"),
+                     "targets": ["homo"], "label_budgets": [64], "seeds": [0]},
+    }
+    path = tmp_path / "matrix.yaml"
+    path.write_text(yaml.safe_dump(matrix))
+    seen = []
+
+    def fake_run(args, cwd, capture_output, text, env):
+        seen.append((env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
+        folder = Path(args[args.index("--trainer.default_root_dir") + 1])
+        folder.mkdir(parents=True)
+        steps = int(args[args.index("--trainer.max_steps") + 1])
+        (folder / step_cost.CLOCK_FILE).write_text(json.dumps({"cpu_s": 0.5 * steps}))
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    raw = step_cost.measure(str(path), ["denoising"], short=2, long=6)
+    assert raw == {"denoising": [(1.0, 3.0)]} and seen == [("1", "1")] * 2
+    seen.clear()
+    step_cost.measure(str(path), ["denoising"], short=2, long=6, threads=2)
+    assert seen == [("2", "2")] * 2
+    with pytest.raises(SystemExit):
+        step_cost.main([str(path), "--objectives", "denoising", "--threads", "0"])
