@@ -2,8 +2,9 @@
 
 "Equal pretraining compute" rows (a cheaper objective run for more steps, so that its pretraining CPU
 time matches a dearer one's) need the objectives' cost per optimiser step on the same data, backbone
-and machine. This script runs each chosen objective's pretraining cell of a benchmark matrix (the
-exact ``zoo fit`` command the runner builds, seed 0) twice, for ``--short`` and ``--long`` steps with
+and machine. This script runs each chosen objective's pretraining cell of a benchmark matrix on one of its
+backbones (``--backbone``, default the matrix's first; the exact ``zoo fit`` command the runner
+builds, seed 0) twice, for ``--short`` and ``--long`` steps with
 validation off, in a temporary folder, and reads the training CPU time each run's
 :class:`atomzoo.training_clock.TrainingClock` wrote. The difference of the two, divided by the
 difference of the steps, is the cost of a step without start-up, first-step and data-loader warm-up
@@ -74,22 +75,27 @@ def timed_run(cmd: list[str], steps: int, folder: Path, env: dict[str, str] | No
 
 
 def measure(matrix_path: str, objectives: list[str], short: int, long: int,
-            repeats: int = 1, threads: int = 1) -> dict[str, list[tuple[float, float]]]:
-    """Training CPU seconds ``(short run, long run)`` of each objective's first-seed pretraining cell, one
-    pair per repeat (:func:`per_step` turns them into seconds per step), each run with ``threads``
-    OpenMP/MKL threads (the environment the runner gives a cell at ``--threads``).
+            repeats: int = 1, threads: int = 1, backbone: str | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Training CPU seconds ``(short run, long run)`` of each objective's first-seed pretraining cell on
+    ``backbone`` (a key of the matrix's ``backbones``; default its first), one pair per repeat
+    (:func:`per_step` turns them into seconds per step), each run with ``threads`` OpenMP/MKL threads
+    (the environment the runner gives a cell at ``--threads``).
 
     Raises:
-        SystemExit: an objective has no pretraining cell in the matrix.
+        SystemExit: ``backbone`` is not in the matrix, or an objective has no pretraining cell on it.
     """
     matrix = load_matrix(matrix_path)
+    backbone = backbone or next(iter(matrix.backbones))
+    if backbone not in matrix.backbones:
+        raise SystemExit(f"{matrix_path}: --backbone {backbone!r} is not one of the matrix's backbones "
+                         f"{sorted(matrix.backbones)}")
     cells = expand(matrix)
     by_id = {c.id: c for c in cells}
     chosen = {}
     for name in objectives:
-        found = [c for c in cells if c.phase == "pretrain" and c.objective == name]
+        found = [c for c in cells if c.phase == "pretrain" and c.objective == name and c.backbone == backbone]
         if not found:
-            raise SystemExit(f"{matrix_path}: no pretraining cell of objective {name!r} "
+            raise SystemExit(f"{matrix_path}: no pretraining cell of objective {name!r} on backbone {backbone!r} "
                              f"(objectives with one: {sorted({c.objective for c in cells if c.phase == 'pretrain'})})")
         chosen[name] = command(matrix, min(found, key=lambda c: c.seed), by_id)
     env = _child_env(matrix, 1, threads)
@@ -136,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="measure this many times (the range is reported)")
     parser.add_argument("--round", type=int, default=100, dest="rounding",
                         help="round equal-CPU steps to the nearest multiple of this (a checkpointed step)")
+    parser.add_argument("--backbone", help="the matrix's backbone to time the objectives on (default: its first)")
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/MKL threads of each run (default 1: the benchmark queue's --threads 1)")
     parser.add_argument("--output", help="write the table (markdown, with the command and thread count) here")
@@ -147,14 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--threads must be at least 1 (got {args.threads})")
     if not 0 < args.short < args.long:
         parser.error(f"need 0 < --short < --long (got {args.short}, {args.long})")
-    raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats, args.threads)
+    raw = measure(args.matrix, args.objectives, args.short, args.long, args.repeats, args.threads, args.backbone)
     text = table(per_step(raw, args.short, args.long), reference, args.steps, args.rounding)
     print(text)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         head = (f"Training CPU time per optimiser step ({args.long} minus {args.short} steps, validation off, "
-                f"{args.threads} thread(s) per run, {args.repeats} repeat(s)), measured by\n\n"
+                f"backbone {args.backbone or 'the first'}, {args.threads} thread(s) per run, {args.repeats} repeat(s)), "
+                f"measured by\n\n"
                 f"    python benchmarks/step_cost.py {' '.join(argv if argv is not None else sys.argv[1:])}\n\n"
                 f"Training CPU s per run ({args.short} / {args.long} steps, one pair per repeat): "
                 + "; ".join(f"{name} " + ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs) for name, pairs in raw.items())

@@ -54,27 +54,31 @@ def test_measures_a_matrix_objective_with_real_runs(cache_dir, tmp_path):
         step_cost.measure(str(path), ["none"], short=1, long=4)
 
 
-def test_every_run_gets_the_thread_count_the_queue_runs_cells_with(tmp_path, monkeypatch):
+def test_every_run_gets_the_thread_count_and_backbone_asked_for(tmp_path, monkeypatch):
     """Each timed run's OpenMP/MKL threads are ``--threads`` (default 1, the queue's ``--threads 1``) whatever
-    the caller's environment says: a cost measured with another count does not size a cell."""
+    the caller's environment says: a cost measured with another count does not size a cell; it runs on
+    ``--backbone`` (default the matrix's first)."""
     import json
     import subprocess
     from types import SimpleNamespace
 
     matrix = {
         "name": "tiny", "output": str(tmp_path / "out"),
-        "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY}},
+        "backbones": {"schnet": {"config": str(ROOT / "configs/backbones/schnet.yaml"), "overrides": TINY},
+                      "painn": {"config": str(ROOT / "configs/backbones/painn.yaml"),
+                                "overrides": {"width": 16, "num_interactions": 1, "num_rbf": 8, "cutoff": 4.0}}},
         "objectives": {"denoising": str(ROOT / "configs/objectives/denoising.yaml")},
         "pretrain": {"data": str(ROOT / "configs/data/qm9.yaml"), "args": ["--trainer.max_steps", "1000"]},
         "finetune": {"data": str(ROOT / "configs/data/qm9.yaml"), "objective": str(ROOT / "configs/objectives/regression.yaml"),
                      "targets": ["homo"], "label_budgets": [64], "seeds": [0]},
     }
     path = tmp_path / "matrix.yaml"
-    path.write_text(yaml.safe_dump(matrix))
-    seen = []
+    path.write_text(yaml.safe_dump(matrix, sort_keys=False))
+    seen, backbones = [], []
 
     def fake_run(args, cwd, capture_output, text, env):
         seen.append((env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]))
+        backbones.append(args[args.index("--model.backbone") + 1])
         folder = Path(args[args.index("--trainer.default_root_dir") + 1])
         folder.mkdir(parents=True)
         steps = int(args[args.index("--trainer.max_steps") + 1])
@@ -85,8 +89,11 @@ def test_every_run_gets_the_thread_count_the_queue_runs_cells_with(tmp_path, mon
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     raw = step_cost.measure(str(path), ["denoising"], short=2, long=6)
     assert raw == {"denoising": [(1.0, 3.0)]} and seen == [("1", "1")] * 2
-    seen.clear()
-    step_cost.measure(str(path), ["denoising"], short=2, long=6, threads=2)
-    assert seen == [("2", "2")] * 2
+    assert all(b.endswith("schnet.yaml") for b in backbones)  # the matrix's first backbone
+    seen.clear(), backbones.clear()
+    step_cost.measure(str(path), ["denoising"], short=2, long=6, threads=2, backbone="painn")
+    assert seen == [("2", "2")] * 2 and all(b.endswith("painn.yaml") for b in backbones)
+    with pytest.raises(SystemExit, match="--backbone 'et' is not one of the matrix's backbones"):
+        step_cost.measure(str(path), ["denoising"], short=2, long=6, backbone="et")
     with pytest.raises(SystemExit):
         step_cost.main([str(path), "--objectives", "denoising", "--threads", "0"])
