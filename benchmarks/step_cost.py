@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from atomzoo.runner.execute import _child_env, command  # noqa: E402
+from atomzoo.runner.execute import cell_env, command  # noqa: E402
 from atomzoo.runner.matrix import expand, load_matrix  # noqa: E402
 from atomzoo.training_clock import CLOCK_FILE  # noqa: E402
 
@@ -98,7 +98,7 @@ def measure(matrix_path: str, objectives: list[str], short: int, long: int,
             raise SystemExit(f"{matrix_path}: no pretraining cell of objective {name!r} on backbone {backbone!r} "
                              f"(objectives with one: {sorted({c.objective for c in cells if c.phase == 'pretrain'})})")
         chosen[name] = command(matrix, min(found, key=lambda c: c.seed), by_id)
-    env = _child_env(matrix, 1, threads)
+    env = cell_env(matrix, 1, threads)
     raw: dict[str, list[tuple[float, float]]] = {name: [] for name in objectives}
     with tempfile.TemporaryDirectory(prefix="step_cost_") as tmp:
         for r in range(repeats):

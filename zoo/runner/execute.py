@@ -325,7 +325,7 @@ def compare_with_earlier_run(cell: Cell, rows: list[dict], earlier: list[dict]) 
             {**base, "metric": "remake_val_loss_max_abs_diff", "step": "", "value": diff}]
 
 
-def _child_env(matrix: Matrix, parallel: int, threads: int | None) -> dict[str, str]:
+def cell_env(matrix: Matrix, parallel: int, threads: int | None) -> dict[str, str]:
     """Environment of a cell's process: the matrix's ``pythonpath`` first on PYTHONPATH; ``threads``
     OpenMP/MKL threads (default with ``parallel`` > 1: the cores shared out, unless already set)."""
     env = dict(os.environ)
@@ -459,7 +459,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], all_cells: list[Cell], dry_run:
             if (cell.phase == "pretrain" and cell.id in finished and cell.id not in fresh
                     and not kept_checkpoint(matrix, cell).is_file()):
                 keep_checkpoint(matrix, cell, commit=commit_results)
-    env = _child_env(matrix, parallel, threads)
+    env = cell_env(matrix, parallel, threads)
     pending = list(todo)
     running: list[_Running] = []
     # in a log file (the background queue's), whole lines: one per change of the running cells and one every
