@@ -160,7 +160,12 @@ def test_table_marks_best_and_relative_change(tmp_path):
     # a row with fewer seeds than scratch is compared over its own seeds: SCD's seed 0 (18) against
     # scratch's seed 0 (20), -10 %, not against scratch's mean over both seeds (21), -14 %
     table = summary_table(final_test_mae(frame[frame["cell"] != "scd1"]), "finetune")
-    assert "18.0 (n = 1) (-10%)" in table
+    assert "18.0 (n = 1) (-10%) [1 seed] |" in table
+    # a column with a single row has nothing to be best against: no bold (another task, SCD only)
+    frame = pd.concat([frame, pd.DataFrame([{**rows[-1], "cell": "scd_gap", "target": "gap", "metric": "test/gap_mae_meV"}])])
+    table = summary_table(final_test_mae(frame), "finetune")
+    assert "| 18.0 (n = 1) [1 seed] |" in table and "**18.0 (n = 1)" not in table
+    assert "**16.0 ± 1.4** (-24%)" in table  # the HOMO column still marks its best
 
 
 def test_parallel_run_waits_for_pretraining(cache_dir, tmp_path):

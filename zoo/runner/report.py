@@ -146,7 +146,9 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
     rows = sorted({(b, o) for (b, o, _, _, _) in stats.index}, key=lambda r: (r[0], r[1] != SCRATCH, r[1]))
     header = "| backbone | pretraining | " + " | ".join(f"{t} n={n} ({u})" for t, n, u in columns) + " |"
     lines = [header, "|" + "---|" * (len(columns) + 2)]
-    best = {c: stats.xs((c[0], c[1], c[2]), level=("target", "label_budget", "unit"))["mean"].min() for c in columns}
+    column_means = {c: stats.xs((c[0], c[1], c[2]), level=("target", "label_budget", "unit"))["mean"] for c in columns}
+    # the lowest mean of a column is bold where there is something to compare it with (two rows or more)
+    best = {c: means.min() if len(means) > 1 else None for c, means in column_means.items()}
     for backbone, objective in rows:
         cells = []
         for target, budget, unit in columns:
@@ -156,7 +158,7 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
                 continue
             mean, std, count = stats.loc[key, ["mean", "std", "count"]]
             text = _fmt(mean, std, count)
-            if np.isclose(mean, best[(target, budget, unit)]):
+            if best[(target, budget, unit)] is not None and np.isclose(mean, best[(target, budget, unit)]):
                 text = f"**{text}**"
             if objective != SCRATCH:  # paired: over the seeds both rows have (other seeds' luck left out)
                 here = sub[(sub["backbone"] == backbone) & (sub["target"] == target) & (sub["label_budget"] == budget)
@@ -169,7 +171,7 @@ def summary_table(ft: pd.DataFrame, mode: str, rate: float = 0.0, kind: str = ""
                               / statistics.fmean(base[k] for k in common))
                     text += f" ({100.0 * change:+.0f}%)"
             if count < ft["seed"].nunique():
-                text += f" [{int(count)} seeds]"
+                text += f" [{int(count)} seed{'s' if count != 1 else ''}]"
             cells.append(text)
         lines.append(f"| {backbone} | {objective} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
