@@ -950,12 +950,13 @@ def test_finished_pretraining_without_its_weights_is_planned_again(tmp_path, cap
     commands = [line for line in out.splitlines() if "atomzoo.cli fit" in line]
     assert len(commands) == 2 and "--model.init_from" not in commands[0] and "--model.init_from" in commands[1]
     assert "0 finished" in out and "2 to run (1 of them finished, run again" in out
-    assert "# cost: unknown (no finished cell of the same phase and backbone" in out  # no CPU time recorded
+    assert "# cost: unknown (no finished cell of the same phase and backbone or objective" in out  # no CPU time recorded
 
 
 def test_dry_run_estimates_the_cpu_hours_from_the_finished_cells_most_alike(tmp_path):
     """Each cell to run costs the median CPU time of the finished cells most like it: the same kind at another
-    seed, else the same objective on another task (counted as rough), else nothing (unknown, not zero)."""
+    seed, else the same objective on another task or backbone (counted as rough), else nothing (unknown, not
+    zero)."""
     from atomzoo.runner.matrix import Cell
     from atomzoo.runner.report import estimated_cpu_h
 
@@ -979,10 +980,12 @@ def test_dry_run_estimates_the_cpu_hours_from_the_finished_cells_most_alike(tmp_
             Cell("pretrain/denoising/p1", "pretrain", "painn", "denoising", []),  # 3600: the clean one
             Cell("pretrain/denoising/wrong/p1", "pretrain", "painn", "denoising", [], corruption_rate=0.3,
                  corruption="wrong_element"),  # 1800: the same corruption
-            Cell("pretrain/schnet/p0", "pretrain", "schnet", "denoising", [])]  # no SchNet finished: unknown
+            # no SchNet cell finished: PaiNN's denoising pretraining runs (median of 3600 and 1800), rough
+            Cell("pretrain/schnet/p0", "pretrain", "schnet", "denoising", []),
+            Cell("pretrain/schnet/scd/p0", "pretrain", "schnet", "scd", [])]  # no SchNet, no SCD finished: unknown
     hours, unknown, rough = estimated_cpu_h(frame, todo)
-    assert (unknown, rough) == (1, 1)
-    assert hours == pytest.approx((720 + 600 + 3600 + 1800) / 3600)
+    assert (unknown, rough) == (1, 2)
+    assert hours == pytest.approx((720 + 600 + 3600 + 1800 + 2700) / 3600)
 
 
 def test_pretrain_seeds_pairing_order_and_early_stopping_arguments(tmp_path):

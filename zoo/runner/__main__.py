@@ -216,10 +216,10 @@ def estimate_line(matrix: Matrix, todo: list[Cell], parallel: int) -> str:
     frame = load(matrix.results_csv) if matrix.results_csv.is_file() else None
     hours, unknown, rough = estimated_cpu_h(frame, todo) if frame is not None else (0.0, len(todo), 0)
     if unknown == len(todo):
-        return f"# cost: unknown (no finished cell of the same phase and backbone in {matrix.results_csv})"
+        return f"# cost: unknown (no finished cell of the same phase and backbone or objective in {matrix.results_csv})"
     return (f"# cost: ~{hours:.1f} CPU h for {len(todo) - unknown} of the {len(todo)} cells to run, at the measured "
             f"CPU time of the finished cells most alike (one thread each), ~{hours / parallel:.1f} h wall at "
-            f"--parallel {parallel}" + (f"; {rough} of them only from another objective or task (rough)" if rough else "")
+            f"--parallel {parallel}" + (f"; {rough} of them only from another objective, task or backbone (rough)" if rough else "")
             + (f"; {unknown} with no finished cell alike not counted" if unknown else ""))
 
 

@@ -200,19 +200,20 @@ def replicate_cpu_h(frame: pd.DataFrame) -> dict[tuple, float]:
 def estimated_cell_cpu_s(frame: pd.DataFrame, cells: list) -> dict[str, tuple[float, int] | None]:
     """Per cell id of ``cells`` (:class:`atomzoo.runner.matrix.Cell`, not yet run), the CPU seconds it
     would take, estimated from the finished cells of ``frame`` (a ``results.csv``) most alike, with the
-    level of likeness the estimate came from (0-3 below); ``None`` where no finished cell is alike.
+    level of likeness the estimate came from (0-4 below); ``None`` where no finished cell is alike.
 
     Each cell costs the median whole-run CPU time (:func:`run_cpu_s`) of the finished cells that share the
     most specific of: (0) phase, backbone, objective, corruption rate and kind, task, label budget and
-    mode; (1) the same without the corruption; (2) phase, backbone and objective; (3) phase and backbone.
-    At the measured CPU time of one thread per cell (the runner's ``--threads 1``), under the load the
-    finished cells ran with."""
-    levels: list[dict[tuple, list[float]]] = [defaultdict(list) for _ in range(4)]
+    mode; (1) the same without the corruption; (2) phase, backbone and objective; (3) phase and backbone;
+    (4) phase and objective on other backbones (a backbone with no finished cell yet: its cost relative
+    to the others is unknown, so this level is rough). At the measured CPU time of one thread per cell
+    (the runner's ``--threads 1``), under the load the finished cells ran with."""
+    levels: list[dict[tuple, list[float]]] = [defaultdict(list) for _ in range(5)]
 
     def keys(phase, backbone, objective, rate, kind, target, budget, mode) -> list[tuple]:
         task = (str(target), int(float(budget or 0)), str(mode)) if phase == "finetune" else ()
         return [(phase, backbone, objective, float(rate or 0), str(kind)) + task, (phase, backbone, objective) + task,
-                (phase, backbone, objective), (phase, backbone)]
+                (phase, backbone, objective), (phase, backbone), (phase, objective)]
 
     for labels, values in _per_cell(frame).values() if frame is not None and not frame.empty else ():
         cpu = run_cpu_s(values)
@@ -233,7 +234,8 @@ def estimated_cell_cpu_s(frame: pd.DataFrame, cells: list) -> dict[str, tuple[fl
 def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
     """CPU hours the ``cells`` (not yet run) would take (:func:`estimated_cell_cpu_s`); how many cells had
     no finished cell alike (counted as unknown, not as zero); and how many were estimated only from cells
-    of another objective or task (levels 2-3 of a fine-tuning cell, level 3 of a pretraining cell: rough)."""
+    of another objective, task or backbone (levels 2-4 of a fine-tuning cell, levels 3-4 of a pretraining
+    cell: rough)."""
     total, unknown, rough = 0.0, 0, 0
     estimates = estimated_cell_cpu_s(frame, cells)
     for cell in cells:
@@ -242,7 +244,7 @@ def estimated_cpu_h(frame: pd.DataFrame, cells: list) -> tuple[float, int, int]:
             unknown += 1
         else:
             total += found[0]
-            rough += found[1] >= 2 and (found[1] == 3 or cell.phase == "finetune")
+            rough += found[1] >= 3 or (found[1] == 2 and cell.phase == "finetune")
     return total / 3600, unknown, rough
 
 
